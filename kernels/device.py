@@ -1,0 +1,99 @@
+"""Device selection and the Triton execution mode.
+
+`--device auto` picks cuda if torch sees one (NVIDIA, or AMD where ``torch.version.hip`` is
+set), then xpu (Intel), else cpu. On cpu every Triton kernel runs under the interpreter, which
+Triton reads when a kernel is *decorated*: `activate()` must run before any module holding a
+``@triton.jit`` function is imported, and refuses to switch modes after one has been.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+DEVICES = ("auto", "cpu", "cuda", "xpu")
+
+# modules whose import decorates Triton kernels; activate() checks none is loaded yet
+_KERNEL_MODULE_PREFIXES = ("kernels.triton",)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def resolve(requested: str) -> str:
+    """Map ``auto|cpu|cuda|xpu`` to a concrete device, raising if it is not available."""
+    if requested not in DEVICES:
+        raise ValueError(
+            f"device={requested!r} is not a device qkcheck knows (allowed: {', '.join(DEVICES)}); "
+            "pass --device auto to let qkcheck pick"
+        )
+    torch = _torch()
+    has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "xpu" if has_xpu else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no CUDA/ROCm GPU; use --device cpu or auto")
+    if requested == "xpu" and not has_xpu:
+        raise ValueError("device='xpu' was requested but torch sees no Intel XPU; use --device cpu or auto")
+    return requested
+
+
+def activate(device: str) -> str:
+    """Resolve ``device`` and set the Triton mode for it (interpreter on cpu). Returns the device."""
+    dev = resolve(device)
+    want = "1" if dev == "cpu" else None
+    loaded = [m for m in sys.modules if m.startswith(_KERNEL_MODULE_PREFIXES)]
+    have = os.environ.get("TRITON_INTERPRET")
+    if loaded and (have == "1") != (want == "1"):
+        raise RuntimeError(
+            f"Triton kernel modules {sorted(loaded)[:3]} were imported with TRITON_INTERPRET={have!r} "
+            f"but device {dev!r} needs {want!r}; select the device before importing kernels"
+        )
+    if want:
+        os.environ["TRITON_INTERPRET"] = want
+    else:
+        os.environ.pop("TRITON_INTERPRET", None)
+    return dev
+
+
+def interpreted() -> bool:
+    """True when Triton kernels run under the CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def platform_name(device: str) -> str:
+    """'rocm', 'cuda', 'xpu' or 'cpu' — the platform behind a concrete device."""
+    torch = _torch()
+    if device == "cuda":
+        return "rocm" if getattr(torch.version, "hip", None) else "cuda"
+    return device
+
+
+def gpu_arch(device: str) -> str | None:
+    """The GPU architecture name (e.g. 'gfx942', 'sm_90'), or None on cpu."""
+    torch = _torch()
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        arch = getattr(props, "gcnArchName", None)
+        if arch:
+            return arch.split(":")[0]
+        return f"sm_{props.major}{props.minor}"
+    if device == "xpu":
+        return str(torch.xpu.get_device_name())
+    return None
+
+
+def native_fp8_format(device: str) -> str:
+    """The FP8 e4m3 variant the platform computes in natively.
+
+    AMD CDNA3 (gfx942, MI300) uses the 'fnuz' encoding (single NaN at 0x80, bias 8); every other
+    platform (NVIDIA sm_89+, AMD gfx950, Intel, the CPU interpreter) uses OCP 'fn'.
+    """
+    arch = gpu_arch(device) if device != "cpu" else None
+    if platform_name(device) == "rocm" and arch == "gfx942":
+        return "float8_e4m3fnuz"
+    return "float8_e4m3fn"

@@ -1,0 +1,2 @@
+"""The truth: pure-NumPy formats, quantization schemes, references, error bounds, the one
+comparison engine and the diagnosis catalogue. Never imports torch or triton (a test checks)."""

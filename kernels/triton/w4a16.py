@@ -1,0 +1,502 @@
+"""W4A16 GEMM: ``out[M, N] = x[M, K] @ dequant(W)[K, N] (+ bias[N])``, int4 weights, fp16/bf16 activations.
+
+Every weight layout stores the same canonical unsigned 4-bit codes ``q[K, N]`` (0..15); a layout
+is a record of *how* they are packed (container dtype, packing axis, field order), and the kernel
+reads those facts as compile-time constants — it never branches on a layout's name.
+
+Layouts (see ``LAYOUTS``):
+
+- ``"gptq"``   qweight int32 ``[K // 8, N]``, field i (bits 4i..4i+3) of word w holds k = 8*w + i;
+               zeros int32 ``[K/G, N // 8]``, field i of word j holds n = 8*j + i.
+- ``"awq"``    qweight int32 ``[K, N // 8]``, field i of word j holds n = 8*j + order[i] with
+               order = (0, 2, 4, 6, 1, 3, 5, 7); zeros int32 ``[K/G, N // 8]`` in the same order.
+- ``"nibble"`` qweight uint8 ``[K // 2, N]``, low nibble of byte r holds k = 2*r, high nibble
+               k = 2*r + 1; zeros uint8 ``[K/G, N]`` unpacked (one code per byte).
+
+scales: ``[K/G, N]`` in the activation dtype or float32, G = group_size (``-1``: one group over
+all of K, scales ``[1, N]``). Dequantization, per element::
+
+    w[k, n] = (q[k, n] - z[k // G, n]) * s[k // G, n]
+
+with z from ``zeros`` (the true zero point; a GPTQ "stored z - 1" convention must be undone by
+the caller) or the implicit 8 when ``zeros is None`` (symmetric "uint4b8"). The kernel loads the
+scale and zero point for *every k row* of a tile (group index ``k // G``), so a K tile may span
+any number of groups: BLOCK_K smaller than, equal to, or larger than G are all correct.
+
+The dequantized tile is cast to the activation dtype and multiplied with ``tl.dot`` accumulating
+in float32; bias is added in float32, and the result is stored in ``out_dtype``. With
+``split_k > 1`` each split writes a float32 partial into a ``[split_k, M, N]`` workspace that the
+launcher reduces with a deterministic ``sum`` before adding bias and casting.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "LAYOUTS",
+    "NibblePacking",
+    "W4A16Config",
+    "WeightLayout",
+    "default_config",
+    "w4a16_gemm",
+]
+
+BITS = 4
+SYMMETRIC_ZERO = 8  # implicit zero point of the symmetric "uint4b8" convention
+ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
+OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_DOT_BLOCK = 16  # tl.dot needs every tile dimension >= 16
+
+
+@dataclass(frozen=True)
+class NibblePacking:
+    """How 4-bit codes sit in a container tensor.
+
+    ``axis`` is the logical axis (0 = K rows or groups, 1 = N columns) along which consecutive
+    codes share one container word; ``order[i]`` is the offset (within the word's run of
+    ``fields`` codes) of the code held by field i (bits ``4*i .. 4*i + 3``). ``fields == 1``
+    means unpacked: one code per container element, in its low bits.
+    """
+
+    container: torch.dtype
+    axis: int
+    fields: int
+    order: tuple[int, ...]
+
+    @property
+    def field_of_offset(self) -> tuple[int, ...]:
+        """Inverse of ``order``: the field that holds the code at offset p within a word."""
+        inverse = [0] * self.fields
+        for field, offset in enumerate(self.order):
+            inverse[offset] = field
+        return tuple(inverse)
+
+    @property
+    def field_code(self) -> int:
+        """``field_of_offset`` as one integer, 4 bits per offset (offset p in bits 4p..4p+3).
+
+        The kernel recovers the field of offset p as ``(field_code >> 4*p) & 0xF``; with at most
+        8 fields of value < 8 the code fits a non-negative int32.
+        """
+        return sum(field << (4 * offset) for offset, field in enumerate(self.field_of_offset))
+
+    def per_axis(self, axis: int) -> int:
+        """Codes per container element along logical ``axis`` (1 on the other axis)."""
+        return self.fields if axis == self.axis else 1
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """One weight layout: how qweight and (asymmetric) zeros are packed."""
+
+    name: str
+    qweight: NibblePacking
+    zeros: NibblePacking
+
+
+_SEQ8 = (0, 1, 2, 3, 4, 5, 6, 7)
+_AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+
+LAYOUTS: dict[str, WeightLayout] = {
+    layout.name: layout
+    for layout in (
+        WeightLayout(
+            "gptq",
+            qweight=NibblePacking(torch.int32, axis=0, fields=8, order=_SEQ8),
+            zeros=NibblePacking(torch.int32, axis=1, fields=8, order=_SEQ8),
+        ),
+        WeightLayout(
+            "awq",
+            qweight=NibblePacking(torch.int32, axis=1, fields=8, order=_AWQ_ORDER),
+            zeros=NibblePacking(torch.int32, axis=1, fields=8, order=_AWQ_ORDER),
+        ),
+        WeightLayout(
+            "nibble",
+            qweight=NibblePacking(torch.uint8, axis=0, fields=2, order=(0, 1)),
+            zeros=NibblePacking(torch.uint8, axis=1, fields=1, order=(0,)),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class W4A16Config:
+    """Tunables of one launch; each maps to a kernel constexpr (or the grid / launch options).
+
+    block_m/n/k: tile sizes (powers of two, >= 16 for ``tl.dot``); block_k may exceed group_size.
+    split_k: number of K splits reduced in float32 by the launcher (1 = no workspace).
+    group_m: program-id swizzle; GROUP_M consecutive M tiles are visited per N column.
+    """
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    group_m: int = 8
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def as_list(self) -> list[int]:
+        """The fields in declaration order (the custom op passes configs as ``int[]``)."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
+
+    @classmethod
+    def from_list(cls, values) -> "W4A16Config":
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not 3 <= len(values) <= len(names):
+            raise ValueError(
+                f"config={list(values)!r} has {len(values)} entries (allowed: 3 to {len(names)}, "
+                f"in the order {names}); pass W4A16Config(...).as_list()"
+            )
+        return cls(**dict(zip(names, (int(v) for v in values))))
+
+
+# (largest M, config) — first row whose bound is >= M wins; the last row has no bound.
+_TILE_TABLE: tuple[tuple[int | None, W4A16Config], ...] = (
+    (16, W4A16Config(block_m=16, block_n=64, block_k=128, group_m=8, num_warps=4, num_stages=2)),
+    (64, W4A16Config(block_m=32, block_n=64, block_k=64, group_m=8, num_warps=4, num_stages=3)),
+    (256, W4A16Config(block_m=64, block_n=128, block_k=64, group_m=8, num_warps=4, num_stages=3)),
+    (None, W4A16Config(block_m=128, block_n=128, block_k=32, group_m=8, num_warps=8, num_stages=3)),
+)
+
+
+def _next_pow2_at_least_16(n: int) -> int:
+    return max(MIN_DOT_BLOCK, triton.next_power_of_2(max(int(n), 1)))
+
+
+def default_config(M: int, N: int, K: int, group_size: int) -> W4A16Config:
+    """A tile config from a small table keyed by M, with blocks clamped to the problem size.
+
+    BLOCK_K is *not* clamped to group_size: the kernel applies per-row group scales, so a tile
+    spanning several groups is correct (``group_size`` is accepted for tuning tables that want it).
+    """
+    del group_size
+    config = next(cfg for bound, cfg in _TILE_TABLE if bound is None or M <= bound)
+    return dataclasses.replace(
+        config,
+        block_m=min(config.block_m, _next_pow2_at_least_16(M)),
+        block_n=min(config.block_n, _next_pow2_at_least_16(N)),
+        block_k=min(config.block_k, _next_pow2_at_least_16(K)),
+    )
+
+
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_xk,
+    stride_qr, stride_qc,
+    stride_sg, stride_sn,
+    stride_zg, stride_zc,
+    stride_os, stride_om, stride_on,
+    GROUP_SIZE,
+    QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr,
+    Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+
+    # grouped ordering: GROUP_M tiles along M share an N column before moving on
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    # this split's contiguous run of K tiles
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    tile_begin = pid_k * tiles_per_split
+    tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
+
+    # N-dependent parts of the packed addressing (one of *_PER_K / *_PER_N is 1)
+    qw_col = offs_n // QW_PER_N
+    qw_n_offset = offs_n % QW_PER_N
+    z_col = offs_n // Z_PER_N
+    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * 4
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tile in range(tile_begin, tile_end):
+        offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+        )
+
+        mask_kn = mask_k[:, None] & mask_n[None, :]
+        qw_row = offs_k // QW_PER_K
+        qw_offset = (offs_k % QW_PER_K)[:, None] + qw_n_offset[None, :]
+        qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * 4
+        words = tl.load(
+            qw_ptr + qw_row[:, None] * stride_qr + qw_col[None, :] * stride_qc,
+            mask=mask_kn, other=0,
+        ).to(tl.int32)
+        q = (words >> qw_shift) & 0xF
+
+        # per k row: its own group's scale and zero point
+        group = offs_k // GROUP_SIZE
+        s = tl.load(
+            s_ptr + group[:, None] * stride_sg + offs_n[None, :] * stride_sn,
+            mask=mask_kn, other=0.0,
+        ).to(tl.float32)
+        if HAS_ZEROS:
+            z_words = tl.load(
+                z_ptr + (group // Z_PER_G)[:, None] * stride_zg + z_col[None, :] * stride_zc,
+                mask=mask_kn, other=0,
+            ).to(tl.int32)
+            z = (z_words >> z_shift[None, :]) & 0xF
+        else:
+            z = SYM_ZERO
+        w = ((q - z).to(tl.float32) * s).to(x.dtype)
+
+        acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
+
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + b[None, :]
+
+    out_ptrs = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _names(dtypes) -> str:
+    return ", ".join(_dtype_name(d) for d in dtypes)
+
+
+def _require_tensor(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; pass a tensor")
+
+
+def _validate_config(config: W4A16Config) -> None:
+    if not isinstance(config, W4A16Config):
+        raise TypeError(
+            f"config must be a W4A16Config, got {type(config).__name__}; "
+            "build one with W4A16Config(block_m=..., block_n=..., block_k=...)"
+        )
+    for name in ("block_m", "block_n", "block_k"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < MIN_DOT_BLOCK or value & (value - 1):
+            raise ValueError(
+                f"config.{name}={value!r} must be a power of two >= {MIN_DOT_BLOCK} "
+                f"(tl.dot needs tiles of at least {MIN_DOT_BLOCK}; allowed: 16, 32, 64, 128, ...); "
+                f"round it to {_next_pow2_at_least_16(value if isinstance(value, int) else 16)}"
+            )
+    for name in ("split_k", "group_m", "num_stages"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{name}={value!r} must be an integer >= 1; use 1 for the default")
+    if not isinstance(config.num_warps, int) or config.num_warps < 1 or config.num_warps & (config.num_warps - 1):
+        raise ValueError(
+            f"config.num_warps={config.num_warps!r} must be a power of two (allowed: 1, 2, 4, 8, 16); use 4"
+        )
+
+
+def _allowed_group_sizes(K: int) -> str:
+    sizes = [g for g in (16, 32, 64, 128, 256) if K % g == 0]
+    return ", ".join(str(g) for g in sizes + [-1])
+
+
+def _validate(x, qweight, scales, zeros, layout_name, group_size, bias, out_dtype):
+    """Check every argument before launch; returns (layout, M, N, K, G, out_dtype)."""
+    for name, value in (("x", x), ("qweight", qweight), ("scales", scales)):
+        _require_tensor(name, value)
+    for name, value in (("zeros", zeros), ("bias", bias)):
+        if value is not None:
+            _require_tensor(name, value)
+
+    if layout_name not in LAYOUTS:
+        raise ValueError(
+            f"layout={layout_name!r} is not a known weight layout (allowed: {', '.join(LAYOUTS)}); "
+            "repack the weights into one of them"
+        )
+    layout = LAYOUTS[layout_name]
+
+    if x.dtype not in ACTIVATION_DTYPES:
+        raise TypeError(
+            f"x.dtype={_dtype_name(x.dtype)} is not an activation dtype (allowed: {_names(ACTIVATION_DTYPES)}); "
+            "cast x with x.to(torch.float16)"
+        )
+    if x.dim() != 2:
+        raise ValueError(f"x.shape={tuple(x.shape)} must be 2-D [M, K]; reshape with x.reshape(-1, K)")
+    M, K = x.shape
+
+    devices = {name: t.device for name, t in
+               (("x", x), ("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias))
+               if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{name} on {dev}" for name, dev in devices.items())
+        raise ValueError(f"tensors are on different devices ({listing}); move them all to {x.device}")
+
+    if not isinstance(group_size, int) or isinstance(group_size, bool):
+        raise TypeError(f"group_size={group_size!r} must be an int (a divisor of K, or -1 for one group)")
+    if group_size == -1:
+        G = K
+    elif group_size < 1 or K % group_size:
+        raise ValueError(
+            f"group_size={group_size} must divide K={K} (allowed: {_allowed_group_sizes(K)}); "
+            "use a divisor of K, or -1 for one group over all of K"
+        )
+    else:
+        G = group_size
+
+    qpack = layout.qweight
+    if qweight.dtype != qpack.container:
+        raise TypeError(
+            f"qweight.dtype={_dtype_name(qweight.dtype)} does not match layout={layout_name!r} "
+            f"(allowed: {_dtype_name(qpack.container)}); pack the codes into a "
+            f"{_dtype_name(qpack.container)} tensor or pick the layout that matches"
+        )
+    if K % qpack.per_axis(0):
+        raise ValueError(
+            f"K={K} must be a multiple of {qpack.per_axis(0)} for layout={layout_name!r} "
+            f"({qpack.per_axis(0)} codes per {_dtype_name(qpack.container)} along K); pad K"
+        )
+
+    if scales.dtype not in (x.dtype, torch.float32):
+        raise TypeError(
+            f"scales.dtype={_dtype_name(scales.dtype)} must be the activation dtype or float32 "
+            f"(allowed: {_dtype_name(x.dtype)}, float32); cast with scales.to(x.dtype)"
+        )
+    if scales.dim() != 2 or scales.shape[0] != K // G:
+        raise ValueError(
+            f"scales.shape={tuple(scales.shape)} must be [K/G, N] = [{K // G}, N] for K={K}, "
+            f"group_size={group_size}; pass one row of scales per group"
+        )
+    N = scales.shape[1]
+
+    if N % qpack.per_axis(1):
+        raise ValueError(
+            f"N={N} must be a multiple of {qpack.per_axis(1)} for layout={layout_name!r} "
+            f"({qpack.per_axis(1)} codes per {_dtype_name(qpack.container)} along N); pad N"
+        )
+    expected_q = (K // qpack.per_axis(0), N // qpack.per_axis(1))
+    if tuple(qweight.shape) != expected_q:
+        raise ValueError(
+            f"qweight.shape={tuple(qweight.shape)} does not match layout={layout_name!r} for K={K}, N={N} "
+            f"(expected {list(expected_q)}); check the layout and that scales is [K/G, N]"
+        )
+
+    if zeros is not None:
+        zpack = layout.zeros
+        if zeros.dtype != zpack.container:
+            raise TypeError(
+                f"zeros.dtype={_dtype_name(zeros.dtype)} does not match layout={layout_name!r} "
+                f"(allowed: {_dtype_name(zpack.container)}); pack the zero points like the layout says"
+            )
+        if N % zpack.per_axis(1):
+            raise ValueError(
+                f"N={N} must be a multiple of {zpack.per_axis(1)} for the zero points of layout={layout_name!r}; pad N"
+            )
+        expected_z = (K // G // zpack.per_axis(0), N // zpack.per_axis(1))
+        if tuple(zeros.shape) != expected_z:
+            raise ValueError(
+                f"zeros.shape={tuple(zeros.shape)} does not match layout={layout_name!r} for K/G={K // G}, "
+                f"N={N} (expected {list(expected_z)}); pack one row of zero points per group"
+            )
+
+    if bias is not None:
+        if bias.shape != (N,):
+            raise ValueError(f"bias.shape={tuple(bias.shape)} must be [N] = [{N}]; pass one bias per output column")
+        if bias.dtype not in (x.dtype, torch.float32):
+            raise TypeError(
+                f"bias.dtype={_dtype_name(bias.dtype)} must be the activation dtype or float32 "
+                f"(allowed: {_dtype_name(x.dtype)}, float32); cast with bias.to(x.dtype)"
+            )
+
+    if out_dtype is None:
+        out_dtype = x.dtype
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype={out_dtype!r} is not supported (allowed: {_names(OUT_DTYPES)}); pick one of them")
+    return layout, M, N, K, G, out_dtype
+
+
+def w4a16_gemm(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None = None,
+    *,
+    layout: str,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+    config: W4A16Config | None = None,
+) -> torch.Tensor:
+    """``out[M, N] = x[M, K] @ dequant(qweight, scales, zeros)[K, N] (+ bias[N])``.
+
+    x: fp16/bf16 ``[M, K]``; qweight/zeros: packed as ``LAYOUTS[layout]`` says (module docstring);
+    scales: ``[K/G, N]`` in x.dtype or float32; bias: ``[N]`` in x.dtype or float32.
+    group_size: G dividing K, or -1 for one group. out_dtype: float16, bfloat16 or float32
+    (default x.dtype). config: tile/launch tunables (default ``default_config(M, N, K, G)``).
+    Every argument is validated before launch (ValueError / TypeError naming the argument).
+    """
+    layout_rec, M, N, K, G, out_dtype = _validate(x, qweight, scales, zeros, layout, group_size, bias, out_dtype)
+    if config is None:
+        config = default_config(M, N, K, group_size)
+    _validate_config(config)
+
+    if M == 0:
+        return torch.empty((0, N), dtype=out_dtype, device=x.device)
+
+    split_k = config.split_k
+    if split_k == 1:
+        out = torch.empty((M, N), dtype=out_dtype, device=x.device)
+        target = out
+        stride_os = 0
+    else:
+        target = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)
+        stride_os = target.stride(0)
+    stride_om, stride_on = target.stride(-2), target.stride(-1)
+
+    qpack, zpack = layout_rec.qweight, layout_rec.zeros
+    has_zeros = zeros is not None
+    z_arg = zeros if has_zeros else qweight  # never read when HAS_ZEROS is False
+    z_strides = zeros.stride() if has_zeros else (0, 0)
+    fuse_bias = bias is not None and split_k == 1
+    bias_arg = bias if fuse_bias else scales  # never read when HAS_BIAS is False
+
+    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n), split_k)
+    _w4a16_kernel[grid](
+        x, qweight, scales, z_arg, bias_arg, target,
+        M, N, K,
+        x.stride(0), x.stride(1),
+        qweight.stride(0), qweight.stride(1),
+        scales.stride(0), scales.stride(1),
+        z_strides[0], z_strides[1],
+        stride_os, stride_om, stride_on,
+        G,
+        QW_PER_K=qpack.per_axis(0), QW_PER_N=qpack.per_axis(1), QW_FIELD_CODE=qpack.field_code,
+        Z_PER_G=zpack.per_axis(0), Z_PER_N=zpack.per_axis(1), Z_FIELD_CODE=zpack.field_code,
+        HAS_ZEROS=has_zeros, SYM_ZERO=SYMMETRIC_ZERO, HAS_BIAS=fuse_bias,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        GROUP_M=config.group_m, SPLIT_K=split_k,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if split_k == 1:
+        return out
+    result = target.sum(dim=0)
+    if bias is not None:
+        result = result + bias.to(torch.float32)
+    return result.to(out_dtype)

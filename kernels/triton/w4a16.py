@@ -37,89 +37,65 @@ import torch
 import triton
 import triton.language as tl
 
+from oracle.packing import AWQ_QWEIGHT, AWQ_QZEROS, GPTQ_QWEIGHT, GPTQ_QZEROS, NIBBLES_K_WEIGHT, Packing
+
 __all__ = [
     "LAYOUTS",
-    "NibblePacking",
     "W4A16Config",
+    "check_arguments",
     "WeightLayout",
+    "ZEROS_UNPACKED_UINT8",
     "default_config",
     "w4a16_gemm",
 ]
 
-BITS = 4
 SYMMETRIC_ZERO = 8  # implicit zero point of the symmetric "uint4b8" convention
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
 OUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_DOT_BLOCK = 16  # tl.dot needs every tile dimension >= 16
 
 
-@dataclass(frozen=True)
-class NibblePacking:
-    """How 4-bit codes sit in a container tensor.
+# container name (oracle.packing) -> the torch dtype the kernel reads
+_TORCH_CONTAINERS: dict[str, torch.dtype] = {"int32": torch.int32, "uint8": torch.uint8}
 
-    ``axis`` is the logical axis (0 = K rows or groups, 1 = N columns) along which consecutive
-    codes share one container word; ``order[i]`` is the offset (within the word's run of
-    ``fields`` codes) of the code held by field i (bits ``4*i .. 4*i + 3``). ``fields == 1``
-    means unpacked: one code per container element, in its low bits.
+
+def _container_dtype(packing: Packing) -> torch.dtype:
+    return _TORCH_CONTAINERS[packing.container]
+
+
+def _per_axis(packing: Packing, axis: int) -> int:
+    """Codes per container element along logical axis ``axis`` of a 2-D array (1 elsewhere)."""
+    return packing.per_word if packing.axis % 2 == axis else 1
+
+
+def _field_code(packing: Packing) -> int:
+    """The inverse of ``packing.field_order`` as one integer, 4 bits per element offset.
+
+    Field i holds element ``order[i]`` of a word's run; the kernel needs the other direction,
+    the field holding element p, and reads it as ``(code >> 4*p) & 0xF``. With at most 8 fields
+    the code fits a non-negative int32 (gptq: 0x76543210, awq: 0x73625140).
     """
-
-    container: torch.dtype
-    axis: int
-    fields: int
-    order: tuple[int, ...]
-
-    @property
-    def field_of_offset(self) -> tuple[int, ...]:
-        """Inverse of ``order``: the field that holds the code at offset p within a word."""
-        inverse = [0] * self.fields
-        for field, offset in enumerate(self.order):
-            inverse[offset] = field
-        return tuple(inverse)
-
-    @property
-    def field_code(self) -> int:
-        """``field_of_offset`` as one integer, 4 bits per offset (offset p in bits 4p..4p+3).
-
-        The kernel recovers the field of offset p as ``(field_code >> 4*p) & 0xF``; with at most
-        8 fields of value < 8 the code fits a non-negative int32.
-        """
-        return sum(field << (4 * offset) for offset, field in enumerate(self.field_of_offset))
-
-    def per_axis(self, axis: int) -> int:
-        """Codes per container element along logical ``axis`` (1 on the other axis)."""
-        return self.fields if axis == self.axis else 1
+    return sum(field << (4 * element) for field, element in enumerate(packing.field_order))
 
 
 @dataclass(frozen=True)
 class WeightLayout:
-    """One weight layout: how qweight and (asymmetric) zeros are packed."""
+    """One weight layout: how qweight ``[K, N]`` codes and the zero points ``[K/G, N]`` are packed
+    (``oracle.packing.Packing`` records; ``bits=8`` in a uint8 means one code per byte)."""
 
     name: str
-    qweight: NibblePacking
-    zeros: NibblePacking
+    qweight: Packing
+    zeros: Packing
 
 
-_SEQ8 = (0, 1, 2, 3, 4, 5, 6, 7)
-_AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+ZEROS_UNPACKED_UINT8 = Packing("uint8", axis=1, bits=8)
 
 LAYOUTS: dict[str, WeightLayout] = {
     layout.name: layout
     for layout in (
-        WeightLayout(
-            "gptq",
-            qweight=NibblePacking(torch.int32, axis=0, fields=8, order=_SEQ8),
-            zeros=NibblePacking(torch.int32, axis=1, fields=8, order=_SEQ8),
-        ),
-        WeightLayout(
-            "awq",
-            qweight=NibblePacking(torch.int32, axis=1, fields=8, order=_AWQ_ORDER),
-            zeros=NibblePacking(torch.int32, axis=1, fields=8, order=_AWQ_ORDER),
-        ),
-        WeightLayout(
-            "nibble",
-            qweight=NibblePacking(torch.uint8, axis=0, fields=2, order=(0, 1)),
-            zeros=NibblePacking(torch.uint8, axis=1, fields=1, order=(0,)),
-        ),
+        WeightLayout("gptq", qweight=GPTQ_QWEIGHT, zeros=GPTQ_QZEROS),
+        WeightLayout("awq", qweight=AWQ_QWEIGHT, zeros=AWQ_QZEROS),
+        WeightLayout("nibble", qweight=NIBBLES_K_WEIGHT, zeros=ZEROS_UNPACKED_UINT8),
     )
 }
 
@@ -195,8 +171,8 @@ def _w4a16_kernel(
     stride_zg, stride_zc,
     stride_os, stride_om, stride_on,
     GROUP_SIZE,
-    QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr,
-    Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr,
+    QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
+    Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
@@ -228,7 +204,7 @@ def _w4a16_kernel(
     qw_col = offs_n // QW_PER_N
     qw_n_offset = offs_n % QW_PER_N
     z_col = offs_n // Z_PER_N
-    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * 4
+    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(tile_begin, tile_end):
@@ -243,12 +219,12 @@ def _w4a16_kernel(
         mask_kn = mask_k[:, None] & mask_n[None, :]
         qw_row = offs_k // QW_PER_K
         qw_offset = (offs_k % QW_PER_K)[:, None] + qw_n_offset[None, :]
-        qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * 4
+        qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * QW_BITS
         words = tl.load(
             qw_ptr + qw_row[:, None] * stride_qr + qw_col[None, :] * stride_qc,
             mask=mask_kn, other=0,
         ).to(tl.int32)
-        q = (words >> qw_shift) & 0xF
+        q = (words >> qw_shift) & ((1 << QW_BITS) - 1)
 
         # per k row: its own group's scale and zero point
         group = offs_k // GROUP_SIZE
@@ -261,7 +237,7 @@ def _w4a16_kernel(
                 z_ptr + (group // Z_PER_G)[:, None] * stride_zg + z_col[None, :] * stride_zc,
                 mask=mask_kn, other=0,
             ).to(tl.int32)
-            z = (z_words >> z_shift[None, :]) & 0xF
+            z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
         else:
             z = SYM_ZERO
         w = ((q - z).to(tl.float32) * s).to(x.dtype)
@@ -362,16 +338,16 @@ def _validate(x, qweight, scales, zeros, layout_name, group_size, bias, out_dtyp
         G = group_size
 
     qpack = layout.qweight
-    if qweight.dtype != qpack.container:
+    if qweight.dtype != _container_dtype(qpack):
         raise TypeError(
             f"qweight.dtype={_dtype_name(qweight.dtype)} does not match layout={layout_name!r} "
-            f"(allowed: {_dtype_name(qpack.container)}); pack the codes into a "
-            f"{_dtype_name(qpack.container)} tensor or pick the layout that matches"
+            f"(allowed: {qpack.container}); pack the codes into a "
+            f"{qpack.container} tensor or pick the layout that matches"
         )
-    if K % qpack.per_axis(0):
+    if K % _per_axis(qpack, 0):
         raise ValueError(
-            f"K={K} must be a multiple of {qpack.per_axis(0)} for layout={layout_name!r} "
-            f"({qpack.per_axis(0)} codes per {_dtype_name(qpack.container)} along K); pad K"
+            f"K={K} must be a multiple of {_per_axis(qpack, 0)} for layout={layout_name!r} "
+            f"({_per_axis(qpack, 0)} codes per {qpack.container} along K); pad K"
         )
 
     if scales.dtype not in (x.dtype, torch.float32):
@@ -386,12 +362,12 @@ def _validate(x, qweight, scales, zeros, layout_name, group_size, bias, out_dtyp
         )
     N = scales.shape[1]
 
-    if N % qpack.per_axis(1):
+    if N % _per_axis(qpack, 1):
         raise ValueError(
-            f"N={N} must be a multiple of {qpack.per_axis(1)} for layout={layout_name!r} "
-            f"({qpack.per_axis(1)} codes per {_dtype_name(qpack.container)} along N); pad N"
+            f"N={N} must be a multiple of {_per_axis(qpack, 1)} for layout={layout_name!r} "
+            f"({_per_axis(qpack, 1)} codes per {qpack.container} along N); pad N"
         )
-    expected_q = (K // qpack.per_axis(0), N // qpack.per_axis(1))
+    expected_q = (K // _per_axis(qpack, 0), N // _per_axis(qpack, 1))
     if tuple(qweight.shape) != expected_q:
         raise ValueError(
             f"qweight.shape={tuple(qweight.shape)} does not match layout={layout_name!r} for K={K}, N={N} "
@@ -400,16 +376,16 @@ def _validate(x, qweight, scales, zeros, layout_name, group_size, bias, out_dtyp
 
     if zeros is not None:
         zpack = layout.zeros
-        if zeros.dtype != zpack.container:
+        if zeros.dtype != _container_dtype(zpack):
             raise TypeError(
                 f"zeros.dtype={_dtype_name(zeros.dtype)} does not match layout={layout_name!r} "
-                f"(allowed: {_dtype_name(zpack.container)}); pack the zero points like the layout says"
+                f"(allowed: {zpack.container}); pack the zero points like the layout says"
             )
-        if N % zpack.per_axis(1):
+        if N % _per_axis(zpack, 1):
             raise ValueError(
-                f"N={N} must be a multiple of {zpack.per_axis(1)} for the zero points of layout={layout_name!r}; pad N"
+                f"N={N} must be a multiple of {_per_axis(zpack, 1)} for the zero points of layout={layout_name!r}; pad N"
             )
-        expected_z = (K // G // zpack.per_axis(0), N // zpack.per_axis(1))
+        expected_z = (K // G // _per_axis(zpack, 0), N // _per_axis(zpack, 1))
         if tuple(zeros.shape) != expected_z:
             raise ValueError(
                 f"zeros.shape={tuple(zeros.shape)} does not match layout={layout_name!r} for K/G={K // G}, "
@@ -430,6 +406,22 @@ def _validate(x, qweight, scales, zeros, layout_name, group_size, bias, out_dtyp
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype={out_dtype!r} is not supported (allowed: {_names(OUT_DTYPES)}); pick one of them")
     return layout, M, N, K, G, out_dtype
+
+
+def check_arguments(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None = None,
+    *,
+    layout: str,
+    group_size: int,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> None:
+    """Raise the ValueError / TypeError that :func:`w4a16_gemm` would raise for these arguments
+    (metadata only: works on fake and meta tensors)."""
+    _validate(x, qweight, scales, zeros, layout, group_size, bias, out_dtype)
 
 
 def w4a16_gemm(
@@ -487,8 +479,8 @@ def w4a16_gemm(
         z_strides[0], z_strides[1],
         stride_os, stride_om, stride_on,
         G,
-        QW_PER_K=qpack.per_axis(0), QW_PER_N=qpack.per_axis(1), QW_FIELD_CODE=qpack.field_code,
-        Z_PER_G=zpack.per_axis(0), Z_PER_N=zpack.per_axis(1), Z_FIELD_CODE=zpack.field_code,
+        QW_PER_K=_per_axis(qpack, 0), QW_PER_N=_per_axis(qpack, 1), QW_FIELD_CODE=_field_code(qpack), QW_BITS=qpack.bits,
+        Z_PER_G=_per_axis(zpack, 0), Z_PER_N=_per_axis(zpack, 1), Z_FIELD_CODE=_field_code(zpack), Z_BITS=zpack.bits,
         HAS_ZEROS=has_zeros, SYM_ZERO=SYMMETRIC_ZERO, HAS_BIAS=fuse_bias,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         GROUP_M=config.group_m, SPLIT_K=split_k,

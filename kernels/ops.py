@@ -1,0 +1,87 @@
+"""torch.library custom ops wrapping the bundled kernels, each with a fake (meta) implementation.
+
+Ops (namespace ``qkcheck``):
+
+- ``qkcheck::w4a16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, str layout,
+  int group_size, Tensor? bias, ScalarType? out_dtype, int[]? config) -> Tensor``
+  — ``kernels.triton.w4a16.w4a16_gemm``; ``config`` is ``W4A16Config.as_list()``
+  (block_m, block_n, block_k[, split_k, group_m, num_warps, num_stages]) or None for the default.
+
+:func:`registered_ops` lists every op with its real and fake callables, so a harness can run
+both on the same inputs and compare output metadata (the fake must not share a bug with the
+real allocation: it derives shape and dtype from the op's contract, not from the launcher).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from kernels.triton import w4a16 as _w4a16
+
+__all__ = ["RegisteredOp", "registered_ops", "w4a16_gemm"]
+
+NAMESPACE = "qkcheck"
+
+
+def _w4a16_real(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    layout: str,
+    group_size: int,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+    config: list[int] | None,
+) -> torch.Tensor:
+    return _w4a16.w4a16_gemm(
+        x, qweight, scales, zeros, layout=layout, group_size=group_size, bias=bias,
+        out_dtype=out_dtype, config=None if config is None else _w4a16.W4A16Config.from_list(config),
+    )
+
+
+def _w4a16_fake(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    layout: str,
+    group_size: int,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype | None,
+    config: list[int] | None,
+) -> torch.Tensor:
+    """Contract: out is ``[M, N]`` with M = x.shape[0], N = scales.shape[1], dtype
+    ``out_dtype or x.dtype``, on x's device. Arguments are validated like the real op."""
+    _w4a16.check_arguments(
+        x, qweight, scales, zeros, layout=layout, group_size=group_size, bias=bias, out_dtype=out_dtype,
+    )
+    if config is not None:
+        _w4a16.W4A16Config.from_list(config)
+    return x.new_empty((x.shape[0], scales.shape[1]), dtype=out_dtype if out_dtype is not None else x.dtype)
+
+
+w4a16_gemm = torch.library.custom_op(f"{NAMESPACE}::w4a16_gemm", mutates_args=())(_w4a16_real)
+w4a16_gemm.register_fake(_w4a16_fake)
+
+
+@dataclass(frozen=True)
+class RegisteredOp:
+    """name: ``namespace::op``; real / fake: the Python implementations; op: the OpOverload
+    (``torch.ops.qkcheck.<op>.default``) that dispatches to them."""
+
+    name: str
+    real: Callable[..., torch.Tensor]
+    fake: Callable[..., torch.Tensor]
+    op: object
+
+
+def registered_ops() -> dict[str, RegisteredOp]:
+    """Every custom op of this module, by name."""
+    return {
+        f"{NAMESPACE}::w4a16_gemm": RegisteredOp(
+            f"{NAMESPACE}::w4a16_gemm", _w4a16_real, _w4a16_fake, torch.ops.qkcheck.w4a16_gemm.default,
+        ),
+    }

@@ -1,0 +1,224 @@
+"""Probes for known defects of the Triton CPU interpreter (``TRITON_INTERPRET=1``).
+
+Each probe launches a tiny Triton kernel whose only correct output is known exactly and reports
+whether the interpreter got it wrong. Tests ask :func:`skip_reason` whether a case is checkable
+here; a case is skipped (with the probe's evidence in the reason) only when a probe that affects
+it found a defect, so a fixed interpreter turns those cases back on by itself.
+
+Defects probed (all seen with Triton 3.9.0):
+
+- ``bf16_arithmetic``: elementwise bf16 ``a * b + a`` (bf16 is held as raw uint16 bits);
+- ``bf16_dot``: ``tl.dot`` on bf16 operands (integer matmul of the bit patterns);
+- ``fp8_conversion``: float32 -> float8_e4m3fn ``.to()`` does not round to nearest even;
+- ``unchecked_oob_load``: an unmasked load past the end of a tensor returns neighbouring memory
+  instead of failing, so the interpreter cannot show a missing mask (canaries must).
+
+Under compiled Triton (a real GPU) nothing is launched and every probe reports not defective.
+The probe kernels are decorated on first use, so importing this module is safe in either mode.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+__all__ = ["ProbeResult", "PROBES", "probe_results", "skip_reason"]
+
+# what a probe's defect makes uncheckable; skip_reason maps case properties onto these
+AFFECTS_BF16 = "bf16 compute"
+AFFECTS_FP8 = "fp8 output"
+AFFECTS_MASKS = "out-of-bounds masking"
+
+# compute dtype spellings accepted by skip_reason -> the category they fall under (None: none)
+_COMPUTE_CATEGORIES = {
+    "bf16": AFFECTS_BF16, "bfloat16": AFFECTS_BF16,
+    "fp16": None, "float16": None, "fp32": None, "float32": None,
+}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """name: probe id; what: the operation probed; defective: the interpreter got it wrong;
+    detail: expected vs seen; affects: the kind of case the defect makes uncheckable."""
+
+    name: str
+    what: str
+    defective: bool
+    detail: str
+    affects: str
+
+
+@dataclass(frozen=True)
+class _Probe:
+    name: str
+    what: str
+    affects: str
+    run: object  # () -> (defective: bool, detail: str)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _kernels():
+    """Probe kernels, decorated on first use (Triton reads TRITON_INTERPRET at decoration)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def fma_kernel(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        a = tl.load(a_ptr + offs)
+        b = tl.load(b_ptr + offs)
+        tl.store(out_ptr + offs, a * b + a)
+
+    @triton.jit
+    def dot_kernel(a_ptr, b_ptr, out_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tile = offs[:, None] * BLOCK + offs[None, :]
+        acc = tl.dot(tl.load(a_ptr + tile), tl.load(b_ptr + tile), out_dtype=tl.float32)
+        tl.store(out_ptr + tile, acc)
+
+    @triton.jit
+    def convert_kernel(src_ptr, out_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.load(src_ptr + offs).to(out_ptr.dtype.element_ty))
+
+    @triton.jit
+    def copy_kernel(src_ptr, out_ptr, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, tl.load(src_ptr + offs))  # deliberately unmasked
+
+    return fma_kernel, dot_kernel, convert_kernel, copy_kernel
+
+
+_BLOCK = 16
+
+
+def _probe_bf16_arithmetic():
+    import torch
+
+    fma_kernel = _kernels()[0]
+    a = torch.full((_BLOCK,), 1.5, dtype=torch.bfloat16)
+    b = torch.full((_BLOCK,), 2.0, dtype=torch.bfloat16)
+    out = torch.empty(_BLOCK, dtype=torch.bfloat16)
+    fma_kernel[(1,)](a, b, out, BLOCK=_BLOCK)
+    expected = 4.5  # 1.5 * 2.0 + 1.5, exact in bf16
+    seen = out.float().tolist()
+    bad = [v for v in seen if v != expected]
+    return bool(bad), f"1.5 * 2.0 + 1.5 in bf16: expected {expected}, got {bad[0] if bad else expected}"
+
+
+def _probe_bf16_dot():
+    import torch
+
+    dot_kernel = _kernels()[1]
+    a = torch.full((_BLOCK, _BLOCK), 0.125, dtype=torch.bfloat16)
+    b = torch.full((_BLOCK, _BLOCK), 1.5, dtype=torch.bfloat16)
+    out = torch.empty((_BLOCK, _BLOCK), dtype=torch.float32)
+    dot_kernel[(1,)](a, b, out, BLOCK=_BLOCK)
+    expected = 3.0  # 16 * 0.125 * 1.5, exact in bf16 operands and fp32 accumulation
+    bad = out[out != expected]
+    got = bad[0].item() if bad.numel() else expected
+    return bool(bad.numel()), f"16x16 bf16 tl.dot of 0.125 and 1.5: expected {expected}, got {got:g}"
+
+
+# (input, correct float8_e4m3fn value, why) — e4m3fn: 3 mantissa bits, bias 7, min subnormal 2**-9
+_FP8_E4M3FN_GOLDEN = (
+    (31.6, 32.0, "between 30 and 32 (spacing 2 in [16, 32)); nearest is 32"),
+    (1.0625, 1.0, "tie between 1.0 and 1.125 (spacing 1/8); RNE keeps the even mantissa 1.0"),
+    (0.001, float.fromhex("0x1p-9"), "above half the min subnormal 2**-9, so it rounds up to 2**-9"),
+)
+
+
+def _probe_fp8_conversion():
+    import torch
+
+    convert_kernel = _kernels()[2]
+    src = torch.zeros(_BLOCK, dtype=torch.float32)
+    src[: len(_FP8_E4M3FN_GOLDEN)] = torch.tensor([row[0] for row in _FP8_E4M3FN_GOLDEN])
+    out = torch.empty(_BLOCK, dtype=torch.float8_e4m3fn)
+    convert_kernel[(1,)](src, out, BLOCK=_BLOCK)
+    seen = out.float().tolist()
+    wrong = [
+        f"{value} -> expected {expected:g}, got {got:g}"
+        for (value, expected, _why), got in zip(_FP8_E4M3FN_GOLDEN, seen) if got != expected
+    ]
+    if wrong:
+        return True, "float32 -> float8_e4m3fn: " + "; ".join(wrong)
+    return False, "float32 -> float8_e4m3fn rounds to nearest even on all golden rows"
+
+
+def _probe_unchecked_oob_load():
+    import torch
+
+    copy_kernel = _kernels()[3]
+    backing = torch.arange(2 * _BLOCK, dtype=torch.float32)  # the view's neighbours hold 16..31
+    view = backing[:_BLOCK // 2]
+    out = torch.full((_BLOCK,), -1.0)
+    try:
+        copy_kernel[(1,)](view, out, BLOCK=_BLOCK)
+    except Exception as exc:  # a checked load: the interpreter refused the out-of-bounds access
+        return False, f"an unmasked load of {_BLOCK} elements from an {_BLOCK // 2}-element tensor raised {type(exc).__name__}"
+    tail = out[_BLOCK // 2:].tolist()
+    return True, (
+        f"an unmasked load of {_BLOCK} elements from an {_BLOCK // 2}-element tensor did not fail and "
+        f"returned the neighbouring memory {tail[:4]}... (expected an error)"
+    )
+
+
+PROBES: tuple[_Probe, ...] = (
+    _Probe("bf16_arithmetic", "bf16 arithmetic", AFFECTS_BF16, _probe_bf16_arithmetic),
+    _Probe("bf16_dot", "bf16 tl.dot", AFFECTS_BF16, _probe_bf16_dot),
+    _Probe("fp8_conversion", "float32 -> fp8 conversion", AFFECTS_FP8, _probe_fp8_conversion),
+    _Probe("unchecked_oob_load", "out-of-bounds load checking", AFFECTS_MASKS, _probe_unchecked_oob_load),
+)
+
+
+def _run(probe: _Probe) -> ProbeResult:
+    if not interpreting():
+        return ProbeResult(probe.name, probe.what, False, "not run: compiled Triton (TRITON_INTERPRET is not 1)", probe.affects)
+    try:
+        defective, detail = probe.run()
+    except Exception as exc:  # the probe kernel itself does not run: the operation is unusable
+        defective, detail = True, f"the probe kernel raised {type(exc).__name__}: {exc}"
+    return ProbeResult(probe.name, probe.what, defective, detail, probe.affects)
+
+
+@functools.cache
+def _results() -> tuple[ProbeResult, ...]:
+    return tuple(_run(probe) for probe in PROBES)
+
+
+def probe_results() -> dict[str, ProbeResult]:
+    """Every probe's result by name; the probes run once per process (cached)."""
+    return {result.name: result for result in _results()}
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def skip_reason(*, compute_dtype: str, fp8_output: bool) -> str | None:
+    """Why a case cannot be checked here, or None when it can.
+
+    compute_dtype: the dtype the kernel computes in (``"fp16"``/``"float16"``, ``"bf16"``/
+    ``"bfloat16"``, ``"fp32"``/``"float32"``); fp8_output: the case stores an fp8 result.
+    The sentence names each defective probe with its evidence, e.g. ``"Triton 3.9.0
+    interpreter: bf16 tl.dot is wrong (probe: ...); bf16 compute cases run only compiled"``.
+    """
+    if compute_dtype not in _COMPUTE_CATEGORIES:
+        raise ValueError(
+            f"compute_dtype={compute_dtype!r} is not a dtype the probes know "
+            f"(allowed: {', '.join(_COMPUTE_CATEGORIES)}); pass the kernel's compute dtype"
+        )
+    categories = {_COMPUTE_CATEGORIES[compute_dtype]} | ({AFFECTS_FP8} if fp8_output else set())
+    hits = [r for r in _results() if r.defective and r.affects in categories]
+    if not hits:
+        return None
+    findings = "; ".join(f"{r.what} is wrong (probe {r.name}: {r.detail})" for r in hits)
+    affected = " and ".join(sorted({r.affects for r in hits}))
+    return f"Triton {_triton_version()} interpreter: {findings}; {affected} cases run only compiled"

@@ -9,6 +9,9 @@ Defects probed (all seen with Triton 3.9.0):
 
 - ``bf16_arithmetic``: elementwise bf16 ``a * b + a`` (bf16 is held as raw uint16 bits);
 - ``bf16_dot``: ``tl.dot`` on bf16 operands (integer matmul of the bit patterns);
+- ``bf16_conversion``: float32 -> bfloat16 ``.to()`` truncates (rounds toward zero) instead of
+  rounding to nearest even, so a bf16 output of a value that is not exactly representable is off
+  by one bf16 ULP (bf16 loads, bf16 -> float32 and bf16 stores of bf16 values are right);
 - ``fp8_conversion``: float32 -> float8_e4m3fn ``.to()`` does not round to nearest even;
 - ``unchecked_oob_load``: an unmasked load past the end of a tensor returns neighbouring memory
   instead of failing, so the interpreter cannot show a missing mask (canaries must).
@@ -26,12 +29,18 @@ __all__ = ["ProbeResult", "PROBES", "probe_results", "skip_reason"]
 
 # what a probe's defect makes uncheckable; skip_reason maps case properties onto these
 AFFECTS_BF16 = "bf16 compute"
+AFFECTS_BF16_OUTPUT = "bf16 output"
 AFFECTS_FP8 = "fp8 output"
 AFFECTS_MASKS = "out-of-bounds masking"
 
 # compute dtype spellings accepted by skip_reason -> the category they fall under (None: none)
 _COMPUTE_CATEGORIES = {
     "bf16": AFFECTS_BF16, "bfloat16": AFFECTS_BF16,
+    "fp16": None, "float16": None, "fp32": None, "float32": None,
+}
+# output dtype spellings accepted by skip_reason -> category (fp8 outputs go through fp8_output)
+_OUTPUT_CATEGORIES = {
+    "bf16": AFFECTS_BF16_OUTPUT, "bfloat16": AFFECTS_BF16_OUTPUT,
     "fp16": None, "float16": None, "fp32": None, "float32": None,
 }
 
@@ -124,6 +133,38 @@ def _probe_bf16_dot():
     return bool(bad.numel()), f"16x16 bf16 tl.dot of 0.125 and 1.5: expected {expected}, got {got:g}"
 
 
+# (input, correct bfloat16 value, why) — bf16: 7 mantissa bits, spacing 2**-7 in [1, 2)
+_BF16_GOLDEN = (
+    (1.0 + 3 * 2**-9, 1.0 + 2**-7, "3/4 of the way from 1.0 to 1 + 2**-7; nearest is 1 + 2**-7"),
+    (-(1.0 + 3 * 2**-9), -(1.0 + 2**-7), "the same, negative"),
+    (1.0 + 3 * 2**-8, 1.0 + 2**-6, "tie between 1 + 2**-7 (odd mantissa) and 1 + 2**-6; RNE picks the even one"),
+)
+
+
+def _convert_golden(golden, dtype, name):
+    import torch
+
+    convert_kernel = _kernels()[2]
+    src = torch.zeros(_BLOCK, dtype=torch.float32)
+    src[: len(golden)] = torch.tensor([row[0] for row in golden], dtype=torch.float32)
+    out = torch.empty(_BLOCK, dtype=dtype)
+    convert_kernel[(1,)](src, out, BLOCK=_BLOCK)
+    seen = out.float().tolist()
+    wrong = [
+        f"{value!r} -> expected {expected!r}, got {got!r}"
+        for (value, expected, _why), got in zip(golden, seen) if got != expected
+    ]
+    if wrong:
+        return True, f"float32 -> {name}: " + "; ".join(wrong)
+    return False, f"float32 -> {name} rounds to nearest even on all golden rows"
+
+
+def _probe_bf16_conversion():
+    import torch
+
+    return _convert_golden(_BF16_GOLDEN, torch.bfloat16, "bfloat16")
+
+
 # (input, correct float8_e4m3fn value, why) — e4m3fn: 3 mantissa bits, bias 7, min subnormal 2**-9
 _FP8_E4M3FN_GOLDEN = (
     (31.6, 32.0, "between 30 and 32 (spacing 2 in [16, 32)); nearest is 32"),
@@ -135,19 +176,7 @@ _FP8_E4M3FN_GOLDEN = (
 def _probe_fp8_conversion():
     import torch
 
-    convert_kernel = _kernels()[2]
-    src = torch.zeros(_BLOCK, dtype=torch.float32)
-    src[: len(_FP8_E4M3FN_GOLDEN)] = torch.tensor([row[0] for row in _FP8_E4M3FN_GOLDEN])
-    out = torch.empty(_BLOCK, dtype=torch.float8_e4m3fn)
-    convert_kernel[(1,)](src, out, BLOCK=_BLOCK)
-    seen = out.float().tolist()
-    wrong = [
-        f"{value} -> expected {expected:g}, got {got:g}"
-        for (value, expected, _why), got in zip(_FP8_E4M3FN_GOLDEN, seen) if got != expected
-    ]
-    if wrong:
-        return True, "float32 -> float8_e4m3fn: " + "; ".join(wrong)
-    return False, "float32 -> float8_e4m3fn rounds to nearest even on all golden rows"
+    return _convert_golden(_FP8_E4M3FN_GOLDEN, torch.float8_e4m3fn, "float8_e4m3fn")
 
 
 def _probe_unchecked_oob_load():
@@ -171,6 +200,7 @@ def _probe_unchecked_oob_load():
 PROBES: tuple[_Probe, ...] = (
     _Probe("bf16_arithmetic", "bf16 arithmetic", AFFECTS_BF16, _probe_bf16_arithmetic),
     _Probe("bf16_dot", "bf16 tl.dot", AFFECTS_BF16, _probe_bf16_dot),
+    _Probe("bf16_conversion", "float32 -> bf16 conversion", AFFECTS_BF16_OUTPUT, _probe_bf16_conversion),
     _Probe("fp8_conversion", "float32 -> fp8 conversion", AFFECTS_FP8, _probe_fp8_conversion),
     _Probe("unchecked_oob_load", "out-of-bounds load checking", AFFECTS_MASKS, _probe_unchecked_oob_load),
 )
@@ -202,11 +232,12 @@ def _triton_version() -> str:
     return triton.__version__
 
 
-def skip_reason(*, compute_dtype: str, fp8_output: bool) -> str | None:
+def skip_reason(*, compute_dtype: str, fp8_output: bool, output_dtype: str | None = None) -> str | None:
     """Why a case cannot be checked here, or None when it can.
 
     compute_dtype: the dtype the kernel computes in (``"fp16"``/``"float16"``, ``"bf16"``/
-    ``"bfloat16"``, ``"fp32"``/``"float32"``); fp8_output: the case stores an fp8 result.
+    ``"bfloat16"``, ``"fp32"``/``"float32"``); fp8_output: the case stores an fp8 result;
+    output_dtype: the (non-fp8) output dtype, same spellings, or None when it does not matter.
     The sentence names each defective probe with its evidence, e.g. ``"Triton 3.9.0
     interpreter: bf16 tl.dot is wrong (probe: ...); bf16 compute cases run only compiled"``.
     """
@@ -215,7 +246,14 @@ def skip_reason(*, compute_dtype: str, fp8_output: bool) -> str | None:
             f"compute_dtype={compute_dtype!r} is not a dtype the probes know "
             f"(allowed: {', '.join(_COMPUTE_CATEGORIES)}); pass the kernel's compute dtype"
         )
-    categories = {_COMPUTE_CATEGORIES[compute_dtype]} | ({AFFECTS_FP8} if fp8_output else set())
+    if output_dtype is not None and output_dtype not in _OUTPUT_CATEGORIES:
+        raise ValueError(
+            f"output_dtype={output_dtype!r} is not a dtype the probes know "
+            f"(allowed: {', '.join(_OUTPUT_CATEGORIES)}, or None); fp8 outputs use fp8_output=True"
+        )
+    categories = {_COMPUTE_CATEGORIES[compute_dtype], _OUTPUT_CATEGORIES.get(output_dtype)}
+    if fp8_output:
+        categories.add(AFFECTS_FP8)
     hits = [r for r in _results() if r.defective and r.affects in categories]
     if not hits:
         return None

@@ -1,0 +1,1 @@
+"""Tests of the bundled kernels, their custom ops and the interpreter probes."""

@@ -1,4 +1,4 @@
-"""pytest wiring for qkcheck: options, device selection, hypothesis profiles.
+"""pytest wiring for qkcheck: the harness plugin (options, device, results), hypothesis profiles.
 
 The device is chosen in pytest_configure, before any test module (and so any Triton kernel
 module) is imported: on cpu, TRITON_INTERPRET=1 must be set before kernels are decorated.
@@ -10,6 +10,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+pytest_plugins = ["cases.plugin"]
+
 settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=25, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -20,23 +22,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("QKCHECK_HYPOTHESIS_PROFILE", "ci"))
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("qkcheck", "qkcheck: quantized-kernel correctness harness")
-    group.addoption(
-        "--device", default="auto", metavar="auto|cpu|cuda|xpu",
-        help="where kernels run: auto = cuda if available, then xpu, else cpu (Triton interpreter)",
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    from kernels import device as _device
-
-    try:
-        config.qkcheck_device = _device.activate(config.getoption("--device"))
-    except ValueError as exc:
-        raise pytest.UsageError(f"--device: {exc}") from None
 
 
 @pytest.fixture(scope="session")

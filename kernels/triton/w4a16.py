@@ -435,6 +435,7 @@ def w4a16_gemm(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     config: W4A16Config | None = None,
+    kernel=None,
 ) -> torch.Tensor:
     """``out[M, N] = x[M, K] @ dequant(qweight, scales, zeros)[K, N] (+ bias[N])``.
 
@@ -443,6 +444,8 @@ def w4a16_gemm(
     group_size: G dividing K, or -1 for one group. out_dtype: float16, bfloat16 or float32
     (default x.dtype). config: tile/launch tunables (default ``default_config(M, N, K, G)``).
     Every argument is validated before launch (ValueError / TypeError naming the argument).
+    kernel: the ``@triton.jit`` function launched (default ``_w4a16_kernel``); ``kernels.zoo``
+    passes copies of it with a historical bug put back, so launch and validation stay shared.
     """
     layout_rec, M, N, K, G, out_dtype = _validate(x, qweight, scales, zeros, layout, group_size, bias, out_dtype)
     if config is None:
@@ -470,7 +473,7 @@ def w4a16_gemm(
     bias_arg = bias if fuse_bias else scales  # never read when HAS_BIAS is False
 
     grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n), split_k)
-    _w4a16_kernel[grid](
+    (kernel or _w4a16_kernel)[grid](
         x, qweight, scales, z_arg, bias_arg, target,
         M, N, K,
         x.stride(0), x.stride(1),

@@ -1,0 +1,160 @@
+"""The Case: one fully specified test of one op — frozen, hashable, with a stable id and an
+exact JSON round trip. The JSON file *is* the reproducer (no pickle, no eval).
+
+A case names the op, its shape, its op parameters (scheme, layout, dtypes, bias, ...), the
+kernel config (every tunable; empty = the kernel's own default choice), the input regime and the
+seed. What values are allowed is declared per op in ``cases.ops``; ``Case.validate()`` checks
+them and every error names the field, the value, what is allowed and a fix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+REGIMES = ("exact", "realistic", "adversarial")
+SCHEMA = 1
+
+
+def _freeze(d: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((d or {}).items()))
+
+
+class CaseError(ValueError):
+    """A case (or case file) that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    shape: tuple[tuple[str, int], ...]
+    params: tuple[tuple[str, Any], ...]
+    config: tuple[tuple[str, int], ...] = ()
+    regime: str = "exact"
+    seed: int = 0
+    why: str = field(default="", compare=False)
+
+    @classmethod
+    def make(cls, op: str, *, shape: Mapping[str, int], params: Mapping[str, Any],
+             config: Mapping[str, int] | None = None, regime: str = "exact", seed: int = 0,
+             why: str = "") -> "Case":
+        case = cls(op, _freeze(shape), _freeze(params), _freeze(config), regime, int(seed), why)
+        case.validate()
+        return case
+
+    # -- views -----------------------------------------------------------------------------
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(self.shape)
+
+    @property
+    def p(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def cfg(self) -> dict[str, int]:
+        return dict(self.config)
+
+    def replace(self, **changes) -> "Case":
+        d = self.to_dict()
+        for key in ("shape", "params", "config"):
+            if key in changes:
+                d[key] = {**d[key], **changes.pop(key)}
+        d.update(changes)
+        return Case.from_dict(d)
+
+    # -- identity --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = {"schema": SCHEMA, "op": self.op, "shape": dict(self.shape), "params": dict(self.params),
+             "config": dict(self.config), "regime": self.regime, "seed": self.seed}
+        if self.why:
+            d["why"] = self.why
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @property
+    def digest(self) -> str:
+        d = self.to_dict()
+        d.pop("why", None)
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    @property
+    def id(self) -> str:
+        """Readable and stable: op, shape, the params that vary, config, regime, seed, digest."""
+        shape = "".join(f"{k}{v}" for k, v in self.shape)
+        params = "-".join(f"{k}={_short(v)}" for k, v in self.params)
+        cfg = ("-" + "".join(f"{_abbrev(k)}{v}" for k, v in self.config)) if self.config else "-default"
+        return f"{self.op}-{shape}-{params}{cfg}-{self.regime}-s{self.seed}-{self.digest}"
+
+    # -- parsing ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "case") -> "Case":
+        if not isinstance(d, Mapping):
+            raise CaseError(f"{source}: a case is a JSON object, got {type(d).__name__}")
+        known = {"schema", "op", "shape", "params", "config", "regime", "seed", "why"}
+        extra = sorted(set(d) - known)
+        if extra:
+            raise CaseError(f"{source}: unknown field(s) {extra} (allowed: {sorted(known)}); remove them")
+        if d.get("schema", SCHEMA) != SCHEMA:
+            raise CaseError(f"{source}: schema={d.get('schema')!r}, this qkcheck reads schema {SCHEMA}")
+        for key, kind in (("op", str), ("shape", Mapping), ("params", Mapping)):
+            if key not in d:
+                raise CaseError(f"{source}: missing field {key!r}; a case needs op, shape and params")
+            if not isinstance(d[key], kind):
+                raise CaseError(f"{source}: field {key!r} must be a {'string' if kind is str else 'JSON object'}, got {d[key]!r}")
+        for key in ("config",):
+            if not isinstance(d.get(key, {}), Mapping):
+                raise CaseError(f"{source}: field {key!r} must be a JSON object, got {d[key]!r}")
+        seed = d.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise CaseError(f"{source}: seed={seed!r} must be a non-negative integer")
+        try:
+            return cls.make(d["op"], shape=d["shape"], params=d["params"], config=d.get("config"),
+                            regime=d.get("regime", "exact"), seed=seed, why=d.get("why", ""))
+        except CaseError as exc:
+            raise CaseError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "case") -> "Case":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CaseError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        return cls.from_dict(d, source=source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Case":
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise CaseError(f"{path}: cannot read the case file ({exc.strerror})") from None
+        return cls.from_json(text, source=str(path))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    def validate(self) -> None:
+        from cases.ops import op_spec
+
+        if self.regime not in REGIMES:
+            raise CaseError(f"regime={self.regime!r} is not an input regime (allowed: {', '.join(REGIMES)})")
+        op_spec(self.op).validate(self)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, bool):
+        return "y" if v else "n"
+    return str(v).replace("float", "f").replace(" ", "")
+
+
+def _abbrev(k: str) -> str:
+    return {"block_m": "bm", "block_n": "bn", "block_k": "bk", "split_k": "sk", "group_m": "gm",
+            "num_warps": "w", "num_stages": "st"}.get(k, k)

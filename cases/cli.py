@@ -1,0 +1,160 @@
+"""``qkcheck``: the command line, thin over pytest.
+
+    qkcheck gate   [--device D] [--kernels SPEC]... [--op OP]... [--report PATH] [--results PATH] [-n N] [--shard i/n]
+    qkcheck fuzz   [--kernels SPEC]... [--budget 60s] (same options as gate)
+    qkcheck replay CASE.json [--kernels SPEC]... [--device D]
+    qkcheck report RESULTS.jsonl... -o report.html
+    qkcheck list
+
+Exit codes: 0 pass, 1 divergences found, 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = ROOT / "tests" / "gate"
+EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        print(f"qkcheck: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|xpu (default auto)")
+    p.add_argument("--kernels", action="append", metavar="SPEC",
+                   help="bundled (default), zoo, zoo:<name>, bundled:<name>, adapters.py, or a module path; repeatable")
+    p.add_argument("--op", action="append", metavar="OP", help="only this op (repeatable)")
+    p.add_argument("--report", metavar="PATH", help="write the HTML report here")
+    p.add_argument("--results", metavar="PATH", help="write results as JSON lines here")
+    p.add_argument("-n", dest="workers", default=None, help="pytest-xdist workers (a number or auto)")
+    p.add_argument("--shard", metavar="i/n", help="run shard i of n of the case list")
+    p.add_argument("--failures-dir", default="out/failures", help="where failing cases are saved (default out/failures)")
+    if budget:
+        p.add_argument("--budget", default="60s", help="time budget per kernel, e.g. 30s, 5m (default 60s)")
+    p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest after --")
+
+
+def _pytest(suite: str, args) -> int:
+    import pytest
+
+    argv = [str(SUITES / suite), f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-q", "--device", args.device,
+            "--failures-dir", args.failures_dir]
+    for spec in args.kernels or ["bundled"]:
+        argv += ["--kernels", spec]
+    for op in args.op or []:
+        argv += ["--op", op]
+    for opt in ("report", "results", "shard", "budget"):
+        value = getattr(args, opt, None)
+        if value:
+            argv += [f"--{opt}", str(value)]
+    if args.workers:
+        argv += ["-n", str(args.workers)]
+    argv += list(args.pytest_args)
+    code = int(pytest.main(argv))
+    if code == 0:
+        return EXIT_PASS
+    if code == 1:
+        return EXIT_FAIL
+    if code == 5:
+        print("qkcheck: no cases matched the selected kernels/ops/shard", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _replay(args) -> int:
+    from cases.case import Case, CaseError
+    from kernels import device as _device
+    from kernels.adapters import AdapterError
+
+    try:
+        dev = _device.activate(args.device)
+        case = Case.load(args.case)
+        from cases.ops import validate_adapter
+        from kernels.adapters import resolve
+
+        specs = args.kernels or ["bundled"]
+        adapters = [a for s in specs for a in resolve(s)]
+        for a in adapters:
+            validate_adapter(a)
+    except (CaseError, AdapterError, ValueError) as exc:
+        print(f"qkcheck: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from cases.runner import run_case
+
+    adapters = [a for a in adapters if a.op == case.op]
+    if not adapters:
+        print(f"qkcheck: error: none of --kernels {specs} implements op {case.op!r}", file=sys.stderr)
+        return EXIT_USAGE
+    worst = EXIT_PASS
+    for a in adapters:
+        result = run_case(case, a, dev)
+        print(result.summary())
+        if result.status == "skip":
+            print(f"  skipped: {result.skip_reason}")
+        if result.status == "fail":
+            worst = EXIT_FAIL
+    return worst
+
+
+def _report(args) -> int:
+    from reports.html import render_report
+
+    try:
+        out = render_report([Path(p) for p in args.results], Path(args.output))
+    except (ValueError, OSError) as exc:
+        print(f"qkcheck: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"report written to {out}")
+    return EXIT_PASS
+
+
+def _list(args) -> int:
+    from cases.ops import OP_SPECS
+    from kernels import device as _device
+
+    dev = _device.activate(args.device)
+    from kernels import probes
+    from kernels.adapters import available
+
+    print("ops:")
+    for op, spec in OP_SPECS.items():
+        print(f"  {op}: shape {list(spec.shape_keys)}; " + "; ".join(f"{k} in {list(v)}" for k, v in spec.params.items()))
+    print("kernels:")
+    for name, a in available().items():
+        print(f"  {name}  ({a.op}) {a.description}")
+    print(f"device: {dev} (platform {_device.platform_name(dev)}, native fp8 {_device.native_fp8_format(dev)})")
+    print("interpreter probes:")
+    for name, r in probes.probe_results().items():
+        print(f"  {name}: {'DEFECTIVE' if r.defective else 'ok'} {r.detail}")
+    return EXIT_PASS
+
+
+def main(argv=None) -> int:
+    parser = _Parser(prog="qkcheck", description="Correctness oracle and regression harness for quantized GPU kernels")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _run_options(sub.add_parser("gate", help="regression corpus + deterministic grid over the selected kernels"), budget=False)
+    _run_options(sub.add_parser("fuzz", help="hypothesis fuzzing within a time budget"), budget=True)
+    rp = sub.add_parser("replay", help="run one case file against kernels")
+    rp.add_argument("case")
+    rp.add_argument("--kernels", action="append", metavar="SPEC")
+    rp.add_argument("--device", default="auto")
+    rep = sub.add_parser("report", help="render results (JSON lines, several files merge) as HTML")
+    rep.add_argument("results", nargs="+")
+    rep.add_argument("-o", "--output", required=True)
+    lp = sub.add_parser("list", help="ops, kernels (bundled and zoo:<name>), device, interpreter probes")
+    lp.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    if args.command == "gate":
+        return _pytest("test_gate.py", args)
+    if args.command == "fuzz":
+        return _pytest("test_fuzz.py", args)
+    return {"replay": _replay, "report": _report, "list": _list}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""pytest plugin: qkcheck's options (one group), kernel selection, sharding, results collection
+across xdist workers and CI shards, the report at the end.
+
+Options are parsed and checked at configure time; bad values raise ``pytest.UsageError`` (exit
+code 4 from pytest; the CLI maps it to 2).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+RESULTS_KEY = "qkcheck_results"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("qkcheck", "qkcheck: quantized-kernel correctness harness")
+    group.addoption("--device", default="auto", metavar="auto|cpu|cuda|xpu",
+                    help="where kernels run: auto = cuda if available, then xpu, else cpu (Triton interpreter)")
+    group.addoption("--kernels", action="append", default=None, metavar="SPEC",
+                    help="kernels to check (repeatable): bundled (default), zoo, zoo:<name>, bundled:<name>, "
+                         "a .py file defining ADAPTERS, or a module path")
+    group.addoption("--op", action="append", default=None, metavar="OP", help="only cases of this op (repeatable)")
+    group.addoption("--budget", default="60s", metavar="DURATION", help="fuzz time budget per kernel, e.g. 30s, 5m")
+    group.addoption("--report", default=None, metavar="PATH", help="write the HTML report here at the end")
+    group.addoption("--results", default=None, metavar="PATH", help="write results as JSON lines here")
+    group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based) of the case list")
+    group.addoption("--failures-dir", default="out/failures", metavar="DIR",
+                    help="where failing and shrunk cases are saved as replayable JSON files")
+
+
+def parse_duration(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", str(text))
+    if not m:
+        raise ValueError(f"--budget {text!r} is not a duration (allowed: a number with s, m or h, e.g. 30s, 5m)")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise ValueError(f"--shard {text!r} must be i/n with 1 <= i <= n (e.g. 2/4)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic split of the case space: crc32 of the case id, modulo n."""
+    if shard is None:
+        return True
+    i, n = shard
+    return zlib.crc32(case_id.encode()) % n == i - 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from kernels import device as _device
+
+    try:
+        config.qkcheck_device = _device.activate(config.getoption("--device"))
+        config.qkcheck_budget = parse_duration(config.getoption("--budget"))
+        config.qkcheck_shard = parse_shard(config.getoption("--shard"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.qkcheck_kernel_specs = config.getoption("--kernels") or ["bundled"]
+    config.qkcheck_ops = config.getoption("--op")
+    config.qkcheck_results = []
+    config.qkcheck_started = time.time()
+    config.addinivalue_line("markers", "qkcheck_case: a gate/fuzz case run by the harness")
+
+
+def selected_adapters(config: pytest.Config):
+    """The adapters named by --kernels, validated (a UsageError names the bad spec)."""
+    if not hasattr(config, "_qkcheck_adapters"):
+        from cases.ops import validate_adapter
+        from kernels.adapters import AdapterError, resolve
+
+        adapters = []
+        try:
+            for spec in config.qkcheck_kernel_specs:
+                for a in resolve(spec):
+                    validate_adapter(a)
+                    adapters.append(a)
+        except AdapterError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        ops = config.qkcheck_ops
+        if ops:
+            from cases.ops import OP_SPECS
+
+            unknown = sorted(set(ops) - set(OP_SPECS))
+            if unknown:
+                raise pytest.UsageError(f"--op {unknown[0]}: unknown op (allowed: {', '.join(sorted(OP_SPECS))})")
+            adapters = [a for a in adapters if a.op in ops]
+        config._qkcheck_adapters = adapters
+    return config._qkcheck_adapters
+
+
+def record(config: pytest.Config, result) -> None:
+    """Keep a result for the results file; save failing cases as replayable files."""
+    from cases.case import Case
+
+    if result.status == "fail":
+        out = Path(config.getoption("--failures-dir"))
+        path = Case.from_dict(result.case).save(out / f"{result.case_id}.json")
+        result.replay = f"qkcheck replay {path} --kernels {result.kernel}"
+    config.qkcheck_results.append(result.to_dict())
+
+
+def _worker_id(config) -> str | None:
+    return getattr(config, "workerinput", {}).get("workerid")
+
+
+def _run_info(config) -> dict:
+    from kernels import device as _device
+    from kernels import probes
+
+    dev = config.qkcheck_device
+    info = {"device": dev, "platform": _device.platform_name(dev), "native_fp8": _device.native_fp8_format(dev),
+            "started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs, "shard": config.getoption("--shard")}
+    try:
+        import torch
+        import triton
+
+        info["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
+        info["probes"] = {n: {"defective": r.defective, "detail": r.detail} for n, r in probes.probe_results().items()}
+    except Exception as exc:  # info only; never lose results over it
+        info["probe_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    config = session.config
+    results_opt, report = config.getoption("--results"), config.getoption("--report")
+    if not results_opt and not report:
+        return
+    results_path = Path(results_opt or (Path(report).with_suffix(".jsonl")))
+    worker = _worker_id(config)
+    if worker is not None:  # each worker writes its own part; the controller merges
+        part = results_path.with_name(results_path.name + f".{worker}.part")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        with part.open("w") as f:
+            for r in config.qkcheck_results:
+                f.write(json.dumps(r) + "\n")
+        return
+    from reports.store import write_results
+
+    parts = sorted(results_path.parent.glob(results_path.name + ".*.part")) if results_path.parent.exists() else []
+    records = list(config.qkcheck_results)
+    for part in parts:
+        records += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
+        part.unlink()
+    info = _run_info(config)
+    info["finished"] = time.time()
+    write_results(results_path, records, info)
+    if report:
+        from reports.html import render_report
+
+        render_report([results_path], Path(report))
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        if tr:
+            tr.write_line(f"qkcheck: {len(records)} results -> {results_path}; report -> {report}")

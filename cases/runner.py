@@ -1,0 +1,310 @@
+"""The runner: case x kernel -> Result.
+
+materialize canonical inputs -> oracle expectation (expected + per-element bound) -> pack to the
+kernel's layout -> place inputs as views inside NaN/poison-filled buffers -> run (recording the
+backend) -> checks:
+
+- ``signature``: the adapter's declared binding matches the external callable's parameters;
+- ``raised``: the kernel raised (recorded as a failure of this case; the run goes on);
+- ``contract``: output dtype is the requested one, shape, device;
+- ``numerics``: ``oracle.compare`` against the expectation; on failure the diagnosis catalogue
+  and a K-localization (error by k-group, re-running the kernel on one k-group at a time);
+- ``inputs_unchanged``: the kernel did not write into its inputs;
+- ``determinism``: a repeat run is bitwise identical (unless the adapter declares otherwise);
+- ``fake_vs_real``: for torch.library ops, the fake implementation's output metadata;
+- ``backend``: the backend that ran is the one the adapter expects.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cases.case import Case
+from cases.regimes import materialize
+from oracle.compare import Divergence, compare
+from oracle.diagnosis import diagnose
+from oracle.references import expect, reference
+
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+POISON_PAD = 7  # elements of poison on each side of, and between the rows of, every input view
+K_PROFILE_MAX_GROUPS = 32
+
+
+@dataclass
+class Check:
+    name: str
+    outcome: str  # pass | fail | skip
+    detail: str = ""
+
+
+@dataclass
+class Result:
+    case: dict
+    case_id: str
+    kernel: str
+    op: str
+    status: str  # pass | fail | skip
+    device: str
+    checks: list[Check] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+    divergence: dict | None = None
+    diagnosis: list[dict] = field(default_factory=list)
+    k_profile: dict | None = None
+    skip_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    replay: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if c.outcome == FAIL]
+
+    def summary(self) -> str:
+        lines = [f"{self.kernel} :: {self.case_id}: {self.status.upper()}"]
+        for c in self.failed_checks:
+            lines.append(f"  [{c.name}] {c.detail}")
+        for d in self.diagnosis[:3]:
+            lines.append(f"  diagnosis: {d['sentence']}")
+        if self.replay:
+            lines.append(f"  replay: {self.replay}")
+        return "\n".join(lines)
+
+
+def _poisoned(t):
+    """``t`` copied into the middle of a larger buffer full of poison (NaN for floats, all-ones
+    for ints), with padded rows: any read outside the view returns poison."""
+    import torch
+
+    if t is None:
+        return None
+    fill = float("nan") if t.is_floating_point() else -1
+    if t.dim() == 2:
+        rows, cols = t.shape
+        buf = torch.full((POISON_PAD * 2 + rows * (cols + POISON_PAD),), fill, dtype=t.dtype, device=t.device)
+        view = buf[POISON_PAD:POISON_PAD + rows * (cols + POISON_PAD)].view(rows, cols + POISON_PAD)[:, :cols]
+    else:
+        n = t.numel()
+        buf = torch.full((n + 2 * POISON_PAD,), fill, dtype=t.dtype, device=t.device)
+        view = buf[POISON_PAD:POISON_PAD + n].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def _to_numpy(out) -> np.ndarray:
+    return out.detach().float().cpu().numpy().astype(np.float64)
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def skip_reason(case: Case, device: str) -> str | None:
+    """Why this case cannot be checked on this device (an interpreter defect), or None."""
+    if device != "cpu":
+        return None
+    from kernels import probes
+
+    p = case.p
+    compute = p.get("act_dtype", "float16")
+    out = p.get("out_dtype", "")
+    fp8 = out.startswith("float8")
+    return probes.skip_reason(compute_dtype=compute, fp8_output=fp8, output_dtype=None if fp8 else out)
+
+
+def _bits_equal(a, b) -> bool:
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch_equal_bits(a, b)
+
+
+def torch_equal_bits(a, b) -> bool:
+    import torch
+
+    a, b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def effective_config(case: Case, adapter) -> dict:
+    """The config that ran: the case's own, or the kernel's default choice for this shape."""
+    if case.cfg:
+        return case.cfg
+    if adapter.default_config is None:
+        return {}
+    return dict(adapter.default_config(case.dims, case.p))
+
+
+class _Run:
+    def __init__(self, adapter, tensors, params, config):
+        self.adapter, self.tensors, self.params, self.config = adapter, tensors, params, config
+
+    def __call__(self, tensors=None):
+        from kernels import backends
+
+        with backends.recording() as ran:
+            out = self.adapter.call(tensors or self.tensors, self.params, self.config)
+        return out, list(ran)
+
+
+def _fake_metadata(adapter, tensors, params, config):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+        fake = {k: (None if v is None else mode.from_tensor(v)) for k, v in tensors.items()}
+        out = adapter.call(fake, params, config)
+    return tuple(out.shape), out.dtype, out.device.type
+
+
+def _k_profile(case, problem, run, adapter, device, exp_kwargs) -> dict | None:
+    """Error by k-group: re-run with activations nonzero on one k-group at a time."""
+    if "group_size" not in problem or "x" not in problem:
+        return None
+    k = np.asarray(problem["x"]).shape[1]
+    g = k if problem["group_size"] == -1 else problem["group_size"]
+    groups = k // g
+    if groups < 2 or groups > K_PROFILE_MAX_GROUPS:
+        return None
+    ratios = []
+    for gi in range(groups):
+        sub = dict(problem)
+        x = np.zeros_like(np.asarray(problem["x"], np.float64))
+        x[:, gi * g:(gi + 1) * g] = problem["x"][:, gi * g:(gi + 1) * g]
+        sub["x"], sub["bias"] = x, None
+        e = expect(case.op, sub, **exp_kwargs)
+        out, _ = run(adapter.pack(sub, case.p, device))
+        d = compare(_to_numpy(out), e.expected, e.bound, unit=e.unit)
+        ratios.append(0.0 if d is None else float(d.max_ratio))
+    block_k = effective_config(case, adapter).get("block_k")
+    return {"group_size": g, "groups": groups, "max_ratio": ratios, "block_k": block_k}
+
+
+def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True) -> Result:
+    import torch
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    res = Result(case=case.to_dict(), case_id=case.id, kernel=adapter.name, op=case.op, status=PASS, device=device)
+
+    def tick(name, t0):
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def finish(status):
+        res.status = status
+        timings["total"] = time.perf_counter() - t_start
+        res.timings = {k: round(v, 6) for k, v in timings.items()}
+        return res
+
+    reason = skip_reason(case, device)
+    if reason:
+        res.skip_reason = reason
+        return finish(SKIP)
+
+    drift = adapter.check_signature()
+    res.checks.append(Check("signature", FAIL if drift else PASS, drift or ""))
+    if drift:
+        return finish(FAIL)
+
+    t0 = time.perf_counter()
+    problem = materialize(case)
+    tick("materialize", t0)
+    t0 = time.perf_counter()
+    exact = case.regime == "exact"
+    p = case.p
+    exp_kwargs = dict(exact=exact, compute_dtype=p["act_dtype"], out_dtype=p["out_dtype"])
+    expectation = expect(case.op, problem, **exp_kwargs)
+    tick("oracle", t0)
+
+    t0 = time.perf_counter()
+    clean = adapter.pack(problem, p, device)
+    tensors = {k: _poisoned(v) for k, v in clean.items()}
+    snapshot = {k: (None if v is None else v.clone()) for k, v in tensors.items()}
+    run = _Run(adapter, tensors, p, case.cfg)
+    tick("pack", t0)
+
+    t0 = time.perf_counter()
+    try:
+        out, ran = run()
+    except Exception as exc:  # the kernel's failure is this case's failure, not the run's
+        tick("kernel", t0)
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        res.checks.append(Check("raised", FAIL, f"the kernel raised {tb}"))
+        return finish(FAIL)
+    if device != "cpu":
+        torch.cuda.synchronize() if device == "cuda" else None
+    tick("kernel", t0)
+    res.backends = ran
+
+    t0 = time.perf_counter()
+    want_dtype = p.get("out_dtype")
+    m, n = case.dims.get("m"), case.dims.get("n")
+    problems = []
+    if _dtype_name(out.dtype) != want_dtype:
+        problems.append(f"output dtype {_dtype_name(out.dtype)}, requested {want_dtype}")
+    if tuple(out.shape) != (m, n):
+        problems.append(f"output shape {list(out.shape)}, expected {[m, n]}")
+    if out.device.type != torch.device(device).type:
+        problems.append(f"output on {out.device.type}, inputs on {device}")
+    res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
+
+    div = None
+    if tuple(out.shape) == tuple(expectation.expected.shape):
+        actual = _to_numpy(out)
+        div = compare(actual, expectation.expected, expectation.bound, unit=expectation.unit,
+                      axis_names=reference(case.op).axis_names)
+        res.checks.append(Check("numerics", FAIL if div else PASS, div.summary() if div else ""))
+    else:
+        res.checks.append(Check("numerics", SKIP, "output shape differs; values not compared"))
+
+    changed = [k for k, v in tensors.items() if v is not None and not torch.equal(v.nan_to_num(0), snapshot[k].nan_to_num(0))]
+    res.checks.append(Check("inputs_unchanged", FAIL if changed else PASS,
+                            f"the kernel wrote into its inputs: {', '.join(changed)}" if changed else ""))
+    tick("checks", t0)
+
+    if adapter.deterministic:
+        t0 = time.perf_counter()
+        again, _ = run()
+        tick("kernel", t0)
+        same = _bits_equal(again, out)
+        res.checks.append(Check("determinism", PASS if same else FAIL,
+                                "" if same else "a repeat run with the same inputs returned different bits"))
+
+    if adapter.custom_op:
+        t0 = time.perf_counter()
+        try:
+            meta = _fake_metadata(adapter, clean, p, case.cfg)
+            real = (tuple(out.shape), out.dtype, out.device.type)
+            ok = meta == real
+            detail = "" if ok else (f"fake says shape {list(meta[0])} dtype {_dtype_name(meta[1])} on {meta[2]}; "
+                                    f"real gives shape {list(real[0])} dtype {_dtype_name(real[1])} on {real[2]}")
+        except Exception as exc:
+            ok, detail = False, f"the fake implementation raised {type(exc).__name__}: {exc}"
+        res.checks.append(Check("fake_vs_real", PASS if ok else FAIL, detail))
+        tick("checks", t0)
+
+    if adapter.expected_backend:
+        wrong = [b for b in ran if b != adapter.expected_backend] or ([] if ran else ["(none recorded)"])
+        res.checks.append(Check("backend", FAIL if wrong else PASS,
+                                f"ran on {', '.join(wrong)}, {adapter.expected_backend} expected" if wrong else ""))
+
+    if div is not None:
+        res.divergence = div.to_dict()
+        if diagnose_failures:
+            t0 = time.perf_counter()
+            ctx = {"block_k": effective_config(case, adapter).get("block_k")}
+            res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, _to_numpy(out), context=ctx, **exp_kwargs)]
+            try:
+                res.k_profile = _k_profile(case, problem, run, adapter, device, exp_kwargs)
+            except Exception as exc:  # localization is best effort; never lose the result
+                res.k_profile = {"error": f"{type(exc).__name__}: {exc}"}
+            tick("diagnosis", t0)
+
+    return finish(FAIL if res.failed_checks else PASS)
+
+
+def divergence_of(result: Result) -> Divergence | None:
+    return Divergence.from_dict(result.divergence) if result.divergence else None

@@ -1,0 +1,50 @@
+"""Layout packers: canonical NumPy problems (``oracle.references``) -> the tensors a kernel takes.
+
+Each packer is the forward direction of one kernel layout, built on ``oracle.packing`` (the
+same records the kernels read their layout facts from), so a packer and the kernel it feeds
+cannot disagree silently about field order or axis.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from oracle.packing import pack
+
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return TORCH_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype {name!r} has no torch counterpart here (allowed: {', '.join(TORCH_DTYPES)})") from None
+
+
+def float_tensor(values: np.ndarray, dtype: str, device: str) -> torch.Tensor:
+    """Float64 values (already representable in ``dtype``) as a torch tensor of ``dtype``."""
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)).to(device=device, dtype=torch_dtype(dtype))
+
+
+def w4a16_inputs(problem, *, layout: str, act_dtype: str, device: str) -> dict[str, torch.Tensor | None]:
+    """x, qweight, scales, zeros, bias for ``kernels.triton.w4a16`` in ``layout``.
+
+    problem: ``x [M,K]``, ``q [K,N]`` uint4 codes, ``scales [K/G,N]``, ``zeros [K/G,N] | None``,
+    ``bias [N] | None`` (``oracle.references``). Scales and bias are given in ``act_dtype``.
+    """
+    from kernels.triton.w4a16 import LAYOUTS
+
+    rec = LAYOUTS[layout]
+    q = np.asarray(problem["q"]).astype(np.uint8)
+    qweight = torch.from_numpy(pack(q, rec.qweight)).to(device)
+    zeros = None
+    if problem.get("zeros") is not None:
+        zeros = torch.from_numpy(pack(np.asarray(problem["zeros"]).astype(np.uint8), rec.zeros)).to(device)
+    bias = problem.get("bias")
+    return {
+        "x": float_tensor(problem["x"], act_dtype, device),
+        "qweight": qweight,
+        "scales": float_tensor(problem["scales"], act_dtype, device),
+        "zeros": zeros,
+        "bias": None if bias is None else float_tensor(bias, act_dtype, device),
+    }

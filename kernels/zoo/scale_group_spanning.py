@@ -1,0 +1,146 @@
+"""Zoo: W4A16 GEMM that applies the first scale group of each K-tile to the whole tile.
+
+Seed 003 (Triton W4A16 GEMM in a serving engine, fixed by clamping BLOCK_K to group_size):
+when BLOCK_K > group_size a K-tile spans several scale groups, but the kernel loaded the scale
+(and zero point) of the tile's first group only and applied it to every row of the tile, so the
+tail rows of each tile were dequantized with the wrong scale — silently, and only for tile
+configs with BLOCK_K > group_size (e.g. GPTQ W4A16 G32 models, whose launcher tile table picked
+BLOCK_K=64/128 at some M). Symptoms appeared as degraded output at long context.
+
+This is a copy of ``kernels.triton.w4a16._w4a16_kernel`` with only that mistake put back; the
+launcher (validation, default tile table, split-K) is the bundled one, and its default picks
+BLOCK_K=128 for M <= 16 and 64 for M <= 256 whatever the group size, as the historical table did.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels import backends
+from kernels.adapters import KernelAdapter
+from kernels.bundled import W4A16, _w4a16_default
+from kernels.packers import torch_dtype
+from kernels.triton.w4a16 import W4A16Config, w4a16_gemm
+
+
+@triton.jit
+def _w4a16_kernel_first_group_scale(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+    M, N, K,
+    stride_xm, stride_xk,
+    stride_qr, stride_qc,
+    stride_sg, stride_sn,
+    stride_zg, stride_zc,
+    stride_os, stride_om, stride_on,
+    GROUP_SIZE,
+    QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
+    Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+
+    # grouped ordering: GROUP_M tiles along M share an N column before moving on
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    # this split's contiguous run of K tiles
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    tile_begin = pid_k * tiles_per_split
+    tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
+
+    # N-dependent parts of the packed addressing (one of *_PER_K / *_PER_N is 1)
+    qw_col = offs_n // QW_PER_N
+    qw_n_offset = offs_n % QW_PER_N
+    z_col = offs_n // Z_PER_N
+    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for tile in range(tile_begin, tile_end):
+        offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+        )
+
+        mask_kn = mask_k[:, None] & mask_n[None, :]
+        qw_row = offs_k // QW_PER_K
+        qw_offset = (offs_k % QW_PER_K)[:, None] + qw_n_offset[None, :]
+        qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * QW_BITS
+        words = tl.load(
+            qw_ptr + qw_row[:, None] * stride_qr + qw_col[None, :] * stride_qc,
+            mask=mask_kn, other=0,
+        ).to(tl.int32)
+        q = (words >> qw_shift) & ((1 << QW_BITS) - 1)
+
+        # THE BUG (seed 003): one group index for the whole tile — the group of the tile's first
+        # row — so when BLOCK_K > group_size the tile's later rows get the first group's scale
+        group = (tile * BLOCK_K) // GROUP_SIZE + tl.zeros_like(offs_k)
+        s = tl.load(
+            s_ptr + group[:, None] * stride_sg + offs_n[None, :] * stride_sn,
+            mask=mask_kn, other=0.0,
+        ).to(tl.float32)
+        if HAS_ZEROS:
+            z_words = tl.load(
+                z_ptr + (group // Z_PER_G)[:, None] * stride_zg + z_col[None, :] * stride_zc,
+                mask=mask_kn, other=0,
+            ).to(tl.int32)
+            z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
+        else:
+            z = SYM_ZERO
+        w = ((q - z).to(tl.float32) * s).to(x.dtype)
+
+        acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
+
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        acc = acc + b[None, :]
+
+    out_ptrs = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+def w4a16_gemm_first_group_scale(x, qweight, scales, zeros=None, **kwargs):
+    """The bundled launcher, launching the buggy kernel copy."""
+    return w4a16_gemm(x, qweight, scales, zeros, kernel=_w4a16_kernel_first_group_scale, **kwargs)
+
+
+def _call(t, params, config):
+    backends.record(backends.NATIVE)
+    return w4a16_gemm_first_group_scale(
+        t["x"], t["qweight"], t["scales"], t["zeros"], layout=params["layout"], group_size=params["group_size"],
+        bias=t["bias"], out_dtype=torch_dtype(params["out_dtype"]),
+        config=W4A16Config(**config) if config else None,
+    )
+
+
+ADAPTER = KernelAdapter(
+    name="zoo:scale_group_spanning",
+    op="w4a16_gemm",
+    pack=W4A16.pack,
+    call=_call,
+    layouts=W4A16.layouts,
+    tunables=W4A16.tunables,
+    default_config=_w4a16_default,
+    expected_backend=backends.NATIVE,
+    description="seed 003: first scale group of each K-tile applied to the whole tile (BLOCK_K > group_size)",
+)
+
+
+def adapters():
+    return (ADAPTER,)

@@ -1,0 +1,40 @@
+"""The gate: the regression corpus plus the deterministic grid, for every selected kernel
+(``--kernels``, default ``bundled``). A case fails when any check fails; the exit code gates."""
+from __future__ import annotations
+
+import pytest
+
+from cases.corpus import load_corpus
+from cases.grid import grid
+from cases.plugin import in_shard, record, selected_adapters
+from cases.runner import run_case
+
+
+def supports(adapter, case) -> bool:
+    layout = case.p.get("layout")
+    if adapter.layouts and layout is not None and layout not in adapter.layouts:
+        return False
+    return all(k in adapter.tunables and v in adapter.tunables[k] for k, v in case.config) if adapter.tunables else True
+
+
+def pytest_generate_tests(metafunc):
+    if "gate_case" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    corpus = load_corpus()
+    params = []
+    for adapter in selected_adapters(config):
+        cases = [c for c in corpus if c.op == adapter.op] + grid(adapter)
+        for case in cases:
+            if supports(adapter, case) and in_shard(case.id, config.qkcheck_shard):
+                params.append(pytest.param(adapter, case, id=f"{adapter.name}::{case.id}"))
+    metafunc.parametrize("adapter,gate_case", params)
+
+
+def test_gate(adapter, gate_case, device, pytestconfig):
+    result = run_case(gate_case, adapter, device)
+    record(pytestconfig, result)
+    if result.status == "skip":
+        pytest.skip(result.skip_reason)
+    if result.status == "fail":
+        pytest.fail(result.summary(), pytrace=False)

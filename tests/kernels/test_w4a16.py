@@ -73,7 +73,7 @@ class Materialized:
     kernel_kwargs: dict
 
 
-def materialize(case: GemmCase) -> Materialized:
+def materialize(case: GemmCase, device: str = "cpu") -> Materialized:
     rng = np.random.default_rng(case.seed)
     groups = 1 if case.group_size == -1 else case.K // case.group_size
     x = rng.integers(ACT_EXACT_RANGE[0], ACT_EXACT_RANGE[1] + 1, (case.M, case.K)).astype(np.float64)
@@ -86,14 +86,14 @@ def materialize(case: GemmCase) -> Materialized:
     layout = LAYOUTS[case.layout]
     scale_dtype = case.scale_dtype or case.act_dtype
     args = (
-        torch.from_numpy(x).to(case.act_dtype),
-        torch.from_numpy(pack(q, layout.qweight)),
-        torch.from_numpy(scales).to(scale_dtype),
-        None if zeros is None else torch.from_numpy(pack(zeros, layout.zeros)),
+        torch.from_numpy(x).to(device, case.act_dtype),
+        torch.from_numpy(pack(q, layout.qweight)).to(device),
+        torch.from_numpy(scales).to(device, scale_dtype),
+        None if zeros is None else torch.from_numpy(pack(zeros, layout.zeros)).to(device),
     )
     kwargs = dict(
         layout=case.layout, group_size=case.group_size,
-        bias=None if bias is None else torch.from_numpy(bias).to(case.act_dtype),
+        bias=None if bias is None else torch.from_numpy(bias).to(device, case.act_dtype),
         out_dtype=case.out_dtype, config=case.config,
     )
     return Materialized(x, q, scales, zeros, bias, args, kwargs)
@@ -112,6 +112,7 @@ def expected_output(ref: np.ndarray, out_dtype: torch.dtype) -> torch.Tensor:
 
 def assert_exact(out: torch.Tensor, ref: np.ndarray, out_dtype: torch.dtype) -> None:
     __tracebackhide__ = True
+    out = out.cpu()
     expected = expected_output(ref, out_dtype)
     assert out.dtype == out_dtype and out.shape == expected.shape, (out.dtype, out.shape, expected.shape)
     if not torch.equal(out, expected):
@@ -135,9 +136,9 @@ def skip_if_uncheckable(case: GemmCase) -> None:
         pytest.skip(reason)
 
 
-def run_case(case: GemmCase) -> None:
+def run_case(case: GemmCase, device: str) -> None:
     skip_if_uncheckable(case)
-    m = materialize(case)
+    m = materialize(case, device)
     out = w4a16_gemm(*m.kernel_args, **m.kernel_kwargs)
     assert_exact(out, reference(m, case), case.out_dtype)
 
@@ -165,8 +166,8 @@ GROUP_CASES = [
 
 
 @pytest.mark.parametrize("case", params(GROUP_CASES))
-def test_group_sizes_and_block_k(case):
-    run_case(case)
+def test_group_sizes_and_block_k(case, device):
+    run_case(case, device)
 
 
 # --- bias, output dtype, scale dtype, split-K -------------------------------------------------------
@@ -186,8 +187,8 @@ EPILOGUE_CASES = [
 
 
 @pytest.mark.parametrize("case", params(EPILOGUE_CASES))
-def test_bias_out_dtype_split_k(case):
-    run_case(case)
+def test_bias_out_dtype_split_k(case, device):
+    run_case(case, device)
 
 
 # --- bf16 activations: checkable only where the probes say the interpreter computes bf16 right --------
@@ -199,8 +200,8 @@ BF16_CASES = [
 
 
 @pytest.mark.parametrize("case", params(BF16_CASES))
-def test_bf16_activations(case):
-    run_case(case)
+def test_bf16_activations(case, device):
+    run_case(case, device)
 
 
 # --- M / N / K tails relative to the tiles ----------------------------------------------------------
@@ -218,8 +219,8 @@ TAIL_CASES = [
 
 
 @pytest.mark.parametrize("case", params(TAIL_CASES))
-def test_tails(case):
-    run_case(case)
+def test_tails(case, device):
+    run_case(case, device)
 
 
 # --- the launcher's own choice -------------------------------------------------------------------------
@@ -229,8 +230,8 @@ DEFAULT_CONFIG_CASES = [
 
 
 @pytest.mark.parametrize("case", params(DEFAULT_CONFIG_CASES))
-def test_default_config(case):
-    run_case(case)
+def test_default_config(case, device):
+    run_case(case, device)
 
 
 def test_default_config_may_span_groups():
@@ -239,22 +240,22 @@ def test_default_config_may_span_groups():
     assert config.block_k > 32
 
 
-def test_m_zero_returns_empty_without_launch():
+def test_m_zero_returns_empty_without_launch(device):
     case = GemmCase("awq", M=0, N=40, K=128, group_size=32, config=cfg(), asym=True, bias=True)
-    m = materialize(case)
+    m = materialize(case, device)
     out = w4a16_gemm(*m.kernel_args, **m.kernel_kwargs)
     assert out.shape == (0, 40) and out.dtype == torch.float16 and out.device == m.kernel_args[0].device
 
 
 # --- broken twins: the exact comparison does fail, and where it should ---------------------------------
-def test_broken_twin_corrupted_scale_fails_in_its_column():
+def test_broken_twin_corrupted_scale_fails_in_its_column(device):
     """Doubling one scale s[g, n] must change column n (and only it) of the output."""
     case = GemmCase("gptq", M=9, N=40, K=256, group_size=32, config=cfg(block_k=128))
-    m = materialize(case)
+    m = materialize(case, device)
     g, n = 3, 17
     corrupted = m.kernel_args[2].clone()
     corrupted[g, n] *= 2
-    out = w4a16_gemm(m.kernel_args[0], m.kernel_args[1], corrupted, m.kernel_args[3], **m.kernel_kwargs)
+    out = w4a16_gemm(m.kernel_args[0], m.kernel_args[1], corrupted, m.kernel_args[3], **m.kernel_kwargs).cpu()
 
     truth = expected_output(reference(m, case), case.out_dtype)
     wrong_scales = m.scales.copy()
@@ -264,12 +265,12 @@ def test_broken_twin_corrupted_scale_fails_in_its_column():
     assert mismatched_columns == [n]
 
 
-def test_broken_twin_first_group_scale_per_tile_is_caught():
+def test_broken_twin_first_group_scale_per_tile_is_caught(device):
     """Seed 003: feed the kernel the scales a BLOCK_K=128, G=32 kernel would apply if it used the
     first group's scale for the whole tile (per-row scales, group_size=1); the output must differ
     from the truth, and the per-row scales that differ are exactly the k rows >= G inside a tile."""
     case = GemmCase("nibble", M=4, N=32, K=256, group_size=32, config=cfg(block_k=128))
-    m = materialize(case)
+    m = materialize(case, device)
     block_k, g = 128, 32
     k = np.arange(case.K)
     applied = m.scales[(k // block_k * block_k) // g]  # [K, N]: the first group of each tile
@@ -278,9 +279,9 @@ def test_broken_twin_first_group_scale_per_tile_is_caught():
     assert wrong_rows.tolist() == [r for r in k if r % block_k >= g]
 
     out = w4a16_gemm(
-        m.kernel_args[0], m.kernel_args[1], torch.from_numpy(applied).to(case.act_dtype), None,
+        m.kernel_args[0], m.kernel_args[1], torch.from_numpy(applied).to(device, case.act_dtype), None,
         layout=case.layout, group_size=1, out_dtype=case.out_dtype, config=case.config,
-    )
+    ).cpu()
     truth = expected_output(reference(m, case), case.out_dtype)
     assert not torch.equal(out, truth)
     divergence = compare(out.double().numpy(), truth.double().numpy(), 0.0)
@@ -288,16 +289,16 @@ def test_broken_twin_first_group_scale_per_tile_is_caught():
 
 
 # --- validation: every message names the argument, the value, what is allowed, and a fix ---------------
-def _base(layout="gptq", M=4, N=32, K=64, group_size=32):
+def _base(device, layout="gptq", M=4, N=32, K=64, group_size=32):
     case = GemmCase(layout, M=M, N=N, K=K, group_size=group_size, config=cfg(), asym=True, bias=True)
-    m = materialize(case)
+    m = materialize(case, device)
     x, qweight, scales, zeros = m.kernel_args
     return dict(x=x, qweight=qweight, scales=scales, zeros=zeros, **m.kernel_kwargs)
 
 
 def _with(**changes):
-    def build():
-        kwargs = _base(**changes.pop("base", {}))
+    def build(device):
+        kwargs = _base(device, **changes.pop("base", {}))
         for key, value in changes.items():
             kwargs[key] = value(kwargs) if callable(value) else value
         return kwargs
@@ -357,21 +358,21 @@ VALIDATION_ERRORS = [
     pytest.param(_with(out_dtype=torch.int8), TypeError,
                  r"out_dtype=torch\.int8 is not supported \(allowed: float16, bfloat16, float32\)", id="out_dtype"),
     pytest.param(_with(scales=lambda kw: kw["scales"].to("meta")), ValueError,
-                 r"tensors are on different devices \(x on cpu, qweight on cpu, scales on meta", id="devices"),
+                 r"tensors are on different devices \(x on \S+, qweight on \S+, scales on meta.*; move them all to", id="devices"),
 ]
 
 
 @pytest.mark.parametrize("build, error, message", VALIDATION_ERRORS)
-def test_validation_error(build, error, message):
-    kwargs = build()
+def test_validation_error(build, error, message, device):
+    kwargs = build(device)
     with pytest.raises(error, match=message):
         w4a16_gemm(
             kwargs.pop("x"), kwargs.pop("qweight"), kwargs.pop("scales"), kwargs.pop("zeros"), **kwargs,
         )
 
 
-def test_op_config_list_length_is_validated():
-    kwargs = _base()
+def test_op_config_list_length_is_validated(device):
+    kwargs = _base(device)
     with pytest.raises(ValueError, match=r"config=\[16, 32\] has 2 entries \(allowed: 3 to 7"):
         ops.w4a16_gemm(kwargs["x"], kwargs["qweight"], kwargs["scales"], kwargs["zeros"], "gptq", 32,
                        kwargs["bias"], None, [16, 32])
@@ -386,8 +387,8 @@ OP_CASES = [
 ]
 
 
-def _op_args(case: GemmCase):
-    m = materialize(case)
+def _op_args(case: GemmCase, device: str):
+    m = materialize(case, device)
     x, qweight, scales, zeros = m.kernel_args
     kw = m.kernel_kwargs
     config = None if case.config is None else case.config.as_list()
@@ -396,11 +397,11 @@ def _op_args(case: GemmCase):
 
 @pytest.mark.parametrize("case", params(OP_CASES))
 @pytest.mark.parametrize("name", sorted(ops.registered_ops()))
-def test_fake_matches_real_metadata(name, case):
+def test_fake_matches_real_metadata(name, case, device):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     op = ops.registered_ops()[name].op
-    m, args = _op_args(case)
+    m, args = _op_args(case, device)
     real = op(*args)
     with FakeTensorMode() as mode:
         fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
@@ -410,19 +411,22 @@ def test_fake_matches_real_metadata(name, case):
         assert_exact(real, reference(m, case), case.out_dtype)
 
 
-def test_opcheck():
-    _, args = _op_args(OP_CASES[0])
+def test_opcheck(device):
+    _, args = _op_args(OP_CASES[0], device)
     torch.library.opcheck(ops.w4a16_gemm, args)
 
 
-def test_time_one_call_16x64x256():
+def test_time_one_call_16x64x256(device):
     """Measured, not asserted (goal under the interpreter: <= 50 ms)."""
     case = GemmCase("gptq", M=16, N=64, K=256, group_size=128, config=None)
-    m = materialize(case)
+    m = materialize(case, device)
     w4a16_gemm(*m.kernel_args, **m.kernel_kwargs)
     calls = 5
+    synchronize = getattr(torch, device).synchronize if device != "cpu" else (lambda: None)
+    synchronize()
     start = time.perf_counter()
     for _ in range(calls):
         w4a16_gemm(*m.kernel_args, **m.kernel_kwargs)
+    synchronize()
     per_call_ms = (time.perf_counter() - start) / calls * 1e3
-    print(f"\nw4a16_gemm 16x64x256 (default config {default_config(16, 64, 256, 128)}): {per_call_ms:.1f} ms/call")
+    print(f"\nw4a16_gemm 16x64x256 on {device} (default config {default_config(16, 64, 256, 128)}): {per_call_ms:.1f} ms/call")

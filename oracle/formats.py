@@ -3,7 +3,7 @@
 One frozen record per format in one registry, ``FORMATS``, keyed by the torch / ml_dtypes name.
 A record holds only the defining fields (bit widths, bias, sign, the special-value convention);
 everything else (max, min normal, smallest subnormal, eps, the decode table, which codes are NaN)
-is computed from them, so the codecs contain no per-format branches.
+is computed from them. The codecs read only those fields: no code path looks at a format's name.
 
 Float layout (``FloatFormat``), most significant bit first::
 
@@ -32,13 +32,21 @@ Known differences from the independent implementations (checked by tests/oracle/
 - ml_dtypes and torch convert float64 input to these formats through float32, i.e. they round
   twice. For float64 values within half a float32 ulp of a tie the results can differ from the
   exact RNE computed here (e.g. e4m3fn of nextafter(1.0625, 2) is 0x39 here, 0x38 in both).
-  For float32 / float16 / bfloat16 inputs (exact in float32) every result agrees bit-exactly.
-- ml_dtypes saturates FP6/FP4 on overflow and maps NaN to a zero code; those formats have no
-  NaN or inf, so here NaN input and (with saturate=False) overflow raise ValueError instead.
+  For float32 / float16 / bfloat16 inputs (exact in float32) the results agree bit-exactly,
+  apart from the cases below.
+- ml_dtypes and torch round every float32 *subnormal* strictly above 2**-127 up to E8M0's
+  2**-126 (0x01), though below 1.5 * 2**-127 the nearest value is 2**-127 (0x00, given here).
+  E8M0 is the only format with normal values below float32's smallest normal 2**-126.
+- ml_dtypes saturates FP6/FP4 on overflow and turns NaN into a zero code (+NaN -> -0); those
+  formats have no NaN or inf, so here NaN input and (with saturate=False) overflow raise
+  ValueError instead.
 - torch ``.to(torch.float8_e4m3fn)`` saturates finite overflow and ±inf to ±448 (what
-  ``saturate=True`` does); ml_dtypes and ``saturate=False`` give NaN.
+  ``saturate=True`` does); ml_dtypes and ``saturate=False`` give NaN. torch encodes a negative
+  NaN as 0xFF in e5m2 (ml_dtypes and this module: 0xFE); both are NaN.
 - torch ``.to(torch.float8_e8m0fnu)`` ignores the sign and maps 0 to 0x00; ml_dtypes and this
   module map zero and negative input to the NaN code 0xFF.
+
+Decoding returns a positive NaN for every NaN code (the sign of a NaN carries no value).
 """
 from __future__ import annotations
 
@@ -57,7 +65,7 @@ class Specials(enum.Enum):
     """Which codes are NaN / ±inf. The value says it in words."""
 
     IEEE = "IEEE 754-like: exponent field all ones is ±inf (mantissa 0) or NaN (mantissa != 0)"
-    FN = "finite + NaN: no inf; the all-ones magnitude (S.1111.111 for e4m3) is NaN, both signs"
+    FN = "finite + NaN: no inf; the all-ones magnitude (S.1111.111 for e4m3, 0xFF for e8m0) is NaN"
     FNUZ = "finite + NaN, unsigned zero: no inf, no -0; the single NaN is 0x80 (sign bit alone)"
     FINITE = "finite: every code is a number; no inf, no NaN"
 
@@ -232,7 +240,7 @@ class FloatFormat:
         FN (e4m3fn)    ±NaN 0x7F/0xFF      ±NaN 0x7F/0xFF (sign kept)           ±max
         FNUZ           NaN 0x80            NaN 0x80                             ±max
         FINITE (fp6,   ValueError          ValueError                           ±max
-        fp4)                               (ml_dtypes would saturate)           (NaN: ValueError)
+        fp4)           (ml_dtypes: 0 code) (ml_dtypes would saturate)           (NaN: ValueError)
         FN unsigned    NaN 0xFF            NaN 0xFF                             max 0xFE
         (e8m0)
         =============  ==================  ===================================  ==============
@@ -241,7 +249,8 @@ class FloatFormat:
         (fn, IEEE, fp6/fp4); FNUZ encodes -0 and negative values that round to zero as 0x00.
 
         E8M0 (OCP MX v1.0 §5.4.1; values 2**(code - 127), no zero, no sign), matching ml_dtypes
-        ``astype(float8_e8m0fnu)`` on float32 input: a positive value is rounded RNE on its
+        ``astype(float8_e8m0fnu)`` on float32 input (except float32 subnormals, see the module
+        docstring), with no rule of its own, only the fields: a positive value is rounded RNE on its
         significand with no mantissa bits, so 2**e * s, 1 <= s < 2, gives 2**e for s < 1.5 and
         2**(e+1) for s >= 1.5 (the tie goes to the even significand, i.e. up: 0.75 -> 1.0,
         1.5 -> 2.0, 3.0 -> 4.0); nearest in the linear domain, not the log domain.
@@ -263,7 +272,8 @@ class FloatFormat:
         # fixed-size chunks keep every temporary small (and cache-resident): one pass over a
         # 4096 x 4096 matrix allocates no full-size float64 or int64 array
         for start in range(0, flat.size, _CHUNK):
-            chunk = flat[start:start + _CHUNK].astype(np.float64)
+            with np.errstate(invalid="ignore"):  # signalling NaNs raise the flag when widened
+                chunk = flat[start:start + _CHUNK].astype(np.float64)
             codes = self._encode_chunk(chunk, saturate)
             if codes is None:
                 self._raise_overflow(x)
@@ -274,27 +284,27 @@ class FloatFormat:
         """Codes of the float64 vector ``x`` (see encode); None when an overflow must raise."""
         negative = np.signbit(x)
         nan = np.isnan(x)
-        mag = self._round_magnitude(np.abs(x))
-        overflow = (mag > self.max_code) & ~nan
+        mag = self._round_magnitude(np.abs(x))  # NaN rows: 0, replaced below
         if saturate:
-            mag[overflow] = self.max_code
-        elif self.has_inf:
-            mag[overflow] = self.inf_code
+            np.minimum(mag, self.max_code, out=mag)
+        elif self.has_inf:  # inf_code == max_code + 1
+            np.minimum(mag, self.inf_code, out=mag)
         elif self.has_nan:
-            nan |= overflow
-        elif overflow.any():
+            nan |= mag > self.max_code
+        elif (mag > self.max_code).any():
             return None
         if self.signed:
             keep_sign = negative if self.has_negative_zero else negative & (mag != 0)
-            mag[keep_sign] |= self._sign_bit
+            mag |= keep_sign * np.int32(self._sign_bit)
         else:  # no code for negatives; without subnormals none for zero either: both become NaN
             nan |= negative
             if not self.subnormals:
                 nan |= x == 0
         if self.has_nan:
-            mag[nan] = self.nan_code
+            nan_code = self.nan_code
             if self.specials is not Specials.FNUZ:  # the NaN keeps the input's sign
-                mag[nan & negative] |= self._sign_bit
+                nan_code = nan_code | negative * np.int32(self._sign_bit)
+            mag = np.where(nan, nan_code, mag)
         return mag.astype(np.uint8)
 
     def _raise_overflow(self, x: np.ndarray) -> None:
@@ -309,7 +319,7 @@ class FloatFormat:
         )
 
     def _round_magnitude(self, a: np.ndarray) -> np.ndarray:
-        """int64 magnitude code of RNE(a), a >= 0, on the grid extended past max (no clamping).
+        """int32 magnitude code of RNE(a), a >= 0, on the grid extended past max (no clamping).
 
         a = 2**e * s with e = floor(log2 a) floored at emin; n = rint(a / 2**(e - M)) counts
         quanta of the binade (rint is round-half-to-even; the division by a power of two is
@@ -320,13 +330,19 @@ class FloatFormat:
         m_bits = self.mantissa_bits
         top_exponent = (1 << self.exponent_bits) - 1 - self.bias  # of the all-ones binade
         # everything >= 2**(top_exponent + 1) overflows: clamping there keeps inf out of the
-        # exponent arithmetic
-        clamped = np.minimum(np.where(np.isnan(a), 0.0, a), 2.0 ** (top_exponent + 1))
-        _, e = np.frexp(clamped)  # clamped = f * 2**e, 0.5 <= f < 1, so floor(log2) = e - 1
-        e = np.maximum(np.where(clamped > 0, e - 1, self.emin), self.emin)
-        n = np.rint(np.ldexp(clamped, m_bits - e)).astype(np.int64)
+        # exponent arithmetic (NaN rows become 0; the caller masks them)
+        clamped = np.minimum(a, 2.0 ** (top_exponent + 1))
+        np.copyto(clamped, 0.0, where=np.isnan(a))
+        # floor(log2 a) is the unbiased float64 exponent field (-1023 for 0 and float64
+        # subnormals, all far below emin)
+        e = (clamped.view(np.int64) >> 52).astype(np.int32) - 1023
+        np.maximum(e, self.emin, out=e)
+        # 2**(M - e) built from its bit pattern: exact, and always a normal float64 here
+        scale = ((1023 + m_bits - e).astype(np.int64) << 52).view(np.float64)
+        n = np.rint(clamped * scale).astype(np.int32)  # rint: round half to even
         first_binade = 0 if self.subnormals else 1 << m_bits
-        return np.maximum((e - self.emin).astype(np.int64) * (1 << m_bits) + n - first_binade, 0)
+        mag = (e - self.emin) * np.int32(1 << m_bits) + n - np.int32(first_binade)
+        return np.maximum(mag, 0, out=mag)
 
 
 @dataclass(frozen=True)

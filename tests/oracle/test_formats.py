@@ -280,8 +280,8 @@ def test_every_number_code_round_trips(fmt):
 @pytest.mark.parametrize("fmt", _params(FLOATS))
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 def test_encode_returns_uint8_of_the_input_shape_for_any_float_dtype(fmt, dtype):
-    x = np.linspace(-1, 1, 12, dtype=dtype).reshape(3, 4) * (fmt.min_normal if not fmt.signed else 1)
-    x = np.abs(x) if not fmt.signed else x
+    x = np.linspace(-3, 3, 12, dtype=dtype).reshape(3, 4)
+    x = x if fmt.signed else np.abs(x)
     got = fmt.encode(x, saturate=True)
     assert got.dtype == np.uint8 and got.shape == (3, 4)
     np.testing.assert_array_equal(got, fmt.encode(x.astype(np.float64), saturate=True))
@@ -462,6 +462,19 @@ def test_float32_subnormal_above_e8m0_min_rounds_to_nearest_unlike_the_libraries
     np.testing.assert_array_equal(torch_encode(fmt, x), [0x01, 0x01, 0x01])
 
 
+@pytest.mark.parametrize("fmt", _params(FLOATS))
+def test_float64_neighbours_of_every_midpoint_round_to_the_nearer_value(fmt):
+    """Where the libraries' float32 detour turns a near-tie into a tie, the oracle still rounds
+    the float64 value to the nearer neighbour (brute force over ml_dtypes' own values)."""
+    grid = _grid(fmt)[:-1]
+    mids = (grid[:-1] + grid[1:]) / 2
+    x = np.concatenate([np.nextafter(mids, 0.0), np.nextafter(mids, np.inf)])
+    nearest = grid[np.argmin(np.abs(x[:, None] - grid[None, :]), axis=1)]
+    if fmt.signed:
+        x, nearest = np.concatenate([x, -x]), np.concatenate([nearest, -nearest])
+    assert_codes_equal(fmt, fmt.encode(x, saturate=False), ml_encode(fmt, nearest), x)
+
+
 @pytest.mark.parametrize("fmt", _params(WITHOUT_NAN))
 def test_ml_dtypes_saturates_formats_without_nan_where_we_raise(fmt):
     """ml_dtypes maps overflow and inf to ±max in FP6/FP4 and NaN to a zero code; the oracle
@@ -480,6 +493,13 @@ def test_torch_e4m3fn_cast_saturates_where_ml_dtypes_gives_nan():
     np.testing.assert_array_equal(torch_encode(fmt, x), fmt.encode(x, saturate=True))
     np.testing.assert_array_equal(ml_encode(fmt, x), fmt.encode(x, saturate=False))
     np.testing.assert_array_equal(fmt.encode(x, saturate=False), [0x7F, 0xFF])
+
+
+def test_torch_e5m2_negative_nan_is_0xff_where_ml_dtypes_gives_0xfe():
+    fmt = FORMATS["float8_e5m2"]
+    x = np.array([-np.nan], dtype=np.float32)
+    assert torch_encode(fmt, x)[0] == 0xFF
+    assert ml_encode(fmt, x)[0] == fmt.encode(x, saturate=False)[0] == 0xFE
 
 
 def test_torch_e8m0_cast_ignores_the_sign_and_maps_zero_to_the_smallest_code():

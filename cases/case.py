@@ -85,7 +85,10 @@ class Case:
     @property
     def id(self) -> str:
         """Readable and stable: op, shape, the params that vary, config, regime, seed, digest."""
-        shape = "".join(f"{k}{v}" for k, v in self.shape)
+        from cases.ops import op_spec
+
+        dims = self.dims
+        shape = "".join(f"{k}{dims[k]}" for k in op_spec(self.op).shape_keys)
         params = "-".join(f"{k}={_short(v)}" for k, v in self.params)
         cfg = ("-" + "".join(f"{_abbrev(k)}{v}" for k, v in self.config)) if self.config else "-default"
         return f"{self.op}-{shape}-{params}{cfg}-{self.regime}-s{self.seed}-{self.digest}"

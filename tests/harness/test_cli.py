@@ -1,0 +1,68 @@
+"""The qkcheck command line as a user meets it: exit codes 0/1/2, one-line errors, fuzz ->
+shrunk case file -> replay reproduces it, the fixed kernel passes the same replay."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS_CASE = ROOT / "cases" / "corpus" / "w4a16-block-k-spans-two-groups.json"
+
+
+def qkcheck(*args, cwd=ROOT, timeout=600):
+    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_replay_of_the_seed_003_case_fails_on_the_zoo_kernel_and_passes_on_the_bundled_one():
+    bad = qkcheck("replay", str(CORPUS_CASE), "--kernels", "zoo:scale_group_spanning", "--device", "cpu")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "first scale group of each BLOCK_K=64 tile is applied to the whole tile (group_size=32)" in bad.stdout
+    good = qkcheck("replay", str(CORPUS_CASE), "--kernels", "bundled", "--device", "cpu")
+    assert good.returncode == 0 and ": PASS" in good.stdout, good.stdout + good.stderr
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        pytest.param(["gate", "--kernels", "zoo:nope", "--device", "cpu"], "zoo:nope: unknown kernel", id="kernel"),
+        pytest.param(["gate", "--device", "tpu"], "device='tpu' is not a device", id="device"),
+        pytest.param(["gate", "--shard", "3/2", "--device", "cpu"], "--shard '3/2' must be i/n", id="shard"),
+        pytest.param(["fuzz", "--budget", "soon", "--device", "cpu"], "--budget 'soon' is not a duration", id="budget"),
+        pytest.param(["gate", "--op", "w9a9", "--device", "cpu"], "--op w9a9: unknown op", id="op"),
+        pytest.param(["replay", "missing.json", "--device", "cpu"], "missing.json: cannot read the case file", id="case-file"),
+        pytest.param(["frobnicate"], "invalid choice: 'frobnicate'", id="command"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_message(args, match):
+    r = qkcheck(*args)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert match in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_adapter_file_that_fails_to_import_is_a_usage_error(tmp_path):
+    f = tmp_path / "adapters.py"
+    f.write_text("import not_a_module_anywhere\n")
+    r = qkcheck("gate", "--kernels", str(f), "--device", "cpu")
+    assert r.returncode == 2 and "failed to import (ModuleNotFoundError" in r.stdout + r.stderr
+
+
+def test_fuzz_finds_seed_003_shrinks_it_and_the_replay_reproduces(tmp_path):
+    fails = tmp_path / "failures"
+    r = qkcheck("fuzz", "--kernels", "zoo:scale_group_spanning", "--budget", "60s", "--device", "cpu",
+                "--failures-dir", str(fails), "--results", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    saved = sorted(fails.glob("*.json"))
+    assert len(saved) == 1
+    case = json.loads(saved[0].read_text())
+    # minimal: two groups of the smallest size in one tile, one row
+    assert case["shape"]["m"] == 1 and case["shape"]["k"] == 2 * case["params"]["group_size"]
+    assert case["config"]["block_k"] > case["params"]["group_size"]
+    replay = qkcheck("replay", str(saved[0]), "--kernels", "zoo:scale_group_spanning", "--device", "cpu")
+    assert replay.returncode == 1 and "first scale group of each BLOCK_K" in replay.stdout
+    fixed = qkcheck("replay", str(saved[0]), "--kernels", "bundled", "--device", "cpu")
+    assert fixed.returncode == 0, fixed.stdout

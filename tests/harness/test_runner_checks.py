@@ -1,0 +1,148 @@
+"""Every check of the runner is proven able to fail, each by a deliberately broken tiny kernel
+(torch implementations of W4A16 with one defect each), and a correct one passes them all."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cases.case import Case
+from cases.runner import run_case
+from kernels import backends
+from kernels.adapters import KernelAdapter
+from kernels.bundled import W4A16
+from kernels.packers import torch_dtype
+from kernels.triton.w4a16 import LAYOUTS
+from oracle.packing import unpack
+
+CASE = Case.make("w4a16_gemm", shape={"m": 3, "n": 16, "k": 64},
+                 params={"group_size": 32, "zero_points": True, "layout": "gptq", "act_dtype": "float16",
+                         "out_dtype": "float16", "bias": True},
+                 regime="exact", seed=11)
+
+
+def _dequant(t, params):
+    rec = LAYOUTS[params["layout"]]
+    q = torch.from_numpy(unpack(t["qweight"].cpu().numpy(), rec.qweight, signed=False).astype("int64"))
+    z = torch.from_numpy(unpack(t["zeros"].cpu().numpy(), rec.zeros, signed=False).astype("int64"))
+    g = params["group_size"]
+    s = t["scales"].float()
+    return ((q - z.repeat_interleave(g, 0)) * s.repeat_interleave(g, 0)).half().float()
+
+
+def torch_w4a16(t, params, config):
+    """A correct tiny W4A16 kernel in torch: dequantize, fp16 weights, fp32 accumulate."""
+    backends.record(backends.NATIVE)
+    y = t["x"].float() @ _dequant(t, params)
+    if t["bias"] is not None:
+        y = y + t["bias"].float()
+    return y.to(torch_dtype(params["out_dtype"]))
+
+
+def _adapter(call, **kw):
+    base = dict(name="test:tiny", op="w4a16_gemm", pack=W4A16.pack, call=call, layouts=("gptq",),
+                tunables={}, expected_backend=backends.NATIVE)
+    base.update(kw)
+    return KernelAdapter(**base)
+
+
+def _failed(result):
+    return {c.name: c.detail for c in result.checks if c.outcome == "fail"}
+
+
+def test_correct_tiny_kernel_passes_every_check():
+    r = run_case(CASE, _adapter(torch_w4a16), "cpu")
+    assert r.status == "pass", r.summary()
+    assert {c.name for c in r.checks} >= {"signature", "contract", "numerics", "inputs_unchanged", "determinism", "backend"}
+
+
+def test_wrong_output_dtype_fails_contract():
+    def call(t, p, c):
+        return torch_w4a16(t, p, c).float()
+
+    assert "output dtype float32, requested float16" in _failed(run_case(CASE, _adapter(call), "cpu"))["contract"]
+
+
+def test_writing_into_an_input_fails():
+    def call(t, p, c):
+        out = torch_w4a16(t, p, c)
+        t["x"][0, 0] = 99.0
+        return out
+
+    assert "wrote into its inputs: x" in _failed(run_case(CASE, _adapter(call), "cpu"))["inputs_unchanged"]
+
+
+def test_nondeterminism_fails():
+    calls = {"n": 0}
+
+    def call(t, p, c):
+        calls["n"] += 1
+        out = torch_w4a16(t, p, c)
+        return out + (calls["n"] % 2) * 2.0**-8
+
+    failed = _failed(run_case(CASE, _adapter(call, deterministic=True), "cpu"))
+    assert "different bits" in failed["determinism"]
+
+
+def test_out_of_bounds_read_hits_poison_and_fails_numerics():
+    def call(t, p, c):
+        x = t["x"]
+        # reads one element past the end of each row: the padding holds NaN poison
+        wide = torch.as_strided(x, (x.shape[0], x.shape[1] + 1), x.stride())
+        y = torch_w4a16(dict(t, x=wide[:, 1:]), p, c)
+        return y
+
+    r = run_case(CASE, _adapter(call), "cpu")
+    assert "NaN/Inf positions differ" in _failed(r)["numerics"]
+
+
+def test_a_raising_kernel_is_a_recorded_failure():
+    def call(t, p, c):
+        raise RuntimeError("illegal memory access (simulated)")
+
+    r = run_case(CASE, _adapter(call), "cpu")
+    assert r.status == "fail" and "raised RuntimeError: illegal memory access" in _failed(r)["raised"]
+
+
+def test_emulation_where_native_is_expected_fails_backend():
+    def call(t, p, c):
+        with backends.recording():
+            pass
+        backends.record(backends.EMULATION)
+        return torch_w4a16.__wrapped__(t, p, c) if hasattr(torch_w4a16, "__wrapped__") else _no_record(t, p, c)
+
+    assert _failed(run_case(CASE, _adapter(call), "cpu"))["backend"] == "ran on emulation, native expected"
+
+
+def _no_record(t, p, c):
+    y = t["x"].float() @ _dequant(t, p) + t["bias"].float()
+    return y.to(torch_dtype(p["out_dtype"]))
+
+
+def test_signature_drift_names_the_parameter():
+    def new_api(x, w, x_scale, w_scale, bias=None, dtype=None):  # `out` used to be the 5th parameter
+        raise AssertionError("never called")
+
+    adapter = _adapter(torch_w4a16, target=new_api, signature=("x", "w", "x_scale", "w_scale", "out"))
+    detail = _failed(run_case(CASE, adapter, "cpu"))["signature"]
+    assert "parameter 4 is 'bias' where the adapter binds 'out'" in detail
+
+
+def test_fake_with_wrong_dtype_fails_fake_vs_real():
+    lib = torch.library.Library("qkcheck_test", "FRAGMENT")
+    lib.define("bad_fake(Tensor x) -> Tensor")
+    lib.impl("bad_fake", lambda x: x.clone(), "CompositeExplicitAutograd")
+    torch.library.register_fake("qkcheck_test::bad_fake", lambda x: x.new_empty(x.shape, dtype=torch.float8_e4m3fn), lib=lib)
+
+    def call(t, p, c):  # torch ops only, so it also runs on fake tensors
+        return torch.ops.qkcheck_test.bad_fake(t["x"][:, :16].clone())
+
+    detail = _failed(run_case(CASE, _adapter(call, custom_op="qkcheck_test::bad_fake"), "cpu"))["fake_vs_real"]
+    assert "fake says shape [3, 16] dtype float8_e4m3fn" in detail and "real gives shape [3, 16] dtype float16" in detail
+
+
+def test_the_bundled_kernel_passes_the_same_checks():
+    r = run_case(CASE, W4A16, "cpu")
+    assert r.status == "pass", r.summary()
+    assert any(c.name == "fake_vs_real" and c.outcome == "pass" for c in r.checks)

@@ -58,10 +58,8 @@ class Case:
         return dict(self.config)
 
     def replace(self, **changes) -> "Case":
+        """A copy with whole fields replaced (``config={}`` drops the config)."""
         d = self.to_dict()
-        for key in ("shape", "params", "config"):
-            if key in changes:
-                d[key] = {**d[key], **changes.pop(key)}
         d.update(changes)
         return Case.from_dict(d)
 

@@ -104,9 +104,9 @@ def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def skip_reason(case: Case, device: str) -> str | None:
+def skip_reason(case: Case, device: str, adapter=None) -> str | None:
     """Why this case cannot be checked on this device (an interpreter defect), or None."""
-    if device != "cpu":
+    if device != "cpu" or (adapter is not None and not adapter.triton):
         return None
     from kernels import probes
 
@@ -199,7 +199,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         res.timings = {k: round(v, 6) for k, v in timings.items()}
         return res
 
-    reason = skip_reason(case, device)
+    reason = skip_reason(case, device, adapter)
     if reason:
         res.skip_reason = reason
         return finish(SKIP)

@@ -33,6 +33,7 @@ class KernelAdapter:
     layouts: tuple[str, ...] = ()
     tunables: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     deterministic: bool = True
+    triton: bool = True  # runs Triton code: on cpu the interpreter's known defects apply to it
     custom_op: str | None = None  # torch.library op the call goes through (fake-vs-real is checked)
     expected_backend: str | None = None  # e.g. "native": anything else recorded fails the case
     target: Callable | None = None  # the external callable, for the signature check

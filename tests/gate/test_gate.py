@@ -14,7 +14,12 @@ def supports(adapter, case) -> bool:
     layout = case.p.get("layout")
     if adapter.layouts and layout is not None and layout not in adapter.layouts:
         return False
-    return all(k in adapter.tunables and v in adapter.tunables[k] for k, v in case.config) if adapter.tunables else True
+    return all(k in adapter.tunables and v in adapter.tunables[k] for k, v in case.config)
+
+
+def for_adapter(adapter, case):
+    """The case as this adapter runs it: a kernel without tunables runs it with no config."""
+    return case if adapter.tunables or not case.config else case.replace(config={})
 
 
 def pytest_generate_tests(metafunc):
@@ -24,8 +29,8 @@ def pytest_generate_tests(metafunc):
     corpus = load_corpus()
     params = []
     for adapter in selected_adapters(config):
-        cases = [c for c in corpus if c.op == adapter.op] + grid(adapter)
-        for case in cases:
+        cases = [for_adapter(adapter, c) for c in [c for c in corpus if c.op == adapter.op] + grid(adapter)]
+        for case in dict.fromkeys(cases):  # distinct, in order
             if supports(adapter, case) and in_shard(case.id, config.qkcheck_shard):
                 params.append(pytest.param(adapter, case, id=f"{adapter.name}::{case.id}"))
     metafunc.parametrize("adapter,gate_case", params)

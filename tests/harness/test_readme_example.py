@@ -1,0 +1,18 @@
+"""The README's adapter example works as the README says."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness.test_cli import ROOT, qkcheck
+
+
+def test_readme_shows_the_example_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "qkcheck gate --kernels examples/torch_w4a16_adapter.py" in readme
+    assert Path(ROOT / "examples" / "torch_w4a16_adapter.py").exists()
+
+
+def test_gate_on_the_example_adapter_passes():
+    r = qkcheck("gate", "--kernels", "examples/torch_w4a16_adapter.py", "--device", "cpu", "--shard", "1/3")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout

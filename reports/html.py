@@ -67,6 +67,15 @@ def fmt(value, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def short(value: float) -> str:
+    """Compact axis label: 0.5, 12, 340, 1e4, 5.9e5."""
+    if value < 1e4:
+        return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
+    mantissa, exponent = f"{value:.1e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}" if mantissa != "1" else f"1e{int(exponent)}"
+
+
 def group_label(group_size) -> str:
     return "gK" if group_size == -1 else f"g{group_size}"
 
@@ -164,7 +173,7 @@ def heatmap(div: dict) -> Heatmap | None:
     legend = [(ZERO, "0"), (NEUTRAL, "≤ 1 (within bound)")]
     lo = 1.0
     for edge, colour in zip(edges, GRADES):
-        legend.append((colour, f"{fmt(lo, 3)} – {fmt(edge, 3)}"))
+        legend.append((colour, f"{short(lo)} – {short(edge)}"))
         lo = edge
     shape = div.get("shape") or [rows, cols]
     out_rows = int(shape[0]) if len(shape) >= 2 else 1
@@ -186,6 +195,8 @@ class Bars:
     log: bool
     legend: list[tuple[str, str]] = field(default_factory=list)
     axis_label: str = ""
+    y_label: str = "error / bound"
+    x_labels: list[tuple[float, str]] = field(default_factory=list)  # (x centre, label)
 
 
 PLOT_H = 150.0
@@ -205,8 +216,11 @@ def _scale(values: list[float]):
 
         ticks, t = [(y(0.0), "0"), (y(1.0), "1")], 10.0
         while t <= top:
-            ticks.append((y(t), fmt(t, 3)))
+            ticks.append((y(t), short(t)))
             t *= 10
+        peak = max(finite + [1.0])
+        if peak >= 2 and 0.3 < math.log10(peak) % 1 < 0.85:  # label the peak unless it sits by a decade
+            ticks.append((y(peak), short(peak)))
     else:
         ymax = max(top, 1.5)
 
@@ -217,7 +231,7 @@ def _scale(values: list[float]):
         step = 0.5 if ymax <= 3 else (1 if ymax <= 6 else 2)
         ticks, t = [], 0.0
         while t <= ymax:
-            ticks.append((y(t), fmt(t, 3)))
+            ticks.append((y(t), short(t)))
             t += step
     return y, ticks, log
 
@@ -249,6 +263,8 @@ def k_profile_chart(kp: dict) -> Bars | None:
     labels = [f"k-group {i} (k {i * g}..{(i + 1) * g - 1}), position {p} in BLOCK_K tile" if tiled
               else f"k-group {i}" for i, p in enumerate(positions)]
     chart = bars(ratios, colours, labels)
+    if len(ratios) <= 32:
+        chart.x_labels = [(b["x"] + b["w"] / 2, f"g{i}") for i, b in enumerate(chart.bars)]
     if tiled:
         chart.legend = [(TILE_COLOURS[p % len(TILE_COLOURS)], f"position {p} in tile")
                         for p in range(bk // g)]
@@ -312,6 +328,12 @@ def _stats(div: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _label_units(chart: Bars | None, exact: bool) -> Bars | None:
+    if chart is not None and exact:
+        chart.y_label = "error (output ULPs)"
+    return chart
+
+
 def _failure(rec: dict, index: int, detailed: bool) -> dict:
     div = rec.get("divergence") if isinstance(rec.get("divergence"), dict) else None
     kp = rec.get("k_profile") if isinstance(rec.get("k_profile"), dict) else None
@@ -334,10 +356,10 @@ def _failure(rec: dict, index: int, detailed: bool) -> dict:
         shape = div.get("shape") or []
         rows_n = int(shape[0]) if len(shape) >= 2 else 1
         cols_n = int(shape[-1]) if shape else 0
-        out["row_profile"] = profile_chart(div.get("row_max_ratio"), "row", rows_n)
-        out["col_profile"] = profile_chart(div.get("col_max_ratio"), "column", cols_n)
+        out["row_profile"] = _label_units(profile_chart(div.get("row_max_ratio"), "row", rows_n), out["exact"])
+        out["col_profile"] = _label_units(profile_chart(div.get("col_max_ratio"), "column", cols_n), out["exact"])
     out["k_profile_error"] = kp.get("error") if kp and "error" in kp else None
-    out["k_profile"] = k_profile_chart(kp) if kp and "error" not in kp else None
+    out["k_profile"] = _label_units(k_profile_chart(kp) if kp and "error" not in kp else None, out["exact"])
     return out
 
 

@@ -107,9 +107,8 @@ class Case:
                 raise CaseError(f"{source}: missing field {key!r}; a case needs op, shape and params")
             if not isinstance(d[key], kind):
                 raise CaseError(f"{source}: field {key!r} must be a {'string' if kind is str else 'JSON object'}, got {d[key]!r}")
-        for key in ("config",):
-            if not isinstance(d.get(key, {}), Mapping):
-                raise CaseError(f"{source}: field {key!r} must be a JSON object, got {d[key]!r}")
+        if not isinstance(d.get("config", {}), Mapping):
+            raise CaseError(f"{source}: field 'config' must be a JSON object, got {d['config']!r}")
         seed = d.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise CaseError(f"{source}: seed={seed!r} must be a non-negative integer")

@@ -34,7 +34,6 @@ def _w4a16(adapter) -> list[Case]:
         bk = block_k_for(rel, g, k)
         if bk is None or bk not in adapter.tunables.get("block_k", (bk,)):
             continue
-        n_eff = n if layout != "awq" else n
         idx = len(cases)
         act = "bfloat16" if idx % 7 == 3 else "float16"
         out = ("float16", "float32", "bfloat16")[idx % 3] if act == "float16" else "bfloat16"
@@ -43,7 +42,7 @@ def _w4a16(adapter) -> list[Case]:
             cfg["split_k"] = 2
         regime = ("exact", "exact", "adversarial", "realistic")[idx % 4]
         cases.append(Case.make(
-            "w4a16_gemm", shape={"m": m, "n": n_eff, "k": k},
+            "w4a16_gemm", shape={"m": m, "n": n, "k": k},
             params={"group_size": g, "zero_points": zp, "layout": layout, "act_dtype": act, "out_dtype": out, "bias": bias},
             config=cfg, regime=regime, seed=idx,
         ))

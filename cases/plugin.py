@@ -7,16 +7,12 @@ code 4 from pytest; the CLI maps it to 2).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import zlib
 from pathlib import Path
 
 import pytest
-
-RESULTS_KEY = "qkcheck_results"
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qkcheck", "qkcheck: quantized-kernel correctness harness")
@@ -71,7 +67,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.qkcheck_ops = config.getoption("--op")
     config.qkcheck_results = []
     config.qkcheck_started = time.time()
-    config.addinivalue_line("markers", "qkcheck_case: a gate/fuzz case run by the harness")
 
 
 def selected_adapters(config: pytest.Config):

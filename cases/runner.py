@@ -234,8 +234,8 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
         res.checks.append(Check("raised", FAIL, f"the kernel raised {tb}"))
         return finish(FAIL)
-    if device != "cpu":
-        torch.cuda.synchronize() if device == "cuda" else None
+    if device == "cuda":
+        torch.cuda.synchronize()
     tick("kernel", t0)
     res.backends = ran
 
@@ -251,7 +251,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         problems.append(f"output on {out.device.type}, inputs on {device}")
     res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
 
-    div = None
+    div = actual = None
     if tuple(out.shape) == tuple(expectation.expected.shape):
         actual = _to_numpy(out)
         div = compare(actual, expectation.expected, expectation.bound, unit=expectation.unit,
@@ -296,7 +296,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         if diagnose_failures:
             t0 = time.perf_counter()
             ctx = {"block_k": effective_config(case, adapter).get("block_k")}
-            res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, _to_numpy(out), context=ctx, **exp_kwargs)]
+            res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, actual, context=ctx, **exp_kwargs)]
             try:
                 res.k_profile = _k_profile(case, problem, run, adapter, device, exp_kwargs)
             except Exception as exc:  # localization is best effort; never lose the result

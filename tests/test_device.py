@@ -24,3 +24,11 @@ def test_unknown_device_is_refused_with_the_allowed_list():
 
 def test_cpu_native_fp8_is_ocp_fn():
     assert device.native_fp8_format("cpu") == "float8_e4m3fn"
+
+
+def test_switching_mode_after_kernels_are_decorated_is_refused(monkeypatch):
+    import kernels.zoo.scale_group_spanning  # noqa: F401  (decorated under the interpreter here)
+
+    monkeypatch.setattr(device, "resolve", lambda requested: "cuda")
+    with pytest.raises(RuntimeError, match=r"kernels\.(triton|zoo)\..*select the device before importing kernels"):
+        device.activate("cuda")

@@ -10,12 +10,37 @@ TILE_SIZES = (16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
+class Output:
+    """One output of an op, as its contract promises it: name, shape, dtype name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _gemm_outputs(dims, params) -> tuple[Output, ...]:
+    return (Output("out", (dims["m"], dims["n"]), params["out_dtype"]),)
+
+
+@dataclass(frozen=True)
 class OpSpec:
+    """An op's case space and contract.
+
+    ``kind`` says how its output is judged: ``"gemm"`` (one float output within a per-element
+    bound), ``"quant"`` (codes and scales, compared code for code). ``compute_dtype`` and
+    ``out_dtype`` name the dtypes the interpreter probes and the oracle's bound need;
+    ``outputs`` is the output contract (dtype, shape) the runner checks.
+    """
+
     op: str
     shape_keys: tuple[str, ...]
     params: dict[str, tuple[Any, ...]]  # name -> allowed values
     tunables: dict[str, tuple[int, ...]]  # config name -> allowed values
     rules: tuple[Callable[["Case"], str | None], ...] = ()  # noqa: F821 — return an error or None
+    kind: str = "gemm"
+    compute_dtype: Callable[[dict], str] = lambda p: p["act_dtype"]
+    out_dtype: Callable[[dict], str] = lambda p: p["out_dtype"]
+    outputs: Callable[[dict, dict], tuple[Output, ...]] = _gemm_outputs
 
     def validate(self, case) -> None:
         from cases.case import CaseError

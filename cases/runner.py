@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cases.case import Case
+from cases.ops import op_spec
 from cases.regimes import materialize
 from oracle.compare import Divergence, compare
 from oracle.diagnosis import diagnose
@@ -32,6 +33,7 @@ from oracle.references import expect, reference
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 POISON_PAD = 7  # elements of poison on each side of, and between the rows of, every input view
 K_PROFILE_MAX_GROUPS = 32
+FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @dataclass
@@ -108,19 +110,29 @@ def skip_reason(case: Case, device: str, adapter=None) -> str | None:
     """Why this case cannot be checked on this device (an interpreter defect), or None."""
     if device != "cpu" or (adapter is not None and not adapter.triton):
         return None
+    from cases.ops import op_spec
     from kernels import probes
 
+    spec = op_spec(case.op)
     p = case.p
-    compute = p.get("act_dtype", "float16")
-    out = p.get("out_dtype", "")
-    fp8 = out.startswith("float8")
-    return probes.skip_reason(compute_dtype=compute, fp8_output=fp8, output_dtype=None if fp8 else out)
+    out_dtypes = [o.dtype for o in spec.outputs(case.dims, p)]
+    fp8 = any(d.startswith("float8") for d in out_dtypes)
+    plain = [d for d in out_dtypes if d in FLOAT_DTYPES]
+    compute = spec.compute_dtype(p)  # int8/fp8 dots: the probes concern their float32 epilogue
+    return probes.skip_reason(compute_dtype=compute if compute in FLOAT_DTYPES else "float32", fp8_output=fp8,
+                              output_dtype=plain[0] if plain else None)
+
+
+def as_outputs(out) -> tuple:
+    """A kernel's return value as a tuple of tensors (one op may return several)."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
 def _bits_equal(a, b) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
+    a, b = as_outputs(a), as_outputs(b)
+    if len(a) != len(b):
         return False
-    return torch_equal_bits(a, b)
+    return all(x.dtype == y.dtype and x.shape == y.shape and torch_equal_bits(x, y) for x, y in zip(a, b))
 
 
 def torch_equal_bits(a, b) -> bool:
@@ -157,7 +169,7 @@ def _fake_metadata(adapter, tensors, params, config):
     with FakeTensorMode(allow_non_fake_inputs=False) as mode:
         fake = {k: (None if v is None else mode.from_tensor(v)) for k, v in tensors.items()}
         out = adapter.call(fake, params, config)
-    return tuple(out.shape), out.dtype, out.device.type
+    return [(tuple(o.shape), o.dtype, o.device.type) for o in as_outputs(out)]
 
 
 def _k_profile(case, problem, run, adapter, device, exp_kwargs) -> dict | None:
@@ -181,6 +193,78 @@ def _k_profile(case, problem, run, adapter, device, exp_kwargs) -> dict | None:
         ratios.append(0.0 if d is None else float(d.max_ratio))
     block_k = effective_config(case, adapter).get("block_k")
     return {"group_size": g, "groups": groups, "max_ratio": ratios, "block_k": block_k}
+
+
+def contract_problems(promised, outs, device: str) -> list[str]:
+    """What differs between the outputs a kernel returned and the op's contract."""
+    import torch
+
+    if len(outs) != len(promised):
+        return [f"returned {len(outs)} output(s), the op promises {len(promised)} "
+                f"({', '.join(o.name for o in promised)})"]
+    problems = []
+    for want, got in zip(promised, outs):
+        name = "" if len(promised) == 1 else f"{want.name}: "
+        if _dtype_name(got.dtype) != want.dtype:
+            problems.append(f"{name}output dtype {_dtype_name(got.dtype)}, requested {want.dtype}")
+        if tuple(got.shape) != tuple(want.shape):
+            problems.append(f"{name}output shape {list(got.shape)}, expected {list(want.shape)}")
+        if got.device.type != torch.device(device).type:
+            problems.append(f"{name}output on {got.device.type}, inputs on {device}")
+    return problems
+
+
+def _describe_meta(meta) -> str:
+    return ", ".join(f"shape {list(s)} dtype {_dtype_name(d)} on {dev}" for s, d, dev in meta)
+
+
+def _expect(spec, problem, exp_kwargs):
+    if spec.kind == "quant":
+        from oracle.quant_ops import expect_quant
+
+        return expect_quant(spec.op, problem)
+    return expect(spec.op, problem, **exp_kwargs)
+
+
+def _numerics(spec, case, problem, expectation, outs, res):
+    """The numerics check for the op's kind; returns (divergence or None, actual values)."""
+    if spec.kind == "quant":
+        from oracle.quant_ops import compare_quant, decode_codes
+
+        promised = spec.outputs(case.dims, case.p)
+        if len(outs) != len(promised) or any(_dtype_name(o.dtype) != w.dtype for o, w in zip(outs, promised)):
+            res.checks.append(Check("numerics", SKIP, "the outputs' dtypes differ from the contract; codes not compared"))
+            return None, None
+        codes = decode_codes(_raw_numpy(outs[0]), promised[0].dtype)
+        scales = None if len(outs) < 2 else _scales_numpy(outs[1], promised[1].dtype)
+        div = compare_quant(spec.op, expectation, codes, scales)
+        res.checks.append(Check("numerics", FAIL if div else PASS, div.summary() if div else ""))
+        return div, codes
+    out = outs[0]
+    if tuple(out.shape) != tuple(expectation.expected.shape):
+        res.checks.append(Check("numerics", SKIP, "output shape differs; values not compared"))
+        return None, None
+    actual = _to_numpy(out)
+    div = compare(actual, expectation.expected, expectation.bound, unit=expectation.unit,
+                  axis_names=reference(case.op).axis_names)
+    res.checks.append(Check("numerics", FAIL if div else PASS, div.summary() if div else ""))
+    return div, actual
+
+
+def _raw_numpy(t) -> np.ndarray:
+    """A tensor's elements as NumPy: integers as they are, floats of 8 bits as their bit patterns."""
+    import torch
+
+    t = t.detach().cpu()
+    if t.element_size() == 1 and t.is_floating_point():
+        return t.view(torch.uint8).numpy()
+    if t.is_floating_point():
+        return t.float().numpy().astype(np.float64)
+    return t.numpy()
+
+
+def _scales_numpy(t, dtype: str) -> np.ndarray:
+    return _raw_numpy(t) if dtype.startswith(("float8", "uint8")) else _to_numpy(t)
 
 
 def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True) -> Result:
@@ -215,8 +299,9 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     t0 = time.perf_counter()
     exact = case.regime == "exact"
     p = case.p
-    exp_kwargs = dict(exact=exact, compute_dtype=p["act_dtype"], out_dtype=p["out_dtype"])
-    expectation = expect(case.op, problem, **exp_kwargs)
+    spec = op_spec(case.op)
+    exp_kwargs = dict(exact=exact, compute_dtype=spec.compute_dtype(p), out_dtype=spec.out_dtype(p))
+    expectation = _expect(spec, problem, exp_kwargs)
     tick("oracle", t0)
 
     t0 = time.perf_counter()
@@ -240,27 +325,12 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     res.backends = ran
 
     t0 = time.perf_counter()
-    want_dtype = p.get("out_dtype")
-    m, n = case.dims.get("m"), case.dims.get("n")
-    problems = []
-    if _dtype_name(out.dtype) != want_dtype:
-        problems.append(f"output dtype {_dtype_name(out.dtype)}, requested {want_dtype}")
-    if tuple(out.shape) != (m, n):
-        problems.append(f"output shape {list(out.shape)}, expected {[m, n]}")
-    if out.device.type != torch.device(device).type:
-        problems.append(f"output on {out.device.type}, inputs on {device}")
+    outs = as_outputs(out)
+    problems = contract_problems(spec.outputs(case.dims, p), outs, device)
     res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
 
-    div = actual = None
-    if tuple(out.shape) == tuple(expectation.expected.shape):
-        actual = _to_numpy(out)
-        div = compare(actual, expectation.expected, expectation.bound, unit=expectation.unit,
-                      axis_names=reference(case.op).axis_names)
-        res.checks.append(Check("numerics", FAIL if div else PASS, div.summary() if div else ""))
-    else:
-        res.checks.append(Check("numerics", SKIP, "output shape differs; values not compared"))
-
-    changed = [k for k, v in tensors.items() if v is not None and not torch.equal(v.nan_to_num(0), snapshot[k].nan_to_num(0))]
+    div, actual = _numerics(spec, case, problem, expectation, outs, res)
+    changed = [k for k, v in tensors.items() if v is not None and not torch_equal_bits(v, snapshot[k])]
     res.checks.append(Check("inputs_unchanged", FAIL if changed else PASS,
                             f"the kernel wrote into its inputs: {', '.join(changed)}" if changed else ""))
     tick("checks", t0)
@@ -277,23 +347,25 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         t0 = time.perf_counter()
         try:
             meta = _fake_metadata(adapter, clean, p, case.cfg)
-            real = (tuple(out.shape), out.dtype, out.device.type)
+            real = [(tuple(o.shape), o.dtype, o.device.type) for o in outs]
             ok = meta == real
-            detail = "" if ok else (f"fake says shape {list(meta[0])} dtype {_dtype_name(meta[1])} on {meta[2]}; "
-                                    f"real gives shape {list(real[0])} dtype {_dtype_name(real[1])} on {real[2]}")
+            detail = "" if ok else (f"fake says {_describe_meta(meta)}; real gives {_describe_meta(real)}")
         except Exception as exc:
             ok, detail = False, f"the fake implementation raised {type(exc).__name__}: {exc}"
         res.checks.append(Check("fake_vs_real", PASS if ok else FAIL, detail))
         tick("checks", t0)
 
-    if adapter.expected_backend:
-        wrong = [b for b in ran if b != adapter.expected_backend] or ([] if ran else ["(none recorded)"])
+    want_backend = adapter.expected_backend
+    if callable(want_backend):  # a declared expectation that depends on the case and the platform
+        want_backend = want_backend(case.p, device)
+    if want_backend:
+        wrong = [b for b in ran if b != want_backend] or ([] if ran else ["(none recorded)"])
         res.checks.append(Check("backend", FAIL if wrong else PASS,
-                                f"ran on {', '.join(wrong)}, {adapter.expected_backend} expected" if wrong else ""))
+                                f"ran on {', '.join(wrong)}, {want_backend} expected" if wrong else ""))
 
     if div is not None:
         res.divergence = div.to_dict()
-        if diagnose_failures:
+        if diagnose_failures and spec.kind == "gemm":
             t0 = time.perf_counter()
             ctx = {"block_k": effective_config(case, adapter).get("block_k")}
             res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, actual, context=ctx, **exp_kwargs)]

@@ -35,7 +35,8 @@ class KernelAdapter:
     deterministic: bool = True
     triton: bool = True  # runs Triton code: on cpu the interpreter's known defects apply to it
     custom_op: str | None = None  # torch.library op the call goes through (fake-vs-real is checked)
-    expected_backend: str | None = None  # e.g. "native": anything else recorded fails the case
+    # e.g. "native": anything else recorded fails the case; or (params, device) -> name | None
+    expected_backend: str | Callable[[Mapping, str], str | None] | None = None
     target: Callable | None = None  # the external callable, for the signature check
     signature: tuple[str, ...] = ()  # the parameter names `call` binds on `target`, in order
     default_config: Callable[[Mapping, Mapping], Mapping] | None = None  # (dims, params) -> config it picks

@@ -35,6 +35,9 @@ def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
     p.add_argument("-n", dest="workers", default=None, help="pytest-xdist workers (a number or auto)")
     p.add_argument("--shard", metavar="i/n", help="run shard i of n of the case list")
     p.add_argument("--failures-dir", default="out/failures", help="where failing cases are saved (default out/failures)")
+    p.add_argument("--isolate", choices=("auto", "on", "off"), default="auto",
+                   help="run cases in a child process so a crash or hang fails only that case (auto: on for GPUs)")
+    p.add_argument("--case-timeout", default="300s", help="per-case time limit (default 300s; 0 = none)")
     if budget:
         p.add_argument("--budget", default="60s", help="time budget per kernel, e.g. 30s, 5m (default 60s)")
     p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest after --")
@@ -44,7 +47,7 @@ def _pytest(suite: str, args) -> int:
     import pytest
 
     argv = [str(SUITES / suite), f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-q", "--device", args.device,
-            "--failures-dir", args.failures_dir]
+            "--failures-dir", args.failures_dir, "--isolate", args.isolate, "--case-timeout", args.case_timeout]
     for spec in args.kernels or ["bundled"]:
         argv += ["--kernels", spec]
     for op in args.op or []:

@@ -26,14 +26,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--report", default=None, metavar="PATH", help="write the HTML report here at the end")
     group.addoption("--results", default=None, metavar="PATH", help="write results as JSON lines here")
     group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based) of the case list")
+    group.addoption("--isolate", default="auto", choices=("auto", "on", "off"),
+                    help="run cases in a child process so a crash or hang fails only that case: "
+                         "auto = on for cuda/xpu, off for cpu")
+    group.addoption("--case-timeout", default="300s", metavar="DURATION",
+                    help="per-case time limit; a case past it fails as a hang (0 = none)")
     group.addoption("--failures-dir", default="out/failures", metavar="DIR",
                     help="where failing and shrunk cases are saved as replayable JSON files")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--budget") -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*", str(text))
     if not m:
-        raise ValueError(f"--budget {text!r} is not a duration (allowed: a number with s, m or h, e.g. 30s, 5m)")
+        raise ValueError(f"{option} {text!r} is not a duration (allowed: a number with s, m or h, e.g. 30s, 5m)")
     return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
@@ -61,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.qkcheck_device = _device.activate(config.getoption("--device"))
         config.qkcheck_budget = parse_duration(config.getoption("--budget"))
         config.qkcheck_shard = parse_shard(config.getoption("--shard"))
+        config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.qkcheck_kernel_specs = config.getoption("--kernels") or ["bundled"]
@@ -93,6 +99,31 @@ def selected_adapters(config: pytest.Config):
             adapters = [a for a in adapters if a.op in ops]
         config._qkcheck_adapters = adapters
     return config._qkcheck_adapters
+
+
+def isolated(config: pytest.Config) -> bool:
+    mode = config.getoption("--isolate")
+    return mode == "on" or (mode == "auto" and config.qkcheck_device != "cpu")
+
+
+def execute(config: pytest.Config, case, adapter, *, diagnose_failures: bool = True):
+    """Run one case the way the options say: in process or in the isolated case runner, with
+    the per-case time limit. Never raises for a kernel's failure."""
+    from cases import isolation
+
+    device, timeout = config.qkcheck_device, config.qkcheck_case_timeout
+    if not isolated(config):
+        return isolation.run_in_process(case, adapter, device, timeout=timeout, diagnose_failures=diagnose_failures)
+    runner = getattr(config, "_qkcheck_isolated", None)
+    if runner is None:
+        runner = config._qkcheck_isolated = isolation.IsolatedRunner(config.qkcheck_kernel_specs, device, timeout=timeout)
+    return runner.run(case, adapter, diagnose_failures=diagnose_failures)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    runner = getattr(config, "_qkcheck_isolated", None)
+    if runner is not None:
+        runner.close()
 
 
 def record(config: pytest.Config, result) -> None:

@@ -36,6 +36,10 @@ K_PROFILE_MAX_GROUPS = 32
 FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 
 
+class CaseTimeout(Exception):
+    """Raised inside a case that ran past its time limit (see ``cases.isolation``)."""
+
+
 @dataclass
 class Check:
     name: str
@@ -314,6 +318,8 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     t0 = time.perf_counter()
     try:
         out, ran = run()
+    except CaseTimeout:
+        raise
     except Exception as exc:  # the kernel's failure is this case's failure, not the run's
         tick("kernel", t0)
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()

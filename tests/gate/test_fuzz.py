@@ -8,8 +8,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from cases.plugin import record, selected_adapters
-from cases.runner import run_case
+from cases.plugin import execute, record, selected_adapters
 from cases.strategies import from_adapter
 
 BATCH = 20  # examples per hypothesis run; runs repeat with new seeds until the budget is spent
@@ -31,7 +30,7 @@ def test_fuzz(fuzz_adapter, device, pytestconfig):
               phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
     @given(case=from_adapter(fuzz_adapter))
     def explore(case):
-        result = run_case(case, fuzz_adapter, device, diagnose_failures=False)
+        result = execute(pytestconfig, case, fuzz_adapter, diagnose_failures=False)
         checked["n"] += 1
         if result.status == "fail":
             failing["case"] = case
@@ -43,7 +42,7 @@ def test_fuzz(fuzz_adapter, device, pytestconfig):
             seed(batch)(explore)()
         except AssertionError:
             case = failing["case"]  # the last failing example hypothesis ran is the shrunk one
-            result = run_case(case, fuzz_adapter, device)
+            result = execute(pytestconfig, case, fuzz_adapter)
             record(pytestconfig, result)
             pytest.fail(f"fuzz found a failure after {checked['n']} cases (shrunk):\n{result.summary()}", pytrace=False)
         batch += 1

@@ -6,8 +6,7 @@ import pytest
 
 from cases.corpus import load_corpus
 from cases.grid import grid
-from cases.plugin import in_shard, record, selected_adapters
-from cases.runner import run_case
+from cases.plugin import execute, in_shard, record, selected_adapters
 
 
 def supports(adapter, case) -> bool:
@@ -37,7 +36,7 @@ def pytest_generate_tests(metafunc):
 
 
 def test_gate(adapter, gate_case, device, pytestconfig):
-    result = run_case(gate_case, adapter, device)
+    result = execute(pytestconfig, gate_case, adapter)
     record(pytestconfig, result)
     if result.status == "skip":
         pytest.skip(result.skip_reason)

@@ -1,0 +1,195 @@
+"""Per-case time limits and crash isolation: a kernel that hangs or takes its process (or the
+device context) down is a recorded failure of *that* case, and the run goes on.
+
+Two ways to run a case, chosen by the plugin's ``--isolate`` option:
+
+- in process (``run_in_process``): the case runs in the test process; a time limit is enforced
+  with a POSIX interval timer that interrupts Python code (the Triton interpreter is Python, so a
+  kernel looping forever on CPU is stopped). A compiled kernel stuck on a GPU cannot be stopped
+  this way — use isolation there.
+- isolated (``IsolatedRunner``): cases run in a child process started once and reused. The parent
+  waits for each result at most ``timeout`` seconds; on a hang it kills the child, on a crash
+  (the child died: a segfault, an abort, ``os._exit``) it records how the child ended; either way
+  the case fails with a ``timeout`` or ``crashed`` check and a fresh child takes the next case.
+  After a case that raised, the child checks the device still works (a device error such as an
+  illegal memory access poisons the context) and exits if not, so the next case gets a clean one.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import signal
+import threading
+import time
+from typing import Any
+
+from cases.case import Case
+from cases.runner import FAIL, CaseTimeout, Check, Result, run_case
+
+STARTUP_TIMEOUT_S = 300.0  # a child imports torch/triton and the kernels before its first case
+
+
+def _failed(case: Case, adapter_name: str, op: str, device: str, check: str, detail: str, seconds: float) -> Result:
+    res = Result(case=case.to_dict(), case_id=case.id, kernel=adapter_name, op=op, status=FAIL, device=device)
+    res.checks.append(Check(check, FAIL, detail))
+    res.timings = {"total": round(seconds, 6)}
+    return res
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    usable = (seconds and seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def _expired(signum, frame):
+        raise CaseTimeout(f"the case ran past its {seconds:g} s time limit")
+
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_in_process(case: Case, adapter, device: str, *, timeout: float | None, diagnose_failures: bool = True) -> Result:
+    t0 = time.perf_counter()
+    try:
+        with _time_limit(timeout):
+            return run_case(case, adapter, device, diagnose_failures=diagnose_failures)
+    except CaseTimeout:
+        return _failed(case, adapter.name, adapter.op, device, "timeout",
+                       f"the kernel did not return within the {timeout:g} s per-case limit (--case-timeout)",
+                       time.perf_counter() - t0)
+
+
+def _device_healthy(device: str) -> bool:
+    if device not in ("cuda", "xpu"):
+        return True
+    try:
+        import torch
+
+        mod = getattr(torch, device)
+        (torch.ones(4, device=device) * 2).sum().item()
+        mod.synchronize()
+        return True
+    except Exception:
+        return False
+
+
+def _serve(conn, specs: list[str], device: str) -> None:  # runs in the child
+    from cases.ops import validate_adapter
+    from kernels import device as _device
+    from kernels.adapters import resolve
+
+    _device.activate(device)
+    adapters = {}
+    for spec in specs:
+        for a in resolve(spec):
+            validate_adapter(a)
+            adapters[a.name] = a
+    conn.send(("ready", None))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        case_dict, name, diagnose = msg
+        result = run_case(Case.from_dict(case_dict), adapters[name], device, diagnose_failures=diagnose)
+        conn.send(("result", result.to_dict()))
+        if any(c.name == "raised" for c in result.failed_checks) and not _device_healthy(device):
+            return  # the device context is gone: exit, the parent starts a fresh child
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "the child process stopped answering"
+    if code < 0:
+        try:
+            return f"the process was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the process was killed by signal {-code}"
+    return f"the process exited with code {code}"
+
+
+class IsolatedRunner:
+    """Runs cases of the adapters named by ``specs`` in a reusable child process."""
+
+    def __init__(self, specs: list[str], device: str, *, timeout: float | None):
+        self.specs, self.device, self.timeout = list(specs), device, timeout
+        self._ctx = multiprocessing.get_context("spawn")
+        self._proc = self._conn = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_serve, args=(child, self.specs, self.device), daemon=True,
+                                 name="qkcheck-case-runner")
+        proc.start()
+        child.close()
+        if not parent.poll(STARTUP_TIMEOUT_S):
+            proc.kill()
+            raise RuntimeError(f"the case runner process did not start within {STARTUP_TIMEOUT_S:g} s")
+        try:
+            kind, _ = parent.recv()
+        except EOFError:
+            proc.join(5)
+            raise RuntimeError(f"the case runner process failed to start ({_describe_exit(proc.exitcode)}); "
+                               "run with --isolate off to see the error in process") from None
+        self._proc, self._conn = proc, parent
+
+    def _discard(self) -> None:
+        if self._proc is not None:
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc.join(10)
+            self.restarts += 1
+        self._proc = self._conn = None
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            with contextlib.suppress(Exception):
+                self._conn.send(None)
+            self._proc.join(5)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._proc = self._conn = None
+
+    def run(self, case: Case, adapter, *, diagnose_failures: bool = True) -> Result:
+        if self._proc is None or not self._proc.is_alive():
+            if self._proc is not None:
+                self._discard()
+            self._start()
+        t0 = time.perf_counter()
+        try:
+            self._conn.send((case.to_dict(), adapter.name, diagnose_failures))
+            ready = self._conn.poll(self.timeout) if self.timeout else self._conn.poll(None)
+        except (BrokenPipeError, EOFError, OSError):
+            ready = True  # the child is gone; recv below says so
+        if not ready:
+            self._discard()
+            return _failed(case, adapter.name, adapter.op, self.device, "timeout",
+                           f"the kernel did not return within the {self.timeout:g} s per-case limit "
+                           "(--case-timeout); its process was killed", time.perf_counter() - t0)
+        try:
+            kind, payload = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(10)
+            how = _describe_exit(self._proc.exitcode)
+            self._discard()
+            return _failed(case, adapter.name, adapter.op, self.device, "crashed",
+                           f"the kernel crashed its process ({how}); the run went on in a fresh one",
+                           time.perf_counter() - t0)
+        return result_from_dict(payload)
+
+
+def result_from_dict(d: dict[str, Any]) -> Result:
+    d = dict(d)
+    d["checks"] = [Check(**c) for c in d.get("checks", [])]
+    return Result(**d)

@@ -1,0 +1,128 @@
+"""Crash and hang isolation: a kernel that loops forever or kills its process fails that case
+only; the run goes on and the next case (of a good kernel) still passes and is recorded."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cases.case import Case
+from cases.isolation import IsolatedRunner, run_in_process
+from kernels.adapters import resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CASE = Case.make("w4a16_gemm", shape={"m": 2, "n": 16, "k": 64},
+                 params={"group_size": 32, "zero_points": False, "layout": "gptq", "act_dtype": "float16",
+                         "out_dtype": "float16", "bias": False},
+                 regime="exact", seed=3)
+
+# Tiny torch kernels for the adapter file: one correct, one that hangs, two that kill their process.
+ADAPTERS = textwrap.dedent('''
+    import os, time
+    import torch
+    from kernels import backends
+    from kernels.adapters import KernelAdapter
+    from kernels.bundled import W4A16
+    from oracle.packing import unpack
+    from kernels.triton.w4a16 import LAYOUTS
+
+    def good(t, params, config):
+        backends.record(backends.NATIVE)
+        rec = LAYOUTS["gptq"]
+        q = torch.from_numpy(unpack(t["qweight"].numpy(), rec.qweight, signed=False).astype("int64"))
+        g = q.shape[0] if params["group_size"] == -1 else params["group_size"]
+        z = 8
+        if t["zeros"] is not None:
+            z = torch.from_numpy(unpack(t["zeros"].numpy(), rec.zeros, signed=False).astype("int64"))
+            z = z.repeat_interleave(g, 0)
+        w = ((q - z) * t["scales"].float().repeat_interleave(g, 0)).to(t["x"].dtype).float()
+        y = t["x"].float() @ w
+        if t["bias"] is not None:
+            y = y + t["bias"].float()
+        return y.to(getattr(torch, params["out_dtype"]))
+
+    def hangs(t, params, config):
+        while True:
+            time.sleep(0.01)
+
+    def exits(t, params, config):
+        os._exit(3)
+
+    def aborts(t, params, config):
+        os.abort()
+
+    def make(name, call):
+        return KernelAdapter(name=name, op="w4a16_gemm", pack=W4A16.pack, call=call, layouts=("gptq",),
+                             triton=False)
+
+    ADAPTERS = [make("test:good", good), make("test:hangs", hangs), make("test:exits", exits),
+                make("test:aborts", aborts)]
+''')
+
+
+@pytest.fixture(scope="module")
+def adapter_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("isolation") / "adapters.py"
+    path.write_text(ADAPTERS)
+    return path
+
+
+def _by_name(path):
+    return {a.name: a for a in resolve(str(path))}
+
+
+def _failed(result):
+    return {c.name: c.detail for c in result.checks if c.outcome == "fail"}
+
+
+def test_in_process_time_limit_stops_an_interpreted_hang(adapter_file):
+    adapters = _by_name(adapter_file)
+    t0 = time.monotonic()
+    r = run_in_process(CASE, adapters["test:hangs"], "cpu", timeout=1.0)
+    assert time.monotonic() - t0 < 20
+    assert r.status == "fail" and "did not return within the 1 s per-case limit" in _failed(r)["timeout"]
+    assert run_in_process(CASE, adapters["test:good"], "cpu", timeout=30).status == "pass"
+
+
+def test_isolated_runner_survives_hangs_and_crashes(adapter_file):
+    adapters = _by_name(adapter_file)
+    runner = IsolatedRunner([str(adapter_file)], "cpu", timeout=3.0)
+    try:
+        first = runner.run(CASE, adapters["test:good"])
+        hang = runner.run(CASE, adapters["test:hangs"])
+        after_hang = runner.run(CASE, adapters["test:good"])
+        exited = runner.run(CASE, adapters["test:exits"])
+        aborted = runner.run(CASE, adapters["test:aborts"])
+        last = runner.run(CASE, adapters["test:good"])
+    finally:
+        runner.close()
+    assert first.status == "pass", first.summary()
+    assert "killed" in _failed(hang)["timeout"]
+    assert after_hang.status == "pass"
+    assert "exited with code 3" in _failed(exited)["crashed"]
+    assert "signal SIGABRT" in _failed(aborted)["crashed"]
+    assert last.status == "pass" and runner.restarts == 3
+
+
+def test_gate_run_goes_on_and_records_every_case(adapter_file, tmp_path):
+    """Through the CLI: the crashing kernel's case fails, the good kernel's cases still run, and
+    the results file holds all of them."""
+    results = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "cases.cli", "gate", "--device", "cpu", "--kernels", str(adapter_file),
+           "--isolate", "on", "--case-timeout", "5s", "--results", str(results),
+           "--shard", "1/40", "--failures-dir", str(tmp_path / "f"), "--", "-k", "test:exits or test:good"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()[1:]]
+    by_kernel = {}
+    for r in records:
+        by_kernel.setdefault(r["kernel"], []).append(r["status"])
+    assert set(by_kernel["test:exits"]) == {"fail"}
+    assert by_kernel["test:good"] and set(by_kernel["test:good"]) <= {"pass", "skip"}
+    assert "pass" in by_kernel["test:good"]

@@ -52,7 +52,8 @@ infinity in a row gives meaningless codes and scales for that row (the oracle re
 Tunables live in :class:`TileConfig` (per-token, static), :class:`GroupConfig` (per-token-group)
 and :class:`MXConfig`; :func:`default_config` picks them. Every launcher validates all arguments
 before launching (ValueError / TypeError naming the argument); ``M == 0`` returns empty outputs
-without launching.
+without launching. Each launcher takes ``kernel=`` (default: its own ``@triton.jit`` function) so
+that copies with a known bug put back can be launched with the same validation and arguments.
 """
 from __future__ import annotations
 
@@ -654,7 +655,7 @@ def check_mx_quant(x, scale_rule="floor") -> tuple[int, int]:
 
 
 def per_token_quant(x: torch.Tensor, quant_dtype: torch.dtype, *, scale_ub=None,
-                    config: TileConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    config: TileConfig | None = None, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-token quantization of ``x[M, K]``.
 
     Returns ``codes [M, K]`` (dtype ``quant_dtype``) and ``scales [M, 1]`` float32 with
@@ -679,7 +680,7 @@ def per_token_quant(x: torch.Tensor, quant_dtype: torch.dtype, *, scale_ub=None,
         ub_mode, ub_scale, ub_arg = 2, 1.0, scale_ub
     else:
         ub_mode, ub_scale, ub_arg = 1, _f32_div(scale_ub, params.qmax), scales
-    _per_token_quant_kernel[(triton.cdiv(M, config.block_m),)](
+    (kernel or _per_token_quant_kernel)[(triton.cdiv(M, config.block_m),)](
         x, target, scales, ub_arg,
         M, K,
         x.stride(0), x.stride(1), target.stride(0), target.stride(1), scales.stride(0),
@@ -692,7 +693,7 @@ def per_token_quant(x: torch.Tensor, quant_dtype: torch.dtype, *, scale_ub=None,
 
 
 def static_quant(x: torch.Tensor, scale: torch.Tensor, quant_dtype: torch.dtype, *,
-                 config: TileConfig | None = None) -> torch.Tensor:
+                 config: TileConfig | None = None, kernel=None) -> torch.Tensor:
     """Per-tensor quantization with a given scale: ``codes = RNE(x / scale)`` saturated, ``[M, K]``
     in ``quant_dtype``. scale: a float32 tensor of shape [] or [1] on x's device holding a finite
     positive value (checked on the host: one sync)."""
@@ -710,7 +711,7 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor, quant_dtype: torch.dtype,
     params = _elem_params(_dtype_name(quant_dtype))
     target = codes.view(torch.uint8) if encode == _ENC_FLOAT_SW else codes
     grid = (triton.cdiv(M, config.block_m), triton.cdiv(K, config.block_k))
-    _static_quant_kernel[grid](
+    (kernel or _static_quant_kernel)[grid](
         x, target, scale,
         M, K,
         x.stride(0), x.stride(1), target.stride(0), target.stride(1),
@@ -731,7 +732,7 @@ def group_scales_empty(M: int, groups: int, column_major: bool, device) -> torch
 
 def per_token_group_quant(x: torch.Tensor, group_size: int, quant_dtype: torch.dtype, *,
                           column_major_scales: bool = False, scale_ue8m0: bool = False,
-                          config: GroupConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          config: GroupConfig | None = None, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token-group quantization: groups of ``group_size`` (32, 64, 128) consecutive elements
     along K. Returns ``codes [M, K]`` (quant_dtype) and ``scales [M, K/G]`` float32,
     ``scale = max(amax_group, 1e-10) / qmax``, rounded up to a power of two when scale_ue8m0.
@@ -754,7 +755,7 @@ def per_token_group_quant(x: torch.Tensor, group_size: int, quant_dtype: torch.d
     q_exp, q_mant = _f32_fields(params.qmax)
     target = codes.view(torch.uint8) if encode == _ENC_FLOAT_SW else codes
     grid = (triton.cdiv(M, config.block_m), triton.cdiv(groups, config.block_g))
-    _per_token_group_quant_kernel[grid](
+    (kernel or _per_token_group_quant_kernel)[grid](
         x, target, scales,
         M, groups,
         x.stride(0), x.stride(1), target.stride(0), target.stride(1), scales.stride(0), scales.stride(1),
@@ -768,7 +769,7 @@ def per_token_group_quant(x: torch.Tensor, group_size: int, quant_dtype: torch.d
 
 
 def mx_quant(x: torch.Tensor, *, scale_rule: str = "floor",
-             config: MXConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             config: MXConfig | None = None, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
     """MXFP4 quantization of ``x[M, K]`` (K a multiple of 32).
 
     Returns ``packed [M, K/2]`` uint8 (e2m1 codes, low nibble = even k, high nibble = odd k) and
@@ -786,7 +787,7 @@ def mx_quant(x: torch.Tensor, *, scale_rule: str = "floor",
     params = _elem_params(MX_ELEM)
     q_exp, q_mant = _f32_fields(params.qmax)
     grid = (triton.cdiv(M, config.block_m), triton.cdiv(groups, config.block_g))
-    _mx_quant_kernel[grid](
+    (kernel or _mx_quant_kernel)[grid](
         x, packed, scales,
         M, groups,
         x.stride(0), x.stride(1), packed.stride(0), packed.stride(1), scales.stride(0), scales.stride(1),

@@ -60,6 +60,15 @@ def _w4a16(adapter) -> list[Case]:
 GRIDS = {"w4a16_gemm": _w4a16}
 
 
+def _with_families() -> None:
+    from cases import families
+
+    GRIDS.update(families.collect("GRIDS"))
+
+
+_with_families()
+
+
 def grid(adapter) -> list[Case]:
     make = GRIDS.get(adapter.op)
     return make(adapter) if make else []

@@ -116,6 +116,19 @@ OP_SPECS: dict[str, OpSpec] = {
 }
 
 
+def _families() -> None:
+    from cases import families
+
+    for mod in families.modules():
+        for spec in getattr(mod, "SPECS", ()):
+            if spec.op in OP_SPECS:
+                raise RuntimeError(f"{mod.__name__} defines op {spec.op!r} again")
+            OP_SPECS[spec.op] = spec
+
+
+_families()
+
+
 def op_spec(op: str) -> OpSpec:
     from cases.case import CaseError
 

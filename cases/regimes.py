@@ -62,6 +62,15 @@ def _w4a16(case) -> dict:
 MATERIALIZERS = {"w4a16_gemm": _w4a16}
 
 
+def _with_families() -> None:
+    from cases import families
+
+    MATERIALIZERS.update(families.collect("MATERIALIZERS"))
+
+
+_with_families()
+
+
 def materialize(case) -> dict:
     """Canonical NumPy inputs for ``case`` (the problem its op's reference takes)."""
     return MATERIALIZERS[case.op](case)

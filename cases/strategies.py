@@ -60,6 +60,15 @@ def _w4a16(draw, adapter) -> Case:
 STRATEGIES = {"w4a16_gemm": _w4a16}
 
 
+def _with_families() -> None:
+    from cases import families
+
+    STRATEGIES.update(families.collect("STRATEGIES"))
+
+
+_with_families()
+
+
 def from_adapter(adapter) -> st.SearchStrategy[Case]:
     """Cases ``adapter`` can run, over its op's whole declared space."""
     try:

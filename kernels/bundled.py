@@ -52,4 +52,6 @@ W4A16 = KernelAdapter(
 
 
 def adapters() -> tuple[KernelAdapter, ...]:
-    return (W4A16,)
+    from kernels import bundled_ops
+
+    return (W4A16, *bundled_ops.adapters())

@@ -1,40 +1,192 @@
 """Per-element error bounds for a *correct* kernel, derived from the op, never pulled from the air.
 
-Notation: u_c, u_32, u_o are the unit roundoffs (2**-p) of the compute dtype, float32 and the
-output dtype; eta_c, eta_o their smallest subnormals. For a GEMM ``y = x @ W + b`` over K with
-exact operands (x given in the compute dtype, W the exactly dequantized weights):
+Notation: ``u_c``, ``u_32`` are the unit roundoffs (2**-p) of the compute dtype and float32,
+``eta_32`` the smallest float32 subnormal, ``RNE_t`` round-to-nearest-even into dtype ``t``.
+A GEMM is ``y = X @ W + b`` over K, with ``X`` [M, K] and ``W`` [K, N] the *exact* dequantized
+operands (``oracle.gemm.*_operands``) and ``y`` the exact result. ``P = |X| @ |W|`` is the
+absolute product sum. The bound of an element is assembled from these terms:
 
-- ``P[i, j] = sum_k |x[i,k]| |W[k,j]|`` (the absolute product sum).
-- operand rounding: W is dequantized (in float32), then rounded to the compute dtype for the
-  tensor-core dot: ``|fl_c(fl_32(W)) - W| <= (u_c + u_32 (1 + u_c)) |W| + eta_c / 2``, so the
-  weight term is ``T_w = (u_c + 2 u_32) P + (eta_c / 2) sum_k |x[i,k]|``. Activations that must be
-  re-quantized add their own term (given by the op's reference).
-- products of two compute-dtype values are exact in float32 (fp16: 11+11 <= 24 significand
-  bits; bf16: 8+8), so only accumulation remains.
-- float32 accumulation of n = K + 1 terms (the bias included) in *any* order — sequential, tree,
-  split-K partials summed afterwards: ``T_acc = gamma_n (P' + |b|)`` with
-  ``gamma_n = n u_32 / (1 - n u_32)`` (Higham, Accuracy and Stability of Numerical Algorithms,
-  2nd ed., §3.1, eq. 3.4) and ``P' = (1 + u_c + 2 u_32) P`` the perturbed product sum.
-- output rounding: ``T_o = u_o (|y| + T_w + T_acc) + eta_o / 2``.
+**T_op — operand rounding** (the dot runs in a wide float ``c``: fp16 / bf16 / fp32; the A16
+ops, and the emulation path of the code-domain ops). A kernel forms each compute-dtype operand
+from the exact value in one of two ways, element by element: rounded once,
+``X_a = RNE_c(X)`` (dequantization in ``c``, or an fp32 product that is exact), or through
+float32, ``X_b = RNE_c(RNE_32(X))`` (fp32 dequantization, then a cast); ``W`` likewise. The
+resulting deviation of the dot is known exactly up to that choice::
 
-``bound = T_w + T_acc + T_o``. In the *exact regime* none of these roundings happens (every
-partial sum is exact), the only correct output is RNE(y) and the bound is zero.
+    T_op = |X_a @ W_a - X @ W| + |X_b - X_a| @ |W_b| + |X_a| @ |W_b - W_a|
+
+The first term is the *signed* sum of the rounding errors (it cancels where they do, which is
+why it is far tighter than ``u_c P``); the other two allow any element to take the fp32 path
+instead (they are zero unless double rounding changes a value). ``T_op = 0`` where the operands
+are exact in ``c``: small integers, fp8 / e2m1 codes times power-of-two scales, or a dot that
+runs in the code domain (int8 / fp8 / e2m1 ``compute_dtype``). Assumed: a dequantized weight is
+``(q - z) * s`` formed from the exact integer ``q - z`` with one rounding; the "scaled zero"
+form ``q * s - z * s`` (an extra rounding of ``z * s``) is not covered. Ops whose scales need
+more than one fp32 product to dequantize (NVFP4: code x block scale x global, where the scale
+product may be rounded first) add ``extra_relative * P_hat`` with ``extra_relative = gamma_2``
+(one more rounding of each operand).
+
+**T_acc — float32 accumulation, in any order**: ``T_acc = gamma_r (P_hat + |b|)`` with
+``gamma_r = r u / (1 - r u)`` (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed.,
+§3.1, eq. 3.4: a computed sum of terms each carrying at most r factors (1 + delta), |delta| <= u,
+errs by at most gamma_r times the sum of their magnitudes) and ``P_hat = max(P, |X_a| @ |W_a| +
+mixing terms)`` the product sum of whichever operands were fed to the dot. ``r`` counts the
+roundings on any one term's path:
+
+- additions: K products and the bias are K + 1 leaves; *any* summation tree — sequential,
+  pairwise, BLOCK_K tiles, split-K partials summed afterwards — puts at most K additions on a
+  leaf's path;
+- products: exact in float32 for fp16 x fp16 (11 + 11 significand bits <= 24), bf16 x bf16
+  (8 + 8), fp8 x fp8 (4 + 4), e2m1 x e2m1; one rounding for fp32 x fp32;
+- scale multiplies applied to fp32 partial sums (``scale_roundings``): per-channel / per-group
+  scale of an A16 kernel that scales the accumulator instead of the operand: 1; W8A8 and
+  block-scaled FP8 (a_scale and b_scale, or their rounded product): 2; NVFP4 (block scales and
+  the two globals): 4; MXFP4 in the code domain: 0 (powers of two are exact; see T_u).
+
+``u = ACC_U = 2 u_32``, not ``u_32``: tensor cores add products in a multi-term adder that
+truncates instead of rounding to nearest (Fasi, Higham, Mikaitis, Pranesh, "Numerical behavior
+of NVIDIA tensor cores", PeerJ CS 2021), an error below one fp32 ulp, i.e. ``2 u_32`` relative.
+Not covered: accumulators narrower than fp32 (FP8 MMA on sm_90 keeps about 14 significand bits
+unless the kernel promotes partial sums to fp32 every few MMAs).
+
+**int8 W8A8** (``compute_dtype='int8'``): the dot accumulates exactly in int32 (the reference
+checks ``K * max|a - azp| * max|b| < 2**31``), so only the epilogue rounds: the int32 sums
+``S = sum_k a b`` and the zero-point correction ``C = azp * sum_k b`` are converted to fp32
+(1 rounding each), subtracted (1), scaled by a_scale and b_scale (2) and the bias added (1):
+``T_int = gamma_5 (|s| |S| + |s| |C| + |b|)`` with ``s = a_scale * b_scale`` — relative to the
+result, not to ``P``.
+
+**T_u — underflow**: multiplications can underflow float32 (bf16 and E8M0 reach 2**-133 /
+2**-127), each with an absolute error <= eta_32 / 2, later amplified by at most the largest
+factor applied after it: ``T_u = 3 (K + 1) eta_32 A`` with ``A`` the op's largest code-domain
+partial sum times its largest scales (at least 1). Additions are exact on underflow.
+
+**T_64 — the oracle's own float64 evaluation**: ``y`` and the terms above are computed in
+float64: ``T_64 = 2 gamma^{(64)}_{K+2} (P_hat + |b|)``.
+
+**Output rounding**: with ``E = T_op + T_acc + T_u + T_64`` a correct kernel's float32 result lies in
+``[y - E, y + E]``; RNE into the output dtype is monotone, so its output lies in
+``[RNE_o(y - E), RNE_o(y + E)]`` and ``bound = max(|RNE_o(y + E) - y|, |RNE_o(y - E) - y|)``.
+This is the exact reach of the final rounding, never more than ``u_o (|y| + E) + eta_o / 2``.
+Where ``y`` is NaN or inf the bound is 0 (compare checks those positions).
+
+In the *exact regime* none of these roundings happens (every operand is exact in the compute
+dtype, every partial sum is exact in float32), the only correct output is RNE(y) and the bound
+is zero; see ``oracle.exact``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from oracle.numerics import wide_float
+from oracle.formats import FORMATS
+from oracle.numerics import WIDE_FLOATS, round_to, wide_float
 
 U32 = wide_float("float32").unit_roundoff
+ETA32 = wide_float("float32").min_subnormal
+U64 = 2.0**-53
+ACC_U = 2 * U32  # tensor-core adders truncate: < 1 fp32 ulp per addition
+
+CODE_COMPUTE = ("int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn")
 
 
-def gamma(n: int) -> float:
-    """Higham's gamma_n = n u / (1 - n u) for float32 accumulation of n terms."""
-    nu = n * U32
+def gamma(n: int, u: float = U32) -> float:
+    """Higham's gamma_n = n u / (1 - n u) (float32's u unless given)."""
+    nu = n * u
     if nu >= 1:
-        raise ValueError(f"K={n} is too long for a float32 accumulation bound (n*u >= 1)")
+        raise ValueError(f"K={n} is too long for a float32 accumulation bound (n*u >= 1); split the GEMM along K")
     return nu / (1 - nu)
+
+
+def check_compute_dtype(compute_dtype: str, allowed: tuple[str, ...], op: str) -> str:
+    if compute_dtype not in allowed:
+        raise ValueError(
+            f"compute_dtype={compute_dtype!r} is not a dtype {op}'s dot can run in "
+            f"(allowed: {', '.join(allowed)}); pass the dtype of the kernel's tl.dot operands"
+        )
+    return compute_dtype
+
+
+def _paths(v: np.ndarray, c: str) -> tuple[np.ndarray, np.ndarray]:
+    """(RNE_c(v), RNE_c(RNE_32(v))): the two ways a kernel forms a compute-dtype operand."""
+    a = round_to(v, c)
+    if c == "float32":
+        return a, a
+    return a, round_to(round_to(v, "float32"), c)
+
+
+def operand_rounding(x: np.ndarray, w: np.ndarray, compute_dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(T_op, P_hat) of the module docstring for a dot of ``x`` and ``w`` in ``compute_dtype``
+    (a wide float). Both float64 [M, N]."""
+    p = np.abs(x) @ np.abs(w)
+    xa, xb = _paths(x, compute_dtype)
+    wa, wb = _paths(w, compute_dtype)
+    x_exact, w_exact = np.array_equal(xa, x), np.array_equal(wa, w)
+    if x_exact and w_exact and np.array_equal(xb, x) and np.array_equal(wb, w):
+        return np.zeros_like(p), p
+    dev = np.abs(xa @ wa - x @ w)
+    p_a = p if (x_exact and w_exact) else np.abs(xa) @ np.abs(wa)
+    mix = np.zeros_like(p)
+    if not np.array_equal(xb, xa):
+        mix += np.abs(xb - xa) @ np.abs(wb)
+    if not np.array_equal(wb, wa):
+        mix += np.abs(xa) @ np.abs(wb - wa)
+    return dev + mix, np.maximum(p, p_a + mix)
+
+
+def output_reach(y: np.ndarray, e: np.ndarray, out_dtype: str) -> np.ndarray:
+    """max(|RNE_o(y + E) - y|, |RNE_o(y - E) - y|): how far a correct output can be from y when
+    the kernel's fp32 result is within E of it. Non-finite y: 0."""
+    o = wide_float(out_dtype)
+    finite = np.isfinite(y)
+    yf = np.where(finite, y, 0.0)
+    e = np.where(finite, e, 0.0)
+    # y +- E is itself rounded in float64: widen E by a float64 ulp so the interval still holds
+    e = e * (1 + 4 * U64) + 4 * np.finfo(np.float64).smallest_subnormal
+    with np.errstate(invalid="ignore", over="ignore"):
+        hi = np.abs(o.round(yf + e) - yf)
+        lo = np.abs(yf - o.round(yf - e))
+    return np.where(finite, np.maximum(hi, lo), 0.0)
+
+
+def _bias_abs(bias, n: int) -> np.ndarray:
+    if bias is None:
+        return np.zeros((1, n))
+    return np.abs(np.asarray(bias, np.float64)).reshape(1, -1)
+
+
+def dot_bound(
+    x: np.ndarray,
+    w: np.ndarray,
+    y: np.ndarray,
+    *,
+    bias,
+    compute_dtype: str,
+    out_dtype: str,
+    scale_roundings: int,
+    amplification: float = 1.0,
+    extra_relative: float = 0.0,
+) -> np.ndarray:
+    """Bound for ``y = x @ w + bias`` with the dot in ``compute_dtype``: a wide float
+    (operands rounded, T_op) or a code format of ``CODE_COMPUTE`` (operands exact: the kernel
+    multiplies the codes and applies the scales to fp32 partial sums). ``scale_roundings``:
+    fp32 scale multiplies on a term's path; ``amplification``: A of T_u; ``extra_relative``:
+    additional operand rounding relative to P (see the module docstring)."""
+    k = x.shape[1]
+    if compute_dtype in WIDE_FLOATS:
+        t_op, p_hat = operand_rounding(x, w, compute_dtype)
+        product_roundings = 1 if compute_dtype == "float32" else 0
+    elif compute_dtype in FORMATS:
+        p_hat = np.abs(x) @ np.abs(w)
+        t_op = np.zeros_like(p_hat)
+        product_roundings = 0
+    else:
+        wide_float(compute_dtype)  # raises, naming the allowed dtypes
+    b = _bias_abs(bias, w.shape[1])
+    r = k + product_roundings + scale_roundings
+    e = t_op + extra_relative * p_hat + gamma(r, ACC_U) * (p_hat + b)
+    e += 3 * (k + 1) * ETA32 * max(1.0, amplification)
+    e += 2 * gamma(k + 2, U64) * (p_hat + b)
+    return output_reach(y, e, out_dtype)
 
 
 def gemm_bound(
@@ -46,17 +198,26 @@ def gemm_bound(
     compute_dtype: str,
     out_dtype: str,
 ) -> np.ndarray:
-    """Per-element bound for ``y = x @ w (+ bias)`` computed as the module docstring states.
+    """Per-element bound of an A16 GEMM ``y = x @ w (+ bias)`` (weights dequantized to the
+    compute dtype, or the per-channel / per-group scale applied to the fp32 accumulator: one
+    scale rounding), as the module docstring states.
 
-    x: float64 [M, K] (values exact in ``compute_dtype``); w: float64 [K, N] exact dequantized
-    weights; y: float64 [M, N] the exact result. Returns float64 [M, N].
+    x: float64 [M, K] activations; w: float64 [K, N] exact dequantized weights; y: float64
+    [M, N] the exact result. Returns float64 [M, N].
     """
-    c, o = wide_float(compute_dtype), wide_float(out_dtype)
-    ax, aw = np.abs(x), np.abs(w)
-    p = ax @ aw
-    t_w = (c.unit_roundoff + 2 * U32) * p + (c.min_subnormal / 2) * ax.sum(axis=1, keepdims=True)
-    b = np.zeros((1, w.shape[1])) if bias is None else np.abs(np.asarray(bias, np.float64)).reshape(1, -1)
-    k = x.shape[1]
-    t_acc = gamma(k + 1) * ((1 + c.unit_roundoff + 2 * U32) * p + b)
-    t_o = o.unit_roundoff * (np.abs(y) + t_w + t_acc) + o.min_subnormal / 2
-    return t_w + t_acc + t_o
+    # an underflowing product or scale multiply is the last multiply on its path: A = 1
+    return dot_bound(x, w, y, bias=bias, compute_dtype=compute_dtype, out_dtype=out_dtype, scale_roundings=1)
+
+
+INT32_LIMIT = 2**31
+
+
+def int8_epilogue_bound(s_abs: np.ndarray, sums: np.ndarray, corr: np.ndarray, y: np.ndarray, *,
+                        bias, out_dtype: str) -> np.ndarray:
+    """T_int of the module docstring then the output reach. s_abs: |a_scale * b_scale| [M, N]
+    (broadcastable); sums: |sum_k a b| [M, N]; corr: |azp * sum_k b| [M, N] (0 without azp)."""
+    b = _bias_abs(bias, y.shape[1])
+    e = gamma(5) * (s_abs * (sums + corr) + b)
+    amp = float(np.max(sums + corr)) if sums.size else 1.0
+    e = e + 3 * ETA32 * max(1.0, amp) + 2 * gamma(4, U64) * (s_abs * (sums + corr) + b)
+    return output_reach(y, e, out_dtype)

@@ -80,6 +80,7 @@ SCORING = ("softmax", "sigmoid")
 ACTIVATIONS = ("silu", "swiglu")
 SWIGLU_ALPHA = 1.702
 MIN_DOT_BLOCK = 16
+MIN_FP8_DOT_K = 32  # 8-bit MMA consumes K in steps of 32
 ACT_QUANT_FLOOR = 1e-10  # amax floor of the dynamic fp8 activation quantization
 MX_BLOCK = 32
 MXFP4_LAYOUT = "nibble"  # e2m1 codes use the nibble-along-K record of the W4A16 layouts
@@ -438,15 +439,14 @@ def _weight_tile(
     KIND: tl.constexpr,
     QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
     Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
 ):
-    """One [len(offs_k), len(offs_n)] weight tile of one expert, ready for tl.dot: dequantized to
-    DOT_DTYPE (dense, int4, mxfp4) or raw fp8 codes (fp8_block; scales applied by the caller)."""
+    """One [len(offs_k), len(offs_n)] weight tile of one expert: as stored (dense: the activation
+    dtype; fp8_block: raw codes, scales applied by the caller) or dequantized to float32 (int4,
+    mxfp4; the caller casts it to the activation dtype for the dot)."""
     mask = mask_k[:, None] & mask_n[None, :]
     if KIND == 0 or KIND == 2:
         tile = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn, mask=mask, other=0.0)
-        if KIND == 0:
-            tile = tile.to(DOT_DTYPE)
     else:
         qw_row = offs_k // QW_PER_K
         qw_col = offs_n // QW_PER_N
@@ -468,7 +468,7 @@ def _weight_tile(
                 z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
             else:
                 z = SYM_ZERO
-            tile = ((q - z).to(tl.float32) * s.to(tl.float32)).to(DOT_DTYPE)
+            tile = (q - z).to(tl.float32) * s.to(tl.float32)
         else:
             # e2m1: sign bit 3, exponent bits 1-2 (bias 1), mantissa bit 0;
             # |v| = m/2 for e == 0, (2 + m) * 2**e / 4 otherwise (0, .5, 1, 1.5, 2, 3, 4, 6)
@@ -483,7 +483,7 @@ def _weight_tile(
             bits = tl.where(s == 0, 0x00400000, s << 23)
             bits = tl.where(s == 255, 0x7FC00000, bits)
             scale = bits.to(tl.float32, bitcast=True)
-            tile = (value * scale).to(DOT_DTYPE)
+            tile = value * scale
     return tile
 
 
@@ -549,15 +549,19 @@ def _moe_gemm_kernel(
                 w_e, s_e, z_e, offs_k, offs_n, mask_k, mask_n,
                 stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn, group_k,
                 KIND, QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
-                HAS_ZEROS, SYM_ZERO, a.dtype,
+                HAS_ZEROS, SYM_ZERO,
             )
+            if KIND == 1 or KIND == 3:
+                w = w.to(a.dtype)
             if FUSE_ACT:
                 w_up = _weight_tile(
                     w_e, s_e, z_e, offs_k, offs_n + up_offset, mask_k, mask_n,
                     stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn, group_k,
                     KIND, QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
-                    HAS_ZEROS, SYM_ZERO, a.dtype,
+                    HAS_ZEROS, SYM_ZERO,
                 )
+                if KIND == 1 or KIND == 3:
+                    w_up = w_up.to(a.dtype)
             if KIND == 2:
                 # one K group per sub-tile (SUB_K divides the group): scale the fp8 partial product
                 g = k_start // group_k
@@ -800,6 +804,16 @@ def _check_weights(name: str, ew, E: int | None, K: int, N: int | None, act_dtyp
     return _Gemm(ew, scheme, E, K, N, group_k, group_n, packing)
 
 
+def _check_activation(activation, swiglu_limit) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not known (allowed: {_names(ACTIVATIONS)})")
+    if swiglu_limit is not None:
+        if activation != "swiglu":
+            raise ValueError(f"swiglu_limit={swiglu_limit!r} applies to activation='swiglu' only; pass None")
+        if isinstance(swiglu_limit, bool) or not isinstance(swiglu_limit, (int, float)) or not swiglu_limit > 0:
+            raise ValueError(f"swiglu_limit={swiglu_limit!r} must be a positive number (e.g. 7.0) or None")
+
+
 def _validate_experts(x, topk_ids, topk_weights, w13, w2, activation, swiglu_limit, apply_on_input,
                       expert_map, num_experts, out_dtype, config):
     _require_tensor("x", x)
@@ -822,13 +836,7 @@ def _validate_experts(x, topk_ids, topk_weights, w13, w2, activation, swiglu_lim
     for name, t in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x on {x.device}; move it")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not known (allowed: {_names(ACTIVATIONS)})")
-    if swiglu_limit is not None:
-        if activation != "swiglu":
-            raise ValueError(f"swiglu_limit={swiglu_limit!r} applies to activation='swiglu' only; pass None")
-        if isinstance(swiglu_limit, bool) or not isinstance(swiglu_limit, (int, float)) or not swiglu_limit > 0:
-            raise ValueError(f"swiglu_limit={swiglu_limit!r} must be a positive number (e.g. 7.0) or None")
+    _check_activation(activation, swiglu_limit)
     if not isinstance(apply_on_input, bool):
         raise TypeError(f"apply_router_weight_on_input={apply_on_input!r} must be a bool")
     if apply_on_input and top_k != 1:
@@ -874,6 +882,12 @@ def _validate_experts(x, topk_ids, topk_weights, w13, w2, activation, swiglu_lim
     _validate_config(config)
     if g13.scheme.kind == _KIND_FP8_BLOCK:
         bk = g13.group_k
+        if min(config.block_k, bk) < MIN_FP8_DOT_K:
+            raise ValueError(
+                f"config.block_k={config.block_k} with fp8 blocks of bk={bk}: the fp8 dot runs over "
+                f"min(block_k, bk) = {min(config.block_k, bk)} columns, it needs >= {MIN_FP8_DOT_K} "
+                f"(8-bit tensor-core MMA); use block_k >= {MIN_FP8_DOT_K} and bk >= {MIN_FP8_DOT_K}"
+            )
         if g2.group_k != bk:
             raise ValueError(f"w13.block[0]={bk} and w2.block[0]={g2.group_k} must match (one activation group size)")
     return T, H, I, top_k, E_local, g13, g2, config, out_dtype or x.dtype
@@ -905,10 +919,14 @@ def _validate_metadata_only(x, top_k, w13, w2, activation, swiglu_limit, apply_o
     if x.dim() != 2:
         raise ValueError(f"x.shape={tuple(x.shape)} must be 2-D [T, H]")
     T, H = x.shape
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} is not known (allowed: {_names(ACTIVATIONS)})")
+    _check_activation(activation, swiglu_limit)
+    if not isinstance(apply_on_input, bool):
+        raise TypeError(f"apply_router_weight_on_input={apply_on_input!r} must be a bool")
     if apply_on_input and top_k != 1:
-        raise ValueError(f"apply_router_weight_on_input=True needs top_k == 1 (got top_k={top_k})")
+        raise ValueError(
+            f"apply_router_weight_on_input=True needs top_k == 1 (got top_k={top_k}); the weight of one "
+            "expert cannot scale an input shared by several"
+        )
     if out_dtype is not None and out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype={out_dtype!r} is not supported (allowed: float16, bfloat16, float32)")
     g13 = _check_weights("w13", w13, None, H, None, x.dtype, x.device)

@@ -9,7 +9,7 @@ dtype, compared bit-exactly. Per-row, per-column and per-block scales take sever
 powers of two, so a kernel applying a scale to the wrong row, column or K group changes the
 output.
 
-The reference is computed here in float64 from the codes decoded by ``oracle.formats``.
+References: ``oracle.gemm.scaled_mm``, ``block_scaled_mm`` and ``fp8_w8a16_gemm`` (float64).
 
 Interpreter probes (``interpreter_dot_probes``): the Triton 3.9 CPU interpreter computes int8
 ``tl.dot`` (int32 accumulation) and fp8 ``tl.dot`` (fp32 accumulation) exactly on the values of
@@ -41,6 +41,7 @@ from kernels.triton.scaled_mm import (  # the _ helpers build the broken twin ke
     fp8_w8a16_gemm,
     scaled_mm,
 )
+from oracle import gemm as oracle_gemm
 from oracle.compare import compare
 from oracle.formats import get_format
 
@@ -176,26 +177,36 @@ def _values(t: torch.Tensor) -> np.ndarray:
     return t.double().numpy()
 
 
+def _codes_np(t: torch.Tensor) -> np.ndarray:
+    """The oracle's view of a code tensor: int8 values, or fp8 bit patterns as uint8."""
+    t = t.detach().cpu()
+    return t.numpy() if t.dtype == torch.int8 else t.contiguous().view(torch.uint8).numpy()
+
+
+def _quant_name(t: torch.Tensor) -> str:
+    return "int8" if t.dtype == torch.int8 else _FP8_NAMES[t.dtype]
+
+
 def ref_scaled_mm(a, b, a_scale_rows, b_scale_cols, azp=None, bias=None) -> np.ndarray:
-    """((a - azp) * a_s[m]) @ (b * b_s[n]) + bias; scales given as float64 [M] / [N] vectors."""
-    av = _values(a) - (0.0 if azp is None else np.asarray(azp, np.float64).reshape(-1, 1))
-    y = (av * a_scale_rows[:, None]) @ (_values(b) * b_scale_cols[None, :])
-    return y if bias is None else y + bias
+    """oracle.gemm.scaled_mm with the scales given as float64 [M] / [N] vectors."""
+    return oracle_gemm.scaled_mm(
+        _codes_np(a), _codes_np(b), quant_dtype=_quant_name(a),
+        a_scale=np.asarray(a_scale_rows).reshape(-1, 1), b_scale=np.asarray(b_scale_cols).reshape(1, -1),
+        azp=None if azp is None else np.asarray(azp).reshape(-1, 1), bias=bias,
+    )
 
 
 def ref_block_scaled_mm(a, b, a_scale, b_scale, block, bias=None) -> np.ndarray:
-    """a_scale [M, gk], b_scale [gk, gn] expanded to per-element scales, then float64 matmul."""
-    bk, bn = block
-    K, N = b.shape
-    a_s = np.repeat(a_scale, bk, axis=1)[:, :K]
-    b_s = np.repeat(np.repeat(b_scale, bk, axis=0)[:K], bn, axis=1)[:, :N]
-    y = (_values(a) * a_s) @ (_values(b) * b_s)
-    return y if bias is None else y + bias
+    return oracle_gemm.block_scaled_mm(
+        _codes_np(a), np.asarray(a_scale), _codes_np(b), np.asarray(b_scale),
+        quant_dtype=_quant_name(a), block=block, bias=bias,
+    )
 
 
 def ref_fp8_w8a16(x, b, b_scale_cols, bias=None) -> np.ndarray:
-    y = _values(x) @ (_values(b) * b_scale_cols[None, :])
-    return y if bias is None else y + bias
+    return oracle_gemm.fp8_w8a16_gemm(
+        _values(x), _codes_np(b), np.asarray(b_scale_cols).reshape(1, -1), quant_dtype=_quant_name(b), bias=bias,
+    )
 
 
 def assert_exact(out: torch.Tensor, ref: np.ndarray, out_dtype: torch.dtype) -> None:

@@ -528,8 +528,8 @@ class QuantOp:
     name: str
     compute: Callable[[Mapping], QuantExpectation]
     keys: str  # the problem keys, for messages and docs
-    axis_names: tuple[str, str] = ("row (m)", "column (k)")
-    scale_axis_names: tuple[str, str] = ("row (m)", "scale group (k)")
+    axis_names: tuple[str, str] = ("row", "column")  # codes [M, K]
+    scale_axis_names: tuple[str, str] = ("row", "scale group")  # scales [M, K / G]
 
 
 QUANT_OPS: Mapping[str, QuantOp] = MappingProxyType({
@@ -595,7 +595,7 @@ def _actual_codes(exp: QuantExpectation, actual) -> np.ndarray:
 
 
 def _check_scales(rec: QuantOp, exp: QuantExpectation, actual_scales):
-    """(scale values used for the codes, accepted mask, scale Divergence | None)."""
+    """(actual scale values, accepted mask, scale Divergence | None, the Divergence's unit)."""
     if exp.scale_format == "":
         if actual_scales is not None:
             raise ValueError(f"{rec.name} returns no scales (the scale is given); pass actual_scales=None")

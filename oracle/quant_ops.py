@@ -99,6 +99,7 @@ from oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme, quantize
 __all__ = [
     "QuantExpectation",
     "QuantOp",
+    "Rounding",
     "QUANT_OPS",
     "QuantHypothesis",
     "QUANT_HYPOTHESES",
@@ -196,14 +197,14 @@ class QuantExpectation:
 
     codes:         [M, K] RNE codes (np.int8 values for int8, np.uint8 bit patterns for floats).
     codes_alt:     [M, K] the other code accepted where a tie lies within ``ambiguity`` of
-                   ``pre_round`` (equal to ``codes`` everywhere else).
+                   ``pre_round``, or the other zero code where the effective scale is 0 (NVFP4);
+                   equal to ``codes`` everywhere else.
     pre_round:     [M, K] float64 ``x / effective_scale`` before clamping and rounding.
     ambiguity:     [M, K] float64 ``a >= 0``: a code is accepted iff it is the rounding of a value
                    in ``[pre_round - a, pre_round + a]`` (module docstring).
     scales:        float64 scale values (static_quant: the given scale, [1, 1]); shape
                    [M, K / group_size].
-    scale_codes:   uint8 codes of the scales in ``scale_code_format`` (E8M0 for UE8M0 and MX, E4M3
-                   for NVFP4), else None.
+    scale_codes:   uint8 codes of the scales (E8M0 for UE8M0 and MX, E4M3 for NVFP4), else None.
     scale_format:  how the kernel returns its scales: "float32" (values), "float8_e8m0fnu" /
                    "float8_e4m3fn" (codes), or "" (static_quant returns none).
     scale_exact:   float64 exact quotient each scale rounds (amax / qmax; NVFP4 amax / (6 g)).

@@ -70,6 +70,7 @@ __all__ = [
     "default_config",
     "fused_experts",
     "fused_moe",
+    "quantize_activations_fp8",
     "route",
 ]
 

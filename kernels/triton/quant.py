@@ -22,7 +22,10 @@ Numerics (the reference twins are ``oracle.schemes.quantize`` with the matching 
   ``floor = 1e-10`` (``oracle.schemes.DEFAULT_AMAX_FLOOR``). Rounding is monotone, so this is
   ``max(min(rn(amax / qmax), rn(ub / qmax)), rn(floor / qmax))``: the kernel divides amax with
   an IEEE round-to-nearest division (``tl.math.div_rn``) and the launcher supplies the two
-  constant terms, rounded exactly as the float64 oracle rounds them.
+  constant terms, rounded exactly as the float64 oracle rounds them. (``oracle.quant_ops``
+  models a kernel holding the floor as the float32 constant ``float32(1e-10)``; for int8 its
+  floor scale is one float32 ulp from ``float32(1e-10 / 127)``, inside the 2**-21 relative scale
+  ambiguity it accepts; for the fp8 formats the two agree.)
 * UE8M0 scales (``scale_ue8m0=True``): ``2**ceil(log2(max(amax, floor) / qmax))``, computed
   exactly from the fields of amax and qmax: with ``amax = ma * 2**ea`` and ``qmax = mq * 2**eq``
   (``1 <= ma, mq < 2``), ``ceil(log2(amax / qmax)) = ea - eq + (ma > mq)``.
@@ -30,9 +33,12 @@ Numerics (the reference twins are ``oracle.schemes.quantize`` with the matching 
   2`` (2 = floor(log2(6)), e2m1's largest exponent); ``"rceil"``: ``e = ceil(log2(amax / 6))``
   as above. ``e`` is clamped to E8M0's range [-127, 127]; an all-zero block gets ``e = -127``
   (code 0x00). Elements are ``x * 2**-e`` (exact), saturated to ±6.
-* Codes: ``RNE(x / scale)``, saturated to ±qmax (int8: -127..127, -128 is never produced), of
-  the *exact* quotient. A float32 quotient can land exactly on a rounding midpoint that the
-  exact quotient misses (double rounding), so the kernel rounds the quotient to odd first: the
+* Codes: ``RNE(x / scale)`` of the *exact* quotient, saturated to ±qmax (int8: to [-128, 127],
+  as ``float_to_int8_rn`` of vLLM and ``oracle.quant_ops``' default ``int8_clamp="full"``;
+  -128 only appears where |x / scale| > 127.5: a given static scale, or a scale capped by
+  scale_ub; a dynamic scale keeps |x / scale| <= 127 and agrees with ``oracle.schemes``).
+  A float32 quotient can land exactly on a rounding midpoint that the exact quotient misses
+  (double rounding), so the kernel rounds the quotient to odd first: the
   float32 quotient ``q = div_rn(x, s)``, the exact sign of ``q * s - x`` from one fma, and when
   q is inexact with an even last bit it moves one ulp toward the exact value. Rounding the
   round-to-odd value (24 bits) to a format of at most 22 bits is then the correct rounding of the
@@ -119,6 +125,7 @@ class _ElemParams:
     """The kernel constexprs of an element format (from its oracle.formats record)."""
 
     qmax: float
+    qmin: float
     is_float: bool
     mbits: int = 0
     emin: int = 0
@@ -129,8 +136,9 @@ class _ElemParams:
 def _elem_params(name: str) -> _ElemParams:
     fmt = FORMATS[name]
     if isinstance(fmt, FloatFormat):
-        return _ElemParams(float(fmt.max), True, fmt.mantissa_bits, fmt.emin, fmt.bits - 1, fmt.has_negative_zero)
-    return _ElemParams(float(fmt.max), False)
+        return _ElemParams(float(fmt.max), -float(fmt.max), True, fmt.mantissa_bits, fmt.emin, fmt.bits - 1,
+                           fmt.has_negative_zero)
+    return _ElemParams(float(fmt.max), float(fmt.min), False)
 
 
 def _f32_fields(value: float) -> tuple[int, int]:
@@ -160,7 +168,9 @@ def _ints(config) -> list[int]:
 def _from_list(cls, values, required: int):
     names = [f.name for f in dataclasses.fields(cls)]
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-        raise TypeError(f"config={values!r} must be a list of ints in the order {names}; pass {cls.__name__}(...).as_list()")
+        raise TypeError(
+            f"config={values!r} must be a list of ints in the order {names}; pass {cls.__name__}(...).as_list()"
+        )
     if not required <= len(values) <= len(names):
         raise ValueError(
             f"config={list(values)!r} has {len(values)} entries (allowed: {required} to {len(names)}, in the "
@@ -338,13 +348,14 @@ def _encode_float_sw(v, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.conste
 
 
 @triton.jit
-def _encode(v, ENCODE: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
-            SIGN_BIT: tl.constexpr, NEG_ZERO: tl.constexpr):
+def _encode(v, ENCODE: tl.constexpr, QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr,
+            EMIN: tl.constexpr, SIGN_BIT: tl.constexpr, NEG_ZERO: tl.constexpr):
     """Codes of the round-to-odd quotient ``v``, ready to ``.to()`` the output pointer's type:
-    int32 integers (ENCODE 0), int32 bit patterns (1), or clamped float32 (2)."""
+    int32 integers in [QMIN, QMAX] (ENCODE 0), int32 bit patterns (1), or clamped float32 (2)."""
     if ENCODE == 0:
-        r = _rne_nonneg(tl.minimum(tl.abs(v), QMAX))
-        out = tl.where(v < 0.0, -r, r)
+        clamped = tl.clamp(v, QMIN, QMAX)  # integer bounds: clamping before rounding is the same
+        r = _rne_nonneg(tl.abs(clamped))
+        out = tl.where(clamped < 0.0, -r, r)
     elif ENCODE == 1:
         out = _encode_float_sw(v, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
     else:
@@ -359,7 +370,7 @@ def _per_token_quant_kernel(
     stride_xm, stride_xk, stride_qm, stride_qk, stride_sm,
     floor_scale, ub_scale,
     UB_MODE: tl.constexpr,  # 0: none, 1: ub_scale (already divided by QMAX), 2: load ub from ub_ptr
-    ENCODE: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+    ENCODE: tl.constexpr, QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
     SIGN_BIT: tl.constexpr, NEG_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -389,7 +400,7 @@ def _per_token_quant_kernel(
         mask = mask_m[:, None] & (offs_k < K)[None, :]
         x = tl.load(x_ptr + x_rows[:, None] + offs_k[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
         v = _quotient_round_to_odd(x, scale[:, None])
-        codes = _encode(v, ENCODE, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
+        codes = _encode(v, ENCODE, QMAX, QMIN, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
         tl.store(q_ptr + q_rows[:, None] + offs_k[None, :] * stride_qk, codes.to(q_ptr.dtype.element_ty), mask=mask)
 
 
@@ -398,7 +409,7 @@ def _static_quant_kernel(
     x_ptr, q_ptr, scale_ptr,
     M, K,
     stride_xm, stride_xk, stride_qm, stride_qk,
-    ENCODE: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+    ENCODE: tl.constexpr, QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
     SIGN_BIT: tl.constexpr, NEG_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -409,7 +420,7 @@ def _static_quant_kernel(
     x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk, mask=mask, other=0.0)
     scale = tl.load(scale_ptr).to(tl.float32)
     v = _quotient_round_to_odd(x.to(tl.float32), scale)
-    codes = _encode(v, ENCODE, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
+    codes = _encode(v, ENCODE, QMAX, QMIN, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
     tl.store(q_ptr + rows[:, None] * stride_qm + offs_k[None, :] * stride_qk, codes.to(q_ptr.dtype.element_ty),
              mask=mask)
 
@@ -421,7 +432,7 @@ def _per_token_group_quant_kernel(
     stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sg,
     floor_scale,
     FLOOR_EXP: tl.constexpr, Q_EXP: tl.constexpr, Q_MANT: tl.constexpr, UE8M0: tl.constexpr,
-    ENCODE: tl.constexpr, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
+    ENCODE: tl.constexpr, QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr,
     SIGN_BIT: tl.constexpr, NEG_ZERO: tl.constexpr,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
@@ -445,7 +456,7 @@ def _per_token_group_quant_kernel(
     tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :] * stride_sg, scale, mask=mask_mg)
 
     v = _quotient_round_to_odd(x, scale[:, :, None])
-    codes = _encode(v, ENCODE, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
+    codes = _encode(v, ENCODE, QMAX, QMIN, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
     tl.store(q_ptr + rows * stride_qm + k * stride_qk, codes.to(q_ptr.dtype.element_ty), mask=mask)
 
 
@@ -455,8 +466,8 @@ def _mx_quant_kernel(
     M, NUM_GROUPS,
     stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sg,
     RCEIL: tl.constexpr, Q_EXP: tl.constexpr, Q_MANT: tl.constexpr,
-    QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr, NEG_ZERO: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+    QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr,
+    NEG_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
     HALF: tl.constexpr = 16  # byte pairs per 32-element block
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -582,7 +593,7 @@ def _check_encode(quant_dtype: torch.dtype, config, device) -> int:
 
 
 def _elem_constexprs(params: _ElemParams) -> dict:
-    return dict(QMAX=params.qmax, MBITS=params.mbits, EMIN=params.emin, SIGN_BIT=params.sign_bit,
+    return dict(QMAX=params.qmax, QMIN=params.qmin, MBITS=params.mbits, EMIN=params.emin, SIGN_BIT=params.sign_bit,
                 NEG_ZERO=params.neg_zero)
 
 
@@ -664,7 +675,8 @@ def per_token_quant(x: torch.Tensor, quant_dtype: torch.dtype, *, scale_ub=None,
     tensor on x's device (read by the kernel, no host sync).
     """
     M, K = check_per_token_quant(x, quant_dtype, scale_ub=scale_ub)
-    config = default_config("per_token_quant", M, K, quant_dtype=quant_dtype, device=x.device) if config is None else config
+    if config is None:
+        config = default_config("per_token_quant", M, K, quant_dtype=quant_dtype, device=x.device)
     _check_config(config, TileConfig, ("block_m", "block_k"))
     codes = torch.empty((M, K), dtype=quant_dtype, device=x.device)
     scales = torch.empty((M, 1), dtype=torch.float32, device=x.device)
@@ -698,7 +710,8 @@ def static_quant(x: torch.Tensor, scale: torch.Tensor, quant_dtype: torch.dtype,
     in ``quant_dtype``. scale: a float32 tensor of shape [] or [1] on x's device holding a finite
     positive value (checked on the host: one sync)."""
     M, K = check_static_quant(x, scale, quant_dtype)
-    config = default_config("static_quant", M, K, quant_dtype=quant_dtype, device=x.device) if config is None else config
+    if config is None:
+        config = default_config("static_quant", M, K, quant_dtype=quant_dtype, device=x.device)
     _check_config(config, TileConfig, ("block_m", "block_k"))
     codes = torch.empty((M, K), dtype=quant_dtype, device=x.device)
     if M == 0:

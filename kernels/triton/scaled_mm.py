@@ -20,7 +20,7 @@ operand path:
   A K tile of ``BLOCK_K`` columns is processed as ``BLOCK_K // SUB_K`` sub-tiles of
   ``SUB_K = min(BLOCK_K, bk)`` columns, each lying inside one scale group: each sub-tile's dot
   is scaled with its own group's scales, so BLOCK_K below, equal to or above ``bk`` is correct
-  (``bk`` must be a power of two >= 16; ``bn`` may be any positive integer).
+  (``bk`` must be a power of two >= 32; ``bn`` may be any positive integer).
 - :func:`fp8_w8a16_gemm` — fp16/bf16 activations, fp8 weights with a per-tensor or per-channel
   scale: each weight tile is dequantized ``(b * b_s)`` in float32, cast to the activation dtype and
   multiplied with ``tl.dot`` accumulating in float32.
@@ -77,6 +77,7 @@ SCALE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BIAS_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_PATHS = ("native", "decode")
 MIN_DOT_BLOCK = 16  # tl.dot needs every tile dimension >= 16
+MIN_DOT_K_8BIT = 32  # ... and a K dimension >= 32 on 8-bit (int8 / fp8) operands when compiled
 
 # Specials convention -> the kernel's constexpr code
 _SPECIALS_CODE = {Specials.FN: 0, Specials.FNUZ: 1, Specials.IEEE: 2}
@@ -87,8 +88,9 @@ _SPECIALS_CODE = {Specials.FN: 0, Specials.FNUZ: 1, Specials.IEEE: 2}
 class ScaledMMConfig:
     """Tunables of one launch; each maps to a kernel constexpr (or the grid / launch options).
 
-    block_m/n/k: tile sizes (powers of two >= 16 for ``tl.dot``); for block_scaled_mm block_k
-    may be smaller than, equal to or larger than the scale block.
+    block_m/n/k: tile sizes (powers of two >= 16 for ``tl.dot``; block_k >= 32 for the int8 / fp8
+    operand dots of scaled_mm and block_scaled_mm); for block_scaled_mm block_k may be smaller
+    than, equal to or larger than the scale block.
     split_k: number of K splits reduced in float32 by the launcher (1 = no workspace).
     group_m: program-id swizzle; GROUP_M consecutive M tiles are visited per N column.
     """
@@ -140,7 +142,7 @@ def default_config(M: int, N: int, K: int) -> ScaledMMConfig:
         config,
         block_m=min(config.block_m, _next_pow2_at_least_16(M)),
         block_n=min(config.block_n, _next_pow2_at_least_16(N)),
-        block_k=min(config.block_k, _next_pow2_at_least_16(K)),
+        block_k=min(config.block_k, max(MIN_DOT_K_8BIT, _next_pow2_at_least_16(K))),
     )
 
 
@@ -426,6 +428,15 @@ def _validate_config(config) -> ScaledMMConfig:
     return config
 
 
+def _check_block_k_8bit(config: ScaledMMConfig) -> None:
+    """int8 / fp8 operand dots need K tiles of at least 32 (compiled Triton rejects 16)."""
+    if config.block_k < MIN_DOT_K_8BIT:
+        raise ValueError(
+            f"config.block_k={config.block_k} is below {MIN_DOT_K_8BIT}: tl.dot on 8-bit (int8 / fp8) "
+            f"operands needs K tiles of at least {MIN_DOT_K_8BIT} (allowed: 32, 64, 128, ...); use block_k=32"
+        )
+
+
 def _check_devices(**tensors) -> None:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     if len(set(devices.values())) > 1:
@@ -581,10 +592,10 @@ def _validate_block_scaled_mm(a, b, a_scale, b_scale, block, out_dtype, bias):
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in block)):
         raise TypeError(f"block={block!r} must be a pair of ints (block_k, block_n), e.g. (128, 128)")
     bk, bn = block
-    if bk < MIN_DOT_BLOCK or bk & (bk - 1):
+    if bk < MIN_DOT_K_8BIT or bk & (bk - 1):
         raise ValueError(
-            f"block=({bk}, {bn}): block_k={bk} must be a power of two >= {MIN_DOT_BLOCK} "
-            f"(allowed: 16, 32, 64, 128, ...); use the quantizer's K block size, e.g. 128"
+            f"block=({bk}, {bn}): block_k={bk} must be a power of two >= {MIN_DOT_K_8BIT} "
+            f"(allowed: 32, 64, 128, ...: each fp8 sub-dot spans one scale block); use the quantizer's K block size, e.g. 128"
         )
     if bn < 1:
         raise ValueError(f"block=({bk}, {bn}): block_n={bn} must be >= 1 (e.g. 128)")
@@ -720,6 +731,7 @@ def scaled_mm(
         a, b, a_scale, b_scale, out_dtype, bias, azp)
     _check_fp8_path(fp8_path)
     config = _validate_config(default_config(M, N, K) if config is None else config)
+    _check_block_k_8bit(config)
     if M == 0 or N == 0:
         return torch.zeros((M, N), dtype=out_dtype, device=a.device)
 
@@ -762,12 +774,13 @@ def block_scaled_mm(
 
     a: ``[M, K]`` fp8 codes; b: ``[K, N]`` fp8 codes (same dtype, any strides);
     a_scale: ``[M, ceil(K/bk)]`` (any strides: row- or column-major storage);
-    b_scale: ``[ceil(K/bk), ceil(N/bn)]``; block: ``(bk, bn)``, bk a power of two >= 16.
+    b_scale: ``[ceil(K/bk), ceil(N/bn)]``; block: ``(bk, bn)``, bk a power of two >= 32.
     config.block_k may be smaller than, equal to or larger than bk.
     """
     M, N, K, bk, bn, out_dtype = _validate_block_scaled_mm(a, b, a_scale, b_scale, block, out_dtype, bias)
     _check_fp8_path(fp8_path)
     config = _validate_config(default_config(M, N, K) if config is None else config)
+    _check_block_k_8bit(config)
     if M == 0 or N == 0:
         return torch.zeros((M, N), dtype=out_dtype, device=a.device)
 

@@ -132,7 +132,7 @@ def test_group_scales_n_by_k_over_g(layout, device):
     """block=(G, 1): scales [N, K/G] beside an [N, K] weight, [K/G, N] beside a [K, N] one."""
     skip_if(dot_skip_reason(torch.float8_e4m3fn))
     rng = np.random.default_rng(7)
-    N, K, G, M = 24, 64, 16, 3
+    N, K, G, M = 24, 96, 32, 3
     w_kn = _codes(rng, (K, N), torch.float8_e4m3fn, device)
     grid = 2.0 ** rng.integers(-3, 1, (K // G, N))
     weight = w_kn.t().contiguous() if layout == "nk" else w_kn

@@ -466,6 +466,7 @@ def test_default_config_table():
     assert default_config(1000, 4096, 4096).block_m == 128
     small = default_config(3, 20, 24)
     assert (small.block_m, small.block_n, small.block_k) == (16, 32, 32)
+    assert default_config(3, 20, 8).block_k == 32  # 8-bit dots need K tiles >= 32
 
 
 # ================================================================== block_scaled_mm
@@ -533,7 +534,7 @@ def run_block(case: BlockCase, device, kernel=None) -> None:
 
 
 BLOCK_K_CASES = [
-    BlockCase(block=(64, 32), config=cfg(block_k=bk)) for bk in (16, 32, 64, 128, 256)
+    BlockCase(block=(64, 32), config=cfg(block_k=bk)) for bk in (32, 64, 128, 256)
 ] + [
     BlockCase(block=(128, 128), N=40, K=384, config=cfg(block_k=bk, block_n=32)) for bk in (64, 128, 256)
 ]
@@ -549,7 +550,7 @@ BLOCK_CASES = [
 ] + [
     # N block not a multiple of BLOCK_N, and BLOCK_N spanning several N blocks
     BlockCase(N=50, block=(32, 24), config=cfg(block_n=32, block_k=64), a_scale_col_major=True),
-    BlockCase(N=50, block=(32, 1), config=cfg(block_n=16, block_k=16)),  # [K/G, N] group scales
+    BlockCase(N=50, block=(32, 1), config=cfg(block_n=16, block_k=32)),  # [K/G, N] group scales
     # tails: K not a multiple of the scale block nor of BLOCK_K (BLOCK_K > bk: sub-tiles past K)
     BlockCase(M=1, N=33, K=200, block=(64, 16), config=cfg(block_k=128), storage="nk-padded", bias=True),
     BlockCase(M=17, N=24, K=100, block=(32, 32), config=cfg(block_k=64, split_k=2), storage="nk-padded"),
@@ -740,6 +741,8 @@ MM_ERRORS = [
                  r"out_dtype=torch\.int32 is not supported \(allowed: float16, bfloat16, float32\)", id="out_dtype"),
     pytest.param(_change(config=lambda kw: dataclasses.replace(kw["config"], block_k=24)), ValueError,
                  r"config\.block_k=24 must be a power of two >= 16", id="config-block_k"),
+    pytest.param(_change(config=lambda kw: dataclasses.replace(kw["config"], block_k=16)), ValueError,
+                 r"config\.block_k=16 is below 32: tl\.dot on 8-bit", id="config-block_k-8bit"),
     pytest.param(_change(config=(16, 16, 32)), TypeError, r"config must be a ScaledMMConfig, got tuple", id="config-type"),
     pytest.param(_change(fp8_path="emulate"), ValueError, r"fp8_path='emulate' is not known \(allowed: native, decode",
                  id="fp8_path"),
@@ -771,7 +774,11 @@ def _bchange(**changes):
 
 
 BLOCK_ERRORS = [
-    pytest.param(_bchange(block=(48, 32)), ValueError, r"block_k=48 must be a power of two >= 16", id="block_k-pow2"),
+    pytest.param(_bchange(block=(48, 32)), ValueError, r"block_k=48 must be a power of two >= 32", id="block_k-pow2"),
+    pytest.param(_bchange(block=(16, 16)), ValueError, r"block_k=16 must be a power of two >= 32", id="block_k-16"),
+    pytest.param(_bchange(config=cfg(block_k=16)), ValueError,
+                 r"config\.block_k=16 is below 32: tl\.dot on 8-bit \(int8 / fp8\) operands needs K tiles of at least 32",
+                 id="config-block_k-16"),
     pytest.param(_bchange(block=(64, 0)), ValueError, r"block_n=0 must be >= 1", id="block_n"),
     pytest.param(_bchange(block=64), TypeError, r"block=64 must be a pair of ints", id="block-type"),
     pytest.param(_bchange(b_scale=lambda kw: kw["b_scale"].t()), ValueError,

@@ -218,6 +218,21 @@ def contract_problems(promised, outs, device: str) -> list[str]:
     return problems
 
 
+@dataclass
+class _Meta:
+    """Output metadata shaped like a tensor, for checking a fake's outputs against the contract."""
+
+    shape: tuple
+    dtype: Any
+    device_type: str
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device(self.device_type)
+
+
 def _describe_meta(meta) -> str:
     return ", ".join(f"shape {list(s)} dtype {_dtype_name(d)} on {dev}" for s, d, dev in meta)
 
@@ -230,17 +245,26 @@ def _expect(spec, problem, exp_kwargs):
     return expect(spec.op, problem, **exp_kwargs)
 
 
-def _numerics(spec, case, problem, expectation, outs, res):
+def canonical_quant_outputs(outs, params) -> tuple[np.ndarray, np.ndarray | None]:
+    """Codes (canonical [M, K] integer codes / bit patterns) and scales of a quant op's outputs
+    stored the plain way: codes in the requested dtype, one per element; float or uint8 scales."""
+    from oracle.quant_ops import codes_from_output
+
+    codes = codes_from_output(_raw_numpy(outs[0]), _dtype_name(outs[0].dtype), params["quant_dtype"])
+    scales = None if len(outs) < 2 else _scales_numpy(outs[1], _dtype_name(outs[1].dtype))
+    return codes, scales
+
+
+def _numerics(spec, case, problem, expectation, outs, res, adapter):
     """The numerics check for the op's kind; returns (divergence or None, actual values)."""
     if spec.kind == "quant":
-        from oracle.quant_ops import compare_quant, decode_codes
+        from oracle.quant_ops import compare_quant
 
         promised = spec.outputs(case.dims, case.p)
         if len(outs) != len(promised) or any(_dtype_name(o.dtype) != w.dtype for o, w in zip(outs, promised)):
             res.checks.append(Check("numerics", SKIP, "the outputs' dtypes differ from the contract; codes not compared"))
             return None, None
-        codes = decode_codes(_raw_numpy(outs[0]), promised[0].dtype)
-        scales = None if len(outs) < 2 else _scales_numpy(outs[1], promised[1].dtype)
+        codes, scales = (adapter.unpack or canonical_quant_outputs)(outs, case.p)
         div = compare_quant(spec.op, expectation, codes, scales)
         res.checks.append(Check("numerics", FAIL if div else PASS, div.summary() if div else ""))
         return div, codes
@@ -335,7 +359,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     problems = contract_problems(spec.outputs(case.dims, p), outs, device)
     res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
 
-    div, actual = _numerics(spec, case, problem, expectation, outs, res)
+    div, actual = _numerics(spec, case, problem, expectation, outs, res, adapter)
     changed = [k for k, v in tensors.items() if v is not None and not torch_equal_bits(v, snapshot[k])]
     res.checks.append(Check("inputs_unchanged", FAIL if changed else PASS,
                             f"the kernel wrote into its inputs: {', '.join(changed)}" if changed else ""))
@@ -354,8 +378,10 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         try:
             meta = _fake_metadata(adapter, clean, p, case.cfg)
             real = [(tuple(o.shape), o.dtype, o.device.type) for o in outs]
-            ok = meta == real
-            detail = "" if ok else (f"fake says {_describe_meta(meta)}; real gives {_describe_meta(real)}")
+            broken = contract_problems(spec.outputs(case.dims, p), [_Meta(*m) for m in meta], device)
+            ok = meta == real and not broken
+            detail = "; ".join(([] if meta == real else [f"fake says {_describe_meta(meta)}; real gives {_describe_meta(real)}"])
+                               + [f"fake: {b}" for b in broken])
         except Exception as exc:
             ok, detail = False, f"the fake implementation raised {type(exc).__name__}: {exc}"
         res.checks.append(Check("fake_vs_real", PASS if ok else FAIL, detail))
@@ -371,7 +397,11 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
 
     if div is not None:
         res.divergence = div.to_dict()
-        if diagnose_failures and spec.kind == "gemm":
+        if diagnose_failures and spec.kind == "quant":
+            from oracle.quant_ops import diagnose_quant
+
+            res.diagnosis = [asdict(f) for f in diagnose_quant(case.op, problem, actual)]
+        elif diagnose_failures and spec.kind == "gemm":
             t0 = time.perf_counter()
             ctx = {"block_k": effective_config(case, adapter).get("block_k")}
             res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, actual, context=ctx, **exp_kwargs)]

@@ -40,6 +40,9 @@ class KernelAdapter:
     target: Callable | None = None  # the external callable, for the signature check
     signature: tuple[str, ...] = ()  # the parameter names `call` binds on `target`, in order
     default_config: Callable[[Mapping, Mapping], Mapping] | None = None  # (dims, params) -> config it picks
+    # quant ops: (outputs, params) -> (canonical codes [M, K], scales) where the kernel stores them
+    # its own way (packed codes, transposed scales); None = codes one per element, plain scales
+    unpack: Callable[[tuple, Mapping], tuple] | None = None
     description: str = ""
 
     def check_signature(self) -> str | None:

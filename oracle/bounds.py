@@ -15,6 +15,10 @@ resulting deviation of the dot is known exactly up to that choice::
 
     T_op = |X_a @ W_a - X @ W| + |X_b - X_a| @ |W_b| + |X_a| @ |W_b - W_a|
 
+and, where the activations are not exact in ``c`` while a kernel keeps the weights exact (codes
+in ``c``, the scale applied to the fp32 partial sum), the larger of that and
+``|X_a @ W - X @ W| + |X_b - X_a| @ |W|``.
+
 The first term is the *signed* sum of the rounding errors (it cancels where they do, which is
 why it is far tighter than ``u_c P``); the other two allow any element to take the fp32 path
 instead (they are zero unless double rounding changes a value). ``T_op = 0`` where the operands
@@ -123,14 +127,24 @@ def operand_rounding(x: np.ndarray, w: np.ndarray, compute_dtype: str) -> tuple[
     x_exact, w_exact = np.array_equal(xa, x), np.array_equal(wa, w)
     if x_exact and w_exact and np.array_equal(xb, x) and np.array_equal(wb, w):
         return np.zeros_like(p), p
-    dev = np.abs(xa @ wa - x @ w)
+    y0 = x @ w
+    dev = np.abs(xa @ wa - y0)
     p_a = p if (x_exact and w_exact) else np.abs(xa) @ np.abs(wa)
     mix = np.zeros_like(p)
     if not np.array_equal(xb, xa):
         mix += np.abs(xb - xa) @ np.abs(wb)
     if not np.array_equal(wb, wa):
         mix += np.abs(xa) @ np.abs(wb - wa)
-    return dev + mix, np.maximum(p, p_a + mix)
+    t_op = dev + mix
+    if not x_exact:
+        # a kernel that keeps the weights exact (codes in c, the scale applied to the fp32 partial
+        # sum) still rounds the activations: (X_a or X_b) @ W
+        t_fact = np.abs(xa @ w - y0)
+        if not np.array_equal(xb, xa):
+            t_fact += np.abs(xb - xa) @ np.abs(w)
+        t_op = np.maximum(t_op, t_fact)
+        p_a = np.maximum(p_a, np.abs(xa) @ np.abs(w) + (mix if not np.array_equal(xb, xa) else 0))
+    return t_op, np.maximum(p, p_a + mix)
 
 
 def output_reach(y: np.ndarray, e: np.ndarray, out_dtype: str) -> np.ndarray:

@@ -102,6 +102,62 @@ def _poisoned(t):
     return view
 
 
+# NaN bit patterns with a payload no arithmetic produces (canonical NaNs are 0x7E00 / 0x7FC0.. )
+SENTINEL_BITS = {2: 0x7D5A, 4: 0x7FD5A5A5}
+SENTINEL_BYTE = 0xA5  # other element sizes: every byte 0xA5
+
+
+class OutputBuffer:
+    """A preallocated output for kernels that write into one (``adapter.out_param``): the view
+    sits inside a larger buffer, with padding around it and between its rows, every element of it
+    filled with a sentinel. After the call, padding that changed is an out-of-bounds write and
+    view elements still holding the sentinel were never written."""
+
+    def __init__(self, shape, dtype, device):
+        import torch
+
+        self.shape = tuple(shape)
+        rows, cols = (self.shape if len(self.shape) == 2 else (1, int(np.prod(self.shape))))
+        width = cols + POISON_PAD
+        self.buf = torch.empty(POISON_PAD * 2 + rows * width, dtype=dtype, device=device)
+        raw = self.buf.view(torch.uint8)
+        size = self.buf.element_size()
+        if size in SENTINEL_BITS and self.buf.is_floating_point():
+            int_dtype = {2: torch.int16, 4: torch.int32}[size]
+            bits = SENTINEL_BITS[size]
+            bits = bits - (1 << (8 * size)) if bits >= 1 << (8 * size - 1) else bits
+            self.buf.view(int_dtype).fill_(bits)
+        else:
+            raw.fill_(SENTINEL_BYTE)
+        self.pristine = raw.clone()
+        inner = self.buf[POISON_PAD:POISON_PAD + rows * width].view(rows, width)[:, :cols]
+        self.view = inner.reshape(self.shape) if len(self.shape) != 2 else inner
+        mask = torch.ones(self.buf.numel(), dtype=torch.bool, device=device)
+        mask[POISON_PAD:POISON_PAD + rows * width].view(rows, width)[:, :cols] = False
+        self.canary = mask
+
+    def problems(self) -> list[str]:
+        import torch
+
+        size = self.buf.element_size()
+        now = self.buf.view(torch.uint8).view(-1, size)
+        before = self.pristine.view(-1, size)
+        changed = (now != before).any(dim=1)
+        found = []
+        oob = (changed & self.canary).nonzero().flatten()
+        if oob.numel():
+            found.append(f"{oob.numel()} element(s) outside the output were overwritten (out-of-bounds writes; "
+                         f"first at buffer offset {int(oob[0]) - POISON_PAD} relative to the output's start)")
+        unwritten = (~changed & ~self.canary).nonzero().flatten()
+        if unwritten.numel():
+            idx = (~self.canary).nonzero().flatten()
+            first = int((idx == unwritten[0]).nonzero()[0])
+            pos = np.unravel_index(first, self.shape)
+            found.append(f"{unwritten.numel()} output element(s) were never written (first at "
+                         f"{list(map(int, pos))}; they still hold the sentinel)")
+        return found
+
+
 def _to_numpy(out) -> np.ndarray:
     return out.detach().float().cpu().numpy().astype(np.float64)
 
@@ -156,23 +212,35 @@ def effective_config(case: Case, adapter) -> dict:
 
 
 class _Run:
-    def __init__(self, adapter, tensors, params, config):
+    def __init__(self, adapter, tensors, params, config, new_output=None):
         self.adapter, self.tensors, self.params, self.config = adapter, tensors, params, config
+        self.new_output = new_output  # () -> OutputBuffer, for kernels that write into a given output
 
     def __call__(self, tensors=None):
         from kernels import backends
 
+        tensors = tensors or self.tensors
+        buffer = None
+        if self.adapter.out_param and self.adapter.out_param not in tensors:
+            buffer = self.new_output()
+            tensors = {**tensors, self.adapter.out_param: buffer.view}
         with backends.recording() as ran:
-            out = self.adapter.call(tensors or self.tensors, self.params, self.config)
+            out = self.adapter.call(tensors, self.params, self.config)
+        if out is None and buffer is not None:
+            out = buffer.view
         return out, list(ran)
 
 
-def _fake_metadata(adapter, tensors, params, config):
+def _fake_metadata(adapter, tensors, params, config, out_template=None):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode(allow_non_fake_inputs=False) as mode:
         fake = {k: (None if v is None else mode.from_tensor(v)) for k, v in tensors.items()}
+        if adapter.out_param and out_template is not None:
+            fake[adapter.out_param] = mode.from_tensor(out_template)
         out = adapter.call(fake, params, config)
+        if out is None and adapter.out_param:
+            out = fake[adapter.out_param]
     return [(tuple(o.shape), o.dtype, o.device.type) for o in as_outputs(out)]
 
 
@@ -336,7 +404,18 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     clean = adapter.pack(problem, p, device)
     tensors = {k: _poisoned(v) for k, v in clean.items()}
     snapshot = {k: (None if v is None else v.clone()) for k, v in tensors.items()}
-    run = _Run(adapter, tensors, p, case.cfg)
+    out_buffer = new_output = None
+    if adapter.out_param:
+        from kernels.packers import torch_dtype
+
+        want = spec.outputs(case.dims, p)[0]
+
+        def new_output():
+            return OutputBuffer(want.shape, torch_dtype(want.dtype), device)
+
+        out_buffer = new_output()
+        tensors[adapter.out_param] = out_buffer.view
+    run = _Run(adapter, tensors, p, case.cfg, new_output)
     tick("pack", t0)
 
     t0 = time.perf_counter()
@@ -353,6 +432,8 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         torch.cuda.synchronize()
     tick("kernel", t0)
     res.backends = ran
+    if out is None and out_buffer is not None:  # kernels that only write into the given output
+        out = out_buffer.view
 
     t0 = time.perf_counter()
     outs = as_outputs(out)
@@ -360,23 +441,27 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
 
     div, actual = _numerics(spec, case, problem, expectation, outs, res, adapter)
-    changed = [k for k, v in tensors.items() if v is not None and not torch_equal_bits(v, snapshot[k])]
+    if out_buffer is not None:
+        found = out_buffer.problems()
+        res.checks.append(Check("output_memory", FAIL if found else PASS, "; ".join(found)))
+    changed = [k for k, v in tensors.items() if v is not None and k in snapshot and not torch_equal_bits(v, snapshot[k])]
     res.checks.append(Check("inputs_unchanged", FAIL if changed else PASS,
                             f"the kernel wrote into its inputs: {', '.join(changed)}" if changed else ""))
     tick("checks", t0)
 
     if adapter.deterministic:
         t0 = time.perf_counter()
-        again, _ = run()
+        first = [o.clone() for o in as_outputs(out)] if out_buffer is not None else out
+        again, _ = run({k: v for k, v in tensors.items() if k != adapter.out_param})  # fresh output, if any
         tick("kernel", t0)
-        same = _bits_equal(again, out)
+        same = _bits_equal(again, first)
         res.checks.append(Check("determinism", PASS if same else FAIL,
                                 "" if same else "a repeat run with the same inputs returned different bits"))
 
     if adapter.custom_op:
         t0 = time.perf_counter()
         try:
-            meta = _fake_metadata(adapter, clean, p, case.cfg)
+            meta = _fake_metadata(adapter, clean, p, case.cfg, None if out_buffer is None else out_buffer.view)
             real = [(tuple(o.shape), o.dtype, o.device.type) for o in outs]
             broken = contract_problems(spec.outputs(case.dims, p), [_Meta(*m) for m in meta], device)
             ok = meta == real and not broken

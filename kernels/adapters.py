@@ -43,6 +43,10 @@ class KernelAdapter:
     # quant ops: (outputs, params) -> (canonical codes [M, K], scales) where the kernel stores them
     # its own way (packed codes, transposed scales); None = codes one per element, plain scales
     unpack: Callable[[tuple, Mapping], tuple] | None = None
+    # the tensors key under which the runner passes a preallocated output (sentinel-filled, with
+    # canaries around it: unwritten elements and out-of-bounds writes are detected); None = the
+    # kernel allocates its output
+    out_param: str | None = None
     description: str = ""
 
     def check_signature(self) -> str | None:

@@ -144,3 +144,46 @@ def test_the_bundled_kernel_passes_the_same_checks():
     r = run_case(CASE, W4A16, "cpu")
     assert r.status == "pass", r.summary()
     assert any(c.name == "fake_vs_real" and c.outcome == "pass" for c in r.checks)
+
+
+# -- kernels that write into a preallocated output (adapter.out_param) ------------------------
+
+def _out_adapter(call):
+    return _adapter(call, out_param="out")
+
+
+def test_kernel_writing_its_given_output_passes():
+    def call(t, p, c):
+        t["out"].copy_(torch_w4a16(t, p, c))
+
+    r = run_case(CASE, _out_adapter(call), "cpu")
+    assert r.status == "pass", r.summary()
+    assert "output_memory" in {c.name for c in r.checks}
+
+
+def test_unwritten_output_elements_are_detected():
+    def call(t, p, c):
+        t["out"][:, :-1].copy_(torch_w4a16(t, p, c)[:, :-1])  # forgets the last column
+
+    detail = _failed(run_case(CASE, _out_adapter(call), "cpu"))["output_memory"]
+    assert "3 output element(s) were never written (first at [0, 15]" in detail
+
+
+def test_out_of_bounds_output_writes_are_detected():
+    def call(t, p, c):
+        out = t["out"]
+        out.copy_(torch_w4a16(t, p, c))
+        wide = out.as_strided((out.shape[0], out.shape[1] + 1), out.stride())  # one element past each row
+        wide[:, -1] = 0
+
+    detail = _failed(run_case(CASE, _out_adapter(call), "cpu"))["output_memory"]
+    assert "3 element(s) outside the output were overwritten" in detail
+
+
+def test_accumulating_into_the_given_output_is_caught():
+    """A kernel that adds into ``out`` instead of overwriting it (the buffer's contents leak in)."""
+    def call(t, p, c):
+        t["out"].add_(torch_w4a16(t, p, c))
+
+    failed = _failed(run_case(CASE, _out_adapter(call), "cpu"))
+    assert "numerics" in failed

@@ -64,6 +64,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:
         config.qkcheck_device = _device.activate(config.getoption("--device"))
+        config.qkcheck_gpu_index = _device.assign_worker_gpu(config.qkcheck_device, _worker_id(config))
         config.qkcheck_budget = parse_duration(config.getoption("--budget"))
         config.qkcheck_shard = parse_shard(config.getoption("--shard"))
         config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
@@ -146,7 +147,7 @@ def _run_info(config) -> dict:
     from kernels import probes
 
     dev = config.qkcheck_device
-    info = {"device": dev, "platform": _device.platform_name(dev), "native_fp8": _device.native_fp8_format(dev),
+    info = {"device": dev, "gpu_index": getattr(config, "qkcheck_gpu_index", None), "platform": _device.platform_name(dev), "native_fp8": _device.native_fp8_format(dev),
             "started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs, "shard": config.getoption("--shard")}
     try:
         import torch

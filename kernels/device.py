@@ -60,6 +60,23 @@ def activate(device: str) -> str:
     return dev
 
 
+def assign_worker_gpu(device: str, worker_id: str | None) -> int | None:
+    """On a multi-GPU host, pytest-xdist worker ``gwN`` takes GPU ``N mod count`` (set as the
+    current device before any kernel compiles), so ``-n <GPUs>`` spreads the cases over every GPU.
+    Returns the index taken, or None (cpu, one GPU, or not a worker). A runner that pins GPUs
+    itself (CUDA_VISIBLE_DEVICES / ZE_AFFINITY_MASK per job) sees one GPU and is left alone."""
+    if device not in ("cuda", "xpu") or not worker_id or not worker_id.startswith("gw"):
+        return None
+    torch = _torch()
+    mod = getattr(torch, device)
+    count = mod.device_count()
+    if count < 2:
+        return None
+    index = int(worker_id[2:]) % count
+    mod.set_device(index)
+    return index
+
+
 def interpreted() -> bool:
     """True when Triton kernels run under the CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET") == "1"

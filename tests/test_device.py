@@ -32,3 +32,19 @@ def test_switching_mode_after_kernels_are_decorated_is_refused(monkeypatch):
     monkeypatch.setattr(device, "resolve", lambda requested: "cuda")
     with pytest.raises(RuntimeError, match=r"kernels\.(triton|zoo)\..*select the device before importing kernels"):
         device.activate("cuda")
+
+
+def test_xdist_workers_spread_over_the_gpus_of_a_host(monkeypatch):
+    import torch
+
+    from kernels import device as dev
+
+    taken = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "set_device", taken.append)
+    got = [dev.assign_worker_gpu("cuda", f"gw{i}") for i in range(6)]
+    assert got == [0, 1, 2, 3, 0, 1] and taken == got
+    assert dev.assign_worker_gpu("cuda", None) is None  # not under xdist
+    assert dev.assign_worker_gpu("cpu", "gw3") is None
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dev.assign_worker_gpu("cuda", "gw3") is None  # one GPU (or pinned by the CI job): left alone

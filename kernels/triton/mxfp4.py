@@ -36,7 +36,8 @@ Range of the decoded operands (what the compute dtype can hold):
   >= 65520 become ±inf (e.g. 4 * 2**14), magnitudes below 2**-14 become fp16 subnormals with RNE
   (1.5 * 2**-24 -> 2**-23) or ±0 (0.5 * 2**-24 -> 0). The float32 product is exact wherever that
   matters (a float32 overflow or subnormal flush only happens far outside fp16's range, where the
-  fp16 result is ±inf / ±0 anyway). So fp16 is exact for roughly c in [114, 140] (all elements).
+  fp16 result is ±inf / ±0 anyway). Every element is held exactly for c in [104, 140] (as fp16
+  normals for c in [114, 140]); bfloat16 (the W4A4 default) has no such limit.
 - bfloat16: e2m1 * 2**(c - 127) has at most 2 significant bits, so it is exact in bf16 whenever
   the float32 product is; products >= 2**128 overflow to ±inf (bf16 cannot hold them either).
   Products below 2**-126 (c <= 2) are float32 subnormals and rely on the device keeping them.

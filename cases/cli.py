@@ -40,6 +40,7 @@ def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
     p.add_argument("--case-timeout", default="300s", help="per-case time limit (default 300s; 0 = none)")
     if budget:
         p.add_argument("--budget", default="60s", help="time budget per kernel, e.g. 30s, 5m (default 60s)")
+        p.add_argument("--fuzz-seed", default=None, help="first hypothesis seed (default 0; runs are reproducible per seed)")
     p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest after --")
 
 
@@ -52,10 +53,10 @@ def _pytest(suite: str, args) -> int:
         argv += ["--kernels", spec]
     for op in args.op or []:
         argv += ["--op", op]
-    for opt in ("report", "results", "shard", "budget"):
+    for opt in ("report", "results", "shard", "budget", "fuzz_seed"):
         value = getattr(args, opt, None)
         if value:
-            argv += [f"--{opt}", str(value)]
+            argv += [f"--{opt.replace('_', '-')}", str(value)]
     if args.workers:
         argv += ["-n", str(args.workers)]
     argv += list(args.pytest_args)

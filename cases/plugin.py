@@ -26,6 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--report", default=None, metavar="PATH", help="write the HTML report here at the end")
     group.addoption("--results", default=None, metavar="PATH", help="write results as JSON lines here")
     group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based) of the case list")
+    group.addoption("--fuzz-seed", type=int, default=0, metavar="N",
+                    help="first hypothesis seed of the fuzzer (runs are reproducible per seed)")
     group.addoption("--isolate", default="auto", choices=("auto", "on", "off"),
                     help="run cases in a child process so a crash or hang fails only that case: "
                          "auto = on for cuda/xpu, off for cpu")

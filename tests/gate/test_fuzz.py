@@ -39,7 +39,7 @@ def test_fuzz(fuzz_adapter, device, pytestconfig):
     batch = 0
     while time.monotonic() < deadline:
         try:
-            seed(batch)(explore)()
+            seed(pytestconfig.getoption("--fuzz-seed") * 100_003 + batch)(explore)()
         except AssertionError:
             case = failing["case"]  # the last failing example hypothesis ran is the shrunk one
             result = execute(pytestconfig, case, fuzz_adapter)

@@ -1,0 +1,82 @@
+"""Time to detection: for each zoo entry, ``qkcheck fuzz`` from a cold start (a fresh process:
+imports, interpreter probes, first compiles included) until it exits with the failure found,
+shrunk and diagnosed. Median over several fuzz seeds.
+
+    python benchmarks/bench_detect.py [--device cpu] [--seeds 5] [--budget 60s] [--entries a,b] [--json]
+
+Goals: <= 30 s per entry on the 2-core CPU machine, <= 10 s on a GPU. An entry not caught within
+the budget counts as missed. Exit status 1 when any goal is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+GOALS = {"cpu": 30.0, "cuda": 10.0, "xpu": 10.0}
+
+
+def detect(entry: str, device: str, seed: int, budget: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", f"zoo:{entry}", "--device", device,
+               "--budget", budget, "--fuzz-seed", str(seed), "--failures-dir", tmp]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    out = proc.stdout + proc.stderr
+    m = re.search(r"fuzz found a failure after (\d+) cases", out)
+    return {"seconds": seconds, "caught": proc.returncode == 1 and m is not None,
+            "cases": int(m.group(1)) if m else None, "exit": proc.returncode,
+            "tail": "" if m else out[-400:]}
+
+
+def main(argv=None) -> int:
+    from kernels import zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget", default="60s", help="fuzz budget per run (an entry not caught in it is missed)")
+    parser.add_argument("--entries", default=None, help="comma-separated zoo entries (default: all)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    entries = args.entries.split(",") if args.entries else list(zoo.entries())
+    unknown = sorted(set(entries) - set(zoo.entries()))
+    if unknown:
+        parser.error(f"unknown zoo entries {unknown} (allowed: {', '.join(zoo.entries())})")
+    goal = GOALS.get(args.device, 30.0)
+    rows = []
+    for entry in entries:
+        runs = [detect(entry, args.device, s, args.budget) for s in range(args.seeds)]
+        caught = [r for r in runs if r["caught"]]
+        med = statistics.median(r["seconds"] for r in runs) if len(caught) == len(runs) else float("inf")
+        rows.append({"name": f"time to detection, zoo:{entry} ({args.device}, median of {args.seeds} seeds)",
+                     "value": med, "unit": "s", "goal": f"<= {goal:g} s", "ok": med <= goal,
+                     "detail": f"cases to first failure: {[r['cases'] for r in runs]}; "
+                               f"per-seed seconds: {[round(r['seconds'], 1) for r in runs]}",
+                     "misses": [r["tail"] for r in runs if not r["caught"]][:1]})
+        if not args.json:
+            r = rows[-1]
+            print(f"{r['name']:<70} {r['value']:7.1f} s  goal {r['goal']:<8} {'ok' if r['ok'] else 'MISSED'}  {r['detail']}")
+            for tail in r["misses"]:
+                print("   not caught; output tail:", tail.replace("\n", " | "))
+    info = {"machine": f"{platform.machine()} {os.cpu_count()}-core, {platform.system()}", "device": args.device,
+            "python": platform.python_version()}
+    if args.json:
+        print(json.dumps({"info": info, "results": rows}, indent=2))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

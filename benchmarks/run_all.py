@@ -1,0 +1,167 @@
+"""Every benchmark of the project, one entry point, one table.
+
+    python benchmarks/run_all.py                 # CPU set, here; results -> benchmarks/results/cpu.json
+    python benchmarks/run_all.py --device cuda   # GPU set, on a GPU host -> benchmarks/results/cuda.json
+    python benchmarks/run_all.py --table-only    # rebuild BENCHMARKS.md from the saved results
+
+Each run measures its set side by side in one process tree and saves the rows (with the command
+that produced each and the machine it ran on) as JSON under ``benchmarks/results/``; BENCHMARKS.md
+is then rebuilt from *every* saved results file, so the CPU and GPU rows sit in one table even
+though they were measured on different machines.
+
+Sets:
+- cpu: oracle throughput (bench_oracle, bench_moe_oracle), report rendering (bench_report),
+  harness overhead and fuzz throughput (bench_harness), the CPU gate wall time (bundled kernels,
+  ``-n 2``), time to detection of each zoo bug (bench_detect).
+- cuda: the GPU gate wall time (same case list), harness overhead and fuzz throughput on the GPU,
+  time to detection on the GPU, bundled-kernel speed vs their floors (bench_kernels).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TABLE = ROOT / "BENCHMARKS.md"
+PY = "python"
+
+CPU_SET = [
+    ["benchmarks/bench_oracle.py", "--json"],
+    ["benchmarks/bench_moe_oracle.py", "--json"],
+    ["benchmarks/bench_report.py", "--json"],
+    ["benchmarks/bench_harness.py", "--device", "cpu", "--json"],
+    ["benchmarks/bench_detect.py", "--device", "cpu", "--json"],
+]
+GPU_SET = [
+    ["benchmarks/bench_harness.py", "--device", "cuda", "--cases", "300", "--json"],
+    ["benchmarks/bench_detect.py", "--device", "cuda", "--json"],
+    ["benchmarks/bench_kernels.py", "--device", "cuda", "--json"],
+]
+
+
+def machine(device: str) -> str:
+    desc = f"{platform.machine()} {os.cpu_count()}-core, {platform.system()}, Python {platform.python_version()}"
+    try:
+        import torch
+        import triton
+
+        desc += f", torch {torch.__version__}, Triton {triton.__version__}"
+        if device == "cuda" and torch.cuda.is_available():
+            desc = f"{torch.cuda.get_device_name()}; " + desc
+    except Exception:
+        pass
+    return desc
+
+
+def _normalize(r: dict) -> dict:
+    """Rows from every script in one shape: name, value, unit, goal, ok, detail."""
+    if "units" in r:  # bench_oracle's own shape
+        goal = r.get("goal_units")
+        return {"name": r["name"], "value": r["units"], "unit": "units", "goal": None if goal is None else f"<= {goal:g} units",
+                "ok": r.get("ok", True), "detail": f"{r.get('ms', 0):.1f} ms"}
+    return {"name": r["name"], "value": r["value"], "unit": r.get("unit", ""), "goal": r.get("goal"),
+            "ok": r.get("ok", True), "detail": r.get("detail", "")}
+
+
+def run_script(args: list[str], timeout: float) -> tuple[list[dict], str]:
+    cmd = [sys.executable, *args]
+    shown = " ".join([PY, *map(shlex.quote, args)])
+    if not (ROOT / args[0]).exists():
+        return [{"name": f"{args[0]} (missing)", "value": float("nan"), "unit": "", "goal": None, "ok": False,
+                 "detail": "script not found"}], shown
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        data = json.loads(proc.stdout[proc.stdout.index("{"):])
+        rows = [_normalize(r) for r in data["results"]]
+    except subprocess.TimeoutExpired:
+        rows = [{"name": f"{args[0]}", "value": float("nan"), "unit": "", "goal": None, "ok": False,
+                 "detail": f"did not finish within {timeout:g} s"}]
+    except (ValueError, KeyError) as exc:
+        tail = (proc.stderr or proc.stdout)[-300:].replace("\n", " | ")
+        rows = [{"name": f"{args[0]}", "value": float("nan"), "unit": "", "goal": None, "ok": False,
+                 "detail": f"no JSON results ({type(exc).__name__}); output: {tail}"}]
+    return rows, shown
+
+
+def gate_wall(device: str, workers: str, timeout: float) -> tuple[list[dict], str]:
+    args = ["-m", "cases.cli", "gate", "--device", device, "--kernels", "bundled", "-n", workers,
+            "--failures-dir", "out/bench-failures"]
+    shown = " ".join(["qkcheck", *args[2:]])
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - t0
+    summary = next((line for line in reversed(proc.stdout.splitlines()) if " in " in line and ("passed" in line or "failed" in line)), "")
+    goal = "<= 600 s" if device == "cpu" else "<= 180 s"
+    limit = 600 if device == "cpu" else 180
+    return [{"name": f"gate wall time, bundled kernels, {device}, -n {workers} (process start to exit)",
+             "value": seconds, "unit": "s", "goal": goal, "ok": proc.returncode == 0 and seconds <= limit,
+             "detail": f"exit {proc.returncode}; {summary.strip('= ')}"}], shown
+
+
+def measure(device: str, timeout: float) -> dict:
+    rows = []
+    todo = CPU_SET if device == "cpu" else GPU_SET
+    for args in todo:
+        got, cmd = run_script(args, timeout)
+        rows += [{**r, "command": cmd} for r in got]
+        print(f"done: {cmd}", file=sys.stderr)
+    got, cmd = gate_wall(device, "2" if device == "cpu" else "4", timeout)
+    rows += [{**r, "command": cmd} for r in got]
+    return {"device": device, "machine": machine(device), "measured": time.strftime("%Y-%m-%d"), "rows": rows}
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def render_table() -> str:
+    lines = ["# Benchmarks", "",
+             "Generated by `python benchmarks/run_all.py` from the saved results in `benchmarks/results/`",
+             "(`--device cuda` on a GPU host adds the GPU rows). Every row carries its command and the machine",
+             "it ran on; ratios are measured side by side in one run. Oracle throughput is in *units*: one",
+             "float64 elementwise multiply of two 4096 x 4096 arrays timed in the same process.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        lines += [f"## {data['device']} — {data['machine']} (measured {data['measured']})", "",
+                  "| benchmark | value | goal | met | detail | command |", "|---|---|---|---|---|---|"]
+        for r in data["rows"]:
+            met = "yes" if r["ok"] else "**no**"
+            detail = str(r.get("detail", "")).replace("|", "/")
+            lines.append(f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {r['goal'] or '-'} | {met} | {detail} | "
+                         f"`{r['command']}` |")
+        lines.append("")
+    notes = ROOT / "benchmarks" / "NOTES.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--table-only", action="store_true", help="only rebuild BENCHMARKS.md from saved results")
+    parser.add_argument("--timeout", type=float, default=1200, help="per-script limit in seconds")
+    args = parser.parse_args(argv)
+    if not args.table_only:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        data = measure(args.device, args.timeout)
+        (RESULTS / f"{args.device}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    TABLE.write_text(render_table())
+    print(f"wrote {TABLE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

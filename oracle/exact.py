@@ -265,11 +265,11 @@ def _gen_block(rng, style, m, k, n, quant_dtype, block, bias):
         b = _fp8_codes(rng, style, quant_dtype, (k, n))
     if style == "exact":
         span = _span(k, 144.0 / 0.25, most=4)
-        ea = (np.arange(m)[:, None] + np.arange(kb)[None, :]) % (span // 2 + 1)
+        ea = (np.arange(m)[:, None] + 2 * np.arange(kb)[None, :]) % (span // 2 + 1)
         eb = (np.arange(kb)[:, None] + 2 * np.arange(nb)[None, :]) % (span - span // 2 + 1)
         sa, sb = np.exp2(ea - 1.0), np.exp2(eb - 1.0)
     elif style == "coherent":
-        sa = np.exp2((np.arange(m)[:, None] + np.arange(kb)[None, :]) % 4 - 5.0)
+        sa = np.exp2((np.arange(m)[:, None] + 2 * np.arange(kb)[None, :]) % 4 - 5.0)
         sb = np.exp2((3 * np.arange(kb)[:, None] + np.arange(nb)[None, :]) % 5 - 2.0)
     else:  # per-block amax / qmax-like scales spanning 2**6
         qmax = FORMATS[quant_dtype].max
@@ -291,7 +291,7 @@ def _gen_fp8_w8a16(rng, style, m, k, n, quant_dtype, per_channel, bias):
         sb = np.exp2(np.arange(sb_shape[1]) % 5 - 2.0)[None, :].reshape(sb_shape)
     else:
         x = _x16(rng, style, m, k)
-        sb = _half(rng.uniform(0.001, 0.05, sb_shape))
+        sb = _half(rng.uniform(0.5, 4.0, sb_shape) / FORMATS[quant_dtype].max)  # amax / qmax-like
     return {"x": x, "b": b, "b_scale": sb, "quant_dtype": quant_dtype, "bias": _bias(rng, style, n, bias)}
 
 
@@ -327,7 +327,7 @@ def _gen_mxfp4(rng, style, m, k, n, act, bias):
         p["x"] = _x16(rng, style, m, k, 2)
     else:
         p["a"] = _e2m1(rng, style, (m, k), np.ones((m, k)))
-        ea = (np.arange(m)[:, None] + np.arange(groups)[None, :]) % 2 if style != "random" else rng.integers(-4, 3, (m, groups))
+        ea = (np.arange(m)[:, None] + 2 * np.arange(groups)[None, :]) % 2 if style != "random" else rng.integers(-4, 3, (m, groups))
         p["a_scale"] = (127 + ea).astype(np.uint8)
     return p
 
@@ -348,7 +348,7 @@ def _gen_nvfp4(rng, style, m, k, n, bias):
         ga, gw = float(np.float32(rng.uniform(1e-4, 1e-2))), float(np.float32(rng.uniform(1e-4, 1e-2)))
     else:
         span = 2 if style == "exact" else 3
-        sa = _encode("float8_e4m3fn", np.exp2((np.arange(m)[:, None] + np.arange(groups)[None, :]) % span))
+        sa = _encode("float8_e4m3fn", np.exp2((np.arange(m)[:, None] + 2 * np.arange(groups)[None, :]) % span))
         sw = _encode("float8_e4m3fn", np.exp2((np.arange(groups)[:, None] + 2 * np.arange(n)[None, :]) % (span + 1)))
         ga, gw = 2.0**-2, 2.0**-3
     return {"a": a, "a_scale": sa, "a_global": ga, "w": w, "w_scale": sw, "w_global": gw,

@@ -179,9 +179,15 @@ def _amplification(k: int, code_a: float, code_b: float, *scales) -> float:
     return max(1.0, k * code_a * code_b, s)
 
 
+def _code_domains(qd: str) -> tuple[str, ...]:
+    """Compute dtypes naming the code domain of ``qd``: int8 for int8, any fp8 format for fp8
+    codes (the products of fp8 values are exact in fp32 whichever variant names the dot)."""
+    return ("int8",) if qd == "int8" else gemm.FP8_DTYPES
+
+
 def _scaled_mm_bound(p, y, compute_dtype, out_dtype):
     qd = p["quant_dtype"]
-    check_compute_dtype(compute_dtype, (qd,) + WIDE, f"scaled_mm with quant_dtype={qd!r}")
+    check_compute_dtype(compute_dtype, _code_domains(qd) + WIDE, f"scaled_mm with quant_dtype={qd!r}")
     ops = _scaled_mm_ops(p)
     k = ops.x.shape[1]
     if compute_dtype == "int8":
@@ -209,7 +215,7 @@ def _scaled_mm_bound(p, y, compute_dtype, out_dtype):
 
 def _block_bound(p, y, compute_dtype, out_dtype):
     qd = p["quant_dtype"]
-    check_compute_dtype(compute_dtype, (qd,) + WIDE, f"block_scaled_mm with quant_dtype={qd!r}")
+    check_compute_dtype(compute_dtype, _code_domains(qd) + WIDE, f"block_scaled_mm with quant_dtype={qd!r}")
     ops = _block_ops(p)
     k = ops.x.shape[1]
     amp = _amplification(k, _code_max(qd), _code_max(qd), p["a_scale"], p["b_scale"])
@@ -281,12 +287,20 @@ class Expectation:
 
 def expect(op: str, problem: Problem, *, exact: bool, compute_dtype: str, out_dtype: str) -> Expectation:
     """Expected output and per-element bound. Exact regime: RNE(y) in the output dtype, bound 0.
-    Bounded regime: y itself with the op's derived bound."""
+    Bounded regime: y itself with the op's derived bound (±inf, bound 0, where y rounds past the
+    output dtype's largest value: a correct kernel overflows there)."""
     ref = reference(op)
     ref.check(problem)
     wide_float(out_dtype)  # raises naming the allowed output dtypes
     y = ref.compute(problem)
     unit = wide_float(out_dtype).ulp(y)
+    rounded = round_to(y, out_dtype)
     if exact:
-        return Expectation(y, round_to(y, out_dtype), np.zeros_like(y), unit, True)
-    return Expectation(y, y, ref.bound(problem, y, compute_dtype, out_dtype), unit, False)
+        return Expectation(y, rounded, np.zeros_like(y), unit, True)
+    bound = ref.bound(problem, y, compute_dtype, out_dtype)
+    # where y itself rounds past the output's largest value, the output is that infinity
+    over = np.isinf(rounded) & np.isfinite(y)
+    if over.any():
+        y_exp = np.where(over, rounded, y)
+        return Expectation(y, y_exp, np.where(over, 0.0, bound), unit, False)
+    return Expectation(y, y, bound, unit, False)

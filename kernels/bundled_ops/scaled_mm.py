@@ -1,0 +1,224 @@
+"""Adapters of the W8A8 / FP8 GEMMs (``kernels.triton.scaled_mm``), each through its
+torch.library op (``kernels.ops_scaled_mm``).
+
+``pack`` builds what a caller hands the op from the canonical problem and the case's *arrival*
+params (``cases.families.scaled_mm``): scale tensors in the named shape (``[]``, ``[1]``,
+``[M,1]``, ``[1,N]``, ``[N]``, ``[N,1]``), ``b`` as the transposed view of ``[N, K]`` storage or
+``[K, N]`` itself, a column-major block ``a_scale`` as the ``.t()`` view of its ``[K/bk, M]``
+storage.
+
+``fp8_w8a16_gemm`` goes through the weight loader: ``pack`` produces the checkpoint's tensors
+(the weight in its declared layout ``"nk"`` ``[N, K]`` / ``"kn"`` ``[K, N]`` and storage
+``"contiguous"`` / ``"transposed"`` — a ``.t()`` view of the other orientation's contiguous
+tensor — and ``weight_scale`` in its arrival shape) and ``call`` runs
+``kernels.loaders.prepare_weights`` and then the op, so the loader is tested end to end. The
+weight travels as its flat storage (the runner places 1-D inputs in a poisoned buffer without
+row padding, so a contiguous arrival stays contiguous and a transposed one is a true ``.t()``
+view of contiguous storage) and ``call`` rebuilds the arrival view from it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels import backends
+from kernels.adapters import KernelAdapter
+from kernels.packers import float_tensor, torch_dtype
+
+TILES = (16, 32, 64, 128)
+TUNABLES_8BIT = {"block_m": TILES, "block_n": TILES, "block_k": (32, 64, 128, 256),
+                 "split_k": (1, 2, 4), "group_m": (1, 4, 8)}
+TUNABLES_A16 = {"block_m": TILES, "block_n": TILES, "block_k": TILES + (256,),
+                "split_k": (1, 2, 4), "group_m": (1, 4, 8)}
+
+
+def code_tensor(codes, quant_dtype: str, device: str):
+    """Canonical codes (int8 values, or fp8 bit patterns) as a torch tensor of the code dtype."""
+    import torch
+
+    arr = np.ascontiguousarray(codes)
+    if quant_dtype == "int8":
+        return torch.from_numpy(arr.astype(np.int8)).to(device)
+    return torch.from_numpy(arr.astype(np.uint8)).view(getattr(torch, quant_dtype)).to(device)
+
+
+def scale_arrival(values, shape: str, device: str):
+    """A float32 scale from canonical ``[R, 1]`` / ``[1, C]`` / ``[1, 1]`` values, in the named shape."""
+    v = np.asarray(values, np.float64)
+    flat = float_tensor(v.reshape(-1), "float32", device)
+    if shape == "[]":
+        return flat.reshape(())
+    if shape == "[1]":
+        return flat.reshape(1)
+    if shape == "[N]":
+        return flat
+    if shape in ("[M,1]", "[N,1]"):
+        return flat.reshape(-1, 1)
+    if shape == "[1,N]":
+        return flat.reshape(1, -1)
+    raise ValueError(f"scale shape {shape!r} is not an arrival shape (allowed: [], [1], [M,1], [N], [N,1], [1,N])")
+
+
+def _bias(problem, dtype: str, device: str):
+    b = problem.get("bias")
+    return None if b is None else float_tensor(b, dtype, device)
+
+
+def _config(config):
+    if not config:
+        return None
+    from kernels.triton.scaled_mm import ScaledMMConfig
+
+    return ScaledMMConfig(**config).as_list()
+
+
+def _default(dims, params):
+    import dataclasses
+
+    from kernels.triton.scaled_mm import default_config
+
+    return dataclasses.asdict(default_config(dims["m"], dims["n"], dims["k"]))
+
+
+# ---------------------------------------------------------------------------------- scaled_mm
+def _scaled_mm_pack(problem, params, device):
+    import torch
+
+    fmt = params["quant_dtype"]
+    b = np.asarray(problem["b"])
+    azp = problem.get("azp")
+    return {
+        "a": code_tensor(problem["a"], fmt, device),
+        # "nk": the [N, K] storage; call passes its .t() view
+        "b": code_tensor(b.T if params["b_storage"] == "nk" else b, fmt, device),
+        "a_scale": scale_arrival(problem["a_scale"], params["a_scale_shape"], device),
+        "b_scale": scale_arrival(problem["b_scale"], params["b_scale_shape"], device),
+        "azp": None if azp is None else torch.from_numpy(np.asarray(azp, np.int32).reshape(-1, 1)).to(device),
+        "bias": _bias(problem, "float32", device),
+    }
+
+
+def _scaled_mm_call(t, params, config):
+    import torch
+
+    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::scaled_mm
+
+    b = t["b"].t() if params["b_storage"] == "nk" else t["b"]
+    backends.record(backends.NATIVE)
+    return torch.ops.qkcheck.scaled_mm(t["a"], b, t["a_scale"], t["b_scale"], torch_dtype(params["out_dtype"]),
+                                       t["bias"], t["azp"], _config(config))
+
+
+SCALED_MM = KernelAdapter(
+    name="bundled:scaled_mm",
+    op="scaled_mm",
+    pack=_scaled_mm_pack,
+    call=_scaled_mm_call,
+    tunables=TUNABLES_8BIT,
+    custom_op="qkcheck::scaled_mm",
+    default_config=_default,
+    expected_backend=backends.NATIVE,
+    description="Triton W8A8 GEMM (int8 / fp8 codes, per-token / per-tensor a scales, per-channel / "
+                "per-tensor b scales, int8 zero points, split-K)",
+)
+
+
+# ---------------------------------------------------------------------------------- block_scaled_mm
+def _block_pack(problem, params, device):
+    fmt = params["quant_dtype"]
+    a_scale = np.asarray(problem["a_scale"], np.float64)
+    return {
+        "a": code_tensor(problem["a"], fmt, device),
+        "b": code_tensor(np.asarray(problem["b"]).T, fmt, device),  # [N, K] storage, passed as .t()
+        # column-major: the [ceil(K/bk), M] storage, passed as .t()
+        "a_scale": float_tensor(a_scale.T if params["a_scale_major"] == "column" else a_scale, "float32", device),
+        "b_scale": float_tensor(problem["b_scale"], "float32", device),
+        "bias": _bias(problem, "float32", device),
+    }
+
+
+def _block_call(t, params, config):
+    import torch
+
+    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::block_scaled_mm
+
+    a_scale = t["a_scale"].t() if params["a_scale_major"] == "column" else t["a_scale"]
+    backends.record(backends.NATIVE)
+    return torch.ops.qkcheck.block_scaled_mm(
+        t["a"], t["b"].t(), a_scale, t["b_scale"], [params["scale_block_k"], params["scale_block_n"]],
+        torch_dtype(params["out_dtype"]), t["bias"], _config(config),
+    )
+
+
+BLOCK_SCALED_MM = KernelAdapter(
+    name="bundled:block_scaled_mm",
+    op="block_scaled_mm",
+    pack=_block_pack,
+    call=_block_call,
+    tunables=TUNABLES_8BIT,
+    custom_op="qkcheck::block_scaled_mm",
+    default_config=_default,
+    expected_backend=backends.NATIVE,
+    description="Triton block-scaled FP8 GEMM (1 x bk activation groups, bk x bn weight blocks, "
+                "BLOCK_K independent of bk, row- or column-major activation scales)",
+)
+
+
+# ---------------------------------------------------------------------------------- fp8_w8a16_gemm
+def _weight_storage(b_kn: np.ndarray, layout: str, storage: str) -> np.ndarray:
+    """The contiguous array behind the checkpoint weight (arrival = it, or its transpose view)."""
+    arrival = b_kn.T if layout == "nk" else b_kn  # [N, K] or [K, N]
+    return np.ascontiguousarray(arrival if storage == "contiguous" else arrival.T)
+
+
+def checkpoint_weight(flat, k: int, params):
+    """The weight as the checkpoint delivers it, rebuilt from its flat contiguous storage."""
+    n = flat.numel() // k
+    layout, storage = params["weight_layout"], params["weight_storage"]
+    rows, cols = (n, k) if layout == "nk" else (k, n)  # the arrival's shape
+    if storage == "contiguous":
+        return flat.view(rows, cols)
+    return flat.view(cols, rows).t()
+
+
+def _fp8_w8a16_pack(problem, params, device):
+    fmt, act = params["quant_dtype"], params["act_dtype"]
+    storage = _weight_storage(np.asarray(problem["b"]), params["weight_layout"], params["weight_storage"])
+    return {
+        "x": float_tensor(problem["x"], act, device),
+        "weight": code_tensor(storage.reshape(-1), fmt, device),
+        "weight_scale": scale_arrival(problem["b_scale"], params["scale_shape"], device),
+        "bias": _bias(problem, act, device),
+    }
+
+
+def _fp8_w8a16_call(t, params, config):
+    import torch
+
+    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
+    from kernels.loaders import prepare_weights
+
+    k = t["x"].shape[1]
+    weight = checkpoint_weight(t["weight"], k, params)
+    prepared = prepare_weights("fp8_w8a16", weight, t["weight_scale"], weight_layout=params["weight_layout"],
+                               in_features=k, out_features=t["weight"].numel() // k)
+    backends.record(backends.NATIVE)
+    return torch.ops.qkcheck.fp8_w8a16_gemm(t["x"], prepared["b"], prepared["b_scale"],
+                                            torch_dtype(params["out_dtype"]), t["bias"], _config(config))
+
+
+FP8_W8A16 = KernelAdapter(
+    name="bundled:fp8_w8a16_gemm",
+    op="fp8_w8a16_gemm",
+    pack=_fp8_w8a16_pack,
+    call=_fp8_w8a16_call,
+    tunables=TUNABLES_A16,
+    custom_op="qkcheck::fp8_w8a16_gemm",
+    default_config=_default,
+    expected_backend=backends.NATIVE,
+    description="weight loader (prepare_weights, declared [N,K]/[K,N] layout, any scale arrival) + Triton "
+                "FP8 W8A16 GEMM",
+)
+
+
+def adapters() -> tuple[KernelAdapter, ...]:
+    return (SCALED_MM, BLOCK_SCALED_MM, FP8_W8A16)

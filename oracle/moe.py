@@ -79,8 +79,8 @@ Bound of a correct kernel (``fused_moe_bound``)
 -----------------------------------------------
 u_c, u_32, u_o: unit roundoffs of the compute dtype, float32 and the output dtype; eta_c,
 eta_o: their smallest subnormals; gamma(n) = n u_32 / (1 - n u_32) (``oracle.bounds.gamma``).
-A correct kernel: router in float32, weights dequantized in float32 and rounded to the compute dtype, GEMMs accumulated in
-float32, h rounded to the compute dtype, the activation evaluated in float32 and rounded to the
+A correct kernel: router in float32, weights dequantized in float32 and rounded to the compute
+dtype, GEMMs accumulated in float32, h rounded to the compute dtype, the activation evaluated in float32 and rounded to the
 compute dtype, the same re-quantization (computed from its own values), router weight applied
 in float32, each expert's output optionally rounded to the compute dtype, the k outputs summed
 in float32 (``topk_sum_dtype``), the sum rounded to the output dtype. Every quantity below is a

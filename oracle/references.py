@@ -29,8 +29,9 @@ unless said):
   [K,N]`` e2m1, ``w_scale [K/16,N]`` E4M3 codes, ``w_global`` float, ``bias``.
 
 Outside the problem, ``expect`` takes ``compute_dtype`` — what the kernel's dot runs in: float16
-/ bfloat16 / float32 for every op, and for the code-domain ops also their code format (``int8``
-or the fp8 ``quant_dtype`` for ``scaled_mm``, the fp8 ``quant_dtype`` for ``block_scaled_mm``,
+/ bfloat16 / float32 for every op (for the code-domain ops: the operands are dequantized and
+rounded to it, an emulation path), and for the code-domain ops also their code domain (``int8``
+for int8 ``scaled_mm``; any fp8 format name for fp8 ``scaled_mm`` / ``block_scaled_mm``;
 ``float4_e2m1fn`` for ``mxfp4_gemm`` with ``act='mxfp4'`` and for ``nvfp4_gemm``) — and
 ``out_dtype`` (float16 / bfloat16 / float32). The bound of each op is ``oracle.bounds``'
 derivation with the op's scale roundings (see ``_BOUND_PARAMS`` below and that module's

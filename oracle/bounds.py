@@ -57,8 +57,9 @@ unless the kernel promotes partial sums to fp32 every few MMAs).
 checks ``K * max|a - azp| * max|b| < 2**31``), so only the epilogue rounds: the int32 sums
 ``S = sum_k a b`` and the zero-point correction ``C = azp * sum_k b`` are converted to fp32
 (1 rounding each), subtracted (1), scaled by a_scale and b_scale (2) and the bias added (1):
-``T_int = gamma_5 (|s| |S| + |s| |C| + |b|)`` with ``s = a_scale * b_scale`` — relative to the
-result, not to ``P``.
+``T_int = gamma_5 (|s| |S| + |s| |C| + |b|)`` with ``s = a_scale * b_scale`` and float32's u
+(the epilogue runs on IEEE units) — relative to the result, not to ``P``; plus the T_u and T_64
+terms below with ``A = max(|S| + |C|)``.
 
 **T_u — underflow**: multiplications can underflow float32 (bf16 and E8M0 reach 2**-133 /
 2**-127), each with an absolute error <= eta_32 / 2, later amplified by at most the largest

@@ -1,0 +1,190 @@
+"""The quantization family in the harness: its grid and regimes say what they promise, the
+bundled quant kernels pass a sample of their grid, a ties-away twin is caught by the adversarial
+regime, and the seed 002 zoo entry (codes allocated as FP8 whatever is requested, in the op and
+its fake) fails the gate and is found, shrunk and replayed by the fuzzer, while the bundled
+per_token_quant passes the same gate and fuzz budget."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cases.grid import grid
+from cases.ops import OP_SPECS
+from cases.regimes import materialize
+from cases.runner import run_case
+from kernels.adapters import KernelAdapter, available
+from kernels.bundled_ops.quant import adapters as quant_adapters
+from oracle.numerics import round_to
+from oracle.quant_ops import expect_quant
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = "zoo:wrong_output_dtype"
+WRONG = "codes: output dtype float8_e4m3fn, requested int8"
+OPS = ("per_token_quant", "static_quant", "per_token_group_quant", "mx_quant")
+ADAPTERS = {a.op: a for a in quant_adapters()}
+GRIDS = {op: grid(ADAPTERS[op]) for op in OPS}
+
+
+def qkcheck(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def runs_on_cpu(case) -> bool:
+    return case.p.get("quant_dtype", "int8") == "int8"
+
+
+# ------------------------------------------------------------------ the grid and the regimes
+
+
+def test_grid_is_small_covers_the_space_and_runs_mostly_on_cpu():
+    cases = [c for op in OPS for c in GRIDS[op]]
+    assert 40 <= len(cases) < 80
+    assert sum(runs_on_cpu(c) for c in cases) > len(cases) / 2  # int8 and MX: the interpreter runs them
+    for op in OPS:
+        spec_params = OP_SPECS[op].params
+        seen = {k: {c.p[k] for c in GRIDS[op]} for k in spec_params}
+        assert seen == {k: set(v) for k, v in spec_params.items()}, op  # every value of every param
+        assert {c.regime for c in GRIDS[op]} == {"exact", "realistic", "adversarial"}
+        assert any(not c.cfg for c in GRIDS[op]) and any(c.cfg for c in GRIDS[op])
+        assert any(c.dims["m"] == 1 for c in GRIDS[op])
+    # every fp8 format meets every linear op at least once (they run compiled)
+    for op in OPS[:3]:
+        assert {c.p["quant_dtype"] for c in GRIDS[op]} == set(OP_SPECS[op].params["quant_dtype"]) == {"int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2"}
+    # tile tails: M not a multiple of block_m, K not a multiple of block_k
+    tails = [c for c in GRIDS["per_token_quant"] if c.cfg and c.dims["k"] % c.cfg["block_k"]]
+    assert tails and any(c.dims["m"] % c.cfg["block_m"] for c in GRIDS["per_token_quant"] if c.cfg)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_inputs_are_representable_and_the_exact_regime_has_one_answer(op):
+    for case in GRIDS[op]:
+        problem = materialize(case)
+        x = problem["x"]
+        assert np.array_equal(round_to(x, case.p["in_dtype"]), x), case.id
+        assert np.array_equal(materialize(case)["x"], x)  # same case, same bytes
+        exp = expect_quant(op, problem)
+        if case.regime == "exact":
+            assert not exp.ambiguity.any(), case.id  # power-of-two scales: no tie ambiguity anywhere
+            assert np.array_equal(exp.codes, exp.codes_alt), case.id
+
+
+def test_adversarial_regime_has_ties_saturation_zero_groups_and_non_power_of_two_scales():
+    hits = {"exact ties": 0, "saturated": 0, "zero group": 0, "non-pow2 scale": 0, "amax at qmax": 0}
+    for op in OPS:
+        for case in (c for c in GRIDS[op] if c.regime == "adversarial"):
+            exp = expect_quant(op, materialize(case))
+            v, a = exp.pre_round, exp.ambiguity
+            hits["exact ties"] += int(((np.abs(v) % 1 == 0.5) & (a == 0)).sum()) if "int8" in exp.quant_dtype else \
+                int((exp.rounding.encode(np.nextafter(v, np.inf)) != exp.rounding.encode(np.nextafter(v, -np.inf)))
+                    [a == 0].sum())
+            hits["saturated"] += int((np.abs(v) > exp.rounding.limit).sum())
+            hits["amax at qmax"] += int((np.abs(v) == exp.rounding.limit).sum())
+            g = exp.group_size
+            groups = np.abs(exp.x).reshape(exp.x.shape[0], -1, g).max(axis=2)
+            hits["zero group"] += int((groups == 0).sum())
+            f, _ = np.frexp(exp.scales)
+            hits["non-pow2 scale"] += int((np.abs(f) != 0.5).sum())
+    assert all(n > 0 for n in hits.values()), hits
+
+
+def _ties_away_per_token(t, params, config):
+    """A per_token_quant written in torch that rounds exact ties away from zero."""
+    import torch
+
+    from kernels import backends
+
+    x = t["x"].float()
+    scale = torch.clamp(x.abs().amax(dim=1, keepdim=True), min=1e-10) / 127.0
+    v = x / scale
+    codes = torch.clamp(torch.sign(v) * torch.floor(v.abs() + 0.5), -128, 127).to(torch.int8)
+    backends.record(backends.NATIVE)
+    return codes, scale
+
+
+def test_a_ties_away_twin_is_caught_by_the_adversarial_regime_and_named():
+    twin = KernelAdapter(name="test:ties_away", op="per_token_quant", pack=ADAPTERS["per_token_quant"].pack,
+                         call=_ties_away_per_token, triton=False, expected_backend="native")
+    adv = [c.replace(params={**c.p, "scale_ub": False}) for c in GRIDS["per_token_quant"]
+           if c.regime == "adversarial" and runs_on_cpu(c)]
+    results = [run_case(c, twin, "cpu") for c in adv]
+    failed = [r for r in results if r.status == "fail"]
+    assert failed, [r.summary() for r in results]
+    assert any(d["hypothesis"] == "ties_away_from_zero" for r in failed for d in r.diagnosis), failed[0].summary()
+
+
+# ------------------------------------------------------------------ the bundled kernels
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bundled_quant_adapter_passes_a_sample_of_its_grid(op):
+    adapter = ADAPTERS[op]
+    cases = GRIDS[op]
+    cpu = [c for c in cases if runs_on_cpu(c)]
+    sample = cpu[::3] + [c for c in cases if not runs_on_cpu(c)][:1]
+    for case in sample:
+        result = run_case(case, adapter, "cpu")
+        if runs_on_cpu(case):
+            assert result.status == "pass", result.summary()
+            assert {c.name for c in result.checks} >= {"contract", "numerics", "fake_vs_real", "backend"}
+        else:  # fp8 outputs: the interpreter's conversion defect, stated
+            assert result.status == "skip" and "fp8" in result.skip_reason, result.summary()
+
+
+# ------------------------------------------------------------------ seed 002 through the CLI
+
+
+def test_gate_fails_the_seed_002_zoo_entry_on_the_real_output_and_the_fake_and_passes_the_bundled_op(tmp_path):
+    results = tmp_path / "r.jsonl"
+    r = qkcheck("gate", "--device", "cpu", "--kernels", ZOO, "--kernels", "bundled:per_token_quant",
+                "--failures-dir", str(tmp_path / "failures"), "--results", str(results))
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"[contract] {WRONG}" in r.stdout and f"[fake_vs_real] fake: {WRONG}" in r.stdout
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    records = [x for x in records if "status" in x]
+    zoo = [x for x in records if x["kernel"] == ZOO]
+    bundled = [x for x in records if x["kernel"] == "bundled:per_token_quant"]
+    assert bundled and all(x["status"] in ("pass", "skip") for x in bundled)
+    assert any(x["status"] == "pass" for x in bundled)
+    int8 = [x for x in zoo if x["case"]["params"]["quant_dtype"] == "int8"]
+    assert int8 and all(x["status"] == "fail" for x in int8)
+    for x in int8:
+        checks = {c["name"]: c for c in x["checks"]}
+        assert checks["contract"]["outcome"] == "fail" and checks["contract"]["detail"] == WRONG
+        assert checks["fake_vs_real"]["outcome"] == "fail" and checks["fake_vs_real"]["detail"] == f"fake: {WRONG}"
+
+
+def test_fuzz_finds_seed_002_shrinks_it_and_the_printed_replay_reproduces(tmp_path):
+    fails = tmp_path / "failures"
+    r = qkcheck("fuzz", "--kernels", ZOO, "--kernels", "bundled:per_token_quant", "--budget", "30s",
+                "--device", "cpu", "--failures-dir", str(fails), "--results", str(tmp_path / "r.jsonl"))
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "1 failed, 1 passed" in r.stdout  # the zoo entry fails, the bundled op survives the budget
+    saved = sorted(fails.glob("*.json"))
+    assert len(saved) == 1
+    case = json.loads(saved[0].read_text())
+    # minimal: one row, one element, int8, the kernel's default config
+    assert case["shape"] == {"m": 1, "k": 1} and case["params"]["quant_dtype"] == "int8" and case["config"] == {}
+    printed = re.search(r"replay: (qkcheck replay \S+ --kernels \S+)", r.stdout)
+    assert printed and printed.group(1).endswith(f"--kernels {ZOO}"), r.stdout[-3000:]
+    argv = shlex.split(printed.group(1))
+    # the printed command as a user runs it, and the same case on the bundled op (concurrently)
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in ([str(Path(sys.executable).parent / argv[0]), *argv[1:]],
+                         [sys.executable, "-m", "cases.cli", "replay", str(saved[0]), "--kernels",
+                          "bundled:per_token_quant", "--device", "cpu"])]
+    (out, err), (fixed_out, fixed_err) = (p.communicate(timeout=300) for p in procs)
+    assert procs[0].returncode == 1 and WRONG in out, out + err
+    assert procs[1].returncode == 0 and ": PASS" in fixed_out, fixed_out + fixed_err
+
+
+def test_zoo_entry_is_listed_and_implements_per_token_quant():
+    zoo = available()[ZOO]
+    assert zoo.op == "per_token_quant" and zoo.custom_op == "qkcheck_zoo::per_token_quant"

@@ -5,7 +5,7 @@ ops it applies to:
 
 - *problem rewrites* (``rewrite(problem, context)`` yields ``(rewritten problem, sentence)``):
   the way a known class of bug misreads the inputs (the scale of the first group used for a whole
-  K-tile, scales read transposed or along the wrong axis, zero point off by one, nibble order
+  K-tile, scales read transposed or along the wrong axis, a square weight read transposed, zero point off by one, nibble order
   swapped, fp8 codes decoded as the other fn/fnuz variant, a scale applied twice or not at all,
   a bias dropped or added, ...). The op's own reference and bound are evaluated on the rewritten
   problem.
@@ -260,6 +260,21 @@ def fn_fnuz_confused(p, ctx):
                     f"the E4M3 block scales ({key}) are decoded as float8_e4m3fnuz: off by a factor 0.5")
 
 
+WEIGHT_KEYS = {"w4a16_gemm": "q", "w8a16_gemm": "q", "scaled_mm": "b", "block_scaled_mm": "b",
+               "fp8_w8a16_gemm": "b", "mxfp4_gemm": "w", "nvfp4_gemm": "w"}
+
+
+def weight_transposed(p, ctx):
+    """A square weight read with the other layout's strides ([N, K] taken for [K, N]): w -> w.T,
+    its scales as given."""
+    key = WEIGHT_KEYS[ctx["_op"]]
+    w = np.asarray(p[key])
+    if w.ndim == 2 and w.shape[0] == w.shape[1] > 1:
+        yield dict(p, **{key: w.T.copy()}), (
+            f"the weight ({key}, {list(w.shape)}) is read transposed: a [N, K] layout taken for [K, N] "
+            "(the scales are read as given)")
+
+
 def bias_dropped_or_spurious(p, ctx):
     op = ctx.get("_op", "w4a16_gemm")
     n = _n_of(op, p)
@@ -371,6 +386,7 @@ CATALOGUE: tuple[Hypothesis, ...] = (
     Hypothesis("azp_off_by_one", ("scaled_mm",), azp_off_by_one),
     Hypothesis("nibble_order_swapped", ("w4a16_gemm", "mxfp4_gemm", "nvfp4_gemm"), nibble_order_swapped),
     Hypothesis("awq_order_ignored", ("w4a16_gemm",), awq_order_ignored),
+    Hypothesis("weight_transposed", GEMMS, weight_transposed),
     Hypothesis("fn_fnuz_confused", FP8_OPS + ("nvfp4_gemm",), fn_fnuz_confused),
     Hypothesis("scale_misapplied", GEMMS, scale_misapplied),
     Hypothesis("bias_dropped_or_spurious", GEMMS, bias_dropped_or_spurious),

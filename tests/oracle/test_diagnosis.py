@@ -14,8 +14,8 @@ from tests.oracle.test_gemm_bounds import torch_impl
 SHAPE = dict(m=8, k=128, n=16)
 
 
-def _problem(op, style="random", seed=0, **params):
-    return make_problem(op, np.random.default_rng(seed), style=style, **SHAPE, **params)
+def _problem(op, style="random", seed=0, shape=SHAPE, **params):
+    return make_problem(op, np.random.default_rng(seed), style=style, **shape, **params)
 
 
 def _run(op, p, c, o, order="blas", mode=None):
@@ -36,14 +36,17 @@ CORRECT = [
 ]
 
 
+@pytest.mark.parametrize("shape", [SHAPE, dict(m=32, k=32, n=32)], ids=["wide", "square"])
 @pytest.mark.parametrize("style", ["random", "exact"])
 @pytest.mark.parametrize("op,params,c", CORRECT, ids=[f"{o}-{c}" for o, _, c in CORRECT])
-def test_correct_output_matches_no_hypothesis(op, params, c, style):
-    p = _problem(op, style, **params)
+def test_correct_output_matches_no_hypothesis(op, params, c, style, shape):
+    """Square shapes let the transposition / wrong-axis hypotheses apply too."""
+    p = _problem(op, style, shape=shape, **params)
     for o in ("float16", "bfloat16"):
         actual = _run(op, p, c, o)
         found = diagnose(op, p, actual, exact=style == "exact", compute_dtype=c, out_dtype=o,
-                         context={"block_k": 64, "block_n": 8, "out_prefill": np.full((8, 16), 7.0)})
+                         context={"block_k": 64, "block_n": 8,
+                                  "out_prefill": np.full((shape["m"], shape["n"]), 7.0)})
         assert found == [], [f.sentence for f in found]
 
 
@@ -83,6 +86,10 @@ MISREADS = [
      "azp_off_by_one", "off by -1"),
     ("mxfp4_gemm", dict(act="a16"), "float16",
      lambda p: dict(p, w=p["w"][np.arange(p["w"].shape[0]) ^ 1]), "nibble_order_swapped", "swapped order"),
+    ("scaled_mm", dict(quant_dtype="int8"), "int8", lambda p: dict(p, b=p["b"].T.copy()),
+     "weight_transposed", "read transposed"),
+    ("fp8_w8a16_gemm", dict(quant_dtype="float8_e4m3fn"), "float16", lambda p: dict(p, b=p["b"].T.copy()),
+     "weight_transposed", "[N, K] layout taken for [K, N]"),
     ("scaled_mm", dict(quant_dtype="float8_e5m2"), "float8_e5m2", lambda p: dict(p, bias=None),
      "bias_dropped_or_spurious", "not added"),
     ("w8a16_gemm", dict(group_size=-1), "float16", lambda p: dict(p, bias=np.full(16, 7.0)),
@@ -95,7 +102,8 @@ MISREADS = [
 @pytest.mark.parametrize("style", ["random", "exact"])
 def test_hypothesis_names_a_misread_input(op, params, c, misread, name, words, style):
     bias = name == "bias_dropped_or_spurious" and "not added" in words
-    p = _problem(op, style, seed=3, bias=bias, **params)
+    shape = dict(m=8, k=16, n=16) if name == "weight_transposed" else SHAPE  # a square weight
+    p = _problem(op, style, seed=3, bias=bias, shape=shape, **params)
     o = "float16"
     actual = _run(op, misread(p), c, o)
     e = expect(op, p, exact=style == "exact", compute_dtype=c, out_dtype=o)
@@ -145,7 +153,7 @@ def test_every_hypothesis_declares_known_ops_and_every_gemm_has_the_shared_ones(
     for h in CATALOGUE:
         assert h.ops and set(h.ops) <= set(REFERENCES), h.name
         assert (h.rewrite is None) != (h.outputs is None), h.name
-    shared = {"scales_transposed", "scale_misapplied", "bias_dropped_or_spurious", "missing_tail", "output_dtype_reinterpreted"}
+    shared = {"scales_transposed", "weight_transposed", "scale_misapplied", "bias_dropped_or_spurious", "missing_tail", "output_dtype_reinterpreted"}
     for op in GEMMS:
         assert shared <= {h.name for h in hypotheses_for(op)}, op
     assert "fn_fnuz_confused" not in {h.name for h in hypotheses_for("w4a16_gemm")}

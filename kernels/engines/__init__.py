@@ -1,0 +1,101 @@
+"""Adapters for serving engines' own kernels (``--kernels kernels.engines.vllm``,
+``--kernels kernels.engines.aiter``).
+
+Each engine module is importable whether or not the engine is installed. It defines:
+
+- ``ADAPTERS``: a list of ``kernels.adapters.KernelAdapter``, built only when the engine imports
+  (empty otherwise);
+- ``UNAVAILABLE``: ``None`` when the engine imported, else why not (a sentence naming the
+  package and how to get it), for the gate to report as one skipped item;
+- ``load() -> (adapters, unavailable)``: the same, computed afresh (after installing the engine,
+  or with a stand-in module placed in ``sys.modules``).
+
+Every adapter binds its engine callable **by keyword** and declares ``target`` / ``signature``,
+so a renamed or reordered parameter in a new engine release fails the harness's signature check
+instead of binding silently. An engine symbol that has moved or vanished yields an adapter whose
+call raises :class:`EngineSymbolMissing` naming the paths tried (a loud failure, not a skip).
+
+Engines support only part of an op's case space (vLLM's ``cutlass_scaled_mm`` writes fp16 /
+bf16 only, AITER's per-token quant has no ``scale_ub``). Those limits are data:
+``unsupported(adapter, params)`` returns the reason a case is outside the engine's API, or
+None, and each adapter's ``call`` raises :class:`EngineUnsupported` with that reason first.
+
+``CONVENTIONS`` (per adapter name) lists the oracle options (``oracle.quant_ops``: ``qmax``,
+``amax_floor``, ...) under which the engine's documented behaviour is the correct answer.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Callable, Mapping
+
+ENGINES = {"vllm": "kernels.engines.vllm", "aiter": "kernels.engines.aiter"}
+
+# adapter name -> params -> reason the case is outside the engine's API (None: supported)
+SUPPORTS: dict[str, Callable[[Mapping], str | None]] = {}
+# adapter name -> oracle problem options the engine's documented semantics correspond to
+CONVENTIONS: dict[str, dict] = {}
+
+
+class EngineUnsupported(ValueError):
+    """The case asks for something the engine's API does not offer (not a kernel defect)."""
+
+
+class EngineSymbolMissing(ImportError):
+    """The engine imported, but a callable an adapter binds is not where any known release has it."""
+
+
+def unsupported(adapter, params: Mapping) -> str | None:
+    """Why ``params`` lie outside what ``adapter``'s engine callable supports, or None."""
+    check = SUPPORTS.get(getattr(adapter, "name", adapter))
+    return None if check is None else check(params)
+
+
+def require_supported(name: str, params: Mapping) -> None:
+    reason = SUPPORTS[name](params)
+    if reason:
+        raise EngineUnsupported(f"{name}: {reason}")
+
+
+def import_engine(package: str, install_hint: str) -> tuple[object | None, str | None]:
+    """(module, None) when ``package`` imports; (None, reason) when it does not."""
+    try:
+        return importlib.import_module(package), None
+    except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if missing and (missing == package or package.startswith(missing + ".")):
+            return None, f"{package} is not installed ({install_hint})"
+        return None, f"{package} failed to import ({type(exc).__name__}: {exc}); {install_hint}"
+    except Exception as exc:  # an engine present but broken on this machine (no GPU driver, ...)
+        return None, f"{package} failed to import ({type(exc).__name__}: {exc}); {install_hint}"
+
+
+def find_symbol(paths: tuple[str, ...], name: str) -> tuple[Callable | None, str]:
+    """The first ``module.name`` found among ``paths`` (engine releases move things), and where.
+
+    Returns (callable, "module.name") or (None, a sentence naming everything tried and why)."""
+    tried = []
+    for path in paths:
+        try:
+            mod = importlib.import_module(path)
+        except Exception as exc:
+            tried.append(f"{path} ({type(exc).__name__}: {exc})")
+            continue
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return fn, f"{path}.{name}"
+        tried.append(f"{path} (no callable {name!r})")
+    return None, f"{name} not found; tried {'; '.join(tried)}"
+
+
+def missing_call(where: str):
+    """A ``call`` for an adapter whose engine symbol could not be found: fails each case loudly."""
+
+    def call(t, params, config):
+        raise EngineSymbolMissing(f"engine API drift: {where}")
+
+    return call
+
+
+def status() -> dict[str, str | None]:
+    """Engine name -> None (available) or the reason it is not."""
+    return {name: importlib.import_module(path).UNAVAILABLE for name, path in ENGINES.items()}

@@ -161,6 +161,62 @@ def default_config(M: int, N: int, K: int, group_size: int) -> W4A16Config:
     )
 
 
+# float32 whose bit pattern is 0x4B000000 | c for a code c < 2**23 is exactly 2**23 + c: OR-ing a
+# code into this pattern and reinterpreting the bits converts it without an int -> float instruction
+MAGIC_F32_BITS = tl.constexpr(0x4B000000)
+
+# how a K tile finds its scales (kernel constexpr SCALE_PATH, chosen by the launcher from G, BLOCK_K)
+SCALES_ONE_GROUP = 0  # G % BLOCK_K == 0: every tile lies in one group, one scale row per tile
+SCALES_GROUPS_IN_TILE = 1  # BLOCK_K % G == 0, BLOCK_K > G: [BLOCK_K/G, BLOCK_N] rows, each broadcast to G rows
+SCALES_PER_ROW = 2  # anything else: each k row gathers its own group's row (group index k // G)
+
+
+def scale_path(block_k: int, group_size: int) -> int:
+    """The kernel's scale-addressing path for a K tile of ``block_k`` rows and groups of
+    ``group_size`` rows (``group_size`` already resolved: K for one group over all of K)."""
+    if group_size % block_k == 0:
+        return SCALES_ONE_GROUP
+    if block_k % group_size == 0:
+        return SCALES_GROUPS_IN_TILE
+    return SCALES_PER_ROW
+
+
+@triton.jit
+def _field_shifts(FIELD_CODE: tl.constexpr, PER_WORD: tl.constexpr, BITS: tl.constexpr):
+    """[PER_WORD] int32: the bit offset of the field holding element p of a word's run."""
+    p = tl.arange(0, PER_WORD)
+    return ((FIELD_CODE >> (4 * p)) & 0xF) * BITS
+
+
+@triton.jit
+def _unpacked_codes_as_f32(words, shifts, BITS: tl.constexpr, ALONG_K: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_K, BLOCK_N] float32 ``2**23 + code`` from a tile of packed words: ``[BLOCK_K/P, BLOCK_N]``
+    when the codes are packed along K (``ALONG_K``), ``[BLOCK_K, BLOCK_N/P]`` when along N."""
+    mask = (1 << BITS) - 1
+    if ALONG_K:
+        fields = (words[:, None, :] >> shifts[None, :, None]) & mask
+    else:
+        fields = (words[:, :, None] >> shifts[None, None, :]) & mask
+    codes = tl.reshape(fields | MAGIC_F32_BITS, (BLOCK_K, BLOCK_N))
+    return codes.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _zero_points_as_f32(z_ptr, rows, offs_n, row_mask, mask_n, stride_zg, stride_zc,
+                        Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr,
+                        Z_BITS: tl.constexpr):
+    """float32 ``2**23 + z`` for groups ``rows`` ([R] int32) x columns ``offs_n`` ([BLOCK_N]): [R, BLOCK_N]."""
+    z_col = offs_n // Z_PER_N
+    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
+    z_words = tl.load(
+        z_ptr + (rows // Z_PER_G)[:, None] * stride_zg + z_col[None, :] * stride_zc,
+        mask=row_mask[:, None] & mask_n[None, :], other=0,
+    ).to(tl.int32)
+    z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
+    return (z | MAGIC_F32_BITS).to(tl.float32, bitcast=True)
+
+
 @triton.jit
 def _w4a16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
@@ -176,6 +232,7 @@ def _w4a16_kernel(
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+    SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_SIZE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -200,11 +257,19 @@ def _w4a16_kernel(
     tile_begin = pid_k * tiles_per_split
     tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
 
-    # N-dependent parts of the packed addressing (one of *_PER_K / *_PER_N is 1)
-    qw_col = offs_n // QW_PER_N
-    qw_n_offset = offs_n % QW_PER_N
-    z_col = offs_n // Z_PER_N
-    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
+    # packed weight words are loaded once each, in their own shape, and unpacked in registers:
+    # [BLOCK_K / P, BLOCK_N] words when P codes share a word along K, [BLOCK_K, BLOCK_N / P] along N
+    QW_ALONG_K: tl.constexpr = QW_PER_N == 1
+    qw_shifts = _field_shifts(QW_FIELD_CODE, QW_PER_K * QW_PER_N, QW_BITS)
+    if QW_ALONG_K:
+        offs_qc = offs_n
+        mask_qc = mask_n
+    else:
+        offs_qc = pid_n * (BLOCK_N // QW_PER_N) + tl.arange(0, BLOCK_N // QW_PER_N)
+        mask_qc = offs_qc < N // QW_PER_N
+
+    # zero points as float32 2**23 + z, so (2**23 + q) - (2**23 + z) = q - z exactly
+    SYM_ZERO_F32: tl.constexpr = 8388608.0 + SYM_ZERO
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(tile_begin, tile_end):
@@ -216,33 +281,57 @@ def _w4a16_kernel(
             mask=mask_m[:, None] & mask_k[None, :], other=0.0,
         )
 
-        mask_kn = mask_k[:, None] & mask_n[None, :]
-        qw_row = offs_k // QW_PER_K
-        qw_offset = (offs_k % QW_PER_K)[:, None] + qw_n_offset[None, :]
-        qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * QW_BITS
+        offs_qr = tile * (BLOCK_K // QW_PER_K) + tl.arange(0, BLOCK_K // QW_PER_K)
         words = tl.load(
-            qw_ptr + qw_row[:, None] * stride_qr + qw_col[None, :] * stride_qc,
-            mask=mask_kn, other=0,
+            qw_ptr + offs_qr[:, None] * stride_qr + offs_qc[None, :] * stride_qc,
+            mask=(offs_qr < K // QW_PER_K)[:, None] & mask_qc[None, :], other=0,
+            eviction_policy="evict_first",
         ).to(tl.int32)
-        q = (words >> qw_shift) & ((1 << QW_BITS) - 1)
+        q = _unpacked_codes_as_f32(words, qw_shifts, QW_BITS, QW_ALONG_K, BLOCK_K, BLOCK_N)
 
-        # per k row: its own group's scale and zero point
-        group = offs_k // GROUP_SIZE
-        s = tl.load(
-            s_ptr + group[:, None] * stride_sg + offs_n[None, :] * stride_sn,
-            mask=mask_kn, other=0.0,
-        ).to(tl.float32)
-        if HAS_ZEROS:
-            z_words = tl.load(
-                z_ptr + (group // Z_PER_G)[:, None] * stride_zg + z_col[None, :] * stride_zc,
-                mask=mask_kn, other=0,
-            ).to(tl.int32)
-            z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
+        if SCALE_PATH == 0:
+            # the whole tile lies in one group: one row of scales and zero points
+            group = (tile * BLOCK_K) // GROUP_SIZE
+            s = tl.load(s_ptr + group * stride_sg + offs_n * stride_sn, mask=mask_n, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                z = _zero_points_as_f32(z_ptr, tl.full((1,), 0, tl.int32) + group, offs_n, tl.full((1,), 1, tl.int1),
+                                        mask_n, stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+                w = (q - z) * s[None, :]
+            else:
+                w = (q - SYM_ZERO_F32) * s[None, :]
+        elif SCALE_PATH == 1:
+            # TILE_GROUPS whole groups of TILE_GROUP_SIZE rows: load their rows, broadcast each to its rows
+            groups = tile * TILE_GROUPS + tl.arange(0, TILE_GROUPS)
+            mask_g = groups * TILE_GROUP_SIZE < K
+            s_rows = tl.load(
+                s_ptr + groups[:, None] * stride_sg + offs_n[None, :] * stride_sn,
+                mask=mask_g[:, None] & mask_n[None, :], other=0.0,
+            ).to(tl.float32)
+            s = tl.reshape(tl.broadcast_to(s_rows[:, None, :], (TILE_GROUPS, TILE_GROUP_SIZE, BLOCK_N)),
+                           (BLOCK_K, BLOCK_N))
+            if HAS_ZEROS:
+                z_rows = _zero_points_as_f32(z_ptr, groups, offs_n, mask_g, mask_n, stride_zg, stride_zc,
+                                             Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+                z = tl.reshape(tl.broadcast_to(z_rows[:, None, :], (TILE_GROUPS, TILE_GROUP_SIZE, BLOCK_N)),
+                               (BLOCK_K, BLOCK_N))
+                w = (q - z) * s
+            else:
+                w = (q - SYM_ZERO_F32) * s
         else:
-            z = SYM_ZERO
-        w = ((q - z).to(tl.float32) * s).to(x.dtype)
+            # general: every k row gathers its own group's scale and zero point
+            group = offs_k // GROUP_SIZE
+            s = tl.load(
+                s_ptr + group[:, None] * stride_sg + offs_n[None, :] * stride_sn,
+                mask=mask_k[:, None] & mask_n[None, :], other=0.0,
+            ).to(tl.float32)
+            if HAS_ZEROS:
+                z = _zero_points_as_f32(z_ptr, group, offs_n, mask_k, mask_n, stride_zg, stride_zc,
+                                        Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+                w = (q - z) * s
+            else:
+                w = (q - SYM_ZERO_F32) * s
 
-        acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
+        acc = tl.dot(x, w.to(x.dtype), acc=acc, out_dtype=tl.float32)
 
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -472,6 +561,9 @@ def w4a16_gemm(
     fuse_bias = bias is not None and split_k == 1
     bias_arg = bias if fuse_bias else scales  # never read when HAS_BIAS is False
 
+    path = scale_path(config.block_k, G)
+    tile_groups, tile_group_size = (config.block_k // G, G) if path == SCALES_GROUPS_IN_TILE else (1, 1)
+
     grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n), split_k)
     (kernel or _w4a16_kernel)[grid](
         x, qweight, scales, z_arg, bias_arg, target,
@@ -487,6 +579,7 @@ def w4a16_gemm(
         HAS_ZEROS=has_zeros, SYM_ZERO=SYMMETRIC_ZERO, HAS_BIAS=fuse_bias,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         GROUP_M=config.group_m, SPLIT_K=split_k,
+        SCALE_PATH=path, TILE_GROUPS=tile_groups, TILE_GROUP_SIZE=tile_group_size,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split_k == 1:

@@ -31,8 +31,9 @@ Regimes
   random signs, each of one kind: all zero (with -0.0), exact rounding ties, amax on the format's
   max with the top codes and their midpoint next to it, amax just below a power of two times
   qmax (a scale that is not a power of two: the float32 ambiguity rules apply), subnormal codes,
-  tiny inputs (the amax floor), in-dtype subnormals; static scales below the data's amax/qmax so
-  codes saturate (int8 down to -128).
+  tiny inputs (the amax floor), in-dtype subnormals. static_quant: the kinds as stripes under one
+  given scale (the stripes' power of two, or a value near it that is not one), with the near-max
+  stripes twice too large so codes saturate (int8 down to -128).
 All draws come from ``numpy.random.default_rng(case.seed)``.
 """
 from __future__ import annotations
@@ -76,7 +77,8 @@ def _k_positive(case) -> str | None:
 def _group_divides_k(case) -> str | None:
     g, k = case.p["group_size"], case.dims["k"]
     if k % g:
-        return f"group_size={g} must divide K={k} (allowed: {', '.join(map(str, GROUP_SIZES))}); pick K a multiple of {g}"
+        return (f"group_size={g} must divide K={k} (allowed: {', '.join(map(str, GROUP_SIZES))}); "
+                f"pick K a multiple of {g}")
     return None
 
 
@@ -289,15 +291,15 @@ def _adversarial(op: str, case) -> dict:
                 kind = _KINDS[1 + (r + gi) % (len(_KINDS) - 1)]
             v, absolute = _adversarial_units(kind, elem, g, rng, in_dtype)
             scale = 1.0 if absolute else 2.0 ** (base + (r * groups + gi) % 8)
-            if op == "static_quant":
-                scale = 2.0 ** (base + 4)
+            if op == "static_quant" and not absolute:  # near-max stripes twice too large: saturate
+                scale = 2.0 ** (base + 4) * (2 if kind == "at_max" else 1)
             x[r, gi * g:(gi + 1) * g] = v * scale
     scale = ub = None
     if op == "static_quant":
-        # the given scale: a power of two (ties are exact) or not, below amax / qmax so codes
-        # saturate (int8 reaches -128); x is rounded to in_dtype first, inside _problem
+        # the given scale: the stripes' power of two (their ties are exact ties) or a nearby value
+        # that is not a power of two; the near-max stripes saturate (int8 down to -128)
         s = 2.0 ** (base + 4)
-        scale = s * 0.75 if rng.integers(2) else _f32(s * (1 - 2.0**-5) / (1 + 2.0**-3))
+        scale = s if rng.integers(2) else _f32(s * (1 - 2.0**-5) / (1 + 2.0**-3))
     if op == "per_token_quant" and p["scale_ub"]:
         amax = np.sort(np.abs(round_to(x, in_dtype)).max(axis=1))
         ub = _f32(amax[len(amax) // 2]) if m and amax[len(amax) // 2] > 0 else qmax  # equal to one row's amax

@@ -57,7 +57,7 @@ def test_grid_is_small_covers_the_space_and_runs_mostly_on_cpu():
         assert any(c.dims["m"] == 1 for c in GRIDS[op])
     # every fp8 format meets every linear op at least once (they run compiled)
     for op in OPS[:3]:
-        assert {c.p["quant_dtype"] for c in GRIDS[op]} == set(OP_SPECS[op].params["quant_dtype"]) == {"int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2"}
+        assert {c.p["quant_dtype"] for c in GRIDS[op]} == {"int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2"}
     # tile tails: M not a multiple of block_m, K not a multiple of block_k
     tails = [c for c in GRIDS["per_token_quant"] if c.cfg and c.dims["k"] % c.cfg["block_k"]]
     assert tails and any(c.dims["m"] % c.cfg["block_m"] for c in GRIDS["per_token_quant"] if c.cfg)

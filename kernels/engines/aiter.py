@@ -18,8 +18,9 @@ aiter:static_per_tensor_quant_fp8_i8   static_quant      static_per_tensor_quant
 aiter:dynamic_mxfp4_quant              mx_quant          dynamic_mxfp4_quant (scaling_mode="even")
 =====================================  ================  ========================================
 
-The caller-allocated outputs (``y``, ``qx``) are passed as the harness's sentinel-filled output
-(``out_param``), so unwritten elements and out-of-bounds writes are caught. Not bound: the CK
+The GEMM's caller-allocated ``y`` is the harness's sentinel-filled output (``out_param``), so
+unwritten elements and out-of-bounds writes are caught. The quant wrappers' ``qx`` is allocated
+here (the runner's output buffers are float16 / bfloat16 / float32 only). Not bound: the CK
 ``gemm_a8w8`` C++ entry points (their Python wrapper's parameters differ across releases and were
 not confirmed), ``pertoken_quant`` (a torch reference, not a kernel), fused MoE.
 """
@@ -172,7 +173,7 @@ _SPECS = (
                      "AITER expects is not confirmed (passed as float32)"),
     dict(name="aiter:dynamic_per_token_quant_fp8_i8", op="per_token_quant", paths=QUANT,
          symbol="dynamic_per_token_quant_fp8_i8", signature=("qx", "x_in", "scale_out"),
-         pack=_per_token_pack, make_call=_per_token_call, fields=dict(triton=True, out_param="qx"),
+         pack=_per_token_pack, make_call=_per_token_call, fields=dict(triton=True),
          supports=_per_token_supports, conventions={},
          description="AITER Triton dynamic_per_token_quant_fp8_i8 (caller-allocated qx in the case's quant "
                      "dtype and scale_out (M,) float32; scale = amax / dtype max, no amax floor documented); "
@@ -180,7 +181,7 @@ _SPECS = (
                      "was dynamic_per_token_fp8_quant)"),
     dict(name="aiter:static_per_tensor_quant_fp8_i8", op="static_quant", paths=QUANT,
          symbol="static_per_tensor_quant_fp8_i8", signature=("qx", "x_in", "scale_in"),
-         pack=_static_pack, make_call=_static_call, fields=dict(triton=True, out_param="qx"),
+         pack=_static_pack, make_call=_static_call, fields=dict(triton=True),
          supports=_static_supports, conventions={},
          description="AITER Triton static_per_tensor_quant_fp8_i8 (caller-allocated qx, scale_in (1,) "
                      "float32); signature read from aiter/ops/triton/quant/quant.py, 2025 - 2026 main"),

@@ -1,0 +1,301 @@
+"""Engine adapters (kernels.engines): importable without the engine, empty ADAPTERS with the reason;
+with stand-in engine modules in sys.modules (plain torch implementations of the public
+signatures) the adapters resolve, bind by keyword and pass real cases through the runner; a
+stand-in whose signature drifted fails the signature check naming the parameter."""
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+import types
+
+import pytest
+import torch
+
+from cases.case import Case
+from cases.runner import FAIL, PASS, run_case
+from kernels import engines
+from kernels.adapters import resolve
+from kernels.engines import aiter as aiter_engine
+from kernels.engines import vllm as vllm_engine
+
+# ------------------------------------------------------------------ stand-in engine implementations
+
+
+def _per_token_int8(input, scale=None, azp=None, symmetric=True):
+    """vLLM scaled_int8_quant's public contract, dynamic symmetric path, in torch."""
+    if scale is not None or not symmetric:
+        raise NotImplementedError("stand-in covers the dynamic symmetric path only")
+    x = input.float()
+    s = torch.clamp(x.abs().amax(dim=-1, keepdim=True), min=1e-10) / 127.0
+    q = torch.round(x / s).clamp(-128, 127).to(torch.int8)
+    return q, s, None
+
+
+def _scales_2d(s, rows: bool):
+    s = s.float()
+    if s.numel() == 1:
+        return s.reshape(1, 1)
+    return s.reshape(-1, 1) if rows else s.reshape(1, -1)
+
+
+def _cutlass_scaled_mm(a, b, scale_a, scale_b, out_dtype, bias=None):
+    """vLLM cutlass_scaled_mm's contract in torch: fp32 accumulate, scale, bias, cast."""
+    y = (a.float() @ b.float()) * _scales_2d(scale_a, rows=True) * _scales_2d(scale_b, rows=False)
+    if bias is not None:
+        if bias.dtype != out_dtype:
+            raise ValueError(f"bias dtype {bias.dtype} must equal out_dtype {out_dtype}")
+        y = y + bias.float()
+    return y.to(out_dtype)
+
+
+def _gemm_a8w8(x, w, x_scale, w_scale, bias=None, dtype=torch.bfloat16, y=None, config=None):
+    """AITER gemm_a8w8's contract in torch: Y = X @ W^T scaled, written into y when given."""
+    out = (x.float() @ w.float().t()) * x_scale.float().reshape(-1, 1) * w_scale.float().reshape(1, -1)
+    if bias is not None:
+        out = out + bias.float().reshape(1, -1)
+    if y is None:
+        return out.to(dtype)
+    y.copy_(out.to(dtype))
+    return y
+
+
+def _dynamic_per_token_quant_fp8_i8(qx, x_in, scale_out):
+    """AITER's caller-allocated per-token quant in torch (int8 path: RNE then clamp)."""
+    x = x_in.float()
+    s = torch.clamp(x.abs().amax(dim=-1), min=1e-10) / 127.0
+    qx.copy_(torch.round(x / s[:, None]).clamp(-128, 127).to(qx.dtype))
+    scale_out.copy_(s)
+    return qx, scale_out
+
+
+def _recording(fn, calls: list):
+    """``fn``, refusing positional arguments and recording the keywords it was called with."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if args:
+            raise TypeError(f"{fn.__name__} called with {len(args)} positional argument(s)")
+        calls.append(sorted(kwargs))
+        return fn(**kwargs)
+
+    return wrapper
+
+
+def _package(name: str, **attrs) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__path__ = []  # a package, so submodule lookups below it are possible
+    for k, v in attrs.items():
+        setattr(mod, k, v)
+    return mod
+
+
+def _install(monkeypatch, modules: dict[str, dict]):
+    for name, attrs in modules.items():
+        monkeypatch.setitem(sys.modules, name, _package(name, **attrs))
+
+
+def _vllm_modules(custom_ops: dict) -> dict[str, dict]:
+    return {"vllm": {}, "vllm._custom_ops": custom_ops}
+
+
+def _by_name(adapters):
+    return {a.name: a for a in adapters}
+
+
+INT8_CASES = [Case.make("per_token_quant", shape={"m": m, "k": k},
+                        params={"quant_dtype": "int8", "in_dtype": dt, "scale_ub": False}, regime=r, seed=s)
+              for m, k, dt, r, s in ((5, 64, "float32", "exact", 1), (3, 40, "float16", "realistic", 2),
+                                     (9, 96, "float32", "adversarial", 3))]
+
+
+def _mm_case(fmt, bias, regime, seed, *, storage="nk", out="float16", b_scale="[1,N]"):
+    return Case.make("scaled_mm", shape={"m": 5, "n": 32, "k": 64},
+                     params={"quant_dtype": fmt, "a_scale_shape": "[M,1]", "b_scale_shape": b_scale,
+                             "b_storage": storage, "azp": False, "bias": bias, "out_dtype": out},
+                     regime=regime, seed=seed)
+
+
+# ------------------------------------------------------------------ without the engines
+
+
+@pytest.mark.parametrize("mod,package", [(vllm_engine, "vllm"), (aiter_engine, "aiter")])
+def test_without_the_engine_the_module_imports_with_no_adapters_and_the_reason(mod, package):
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    assert mod.ADAPTERS == []
+    assert mod.UNAVAILABLE.startswith(f"{package} is not installed (")
+    assert mod.load() == ([], mod.UNAVAILABLE)
+    assert resolve(mod.__name__) == []
+    assert engines.status()[package] == mod.UNAVAILABLE
+
+
+class _BrokenEngine:
+    """A meta-path finder whose engine raises on import, as an install without a GPU driver does."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "vllm":
+            raise RuntimeError("no CUDA driver found")
+        return None
+
+
+def test_a_broken_engine_install_is_reported_with_its_error(monkeypatch):
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BrokenEngine, *sys.meta_path])
+    adapters, reason = vllm_engine.load()
+    assert adapters == []
+    assert reason == ("vllm failed to import (RuntimeError: no CUDA driver found); "
+                      "pip install vllm on a GPU runner")
+
+
+def test_an_engine_without_the_bound_symbols_still_yields_every_adapter(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))  # imports, holds nothing
+    adapters, reason = vllm_engine.load()
+    assert reason is None and len(adapters) == 5
+    assert all(a.target is None for a in adapters)  # each call fails loudly (tested below)
+
+
+# ------------------------------------------------------------------ vLLM with stand-ins
+
+
+def test_vllm_stand_in_resolves_binds_by_keyword_and_passes_real_cases(monkeypatch):
+    calls: list = []
+    _install(monkeypatch, _vllm_modules({"scaled_int8_quant": _recording(_per_token_int8, calls),
+                                         "cutlass_scaled_mm": _recording(_cutlass_scaled_mm, calls)}))
+    adapters, reason = vllm_engine.load()
+    assert reason is None
+    by = _by_name(adapters)
+    assert set(by) == {"vllm:scaled_fp8_quant", "vllm:scaled_int8_quant", "vllm:per_token_group_fp8",
+                       "vllm:cutlass_scaled_mm", "vllm:awq_gemm_triton"}
+    int8 = by["vllm:scaled_int8_quant"]
+    assert int8.check_signature() is None
+    for case in INT8_CASES:
+        res = run_case(case, int8, "cpu")
+        assert res.status == PASS, res.summary()
+    assert calls[0] == ["azp", "input", "scale", "symmetric"]
+
+    mm = by["vllm:cutlass_scaled_mm"]
+    for case in (_mm_case("int8", True, "exact", 4), _mm_case("float8_e4m3fn", False, "realistic", 5),
+                 _mm_case("int8", False, "adversarial", 6, b_scale="[N]")):
+        res = run_case(case, mm, "cpu")
+        assert res.status == PASS, res.summary()
+    assert calls[-1] == ["a", "b", "bias", "out_dtype", "scale_a", "scale_b"]
+
+
+def test_vllm_symbols_the_stand_in_lacks_fail_loudly_naming_what_was_tried(monkeypatch):
+    _install(monkeypatch, _vllm_modules({"scaled_int8_quant": _per_token_int8}))
+    by = _by_name(vllm_engine.load()[0])
+    res = run_case(_mm_case("int8", False, "exact", 7), by["vllm:cutlass_scaled_mm"], "cpu")
+    assert res.status == FAIL
+    detail = res.failed_checks[0].detail
+    assert "EngineSymbolMissing" in detail and "cutlass_scaled_mm" in detail and "vllm._custom_ops" in detail
+
+
+def test_cases_outside_the_engine_api_are_named_as_such(monkeypatch):
+    _install(monkeypatch, _vllm_modules({"cutlass_scaled_mm": _cutlass_scaled_mm}))
+    mm = _by_name(vllm_engine.load()[0])["vllm:cutlass_scaled_mm"]
+    f32 = _mm_case("int8", False, "exact", 8, out="float32")
+    assert "float16 or bfloat16" in engines.unsupported(mm, f32.p)
+    assert engines.unsupported(mm, _mm_case("int8", False, "exact", 8).p) is None
+    res = run_case(f32, mm, "cpu")
+    assert res.status == FAIL and "EngineUnsupported" in res.failed_checks[0].detail
+    # a float32 bias that float16 cannot hold is refused rather than rounded into another problem
+    res = run_case(_mm_case("int8", True, "realistic", 9), mm, "cpu")
+    assert res.status == FAIL and "not representable" in res.failed_checks[0].detail
+
+
+def test_resolve_by_module_path_under_the_stand_in(monkeypatch):
+    _install(monkeypatch, _vllm_modules({"scaled_int8_quant": _per_token_int8}))
+    try:
+        importlib.reload(vllm_engine)
+        names = [a.name for a in resolve("kernels.engines.vllm")]
+        assert "vllm:scaled_int8_quant" in names and vllm_engine.UNAVAILABLE is None
+    finally:
+        monkeypatch.undo()
+        importlib.reload(vllm_engine)
+    if importlib.util.find_spec("vllm") is None:
+        assert vllm_engine.ADAPTERS == [] and vllm_engine.UNAVAILABLE
+
+
+# ------------------------------------------------------------------ signature drift
+
+
+def _renamed(x, scale=None, azp=None, symmetric=True):  # `input` renamed to `x`
+    return _per_token_int8(x, scale, azp, symmetric)
+
+
+def _reordered(input, azp=None, scale=None, symmetric=True):  # scale and azp swapped
+    return _per_token_int8(input, scale, azp, symmetric)
+
+
+@pytest.mark.parametrize("stand_in,want", [(_renamed, ("parameter 0 is 'x'", "binds 'input'")),
+                                           (_reordered, ("parameter 1 is 'azp'", "binds 'scale'"))])
+def test_vllm_signature_drift_fails_the_signature_check_naming_the_parameter(monkeypatch, stand_in, want):
+    _install(monkeypatch, _vllm_modules({"scaled_int8_quant": stand_in}))
+    int8 = _by_name(vllm_engine.load()[0])["vllm:scaled_int8_quant"]
+    res = run_case(INT8_CASES[0], int8, "cpu")
+    assert res.status == FAIL
+    sig = next(c for c in res.checks if c.name == "signature")
+    assert sig.outcome == FAIL and all(w in sig.detail for w in want), sig.detail
+
+
+# ------------------------------------------------------------------ AITER with stand-ins
+
+
+def _aiter_modules(gemm, quant) -> dict[str, dict]:
+    return {"aiter": {}, "aiter.ops": {}, "aiter.ops.triton": {}, "aiter.ops.triton.gemm": {},
+            "aiter.ops.triton.gemm.basic": {}, "aiter.ops.triton.gemm.basic.gemm_a8w8": {"gemm_a8w8": gemm},
+            "aiter.ops.triton.quant": {}, "aiter.ops.triton.quant.quant": quant}
+
+
+def test_aiter_stand_in_writes_into_the_harness_output_and_passes_real_cases(monkeypatch):
+    calls: list = []
+    _install(monkeypatch, _aiter_modules(
+        _recording(_gemm_a8w8, calls),
+        {"dynamic_per_token_quant_fp8_i8": _recording(_dynamic_per_token_quant_fp8_i8, calls)}))
+    adapters, reason = aiter_engine.load()
+    assert reason is None
+    by = _by_name(adapters)
+    gemm = by["aiter:gemm_a8w8"]
+    assert gemm.out_param == "y"
+    for case in (_mm_case("int8", True, "exact", 10), _mm_case("float8_e4m3fn", True, "realistic", 11, storage="kn"),
+                 _mm_case("int8", False, "adversarial", 12, out="float32")):
+        res = run_case(case, gemm, "cpu")
+        assert res.status == PASS, res.summary()
+        assert any(c.name == "output_memory" and c.outcome == PASS for c in res.checks)
+    assert calls[0] == ["bias", "config", "dtype", "w", "w_scale", "x", "x_scale", "y"]
+    quant = by["aiter:dynamic_per_token_quant_fp8_i8"]
+    for case in INT8_CASES:
+        res = run_case(case, quant, "cpu")
+        assert res.status == PASS, res.summary()
+    # the quant symbols the stand-in lacks fail loudly
+    res = run_case(Case.make("static_quant", shape={"m": 2, "k": 32},
+                             params={"quant_dtype": "int8", "in_dtype": "float32"}, regime="exact", seed=1),
+                   by["aiter:static_per_tensor_quant_fp8_i8"], "cpu")
+    assert res.status == FAIL and "static_per_tensor_quant_fp8_i8 not found" in res.failed_checks[0].detail
+
+
+def test_aiter_output_and_bias_swapped_is_caught_by_the_signature_check(monkeypatch):
+    def swapped(x, w, x_scale, w_scale, y=None, bias=None, dtype=torch.bfloat16, config=None):
+        return _gemm_a8w8(x, w, x_scale, w_scale, bias, dtype, y, config)
+
+    _install(monkeypatch, _aiter_modules(swapped, {}))
+    gemm = _by_name(aiter_engine.load()[0])["aiter:gemm_a8w8"]
+    res = run_case(_mm_case("int8", True, "exact", 13), gemm, "cpu")
+    sig = next(c for c in res.checks if c.name == "signature")
+    assert res.status == FAIL and "parameter 4 is 'y'" in sig.detail and "binds 'bias'" in sig.detail
+
+
+def test_a_wrong_engine_result_fails_the_numerics_through_the_adapter(monkeypatch):
+    """The adapter is a faithful path to the engine: a stand-in that drops the weight scales
+    (a real defect shape) is caught by the oracle, not masked by the packing."""
+
+    def no_b_scale(a, b, scale_a, scale_b, out_dtype, bias=None):
+        return _cutlass_scaled_mm(a, b, scale_a, torch.ones_like(scale_b), out_dtype, bias)
+
+    _install(monkeypatch, _vllm_modules({"cutlass_scaled_mm": no_b_scale}))
+    mm = _by_name(vllm_engine.load()[0])["vllm:cutlass_scaled_mm"]
+    res = run_case(_mm_case("int8", False, "exact", 14), mm, "cpu")
+    assert res.status == FAIL
+    assert next(c for c in res.checks if c.name == "numerics").outcome == FAIL

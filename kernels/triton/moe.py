@@ -146,7 +146,9 @@ class MoEConfig:
     than, equal to or larger than the weights' scale group); fuse_activation: the gate/up split —
     True: each GEMM 1 program computes a gate tile and the matching up tile (columns n and I + n)
     and applies the activation in its epilogue; False: GEMM 1 writes the float32 ``[T*k, 2I]``
-    product and a separate kernel applies the activation.
+    product and a separate kernel applies the activation. split_k: GEMM 2 splits its K (= I)
+    into this many runs of K tiles, each program storing a float32 partial that the final
+    reduction sums in a fixed order (more programs at decode sizes; deterministic, no atomics).
     """
 
     block_m: int
@@ -155,6 +157,7 @@ class MoEConfig:
     fuse_activation: bool = True
     num_warps: int = 4
     num_stages: int = 2
+    split_k: int = 1
 
     def as_list(self) -> list[int]:
         """The fields in declaration order as ints (the custom op passes configs as ``int[]``)."""
@@ -179,15 +182,31 @@ def _next_pow2_at_least_16(n: int) -> int:
     return max(MIN_DOT_BLOCK, triton.next_power_of_2(max(int(n), 1)))
 
 
+DECODE_TARGET_PROGRAMS = 256  # GEMM 2 programs wanted at decode sizes (about 2 per H100 SM)
+
+
 def default_config(num_tokens: int, top_k: int, hidden: int, intermediate: int, num_experts: int) -> MoEConfig:
-    """BLOCK_M from the expected tokens per expert, N/K tiles clamped to the problem size."""
+    """BLOCK_M from the expected tokens per expert; N/K tiles clamped to the problem size.
+
+    Decode sizes (at most 16 assignments per expert on average) are bound by reading the hit
+    experts' weights once: BLOCK_M 16, long K tiles (128: one W4A16 g128 group per tile) and 4
+    pipeline stages to keep many loads in flight, BLOCK_N 32 for narrow intermediates (more
+    programs), and GEMM 2 split along K when ``hit experts x H / BLOCK_N`` is below
+    ``DECODE_TARGET_PROGRAMS``.
+    """
     per_expert = max(1, num_tokens * top_k // max(num_experts, 1))
     block_m = 16 if per_expert <= 16 else 32 if per_expert <= 64 else 64
-    return MoEConfig(
-        block_m=block_m,
-        block_n=min(64, _next_pow2_at_least_16(min(hidden, intermediate))),
-        block_k=min(64, _next_pow2_at_least_16(min(hidden, intermediate))),
-    )
+    small = _next_pow2_at_least_16(min(hidden, intermediate))
+    if block_m == 16:
+        block_n = min(32 if intermediate <= 2048 else 64, small)
+        block_k = min(128, small)
+        hit = max(1, min(num_experts, num_tokens * top_k))
+        programs = hit * triton.cdiv(hidden, block_n)
+        k_tiles = triton.cdiv(intermediate, block_k)
+        split_k = max(1, min(8, DECODE_TARGET_PROGRAMS // programs, k_tiles // 4))
+        return MoEConfig(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=4, num_stages=4,
+                         split_k=split_k)
+    return MoEConfig(block_m=block_m, block_n=min(64, small), block_k=min(64, small), num_stages=3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,20 +334,40 @@ def route(
 # alignment
 
 
-def _check_topk_ids(topk_ids, num_experts: int) -> None:
+def _check_topk_ids_metadata(topk_ids) -> None:
     _require_tensor("topk_ids", topk_ids)
     if topk_ids.dim() != 2:
         raise ValueError(f"topk_ids.shape={tuple(topk_ids.shape)} must be 2-D [T, top_k]")
     if topk_ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"topk_ids.dtype={_dtype_name(topk_ids.dtype)} must be int32 or int64")
+
+
+def _check_topk_id_values(topk_ids, num_experts: int) -> None:
+    """Every id in 0..num_experts-1 (reads the ids on the host: a device synchronization)."""
     if topk_ids.numel():
-        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()
         if lo < 0 or hi >= num_experts:
             bad = lo if lo < 0 else hi
             raise ValueError(
                 f"topk_ids holds expert id {bad}, outside 0..{num_experts - 1} (num_experts={num_experts}); "
                 "expert ids are global indices into the router's experts"
             )
+
+
+def _check_topk_ids(topk_ids, num_experts: int) -> None:
+    _check_topk_ids_metadata(topk_ids)
+    _check_topk_id_values(topk_ids, num_experts)
+
+
+def _check_expert_map_metadata(expert_map, num_experts: int) -> None:
+    _require_tensor("expert_map", expert_map)
+    if expert_map.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"expert_map.dtype={_dtype_name(expert_map.dtype)} must be int32 or int64")
+    if tuple(expert_map.shape) != (num_experts,):
+        raise ValueError(
+            f"expert_map.shape={tuple(expert_map.shape)} must be [num_experts] = [{num_experts}] "
+            "(one entry per global expert: its local index, or -1 when not local)"
+        )
 
 
 def _check_expert_map(expert_map, num_experts: int, num_local: int | None) -> int:
@@ -361,6 +400,7 @@ def align_block_size(
     expert_map: torch.Tensor | None = None,
     *,
     num_local_experts: int | None = None,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort the flattened assignments ``a = t * k + j`` by local expert into padded blocks.
 
@@ -371,18 +411,38 @@ def align_block_size(
     padded length without reading the counts on the host. Within an expert, assignments keep
     their flattened order, so the result is deterministic. expert_map: int ``[num_experts]``,
     global -> local index or -1 (those assignments are dropped: no block holds them).
-    num_local_experts defaults to the number of mapped experts (``num_experts`` without a map).
+    num_local_experts defaults to the number of mapped experts (``num_experts`` without a map;
+    with a map and ``validate=False`` it must be given).
+
+    One single-program kernel (``_align_kernel``) computes everything on the device, so nothing
+    is read back to the host. validate: check the *values* of ``topk_ids`` and ``expert_map`` on
+    the host first (a device-to-host read, the one synchronization of this function). With
+    ``validate=False`` the caller promises valid values; the kernel still never reads or writes
+    out of bounds (an id outside ``0..num_experts-1``, or a map entry outside
+    ``-1..num_local_experts-1``, is dropped like a non-local expert).
     """
     _require_int("block_m", block_m, minimum=1)
     _require_int("num_experts", num_experts, minimum=1)
-    _check_topk_ids(topk_ids, num_experts)
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate={validate!r} must be a bool")
+    _check_topk_ids_metadata(topk_ids)
+    if validate:
+        _check_topk_id_values(topk_ids, num_experts)
     device = topk_ids.device
-    flat = topk_ids.reshape(-1).long()
     if expert_map is not None:
+        _require_tensor("expert_map", expert_map)
         if expert_map.device != device:
             raise ValueError(f"expert_map is on {expert_map.device} but topk_ids on {device}; move it")
-        num_local = _check_expert_map(expert_map, num_experts, num_local_experts)
-        local = expert_map.long()[flat]
+        _check_expert_map_metadata(expert_map, num_experts)
+        if validate:
+            num_local = _check_expert_map(expert_map, num_experts, num_local_experts)
+        elif num_local_experts is None:
+            raise ValueError(
+                "num_local_experts is None with an expert_map and validate=False; pass the local expert "
+                "count (counting the map's entries would read it on the host)"
+            )
+        else:
+            num_local = _require_int("num_local_experts", num_local_experts, minimum=1)
     else:
         num_local = num_experts if num_local_experts is None else num_local_experts
         if num_local != num_experts:
@@ -390,29 +450,84 @@ def align_block_size(
                 f"num_local_experts={num_local} differs from num_experts={num_experts} without an expert_map; "
                 "pass the expert_map that maps global to local experts"
             )
-        local = flat
-    n = flat.numel()
-    sentinel = n
+    n = topk_ids.numel()
     cap = triton.cdiv(n + num_local * (block_m - 1), block_m) * block_m
-    valid = local >= 0
-    key = torch.where(valid, local, torch.full_like(local, num_local))
-    order = torch.sort(key, stable=True).indices
-    sorted_key = key[order]
-    counts = torch.bincount(local[valid], minlength=num_local)[:num_local]
-    padded = (counts + block_m - 1) // block_m * block_m
-    starts = torch.cumsum(padded, 0) - padded
-    first = torch.cumsum(counts, 0) - counts  # first position of each expert in `order`
-    sorted_ids = torch.full((cap,), sentinel, dtype=torch.int32, device=device)
-    keep = sorted_key < num_local
-    e = sorted_key[keep]
-    rank = torch.arange(n, device=device)[keep] - first[e]
-    sorted_ids[starts[e] + rank] = order[keep].to(torch.int32)
-    blocks = padded // block_m
-    expert_ids = torch.full((cap // block_m,), -1, dtype=torch.int32, device=device)
-    used = torch.repeat_interleave(torch.arange(num_local, device=device, dtype=torch.int32), blocks)
-    expert_ids[: used.numel()] = used
-    num_post = padded.sum().reshape(1).to(torch.int32)
+    sorted_ids = torch.empty((cap,), dtype=torch.int32, device=device)
+    expert_ids = torch.empty((cap // block_m,), dtype=torch.int32, device=device)
+    num_post = torch.empty((1,), dtype=torch.int32, device=device)
+    flat = topk_ids.reshape(-1)
+    e_pad = max(16, triton.next_power_of_2(num_local))
+    block_a = max(16, min(256, 8192 // e_pad))
+    _align_kernel[(1,)](
+        flat, expert_map if expert_map is not None else flat, sorted_ids, expert_ids, num_post,
+        n, num_experts, num_local, cap, block_m,
+        HAS_MAP=expert_map is not None, E_PAD=e_pad, BLOCK_A=block_a, num_warps=4,
+    )
     return sorted_ids, expert_ids, num_post
+
+
+@triton.jit
+def _align_kernel(
+    ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, num_post_ptr,
+    n, num_experts, num_local, cap, block_m,
+    HAS_MAP: tl.constexpr, E_PAD: tl.constexpr, BLOCK_A: tl.constexpr,
+):
+    """One program: counts per local expert, padded run starts (a prefix sum), then every
+    assignment's slot ``start[e] + rank within e`` (ranks in flattened order) and every padding
+    slot (the sentinel ``n``) and block expert id written once each, at disjoint positions."""
+    cols = tl.arange(0, E_PAD)
+    col_ok = cols < num_local
+
+    # pass 1: assignments per local expert
+    counts = tl.zeros((E_PAD,), dtype=tl.int32)
+    for a0 in range(0, n, BLOCK_A):
+        offs = a0 + tl.arange(0, BLOCK_A)
+        e = _local_expert(ids_ptr, map_ptr, offs, n, num_experts, num_local, HAS_MAP)
+        onehot = (e[:, None] == cols[None, :]).to(tl.int32)
+        counts += tl.sum(onehot, axis=0)
+    padded = (counts + block_m - 1) // block_m * block_m
+    padded = tl.where(col_ok, padded, 0)
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    num_post = tl.sum(padded, axis=0)
+    tl.store(num_post_ptr, num_post)
+
+    # pass 2: each assignment to start[e] + (earlier assignments of e)
+    running = tl.zeros((E_PAD,), dtype=tl.int32)
+    for a0 in range(0, n, BLOCK_A):
+        offs = a0 + tl.arange(0, BLOCK_A)
+        e = _local_expert(ids_ptr, map_ptr, offs, n, num_experts, num_local, HAS_MAP)
+        onehot = (e[:, None] == cols[None, :]).to(tl.int32)
+        before = tl.cumsum(onehot, axis=0) - onehot + running[None, :] + starts[None, :]
+        pos = tl.sum(onehot * before, axis=1)
+        tl.store(sorted_ptr + pos, offs, mask=e >= 0)
+        running += tl.sum(onehot, axis=0)
+
+    # pass 3: padding slots and the expert of each block; position p lies in the run of the
+    # expert counted by #{e : ends[e] <= p} (empty experts have ends == starts and are skipped)
+    for p0 in range(0, cap, BLOCK_A):
+        p = p0 + tl.arange(0, BLOCK_A)
+        in_cap = p < cap
+        owner = tl.sum(((ends[None, :] <= p[:, None]) & col_ok[None, :]).to(tl.int32), axis=1)
+        sel = owner[:, None] == cols[None, :]
+        run_start = tl.sum(tl.where(sel, starts[None, :], 0), axis=1)
+        run_count = tl.sum(tl.where(sel, counts[None, :], 0), axis=1)
+        pad = (p >= num_post) | (p - run_start >= run_count)
+        tl.store(sorted_ptr + p, tl.zeros_like(p) + n, mask=in_cap & pad)
+        is_first = (p % block_m) == 0
+        block_expert = tl.where(p < num_post, owner, -1)
+        tl.store(expert_ids_ptr + p // block_m, block_expert, mask=in_cap & is_first)
+
+
+@triton.jit
+def _local_expert(ids_ptr, map_ptr, offs, n, num_experts, num_local, HAS_MAP: tl.constexpr):
+    """Local expert of assignments ``offs`` (-1: past the end, not local, or out of range)."""
+    mask = offs < n
+    e = tl.load(ids_ptr + offs, mask=mask, other=-1).to(tl.int32)
+    e = tl.where((e >= 0) & (e < num_experts), e, -1)
+    if HAS_MAP:
+        e = tl.load(map_ptr + e, mask=e >= 0, other=-1).to(tl.int32)
+    return tl.where((e >= 0) & (e < num_local), e, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,58 +548,139 @@ def _activate(gate, up, limit, ACT: tl.constexpr, HAS_LIMIT: tl.constexpr, ALPHA
 
 
 @triton.jit
+def _e2m1_value(q):
+    """e2m1 code -> float32: sign bit 3, exponent bits 1-2 (bias 1), mantissa bit 0;
+    |v| = m/2 for e == 0, (2 + m) * 2**e / 4 otherwise (0, .5, 1, 1.5, 2, 3, 4, 6)."""
+    e = (q >> 1) & 3
+    m = q & 1
+    quarters = tl.where(e == 0, 2 * m, (2 + m) << e)
+    value = quarters.to(tl.float32) * 0.25
+    return tl.where((q & 8) != 0, -value, value)
+
+
+@triton.jit
+def _e8m0_scale(s):
+    """E8M0 code -> float32 2**(s - 127) from its bits; s = 0 is the subnormal 2**-127, 255 NaN."""
+    s = s.to(tl.int32)
+    bits = tl.where(s == 0, 0x00400000, s << 23)
+    bits = tl.where(s == 255, 0x7FC00000, bits)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _zero_points(z_ptr, z_rows, offs_n, mask, stride_zk, stride_zn,
+                 Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr):
+    """Zero points of groups ``z_rows`` (any shape broadcasting with offs_n) for columns offs_n."""
+    z_col = offs_n // Z_PER_N
+    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
+    z_words = tl.load(z_ptr + (z_rows // Z_PER_G) * stride_zk + z_col * stride_zn, mask=mask, other=0).to(tl.int32)
+    return (z_words >> z_shift) & ((1 << Z_BITS) - 1)
+
+
+@triton.jit
 def _weight_tile(
-    w_ptr, s_ptr, z_ptr, offs_k, offs_n, mask_k, mask_n,
+    w_ptr, s_ptr, z_ptr, k_start, n_start, mask_n, n_shift, n_limit, K,
     stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn,
     group_k,
     KIND: tl.constexpr,
     QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
     Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+    UNPACK: tl.constexpr, SCALE_MODE: tl.constexpr, G_TILE: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One [len(offs_k), len(offs_n)] weight tile of one expert: as stored (dense: the activation
-    dtype; fp8_block: raw codes, scales applied by the caller) or dequantized to float32 (int4,
-    mxfp4; the caller casts it to the activation dtype for the dot)."""
-    mask = mask_k[:, None] & mask_n[None, :]
+    """The ``[BLOCK_K, BLOCK_N]`` weight tile of one expert at rows ``k_start + arange(BLOCK_K)``
+    and (stored) columns ``offs_n = n_start + arange(BLOCK_N)`` (logical columns ``offs_n - n_shift``;
+    mask_n marks those below n_limit):
+    as stored (dense: the activation dtype; fp8_block: raw codes, scales applied by the caller) or
+    dequantized to float32 (int4, mxfp4; the caller casts it to the activation dtype for the dot).
+
+    UNPACK (packed schemes): 0 — gather the word of every element (any layout, any alignment);
+    1 — codes packed along K: load the ``[BLOCK_K / PER_K, BLOCK_N]`` words once and expand them
+    to ``[BLOCK_K, BLOCK_N]`` by a shift per field and a reshape; 2 — packed along N likewise
+    (the tile's first column is word-aligned). SCALE_MODE: 0 — scale and zero point per k row
+    (any BLOCK_K vs G); 1 — the tile lies in one group (G % BLOCK_K == 0): one ``[BLOCK_N]``
+    scale row; 2 — G_TILE = G divides BLOCK_K: ``[BLOCK_K / G, BLOCK_N]`` scales broadcast over
+    a ``[BLOCK_K / G, G, BLOCK_N]`` view of the codes.
+    """
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    mask_k = offs_k < K
+    offs_n = n_start + tl.arange(0, BLOCK_N)
     if KIND == 0 or KIND == 2:
-        tile = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn, mask=mask, other=0.0)
+        tile = tl.load(w_ptr + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                       mask=mask_k[:, None] & mask_n[None, :], other=0.0)
     else:
-        qw_row = offs_k // QW_PER_K
-        qw_col = offs_n // QW_PER_N
-        qw_offset = (offs_k % QW_PER_K)[:, None] + (offs_n % QW_PER_N)[None, :]
-        qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * QW_BITS
-        words = tl.load(
-            w_ptr + qw_row[:, None] * stride_wk + qw_col[None, :] * stride_wn, mask=mask, other=0,
-        ).to(tl.int32)
-        q = (words >> qw_shift) & ((1 << QW_BITS) - 1)
-        group = offs_k // group_k
-        if KIND == 1:
-            s = tl.load(s_ptr + group[:, None] * stride_sk + offs_n[None, :] * stride_sn, mask=mask, other=0.0)
-            if HAS_ZEROS:
-                z_col = offs_n // Z_PER_N
-                z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
-                z_words = tl.load(
-                    z_ptr + (group // Z_PER_G)[:, None] * stride_zk + z_col[None, :] * stride_zn, mask=mask, other=0,
-                ).to(tl.int32)
-                z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
-            else:
-                z = SYM_ZERO
-            tile = (q - z).to(tl.float32) * s.to(tl.float32)
+        if UNPACK == 1:
+            w_rows = k_start // QW_PER_K + tl.arange(0, BLOCK_K // QW_PER_K)
+            fields = tl.arange(0, QW_PER_K)
+            shifts = ((QW_FIELD_CODE >> (4 * fields)) & 0xF) * QW_BITS
+            words = tl.load(w_ptr + w_rows[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                            mask=(w_rows * QW_PER_K < K)[:, None] & mask_n[None, :], other=0).to(tl.int32)
+            q = (words[:, None, :] >> shifts[None, :, None]) & ((1 << QW_BITS) - 1)
+            q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+        elif UNPACK == 2:
+            w_cols = n_start // QW_PER_N + tl.arange(0, BLOCK_N // QW_PER_N)
+            fields = tl.arange(0, QW_PER_N)
+            shifts = ((QW_FIELD_CODE >> (4 * fields)) & 0xF) * QW_BITS
+            words = tl.load(w_ptr + offs_k[:, None] * stride_wk + w_cols[None, :] * stride_wn,
+                            mask=mask_k[:, None] & (w_cols * QW_PER_N - n_shift < n_limit)[None, :],
+                            other=0).to(tl.int32)
+            q = (words[:, :, None] >> shifts[None, None, :]) & ((1 << QW_BITS) - 1)
+            q = tl.reshape(q, (BLOCK_K, BLOCK_N))
         else:
-            # e2m1: sign bit 3, exponent bits 1-2 (bias 1), mantissa bit 0;
-            # |v| = m/2 for e == 0, (2 + m) * 2**e / 4 otherwise (0, .5, 1, 1.5, 2, 3, 4, 6)
-            e = (q >> 1) & 3
-            m = q & 1
-            quarters = tl.where(e == 0, 2 * m, (2 + m) << e)
-            value = quarters.to(tl.float32) * 0.25
-            value = tl.where((q & 8) != 0, -value, value)
-            # E8M0: 2**(s - 127) as float32 bits; s = 0 is the subnormal 2**-127, s = 255 is NaN
-            s = tl.load(s_ptr + group[:, None] * stride_sk + offs_n[None, :] * stride_sn, mask=mask, other=127)
-            s = s.to(tl.int32)
-            bits = tl.where(s == 0, 0x00400000, s << 23)
-            bits = tl.where(s == 255, 0x7FC00000, bits)
-            scale = bits.to(tl.float32, bitcast=True)
-            tile = value * scale
+            qw_row = offs_k // QW_PER_K
+            qw_col = offs_n // QW_PER_N
+            qw_offset = (offs_k % QW_PER_K)[:, None] + (offs_n % QW_PER_N)[None, :]
+            qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * QW_BITS
+            words = tl.load(w_ptr + qw_row[:, None] * stride_wk + qw_col[None, :] * stride_wn,
+                            mask=mask_k[:, None] & mask_n[None, :], other=0).to(tl.int32)
+            q = (words >> qw_shift) & ((1 << QW_BITS) - 1)
+
+        if SCALE_MODE == 1:
+            g = k_start // group_k
+            if KIND == 1:
+                s = tl.load(s_ptr + g * stride_sk + offs_n * stride_sn, mask=mask_n, other=0.0).to(tl.float32)
+                if HAS_ZEROS:
+                    z = _zero_points(z_ptr, g, offs_n, mask_n, stride_zk, stride_zn,
+                                     Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+                    tile = (q - z[None, :]).to(tl.float32) * s[None, :]
+                else:
+                    tile = (q - SYM_ZERO).to(tl.float32) * s[None, :]
+            else:
+                s = tl.load(s_ptr + g * stride_sk + offs_n * stride_sn, mask=mask_n, other=127)
+                tile = _e2m1_value(q) * _e8m0_scale(s)[None, :]
+        elif SCALE_MODE == 2:
+            groups = k_start // G_TILE + tl.arange(0, BLOCK_K // G_TILE)
+            g_mask = (groups * G_TILE < K)[:, None] & mask_n[None, :]
+            q3 = tl.reshape(q, (BLOCK_K // G_TILE, G_TILE, BLOCK_N))
+            if KIND == 1:
+                s = tl.load(s_ptr + groups[:, None] * stride_sk + offs_n[None, :] * stride_sn,
+                            mask=g_mask, other=0.0).to(tl.float32)
+                if HAS_ZEROS:
+                    z = _zero_points(z_ptr, groups[:, None], offs_n[None, :], g_mask, stride_zk, stride_zn,
+                                     Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+                    tile3 = (q3 - z[:, None, :]).to(tl.float32) * s[:, None, :]
+                else:
+                    tile3 = (q3 - SYM_ZERO).to(tl.float32) * s[:, None, :]
+            else:
+                s = tl.load(s_ptr + groups[:, None] * stride_sk + offs_n[None, :] * stride_sn,
+                            mask=g_mask, other=127)
+                tile3 = _e2m1_value(q3) * _e8m0_scale(s)[:, None, :]
+            tile = tl.reshape(tile3, (BLOCK_K, BLOCK_N))
+        else:
+            group = offs_k // group_k
+            mask = mask_k[:, None] & mask_n[None, :]
+            if KIND == 1:
+                s = tl.load(s_ptr + group[:, None] * stride_sk + offs_n[None, :] * stride_sn, mask=mask, other=0.0)
+                if HAS_ZEROS:
+                    z = _zero_points(z_ptr, group[:, None], offs_n[None, :], mask, stride_zk, stride_zn,
+                                     Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+                else:
+                    z = SYM_ZERO
+                tile = (q - z).to(tl.float32) * s.to(tl.float32)
+            else:
+                s = tl.load(s_ptr + group[:, None] * stride_sk + offs_n[None, :] * stride_sn, mask=mask, other=127)
+                tile = _e2m1_value(q) * _e8m0_scale(s)
     return tile
 
 
@@ -497,7 +693,7 @@ def _moe_gemm_kernel(
     stride_we, stride_wk, stride_wn,
     stride_se, stride_sk, stride_sn,
     stride_ze, stride_zk, stride_zn,
-    stride_cm, stride_cn,
+    stride_cs, stride_cm, stride_cn,
     KIND: tl.constexpr,
     QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
     Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
@@ -505,18 +701,25 @@ def _moe_gemm_kernel(
     FUSE_ACT: tl.constexpr, ACT: tl.constexpr, HAS_LIMIT: tl.constexpr, ALPHA: tl.constexpr,
     MUL_WEIGHT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB_K: tl.constexpr,
+    UNPACK: tl.constexpr = 0, SCALE_MODE: tl.constexpr = 0, G_TILE: tl.constexpr = 1,
+    SPLIT_K: tl.constexpr = 1,
 ):
-    """One (block of sorted assignments, N tile): ``c[a, n] = sum_k a_rows[k] * W_e[k, n]``.
+    """One (block of sorted assignments, N tile, K split): ``c[split, a, n] = sum_k a_rows[k] * W_e[k, n]``
+    over the split's run of K tiles.
 
     Rows: ``a = sorted_ids[block]``; the A row read is ``a // a_row_div`` (tokens for GEMM 1,
     assignments for GEMM 2); rows holding the sentinel (``a >= num_valid``) are masked on load and
     store. Blocks past ``num_post`` or of expert -1 return at once, so experts without blocks are
-    never read. FUSE_ACT: also accumulate columns ``up_offset + n`` and store the activation.
+    never read. FUSE_ACT: also accumulate columns ``up_offset + n`` and store the activation
+    (SPLIT_K must be 1 then). With SPLIT_K > 1 each split stores its own float32 partial at
+    ``c + split * stride_cs``; the caller sums the splits in a fixed order.
     """
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // num_pid_n
-    pid_n = pid % num_pid_n
+    pid_k = pid % SPLIT_K
+    pid_mn = pid // SPLIT_K
+    pid_m = pid_mn // num_pid_n
+    pid_n = pid_mn % num_pid_n
     num_post = tl.load(num_post_ptr)
     if pid_m * BLOCK_M >= num_post:
         return
@@ -535,9 +738,14 @@ def _moe_gemm_kernel(
     s_e = s_ptr + expert * stride_se
     z_e = z_ptr + expert * stride_ze
 
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    k_begin = pid_k * tiles_per_split * BLOCK_K
+    k_end = tl.minimum((pid_k + 1) * tiles_per_split, k_tiles) * BLOCK_K
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_begin, k_end, BLOCK_K):
         for sub in tl.static_range(BLOCK_K // SUB_K):
             k_start = k0 + sub * SUB_K
             offs_k = k_start + tl.arange(0, SUB_K)
@@ -547,19 +755,19 @@ def _moe_gemm_kernel(
                 mask=mask_m[:, None] & mask_k[None, :], other=0.0,
             )
             w = _weight_tile(
-                w_e, s_e, z_e, offs_k, offs_n, mask_k, mask_n,
+                w_e, s_e, z_e, k_start, pid_n * BLOCK_N, mask_n, 0, N, K,
                 stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn, group_k,
                 KIND, QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
-                HAS_ZEROS, SYM_ZERO,
+                HAS_ZEROS, SYM_ZERO, UNPACK, SCALE_MODE, G_TILE, SUB_K, BLOCK_N,
             )
             if KIND == 1 or KIND == 3:
                 w = w.to(a.dtype)
             if FUSE_ACT:
                 w_up = _weight_tile(
-                    w_e, s_e, z_e, offs_k, offs_n + up_offset, mask_k, mask_n,
+                    w_e, s_e, z_e, k_start, pid_n * BLOCK_N + up_offset, mask_n, up_offset, N, K,
                     stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn, group_k,
                     KIND, QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
-                    HAS_ZEROS, SYM_ZERO,
+                    HAS_ZEROS, SYM_ZERO, UNPACK, SCALE_MODE, G_TILE, SUB_K, BLOCK_N,
                 )
                 if KIND == 1 or KIND == 3:
                     w_up = w_up.to(a.dtype)
@@ -586,8 +794,27 @@ def _moe_gemm_kernel(
             acc_up = tl.where(r[:, None] == 0.0, 0.0, acc_up * r[:, None])
     if FUSE_ACT:
         acc = _activate(acc, acc_up, limit, ACT, HAS_LIMIT, ALPHA)
-    c_ptrs = c_ptr + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    c_ptrs = c_ptr + pid_k * stride_cs + rows.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _sum_slots_kernel(
+    src_ptr, out_ptr, H, top_k, splits,
+    stride_ss, stride_sa, stride_sh, stride_ot, stride_oh,
+    BLOCK: tl.constexpr,
+):
+    """out[t, h] = sum over splits s (outer) and slots j (inner), in that fixed order, of
+    src[s, t * top_k + j, h] (float32), cast to out's dtype."""
+    t = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(0, splits):
+        for j in range(0, top_k):
+            acc += tl.load(src_ptr + s * stride_ss + (t * top_k + j) * stride_sa + offs * stride_sh,
+                           mask=mask, other=0.0)
+    tl.store(out_ptr + t * stride_ot + offs * stride_oh, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -679,6 +906,8 @@ def _validate_config(config) -> None:
     if not isinstance(config.num_stages, int) or config.num_stages < 1:
         raise ValueError(f"config.num_stages={config.num_stages!r} must be an integer >= 1")
     _check_pow2("config.num_warps", config.num_warps, 1)
+    if isinstance(config.split_k, bool) or not isinstance(config.split_k, int) or config.split_k < 1:
+        raise ValueError(f"config.split_k={config.split_k!r} must be an integer >= 1 (1: no split of GEMM 2's K)")
 
 
 def _check_weights(name: str, ew, E: int | None, K: int, N: int | None, act_dtype, device) -> _Gemm:
@@ -816,7 +1045,7 @@ def _check_activation(activation, swiglu_limit) -> None:
 
 
 def _validate_experts(x, topk_ids, topk_weights, w13, w2, activation, swiglu_limit, apply_on_input,
-                      expert_map, num_experts, out_dtype, config):
+                      expert_map, num_experts, out_dtype, config, *, check_ids=True, check_map=True):
     _require_tensor("x", x)
     if x.dtype not in ACTIVATION_DTYPES:
         raise TypeError(
@@ -870,13 +1099,17 @@ def _validate_experts(x, topk_ids, topk_weights, w13, w2, activation, swiglu_lim
     if expert_map is not None:
         if expert_map.device != x.device:
             raise ValueError(f"expert_map is on {expert_map.device} but x on {x.device}; move it")
-        _check_expert_map(expert_map, num_experts, E_local)
+        _check_expert_map_metadata(expert_map, num_experts)
+        if check_map:
+            _check_expert_map(expert_map, num_experts, E_local)
     elif num_experts != E_local:
         raise ValueError(
             f"the weights hold {E_local} experts but the router has {num_experts}; without an expert_map "
             "they must be equal (pass expert_map for expert parallelism)"
         )
-    _check_topk_ids(topk_ids, num_experts)
+    _check_topk_ids_metadata(topk_ids)
+    if check_ids:
+        _check_topk_id_values(topk_ids, num_experts)
 
     if config is None:
         config = default_config(T, top_k, H, I, E_local)
@@ -963,8 +1196,29 @@ def _gemm_constexprs(g: _Gemm) -> dict:
     )
 
 
+def _tile_modes(g: _Gemm, config: MoEConfig, up_offset: int) -> dict:
+    """The packed-weight constexpr paths of one GEMM (see ``_weight_tile``)."""
+    if g.packing is None:
+        return dict(UNPACK=0, SCALE_MODE=0, G_TILE=1)
+    q = g.packing.qweight
+    per_k, per_n = _per_axis(q, 0), _per_axis(q, 1)
+    bk, bn, G = config.block_k, config.block_n, g.group_k
+    unpack = 0
+    if per_n == 1 and per_k > 1 and bk % per_k == 0:
+        unpack = 1
+    elif per_k == 1 and per_n > 1 and bn % per_n == 0 and up_offset % per_n == 0:
+        unpack = 2
+    scale_mode, g_tile = 0, 1
+    if G % bk == 0:
+        scale_mode = 1
+    elif bk % G == 0 and G & (G - 1) == 0:
+        scale_mode, g_tile = 2, G
+    return dict(UNPACK=unpack, SCALE_MODE=scale_mode, G_TILE=g_tile)
+
+
 def _launch_gemm(g: _Gemm, a, a_scale, c, topk_weights, sorted_ids, expert_ids, num_post, *,
-                 num_valid, n_cols, up_offset, a_row_div, fuse_act, act, limit, mul_weight, config, kernel):
+                 num_valid, n_cols, up_offset, a_row_div, fuse_act, act, limit, mul_weight, config, kernel,
+                 split_k=1):
     ew = g.weights
     w = ew.weight
     s = ew.scales if ew.scales is not None else w
@@ -974,7 +1228,11 @@ def _launch_gemm(g: _Gemm, a, a_scale, c, topk_weights, sorted_ids, expert_ids, 
     a_s = a_scale if a_scale is not None else a
     as_strides = a_scale.stride() if a_scale is not None else (0, 0)
     sub_k = min(config.block_k, g.group_k) if g.scheme.kind == _KIND_FP8_BLOCK else config.block_k
-    grid = (expert_ids.numel() * triton.cdiv(n_cols, config.block_n),)
+    c_strides = c.stride() if c.dim() == 3 else (0, *c.stride())
+    grid = (expert_ids.numel() * triton.cdiv(n_cols, config.block_n) * split_k,)
+    extra = _tile_modes(g, config, up_offset)
+    if split_k != 1:
+        extra["SPLIT_K"] = split_k
     kernel[grid](
         a, a_s, w, s, z, c, topk_weights,
         sorted_ids, expert_ids, num_post,
@@ -983,13 +1241,13 @@ def _launch_gemm(g: _Gemm, a, a_scale, c, topk_weights, sorted_ids, expert_ids, 
         w.stride(0), w.stride(1), w.stride(2),
         s_strides[0], s_strides[1], s_strides[2],
         z_strides[0], z_strides[1], z_strides[2],
-        c.stride(0), c.stride(1),
+        c_strides[0], c_strides[1], c_strides[2],
         KIND=g.scheme.kind, **_gemm_constexprs(g),
         HAS_ZEROS=ew.zeros is not None, SYM_ZERO=SYMMETRIC_ZERO,
         FUSE_ACT=fuse_act, ACT=_ACT_CODES[act], HAS_LIMIT=limit is not None, ALPHA=SWIGLU_ALPHA,
         MUL_WEIGHT=mul_weight,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SUB_K=sub_k,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        num_warps=config.num_warps, num_stages=config.num_stages, **extra,
     )
 
 
@@ -1008,6 +1266,7 @@ def fused_experts(
     out_dtype: torch.dtype | None = None,
     config: MoEConfig | None = None,
     kernel=None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """The expert part of the MoE for given routing: ``y [T, H]`` (module docstring, steps 2-5).
 
@@ -1016,10 +1275,27 @@ def fused_experts(
     ``[E_local, I, H]``; expert_map: int ``[num_experts]`` (global -> local, -1 not local);
     num_experts: global expert count (default: the map's length, or E_local).
     kernel: the ``@triton.jit`` grouped GEMM launched (default ``_moe_gemm_kernel``).
+    validate: also check the *values* of topk_ids and expert_map before any launch (reads them
+    on the host: a device synchronization). ``validate=False`` is the fast path for callers that
+    guarantee them (serving, benchmarks): shapes, dtypes and devices are still checked, and the
+    kernels never access memory out of bounds, but an out-of-range id or map entry is then
+    silently dropped (its slot contributes 0) instead of raising.
     """
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate={validate!r} must be a bool")
+    return _fused_experts(
+        x, topk_ids, topk_weights, w13, w2, activation=activation, swiglu_limit=swiglu_limit,
+        apply_router_weight_on_input=apply_router_weight_on_input, expert_map=expert_map,
+        num_experts=num_experts, out_dtype=out_dtype, config=config, kernel=kernel,
+        check_ids=validate, check_map=validate,
+    )
+
+
+def _fused_experts(x, topk_ids, topk_weights, w13, w2, *, activation, swiglu_limit, apply_router_weight_on_input,
+                   expert_map, num_experts, out_dtype, config, kernel, check_ids, check_map):
     T, H, I, top_k, E_local, g13, g2, config, out_dtype = _validate_experts(
         x, topk_ids, topk_weights, w13, w2, activation, swiglu_limit, apply_router_weight_on_input,
-        expert_map, num_experts, out_dtype, config,
+        expert_map, num_experts, out_dtype, config, check_ids=check_ids, check_map=check_map,
     )
     kernel = kernel or _moe_gemm_kernel
     device = x.device
@@ -1027,20 +1303,25 @@ def fused_experts(
         return torch.zeros((0, H), dtype=out_dtype, device=device)
     global_experts = expert_map.shape[0] if expert_map is not None else E_local
     sorted_ids, expert_ids, num_post = align_block_size(
-        topk_ids, config.block_m, global_experts, expert_map, num_local_experts=E_local,
+        topk_ids, config.block_m, global_experts, expert_map, num_local_experts=E_local, validate=False,
     )
     n_assign = T * top_k
-    weights_flat = topk_weights.contiguous().reshape(-1)
+    weights_flat = topk_weights.reshape(-1)
+    if not weights_flat.is_contiguous():
+        weights_flat = weights_flat.contiguous()
     quantized = g13.scheme.quantized_activations
     fp8_dtype = w13.weight.dtype if quantized else None
+    # without a map every assignment has a block, so every row of the buffers below is written;
+    # with one, rows of dropped assignments stay 0
+    alloc = torch.empty if expert_map is None else torch.zeros
 
     if quantized:
         a1, a1_scale = quantize_activations_fp8(x, g13.group_k, fp8_dtype)
     else:
         a1, a1_scale = x, None
 
-    # GEMM 1 + activation -> [T*k, I] in the activation dtype (rows of dropped assignments stay 0)
-    act_out = torch.zeros((n_assign, I), dtype=x.dtype, device=device)
+    # GEMM 1 + activation -> [T*k, I] in the activation dtype
+    act_out = alloc((n_assign, I), dtype=x.dtype, device=device)
     common = dict(sorted_ids=sorted_ids, expert_ids=expert_ids, num_post=num_post, num_valid=n_assign,
                   config=config, kernel=kernel)
     if config.fuse_activation:
@@ -1048,7 +1329,7 @@ def fused_experts(
                      fuse_act=True, act=activation, limit=swiglu_limit,
                      mul_weight=apply_router_weight_on_input, **common)
     else:
-        gate_up = torch.zeros((n_assign, 2 * I), dtype=torch.float32, device=device)
+        gate_up = alloc((n_assign, 2 * I), dtype=torch.float32, device=device)
         _launch_gemm(g13, a1, a1_scale, gate_up, weights_flat, n_cols=2 * I, up_offset=0, a_row_div=top_k,
                      fuse_act=False, act=activation, limit=swiglu_limit,
                      mul_weight=apply_router_weight_on_input, **common)
@@ -1064,12 +1345,20 @@ def fused_experts(
     else:
         a2, a2_scale = act_out, None
 
-    # GEMM 2 -> float32 [T*k, H], router weight applied on the output; dropped assignments stay 0
-    slots = torch.zeros((n_assign, H), dtype=torch.float32, device=device)
+    # GEMM 2 -> float32 [split_k, T*k, H] partials, router weight applied on the output
+    split_k = config.split_k
+    slots = alloc((split_k, n_assign, H), dtype=torch.float32, device=device)
     _launch_gemm(g2, a2, a2_scale, slots, weights_flat, n_cols=H, up_offset=0, a_row_div=1,
                  fuse_act=False, act=activation, limit=None,
-                 mul_weight=not apply_router_weight_on_input, **common)
-    return slots.reshape(T, top_k, H).sum(dim=1).to(out_dtype)
+                 mul_weight=not apply_router_weight_on_input, split_k=split_k, **common)
+    # y[t] = sum over splits, then slots, in a fixed order (deterministic), cast to out_dtype
+    out = torch.empty((T, H), dtype=out_dtype, device=device)
+    block = min(1024, triton.next_power_of_2(H))
+    _sum_slots_kernel[(T, triton.cdiv(H, block))](
+        slots, out, H, top_k, split_k, slots.stride(0), slots.stride(1), slots.stride(2),
+        out.stride(0), out.stride(1), BLOCK=block,
+    )
+    return out
 
 
 def fused_moe(
@@ -1091,12 +1380,18 @@ def fused_moe(
     out_dtype: torch.dtype | None = None,
     config: MoEConfig | None = None,
     kernel=None,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Routing + experts: ``y [T, H]``; see :func:`route` and :func:`fused_experts`.
 
     router_logits: ``[T, E]`` over the *global* experts; the weights hold the local experts
-    (``E`` of them without an expert_map). Everything is validated before any launch.
+    (``E`` of them without an expert_map). Everything is validated before any launch. The expert
+    ids come from :func:`route`, in range by construction, so they are never read back; with
+    ``validate`` (the default) an expert_map's values are checked on the host (a synchronization
+    only when a map is given); ``validate=False`` skips that (see :func:`fused_experts`).
     """
+    if not isinstance(validate, bool):
+        raise TypeError(f"validate={validate!r} must be a bool")
     check_fused_moe_arguments(
         x, router_logits, w13, w2, top_k=top_k, scoring=scoring, renormalize=renormalize,
         num_groups=num_groups, topk_groups=topk_groups, correction_bias=correction_bias,
@@ -1108,8 +1403,9 @@ def fused_moe(
         router_logits, top_k, scoring=scoring, renormalize=renormalize, num_groups=num_groups,
         topk_groups=topk_groups, correction_bias=correction_bias,
     )
-    return fused_experts(
+    return _fused_experts(
         x, topk_ids, topk_weights, w13, w2, activation=activation, swiglu_limit=swiglu_limit,
         apply_router_weight_on_input=apply_router_weight_on_input, expert_map=expert_map,
         num_experts=router_logits.shape[1], out_dtype=out_dtype, config=config, kernel=kernel,
+        check_ids=False, check_map=validate,
     )

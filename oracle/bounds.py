@@ -73,7 +73,9 @@ float64: ``T_64 = 2 gamma^{(64)}_{K+2} (P_hat + |b|)``.
 ``[y - E, y + E]``; RNE into the output dtype is monotone, so its output lies in
 ``[RNE_o(y - E), RNE_o(y + E)]`` and ``bound = max(|RNE_o(y + E) - y|, |RNE_o(y - E) - y|)``.
 This is the exact reach of the final rounding, never more than ``u_o (|y| + E) + eta_o / 2``.
-Where ``y`` is NaN or inf the bound is 0 (compare checks those positions).
+Where ``y`` is NaN or inf the bound is 0 (compare checks those positions); where both ends
+round to the same infinity the output must be that infinity (bound 0, ``expect`` expects it);
+where only one end overflows the bound is inf.
 
 In the *exact regime* none of these roundings happens (every operand is exact in the compute
 dtype, every partial sum is exact in float32), the only correct output is RNE(y) and the bound
@@ -158,9 +160,12 @@ def output_reach(y: np.ndarray, e: np.ndarray, out_dtype: str) -> np.ndarray:
     # y +- E is itself rounded in float64: widen E by a float64 ulp so the interval still holds
     e = e * (1 + 4 * U64) + 4 * np.finfo(np.float64).smallest_subnormal
     with np.errstate(invalid="ignore", over="ignore"):
-        hi = np.abs(o.round(yf + e) - yf)
-        lo = np.abs(yf - o.round(yf - e))
-    return np.where(finite, np.maximum(hi, lo), 0.0)
+        r_hi, r_lo = o.round(yf + e), o.round(yf - e)
+        reach = np.maximum(np.abs(r_hi - yf), np.abs(yf - r_lo))
+    # both ends overflow to the same infinity: the output is certainly that infinity (reach 0,
+    # ``expect`` makes it the expected value); one end only: the reach is inf
+    certain = np.isinf(r_hi) & (r_hi == r_lo)
+    return np.where(finite & ~certain, reach, 0.0)
 
 
 def _bias_abs(bias, n: int) -> np.ndarray:

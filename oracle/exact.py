@@ -166,7 +166,7 @@ def _gen_int_a16(op, rng, style, m, k, n, group_size, zeros, bias):
         zval = 8 if z is None else None
         span_codes = 15.0
     else:
-        q = _ints(rng, -128, 127, (k, n))
+        q = _ints(rng, -128, 127, (k, n)).astype(np.int8)
         z = _ints(rng, -8, 8, (groups, n)) if zeros else None
         zval = 0 if z is None else None
         span_codes = 136.0
@@ -180,6 +180,7 @@ def _gen_int_a16(op, rng, style, m, k, n, group_size, zeros, bias):
         room = np.clip(room, 1, 8)  # within 8 steps of the zero point: a zero-point error is large
         q = np.repeat(zz, g, axis=0) + np.repeat(sign, g, axis=0).astype(int) * (1 + mag % room)
         q = np.clip(q, 0 if op == "w4a16_gemm" else -128, 15 if op == "w4a16_gemm" else 127)
+        q = q.astype(np.int8) if op == "w8a16_gemm" else q
     if style == "exact":
         span = _span(k, 4 * span_codes * 2, most=3)
         emin = -4

@@ -288,8 +288,8 @@ class Expectation:
 
 def expect(op: str, problem: Problem, *, exact: bool, compute_dtype: str, out_dtype: str) -> Expectation:
     """Expected output and per-element bound. Exact regime: RNE(y) in the output dtype, bound 0.
-    Bounded regime: y itself with the op's derived bound (±inf, bound 0, where y rounds past the
-    output dtype's largest value: a correct kernel overflows there)."""
+    Bounded regime: y itself with the op's derived bound (±inf, bound 0, where y and all it may
+    be computed as round past the output dtype's largest value: a correct kernel overflows)."""
     ref = reference(op)
     ref.check(problem)
     wide_float(out_dtype)  # raises naming the allowed output dtypes
@@ -299,8 +299,9 @@ def expect(op: str, problem: Problem, *, exact: bool, compute_dtype: str, out_dt
     if exact:
         return Expectation(y, rounded, np.zeros_like(y), unit, True)
     bound = ref.bound(problem, y, compute_dtype, out_dtype)
-    # where y itself rounds past the output's largest value, the output is that infinity
-    over = np.isinf(rounded) & np.isfinite(y)
+    # where y and everything within the bound round past the output's largest value, the output
+    # is that infinity (oracle.bounds.output_reach gives those elements the reach 0)
+    over = np.isinf(rounded) & np.isfinite(y) & (bound == 0)
     if over.any():
         y_exp = np.where(over, rounded, y)
         return Expectation(y, y_exp, np.where(over, 0.0, bound), unit, False)

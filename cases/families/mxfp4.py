@@ -30,7 +30,6 @@ from hypothesis import strategies as st
 from cases.case import REGIMES, Case
 from cases.ops import OpSpec, Output
 from oracle.exact import exact_problem
-from oracle.formats import FORMATS
 from oracle.gemm import MX_BLOCK
 from oracle.numerics import round_to
 from oracle.schemes import get_scheme, quantize
@@ -41,7 +40,6 @@ FLOAT16S = ("float16", "bfloat16")
 OUT_DTYPES = ("float16", "bfloat16", "float32")
 BLOCK_K = (32, 64, 128, 256)  # multiples of the 32-element scale block (the kernel needs whole blocks)
 TILES = (16, 32, 64, 128)
-E2M1 = FORMATS["float4_e2m1fn"]
 E8M0_BIAS = 127
 E2M1_MAX_CODE = 0x7  # +6; 0xF is -6
 E2M1_NEG_ZERO = 0x8

@@ -219,7 +219,8 @@ def bundled_fuzz(tmp_path_factory):
 
 def test_gate_fails_the_zoo_entry_naming_bias_and_passes_the_bundled_kernel(tmp_path, bundled_fuzz):
     shard = ("--shard", "1/2")  # half the grid for each, the same half (the whole grid: tests/gate)
-    bad = qkcheck("gate", "--device", "cpu", "--kernels", "zoo:api_misbinding", *shard, "--failures-dir", str(tmp_path / "f"))
+    bad = qkcheck("gate", "--device", "cpu", "--kernels", "zoo:api_misbinding", *shard,
+                  "--failures-dir", str(tmp_path / "f"))
     assert bad.returncode == 1, bad.stdout[-3000:] + bad.stderr[-3000:]
     assert DRIFT in bad.stdout and "'bias'" in bad.stdout
     good = qkcheck("gate", "--device", "cpu", "--kernels", "bundled:mxfp4_gemm", *shard,

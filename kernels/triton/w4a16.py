@@ -167,16 +167,27 @@ MAGIC_F32_BITS = tl.constexpr(0x4B000000)
 
 # how a K tile finds its scales (kernel constexpr SCALE_PATH, chosen by the launcher from G, BLOCK_K)
 SCALES_ONE_GROUP = 0  # G % BLOCK_K == 0: every tile lies in one group, one scale row per tile
-SCALES_GROUPS_IN_TILE = 1  # BLOCK_K % G == 0, BLOCK_K > G: [BLOCK_K/G, BLOCK_N] rows, each broadcast to G rows
+SCALES_GROUPS_IN_TILE = 1  # BLOCK_K % G == 0, BLOCK_K > G: [BLOCK_K/G, BLOCK_N] rows, each broadcast to its rows
 SCALES_PER_ROW = 2  # anything else: each k row gathers its own group's row (group index k // G)
 
 
-def scale_path(block_k: int, group_size: int) -> int:
+def sub_dots(qweight_packing: Packing, block_k: int) -> bool:
+    """Whether a K tile is multiplied as P sub-products, one per field of the words (P codes per
+    word along K): sub-product i takes field i of every word, i.e. the k rows ``P*w + i``, with the
+    matching strided columns of x, so the words are never expanded to ``[BLOCK_K, BLOCK_N]``.
+    Needs codes packed along K and ``BLOCK_K / P >= 16`` (the ``tl.dot`` minimum)."""
+    per_k = _per_axis(qweight_packing, 0)
+    return per_k > 1 and block_k // per_k >= MIN_DOT_BLOCK
+
+
+def scale_path(block_k: int, group_size: int, rows_per_k_step: int = 1) -> int:
     """The kernel's scale-addressing path for a K tile of ``block_k`` rows and groups of
-    ``group_size`` rows (``group_size`` already resolved: K for one group over all of K)."""
+    ``group_size`` rows (already resolved: K for one group over all of K). ``rows_per_k_step``:
+    P when the tile is multiplied as P sub-products (:func:`sub_dots`), whose rows are every P-th
+    k; their groups are whole rows of a sub-product only when P divides the group size."""
     if group_size % block_k == 0:
         return SCALES_ONE_GROUP
-    if block_k % group_size == 0:
+    if block_k % group_size == 0 and group_size % rows_per_k_step == 0:
         return SCALES_GROUPS_IN_TILE
     return SCALES_PER_ROW
 
@@ -189,6 +200,12 @@ def _field_shifts(FIELD_CODE: tl.constexpr, PER_WORD: tl.constexpr, BITS: tl.con
 
 
 @triton.jit
+def _codes_as_f32(fields):
+    """float32 ``2**23 + c`` for int32 codes ``c`` (exact, no int -> float conversion)."""
+    return (fields | MAGIC_F32_BITS).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _unpacked_codes_as_f32(words, shifts, BITS: tl.constexpr, ALONG_K: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_K, BLOCK_N] float32 ``2**23 + code`` from a tile of packed words: ``[BLOCK_K/P, BLOCK_N]``
@@ -198,8 +215,7 @@ def _unpacked_codes_as_f32(words, shifts, BITS: tl.constexpr, ALONG_K: tl.conste
         fields = (words[:, None, :] >> shifts[None, :, None]) & mask
     else:
         fields = (words[:, :, None] >> shifts[None, None, :]) & mask
-    codes = tl.reshape(fields | MAGIC_F32_BITS, (BLOCK_K, BLOCK_N))
-    return codes.to(tl.float32, bitcast=True)
+    return _codes_as_f32(tl.reshape(fields, (BLOCK_K, BLOCK_N)))
 
 
 @triton.jit
@@ -213,8 +229,61 @@ def _zero_points_as_f32(z_ptr, rows, offs_n, row_mask, mask_n, stride_zg, stride
         z_ptr + (rows // Z_PER_G)[:, None] * stride_zg + z_col[None, :] * stride_zc,
         mask=row_mask[:, None] & mask_n[None, :], other=0,
     ).to(tl.int32)
-    z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
-    return (z | MAGIC_F32_BITS).to(tl.float32, bitcast=True)
+    return _codes_as_f32((z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1))
+
+
+@triton.jit
+def _tile_scales_and_zeros(s_ptr, z_ptr, tile, offs_n, mask_n, K, GROUP_SIZE,
+                           stride_sg, stride_sn, stride_zg, stride_zc,
+                           Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr,
+                           Z_BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, SCALE_PATH: tl.constexpr,
+                           TILE_GROUPS: tl.constexpr, TILE_GROUP_ROWS: tl.constexpr):
+    """Scales and zero points (float32 ``2**23 + z``) of one K tile, for the two paths that need
+    no per-row gather: ``[1, BLOCK_N]`` when the tile lies in one group (SCALE_PATH 0), else
+    ``[TILE_GROUPS * TILE_GROUP_ROWS, BLOCK_N]``: each of the tile's TILE_GROUPS groups' rows
+    repeated for the TILE_GROUP_ROWS consecutive rows of the dequantized tile it covers."""
+    if SCALE_PATH == 0:
+        groups = tl.full((1,), 0, tl.int32) + (tile * BLOCK_K) // GROUP_SIZE
+        mask_g = tl.full((1,), 1, tl.int1)
+    else:
+        groups = tile * TILE_GROUPS + tl.arange(0, TILE_GROUPS)
+        mask_g = groups * GROUP_SIZE < K
+    s = tl.load(
+        s_ptr + groups[:, None] * stride_sg + offs_n[None, :] * stride_sn,
+        mask=mask_g[:, None] & mask_n[None, :], other=0.0,
+    ).to(tl.float32)
+    if HAS_ZEROS:
+        z = _zero_points_as_f32(z_ptr, groups, offs_n, mask_g, mask_n, stride_zg, stride_zc,
+                                Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+    else:
+        z = tl.full((1, BLOCK_N), 8388608.0 + SYM_ZERO, tl.float32)
+    if SCALE_PATH == 1:
+        ROWS: tl.constexpr = TILE_GROUPS * TILE_GROUP_ROWS
+        s = tl.reshape(tl.broadcast_to(s[:, None, :], (TILE_GROUPS, TILE_GROUP_ROWS, BLOCK_N)), (ROWS, BLOCK_N))
+        if HAS_ZEROS:
+            z = tl.reshape(tl.broadcast_to(z[:, None, :], (TILE_GROUPS, TILE_GROUP_ROWS, BLOCK_N)), (ROWS, BLOCK_N))
+    return s, z
+
+
+@triton.jit
+def _row_scales_and_zeros(s_ptr, z_ptr, offs_k, mask_k, offs_n, mask_n, GROUP_SIZE,
+                          stride_sg, stride_sn, stride_zg, stride_zc,
+                          Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr,
+                          Z_BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
+    """General path: each k row ``offs_k`` gathers its own group's scales and zero points."""
+    group = offs_k // GROUP_SIZE
+    s = tl.load(
+        s_ptr + group[:, None] * stride_sg + offs_n[None, :] * stride_sn,
+        mask=mask_k[:, None] & mask_n[None, :], other=0.0,
+    ).to(tl.float32)
+    if HAS_ZEROS:
+        z = _zero_points_as_f32(z_ptr, group, offs_n, mask_k, mask_n, stride_zg, stride_zc,
+                                Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+    else:
+        z = tl.full((1, BLOCK_N), 8388608.0 + SYM_ZERO, tl.float32)
+    return s, z
 
 
 @triton.jit
@@ -232,7 +301,7 @@ def _w4a16_kernel(
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
-    SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_SIZE: tl.constexpr,
+    SUB_DOTS: tl.constexpr, SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_ROWS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -257,9 +326,11 @@ def _w4a16_kernel(
     tile_begin = pid_k * tiles_per_split
     tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
 
-    # packed weight words are loaded once each, in their own shape, and unpacked in registers:
-    # [BLOCK_K / P, BLOCK_N] words when P codes share a word along K, [BLOCK_K, BLOCK_N / P] along N
+    # packed weight words are loaded once each, in their own shape: [BLOCK_K / P, BLOCK_N] words
+    # when P codes share a word along K, [BLOCK_K, BLOCK_N / P] when along N
     QW_ALONG_K: tl.constexpr = QW_PER_N == 1
+    QW_ROWS: tl.constexpr = BLOCK_K // QW_PER_K
+    QW_MASK: tl.constexpr = (1 << QW_BITS) - 1
     qw_shifts = _field_shifts(QW_FIELD_CODE, QW_PER_K * QW_PER_N, QW_BITS)
     if QW_ALONG_K:
         offs_qc = offs_n
@@ -268,70 +339,53 @@ def _w4a16_kernel(
         offs_qc = pid_n * (BLOCK_N // QW_PER_N) + tl.arange(0, BLOCK_N // QW_PER_N)
         mask_qc = offs_qc < N // QW_PER_N
 
-    # zero points as float32 2**23 + z, so (2**23 + q) - (2**23 + z) = q - z exactly
-    SYM_ZERO_F32: tl.constexpr = 8388608.0 + SYM_ZERO
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(tile_begin, tile_end):
-        offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
-        )
-
-        offs_qr = tile * (BLOCK_K // QW_PER_K) + tl.arange(0, BLOCK_K // QW_PER_K)
+        offs_qr = tile * QW_ROWS + tl.arange(0, QW_ROWS)
         words = tl.load(
             qw_ptr + offs_qr[:, None] * stride_qr + offs_qc[None, :] * stride_qc,
             mask=(offs_qr < K // QW_PER_K)[:, None] & mask_qc[None, :], other=0,
             eviction_policy="evict_first",
         ).to(tl.int32)
-        q = _unpacked_codes_as_f32(words, qw_shifts, QW_BITS, QW_ALONG_K, BLOCK_K, BLOCK_N)
+        if SCALE_PATH != 2:
+            s, z = _tile_scales_and_zeros(
+                s_ptr, z_ptr, tile, offs_n, mask_n, K, GROUP_SIZE, stride_sg, stride_sn, stride_zg, stride_zc,
+                Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO, BLOCK_K, BLOCK_N, SCALE_PATH,
+                TILE_GROUPS, TILE_GROUP_ROWS)
 
-        if SCALE_PATH == 0:
-            # the whole tile lies in one group: one row of scales and zero points
-            group = (tile * BLOCK_K) // GROUP_SIZE
-            s = tl.load(s_ptr + group * stride_sg + offs_n * stride_sn, mask=mask_n, other=0.0).to(tl.float32)
-            if HAS_ZEROS:
-                z = _zero_points_as_f32(z_ptr, tl.full((1,), 0, tl.int32) + group, offs_n, tl.full((1,), 1, tl.int1),
-                                        mask_n, stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
-                w = (q - z) * s[None, :]
-            else:
-                w = (q - SYM_ZERO_F32) * s[None, :]
-        elif SCALE_PATH == 1:
-            # TILE_GROUPS whole groups of TILE_GROUP_SIZE rows: load their rows, broadcast each to its rows
-            groups = tile * TILE_GROUPS + tl.arange(0, TILE_GROUPS)
-            mask_g = groups * TILE_GROUP_SIZE < K
-            s_rows = tl.load(
-                s_ptr + groups[:, None] * stride_sg + offs_n[None, :] * stride_sn,
-                mask=mask_g[:, None] & mask_n[None, :], other=0.0,
-            ).to(tl.float32)
-            s = tl.reshape(tl.broadcast_to(s_rows[:, None, :], (TILE_GROUPS, TILE_GROUP_SIZE, BLOCK_N)),
-                           (BLOCK_K, BLOCK_N))
-            if HAS_ZEROS:
-                z_rows = _zero_points_as_f32(z_ptr, groups, offs_n, mask_g, mask_n, stride_zg, stride_zc,
-                                             Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
-                z = tl.reshape(tl.broadcast_to(z_rows[:, None, :], (TILE_GROUPS, TILE_GROUP_SIZE, BLOCK_N)),
-                               (BLOCK_K, BLOCK_N))
-                w = (q - z) * s
-            else:
-                w = (q - SYM_ZERO_F32) * s
+        if SUB_DOTS:
+            # sub-product i: field i of every word (k rows tile*BLOCK_K + P*r + i) against the
+            # matching strided columns of x; the sum over i covers the tile's k rows once each
+            offs_kw = tile * BLOCK_K + QW_PER_K * tl.arange(0, QW_ROWS)
+            for i in tl.static_range(QW_PER_K):
+                offs_k = offs_kw + i
+                mask_k = offs_k < K
+                x = tl.load(
+                    x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+                )
+                SHIFT: tl.constexpr = ((QW_FIELD_CODE >> (4 * i)) & 0xF) * QW_BITS
+                q = _codes_as_f32((words >> SHIFT) & QW_MASK)
+                if SCALE_PATH == 2:
+                    s, z = _row_scales_and_zeros(
+                        s_ptr, z_ptr, offs_k, mask_k, offs_n, mask_n, GROUP_SIZE, stride_sg, stride_sn,
+                        stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO, BLOCK_N)
+                w = ((q - z) * s).to(x.dtype)
+                acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
         else:
-            # general: every k row gathers its own group's scale and zero point
-            group = offs_k // GROUP_SIZE
-            s = tl.load(
-                s_ptr + group[:, None] * stride_sg + offs_n[None, :] * stride_sn,
-                mask=mask_k[:, None] & mask_n[None, :], other=0.0,
-            ).to(tl.float32)
-            if HAS_ZEROS:
-                z = _zero_points_as_f32(z_ptr, group, offs_n, mask_k, mask_n, stride_zg, stride_zc,
-                                        Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
-                w = (q - z) * s
-            else:
-                w = (q - SYM_ZERO_F32) * s
-
-        acc = tl.dot(x, w.to(x.dtype), acc=acc, out_dtype=tl.float32)
+            offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            x = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+            )
+            q = _unpacked_codes_as_f32(words, qw_shifts, QW_BITS, QW_ALONG_K, BLOCK_K, BLOCK_N)
+            if SCALE_PATH == 2:
+                s, z = _row_scales_and_zeros(
+                    s_ptr, z_ptr, offs_k, mask_k, offs_n, mask_n, GROUP_SIZE, stride_sg, stride_sn,
+                    stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO, BLOCK_N)
+            w = ((q - z) * s).to(x.dtype)
+            acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
 
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
@@ -561,8 +615,12 @@ def w4a16_gemm(
     fuse_bias = bias is not None and split_k == 1
     bias_arg = bias if fuse_bias else scales  # never read when HAS_BIAS is False
 
-    path = scale_path(config.block_k, G)
-    tile_groups, tile_group_size = (config.block_k // G, G) if path == SCALES_GROUPS_IN_TILE else (1, 1)
+    use_sub_dots = sub_dots(qpack, config.block_k)
+    rows_per_k_step = _per_axis(qpack, 0) if use_sub_dots else 1
+    path = scale_path(config.block_k, G, rows_per_k_step)
+    tile_groups, tile_group_rows = (
+        (config.block_k // G, G // rows_per_k_step) if path == SCALES_GROUPS_IN_TILE else (1, 1)
+    )
 
     grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n), split_k)
     (kernel or _w4a16_kernel)[grid](
@@ -579,7 +637,7 @@ def w4a16_gemm(
         HAS_ZEROS=has_zeros, SYM_ZERO=SYMMETRIC_ZERO, HAS_BIAS=fuse_bias,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         GROUP_M=config.group_m, SPLIT_K=split_k,
-        SCALE_PATH=path, TILE_GROUPS=tile_groups, TILE_GROUP_SIZE=tile_group_size,
+        SUB_DOTS=use_sub_dots, SCALE_PATH=path, TILE_GROUPS=tile_groups, TILE_GROUP_ROWS=tile_group_rows,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if split_k == 1:

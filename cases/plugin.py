@@ -82,12 +82,18 @@ def selected_adapters(config: pytest.Config):
     """The adapters named by --kernels, validated (a UsageError names the bad spec)."""
     if not hasattr(config, "_qkcheck_adapters"):
         from cases.ops import validate_adapter
-        from kernels.adapters import AdapterError, resolve
+        from kernels.adapters import AdapterError, KernelsUnavailable, resolve
 
         adapters = []
+        config.qkcheck_unavailable = []  # (spec, reason): reported as skipped, never silently dropped
         try:
             for spec in config.qkcheck_kernel_specs:
-                for a in resolve(spec):
+                try:
+                    found = resolve(spec)
+                except KernelsUnavailable as exc:
+                    config.qkcheck_unavailable.append((spec, exc.reason))
+                    continue
+                for a in found:
                     validate_adapter(a)
                     adapters.append(a)
         except AdapterError as exc:
@@ -102,6 +108,12 @@ def selected_adapters(config: pytest.Config):
             adapters = [a for a in adapters if a.op in ops]
         config._qkcheck_adapters = adapters
     return config._qkcheck_adapters
+
+
+def unavailable(config: pytest.Config) -> list[tuple[str, str]]:
+    """Kernel specs that name kernels that cannot run here, with the reason (after selection)."""
+    selected_adapters(config)
+    return config.qkcheck_unavailable
 
 
 def isolated(config: pytest.Config) -> bool:
@@ -121,6 +133,14 @@ def execute(config: pytest.Config, case, adapter, *, diagnose_failures: bool = T
     if runner is None:
         runner = config._qkcheck_isolated = isolation.IsolatedRunner(config.qkcheck_kernel_specs, device, timeout=timeout)
     return runner.run(case, adapter, diagnose_failures=diagnose_failures)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
+    """Drop placeholder items (``unused`` marker): a parametrized check with nothing to check."""
+    keep = [i for i in items if i.get_closest_marker("unused") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("unused") is not None])
+        items[:] = keep
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

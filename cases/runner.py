@@ -379,7 +379,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         res.timings = {k: round(v, 6) for k, v in timings.items()}
         return res
 
-    reason = skip_reason(case, device, adapter)
+    reason = skip_reason(case, device, adapter) or (adapter.supports(case.p) if adapter.supports else None)
     if reason:
         res.skip_reason = reason
         return finish(SKIP)

@@ -8,7 +8,9 @@ binds, in order; the harness checks them against the callable's real signature, 
 (a new positional parameter taking another's slot) fails loudly instead of binding silently.
 
 Kernel specs (``--kernels``): ``bundled`` (every bundled kernel), ``bundled:<name>``,
-``zoo:<name>``, a path to a Python file defining ``ADAPTERS``, or a module path defining it.
+``zoo:<name>``, an engine (``vllm``, ``aiter``: adapters for the engine's public kernels, skipped
+with the reason when it is not installed), a path to a Python file defining ``ADAPTERS``, or a
+module path defining it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,15 @@ from typing import Any, Callable, Mapping
 
 class AdapterError(ValueError):
     """A kernel spec or adapter that cannot be used as given."""
+
+
+class KernelsUnavailable(AdapterError):
+    """A kernel spec naming kernels that cannot run here (an engine that is not installed): the
+    gate reports it as skipped, with ``reason``, instead of failing or silently selecting nothing."""
+
+    def __init__(self, spec: str, reason: str):
+        super().__init__(f"--kernels {spec}: {reason}")
+        self.spec, self.reason = spec, reason
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ class KernelAdapter:
     # canaries around it: unwritten elements and out-of-bounds writes are detected); None = the
     # kernel allocates its output
     out_param: str | None = None
+    # (params) -> why this kernel cannot take such a case (outside its API), or None: the case is
+    # skipped with that reason instead of failing
+    supports: Callable[[Mapping], str | None] | None = None
     description: str = ""
 
     def check_signature(self) -> str | None:
@@ -73,6 +87,8 @@ def _from_module_object(mod, where: str) -> list[KernelAdapter]:
     if adapters is None:
         raise AdapterError(f"{where}: defines no ADAPTERS (a list of kernels.adapters.KernelAdapter)")
     adapters = list(adapters)
+    if not adapters and getattr(mod, "UNAVAILABLE", None):
+        raise KernelsUnavailable(where, mod.UNAVAILABLE)
     for a in adapters:
         if not isinstance(a, KernelAdapter):
             raise AdapterError(f"{where}: ADAPTERS holds {type(a).__name__}, expected KernelAdapter records")
@@ -100,8 +116,9 @@ def available() -> dict[str, KernelAdapter]:
 
 def resolve(spec: str) -> list[KernelAdapter]:
     """Adapters named by one ``--kernels`` value (see the module docstring)."""
-    from kernels import bundled, zoo
+    from kernels import bundled, engines, zoo
 
+    spec = engines.ENGINES.get(spec, spec)  # "vllm", "aiter": the engines' adapter modules
     if spec == "bundled":
         return list(bundled.adapters())
     if spec == "zoo":

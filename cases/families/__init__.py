@@ -13,6 +13,8 @@ from functools import cache
 
 @cache
 def modules() -> tuple:
+    import cases.ops  # noqa: F401 — the op registry first: it takes every family's SPECS in when it loads
+
     return tuple(importlib.import_module(f"{__name__}.{m.name}")
                  for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name) if not m.name.startswith("_"))
 

@@ -290,25 +290,3 @@ def _strategy(draw, adapter) -> Case:
 
 
 STRATEGIES = {OP: _strategy}
-
-
-def _register_if_missed() -> None:
-    """Take ``SPECS`` into ``cases.ops.OP_SPECS`` when the registry missed them.
-
-    When a registry other than ``cases.ops`` (``cases.grid``, ``cases.regimes``) is imported
-    first, ``cases.families.modules()`` starts importing the families, the first of them imports
-    ``cases.ops``, and ``cases.ops`` collects the families' SPECS while that first module is
-    still half-imported (no SPECS yet), so its ops stay unknown. Once ``cases.ops`` has finished
-    importing, an op of this module that it lacks is added here; while it is still importing,
-    it collects SPECS itself (adding them here too would define them twice). A no-op once
-    ``cases.families.modules()`` imports ``cases.ops`` before the family modules."""
-    import sys
-
-    ops = sys.modules.get("cases.ops")
-    if ops is None or getattr(getattr(ops, "__spec__", None), "_initializing", False):
-        return
-    for spec in SPECS:
-        ops.OP_SPECS.setdefault(spec.op, spec)
-
-
-_register_if_missed()

@@ -6,7 +6,7 @@ import pytest
 
 from cases.corpus import load_corpus
 from cases.grid import grid
-from cases.plugin import execute, in_shard, record, selected_adapters
+from cases.plugin import execute, in_shard, record, selected_adapters, unavailable
 
 
 def supports(adapter, case) -> bool:
@@ -22,6 +22,11 @@ def for_adapter(adapter, case):
 
 
 def pytest_generate_tests(metafunc):
+    if "unavailable_spec" in metafunc.fixturenames:
+        items = unavailable(metafunc.config)
+        metafunc.parametrize("unavailable_spec,reason", items or [pytest.param(None, None, marks=pytest.mark.unused)],
+                             ids=[s for s, _ in items] or ["none"])
+        return
     if "gate_case" not in metafunc.fixturenames:
         return
     config = metafunc.config
@@ -32,7 +37,7 @@ def pytest_generate_tests(metafunc):
         for case in dict.fromkeys(cases):  # distinct, in order
             if supports(adapter, case) and in_shard(case.id, config.qkcheck_shard):
                 params.append(pytest.param(adapter, case, id=f"{adapter.name}::{case.id}"))
-    metafunc.parametrize("adapter,gate_case", params)
+    metafunc.parametrize("adapter,gate_case", params or [pytest.param(None, None, marks=pytest.mark.unused)])
 
 
 def test_gate(adapter, gate_case, device, pytestconfig):
@@ -42,3 +47,8 @@ def test_gate(adapter, gate_case, device, pytestconfig):
         pytest.skip(result.skip_reason)
     if result.status == "fail":
         pytest.fail(result.summary(), pytrace=False)
+
+
+def test_unavailable_kernels(unavailable_spec, reason):
+    """A selected kernel spec that cannot run here (an engine not installed) is a visible skip."""
+    pytest.skip(f"{unavailable_spec}: {reason}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+from pathlib import Path
 import types
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from cases.case import Case
 from cases.runner import FAIL, PASS, run_case
 from kernels import engines
-from kernels.adapters import resolve
+from kernels.adapters import KernelsUnavailable, resolve
 from kernels.engines import aiter as aiter_engine
 from kernels.engines import vllm as vllm_engine
 
@@ -126,8 +127,23 @@ def test_without_the_engine_the_module_imports_with_no_adapters_and_the_reason(m
     assert mod.ADAPTERS == []
     assert mod.UNAVAILABLE.startswith(f"{package} is not installed (")
     assert mod.load() == ([], mod.UNAVAILABLE)
-    assert resolve(mod.__name__) == []
+    for spec in (mod.__name__, package):  # the module path and the short alias
+        with pytest.raises(KernelsUnavailable) as info:
+            resolve(spec)
+        assert info.value.reason == mod.UNAVAILABLE
     assert engines.status()[package] == mod.UNAVAILABLE
+
+
+def test_gate_on_a_missing_engine_is_a_visible_skip_not_an_empty_pass():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "cases.cli", "gate", "--device", "cpu", "--kernels", "vllm",
+                           "--", "-rs"], cwd=root, capture_output=True, text=True, timeout=300)
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    assert proc.returncode == 0, proc.stdout[-1500:]
+    assert "SKIPPED" in proc.stdout and "vllm: vllm is not installed" in proc.stdout
 
 
 class _BrokenEngine:

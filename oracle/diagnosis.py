@@ -164,7 +164,18 @@ def awq_order_ignored(p, ctx):
 
 
 def scales_transposed(p, ctx):
-    """A [R, C] scale array read with the other array's strides: as if stored [C, R]."""
+    """A [R, C] scale array read with the other array's strides: as if stored [C, R]. For
+    fp8_w8a16_gemm on a square weight, also the per-channel [1, N] scale reaching the kernel as
+    [N, 1], which broadcasts along K: w[k, n] scaled by b_scale[k], rewritten as x[:, k] scaled
+    by it (the same products; the roundings agree where they are exact, e.g. power-of-two scales)."""
+    if ctx["_op"] == "fp8_w8a16_gemm":
+        s = np.asarray(p["b_scale"], np.float64)
+        x = np.asarray(p["x"], np.float64)
+        k, n = x.shape[1], s.shape[1]
+        if s.shape == (1, n) and n == k > 1:
+            yield dict(p, x=x * s.reshape(1, k), b_scale=np.ones_like(s)), (
+                "the per-channel weight scales were applied along K (rows) instead of N (columns): the "
+                f"scale tensor reached the kernel transposed ([{n}, 1] where [1, {n}] was expected)")
     for key, kind in SCALE_KEYS[ctx["_op"]]:
         if kind == "global" or not _present(p, key):
             continue

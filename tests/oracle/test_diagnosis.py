@@ -8,6 +8,7 @@ import pytest
 
 from oracle.diagnosis import CATALOGUE, GEMMS, diagnose, hypotheses_for
 from oracle.exact import make_problem
+from oracle.formats import FORMATS
 from oracle.references import REFERENCES, expect
 from tests.oracle.test_gemm_bounds import torch_impl
 
@@ -69,6 +70,9 @@ MISREADS = [
     ("fp8_w8a16_gemm", dict(quant_dtype="float8_e4m3fn"), "float16",
      lambda p: dict(p, x=p["x"] * p["b_scale"][0, :8].reshape(8, 1), b_scale=np.ones((1, 1))),
      "scale_vector_on_wrong_axis", "applied along rows"),
+    ("fp8_w8a16_gemm", dict(quant_dtype="float8_e4m3fn"), "float16",
+     lambda p: dict(p, x=p["x"] * p["b_scale"].reshape(1, -1), b_scale=np.ones_like(p["b_scale"])),
+     "scales_transposed", "applied along K (rows) instead of N (columns)"),
     ("scaled_mm", dict(quant_dtype="float8_e4m3fn"), "float8_e4m3fn", _swap_fnuz, "fn_fnuz_confused", "decoded as float8_e4m3fnuz"),
     ("block_scaled_mm", dict(quant_dtype="float8_e4m3fnuz", block=(32, 8)), "float8_e4m3fnuz", _swap_fnuz,
      "fn_fnuz_confused", "decoded as float8_e4m3fn"),
@@ -102,7 +106,8 @@ MISREADS = [
 @pytest.mark.parametrize("style", ["random", "exact"])
 def test_hypothesis_names_a_misread_input(op, params, c, misread, name, words, style):
     bias = name == "bias_dropped_or_spurious" and "not added" in words
-    shape = dict(m=8, k=16, n=16) if name == "weight_transposed" else SHAPE  # a square weight
+    square = name == "weight_transposed" or "along K" in words
+    shape = dict(m=8, k=16, n=16) if square else SHAPE  # a square weight
     p = _problem(op, style, seed=3, bias=bias, shape=shape, **params)
     o = "float16"
     actual = _run(op, misread(p), c, o)
@@ -168,3 +173,61 @@ def test_inapplicable_rewrites_yield_nothing():
     assert list(azp_off_by_one(p, ctx)) == []
     wide = make_problem("scaled_mm", np.random.default_rng(0), m=32, k=64, n=16, style="random", per_token=False)
     assert list(scale_vector_on_wrong_axis(wide, ctx)) == []
+
+
+def _w8a16_scales_along_k(p, c: str, o: str) -> np.ndarray:
+    """What an FP8 W8A16 kernel handed the per-channel scale as [N, 1] computes: the scale
+    broadcast along K, w[k, n] = code[k, n] * b_scale[k], rounded to the compute dtype as the
+    kernel's dequantized tile is, then x @ w in float64 and the output rounding."""
+    from oracle.numerics import round_to
+
+    codes = FORMATS[p["quant_dtype"]].decode(np.asarray(p["b"]))
+    k = codes.shape[0]
+    w = round_to(codes * np.asarray(p["b_scale"], np.float64).reshape(k, 1), c)
+    y = np.asarray(p["x"], np.float64) @ w
+    if p.get("bias") is not None:
+        y = y + np.asarray(p["bias"], np.float64)
+    return round_to(y, o)
+
+
+@pytest.mark.parametrize("quant_dtype", ["float8_e4m3fn", "float8_e5m2"])
+@pytest.mark.parametrize("style", ["coherent", "exact"])
+def test_fp8_w8a16_scales_along_k_are_named_and_a_correct_output_is_not(quant_dtype, style):
+    """The seed-004 mistake: an [N, 1] scale on a square weight scales the rows k. Its output is
+    named as transposed scales (and as nothing else); a correct output on the same problem, and
+    the same mistake on a problem whose scales are all equal (where it changes nothing), are not.
+    Power-of-two scales (both styles): the hypothesis moves the scale onto x, which is exact only
+    then (with arbitrary scales the kernel rounds code x scale, the alternative x x scale)."""
+    p = _problem("fp8_w8a16_gemm", style, seed=5, shape=dict(m=4, k=32, n=32), quant_dtype=quant_dtype,
+                 bias=True)
+    c, o = "float16", "float32"
+    actual = _w8a16_scales_along_k(p, c, o)
+    e = expect("fp8_w8a16_gemm", p, exact=style == "exact", compute_dtype=c, out_dtype=o)
+    from oracle.compare import compare
+    assert compare(actual, e.expected, e.bound) is not None  # the mistake is visible
+    found = diagnose("fp8_w8a16_gemm", p, actual, exact=style == "exact", compute_dtype=c, out_dtype=o)
+    assert [f.hypothesis for f in found] == ["scales_transposed"], [f.sentence for f in found]
+    assert found[0].sentence == (
+        "the per-channel weight scales were applied along K (rows) instead of N (columns): the scale tensor "
+        "reached the kernel transposed ([32, 1] where [1, 32] was expected)")
+
+    correct = _run("fp8_w8a16_gemm", p, c, o)
+    assert diagnose("fp8_w8a16_gemm", p, correct, exact=style == "exact", compute_dtype=c, out_dtype=o) == []
+
+    uniform = dict(p, b_scale=np.full_like(p["b_scale"], p["b_scale"][0, 0]))
+    found = diagnose("fp8_w8a16_gemm", uniform, _w8a16_scales_along_k(uniform, c, o), exact=style == "exact",
+                     compute_dtype=c, out_dtype=o)
+    assert found == [], [f.sentence for f in found]
+
+
+def test_fp8_w8a16_scales_along_k_needs_a_square_per_channel_scale():
+    from oracle.diagnosis import scales_transposed
+
+    ctx = {"_op": "fp8_w8a16_gemm"}
+    wide = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=16))
+    assert list(scales_transposed(wide, ctx)) == []  # [16, 1] cannot broadcast against K=32
+    per_tensor = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=32), per_channel=False)
+    assert list(scales_transposed(per_tensor, ctx)) == []
+    square = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=32))
+    (alt, sentence), = scales_transposed(square, ctx)
+    assert np.array_equal(alt["x"], square["x"] * square["b_scale"].reshape(1, 32)) and np.all(alt["b_scale"] == 1)

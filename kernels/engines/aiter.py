@@ -209,7 +209,8 @@ def load() -> tuple[list[KernelAdapter], str | None]:
         fn, where = find_symbol(s["paths"], s["symbol"])
         call = s["make_call"](fn) if fn is not None else missing_call(f"{s['name']}: {where}")
         adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call, target=fn,
-                                      signature=s["signature"], description=s["description"], **s["fields"]))
+                                      signature=s["signature"], description=s["description"],
+                                      supports=s["supports"], **s["fields"]))
     return adapters, None
 
 

@@ -141,7 +141,25 @@ def test_bundled_quant_adapter_passes_a_sample_of_its_grid(op):
 # ------------------------------------------------------------------ seed 002 through the CLI
 
 
-def test_gate_fails_the_seed_002_zoo_entry_on_the_real_output_and_the_fake_and_passes_the_bundled_op(tmp_path):
+@pytest.fixture(scope="module")
+def fuzz_run(tmp_path_factory):
+    """The 30 s fuzz of the zoo entry and the bundled op, started once and run alongside the gate."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", ZOO, "--kernels", "bundled:per_token_quant",
+         "--budget", "30s", "--device", "cpu", "--failures-dir", str(tmp / "failures"),
+         "--results", str(tmp / "r.jsonl")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, tmp / "failures"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_gate_fails_the_seed_002_zoo_entry_on_the_real_output_and_the_fake_and_passes_the_bundled_op(tmp_path,
+                                                                                                    fuzz_run):
     results = tmp_path / "r.jsonl"
     r = qkcheck("gate", "--device", "cpu", "--kernels", ZOO, "--kernels", "bundled:per_token_quant",
                 "--failures-dir", str(tmp_path / "failures"), "--results", str(results))
@@ -161,19 +179,18 @@ def test_gate_fails_the_seed_002_zoo_entry_on_the_real_output_and_the_fake_and_p
         assert checks["fake_vs_real"]["outcome"] == "fail" and checks["fake_vs_real"]["detail"] == f"fake: {WRONG}"
 
 
-def test_fuzz_finds_seed_002_shrinks_it_and_the_printed_replay_reproduces(tmp_path):
-    fails = tmp_path / "failures"
-    r = qkcheck("fuzz", "--kernels", ZOO, "--kernels", "bundled:per_token_quant", "--budget", "30s",
-                "--device", "cpu", "--failures-dir", str(fails), "--results", str(tmp_path / "r.jsonl"))
-    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "1 failed, 1 passed" in r.stdout  # the zoo entry fails, the bundled op survives the budget
+def test_fuzz_finds_seed_002_shrinks_it_and_the_printed_replay_reproduces(fuzz_run):
+    proc, fails = fuzz_run
+    stdout, stderr = proc.communicate(timeout=400)
+    assert proc.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    assert "1 failed, 1 passed" in stdout  # the zoo entry fails, the bundled op survives the budget
     saved = sorted(fails.glob("*.json"))
     assert len(saved) == 1
     case = json.loads(saved[0].read_text())
     # minimal: one row, one element, int8, the kernel's default config
     assert case["shape"] == {"m": 1, "k": 1} and case["params"]["quant_dtype"] == "int8" and case["config"] == {}
-    printed = re.search(r"replay: (qkcheck replay \S+ --kernels \S+)", r.stdout)
-    assert printed and printed.group(1).endswith(f"--kernels {ZOO}"), r.stdout[-3000:]
+    printed = re.search(r"replay: (qkcheck replay \S+ --kernels \S+)", stdout)
+    assert printed and printed.group(1).endswith(f"--kernels {ZOO}"), stdout[-3000:]
     argv = shlex.split(printed.group(1))
     # the printed command as a user runs it, and the same case on the bundled op (concurrently)
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

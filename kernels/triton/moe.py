@@ -800,20 +800,25 @@ def _moe_gemm_kernel(
 
 @triton.jit
 def _sum_slots_kernel(
-    src_ptr, out_ptr, H, top_k, splits,
+    src_ptr, out_ptr, ids_ptr, map_ptr, H, top_k, splits, num_experts, num_local,
     stride_ss, stride_sa, stride_sh, stride_ot, stride_oh,
-    BLOCK: tl.constexpr,
+    HAS_MAP: tl.constexpr, BLOCK: tl.constexpr, K_PAD: tl.constexpr,
 ):
-    """out[t, h] = sum over splits s (outer) and slots j (inner), in that fixed order, of
-    src[s, t * top_k + j, h] (float32), cast to out's dtype."""
+    """out[t, h] = sum over slots j (outer) and splits s (inner), in that fixed order, of
+    src[s, t * top_k + j, h] (float32), cast to out's dtype. Slots whose expert is not local (or
+    out of range) have no block, so their rows of src were never written: they are skipped."""
     t = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < H
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for s in range(0, splits):
-        for j in range(0, top_k):
-            acc += tl.load(src_ptr + s * stride_ss + (t * top_k + j) * stride_sa + offs * stride_sh,
-                           mask=mask, other=0.0)
+    slot = tl.arange(0, K_PAD)
+    local = _local_expert(ids_ptr, map_ptr, t * top_k + slot, (t + 1) * top_k, num_experts, num_local, HAS_MAP)
+    for j in range(0, top_k):
+        a = t * top_k + j
+        kept = tl.sum(tl.where((slot == j) & (local >= 0), 1, 0), axis=0)
+        row_mask = mask & ((offs * 0 + kept) > 0)
+        for s in range(0, splits):
+            acc += tl.load(src_ptr + s * stride_ss + a * stride_sa + offs * stride_sh, mask=row_mask, other=0.0)
     tl.store(out_ptr + t * stride_ot + offs * stride_oh, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -1311,8 +1316,9 @@ def _fused_experts(x, topk_ids, topk_weights, w13, w2, *, activation, swiglu_lim
         weights_flat = weights_flat.contiguous()
     quantized = g13.scheme.quantized_activations
     fp8_dtype = w13.weight.dtype if quantized else None
-    # without a map every assignment has a block, so every row of the buffers below is written;
-    # with one, rows of dropped assignments stay 0
+    # without a map (and with valid ids) every assignment has a block, so every row of GEMM 1's
+    # output is written; with one, rows of dropped assignments stay 0 (GEMM 2 never reads them,
+    # but a launcher wrapping the kernel may process all of A)
     alloc = torch.empty if expert_map is None else torch.zeros
 
     if quantized:
@@ -1345,18 +1351,22 @@ def _fused_experts(x, topk_ids, topk_weights, w13, w2, *, activation, swiglu_lim
     else:
         a2, a2_scale = act_out, None
 
-    # GEMM 2 -> float32 [split_k, T*k, H] partials, router weight applied on the output
+    # GEMM 2 -> float32 [split_k, T*k, H] partials, router weight applied on the output (rows of
+    # dropped slots are never written: the reduction skips them)
     split_k = config.split_k
-    slots = alloc((split_k, n_assign, H), dtype=torch.float32, device=device)
+    slots = torch.empty((split_k, n_assign, H), dtype=torch.float32, device=device)
     _launch_gemm(g2, a2, a2_scale, slots, weights_flat, n_cols=H, up_offset=0, a_row_div=1,
                  fuse_act=False, act=activation, limit=None,
                  mul_weight=not apply_router_weight_on_input, split_k=split_k, **common)
     # y[t] = sum over splits, then slots, in a fixed order (deterministic), cast to out_dtype
     out = torch.empty((T, H), dtype=out_dtype, device=device)
     block = min(1024, triton.next_power_of_2(H))
+    flat_ids = topk_ids.reshape(-1)
     _sum_slots_kernel[(T, triton.cdiv(H, block))](
-        slots, out, H, top_k, split_k, slots.stride(0), slots.stride(1), slots.stride(2),
-        out.stride(0), out.stride(1), BLOCK=block,
+        slots, out, flat_ids, expert_map if expert_map is not None else flat_ids, H, top_k, split_k,
+        global_experts, E_local, slots.stride(0), slots.stride(1), slots.stride(2),
+        out.stride(0), out.stride(1), HAS_MAP=expert_map is not None, BLOCK=block,
+        K_PAD=triton.next_power_of_2(top_k),
     )
     return out
 

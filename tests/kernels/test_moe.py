@@ -357,14 +357,15 @@ class ExactCase:
     def id(self):
         c = self.config
         parts = [self.scheme, f"T{self.T}H{self.H}I{self.I}E{self.E}k{self.k}",
-                 f"bm{c.block_m}bn{c.block_n}bk{c.block_k}{'' if c.fuse_activation else '-split'}", self.pattern]
+                 f"bm{c.block_m}bn{c.block_n}bk{c.block_k}{'' if c.fuse_activation else '-split'}"
+                 + (f"-sk{c.split_k}" if c.split_k > 1 else ""), self.pattern]
         if self.scheme == "w4a16":
             parts += [self.layout, f"g{self.G}", "asym" if self.asym else "sym"]
         return "-".join(parts)
 
 
-def C(bm=16, bn=16, bk=32, fuse=True):
-    return MoEConfig(bm, bn, bk, fuse_activation=fuse)
+def C(bm=16, bn=16, bk=32, fuse=True, split=1):
+    return MoEConfig(bm, bn, bk, fuse_activation=fuse, split_k=split)
 
 
 EXACT_CASES = [
@@ -376,6 +377,12 @@ EXACT_CASES = [
     ExactCase("w4a16", G=32, config=C(bk=32, fuse=False), layout="awq"),
     ExactCase("w4a16", G=16, config=C(bk=64), layout="nibble", asym=True, pattern="sparse"),
     ExactCase("w4a16", G=32, T=5, E=1, k=1, config=C(bk=32, bn=32), layout="awq", asym=True),
+    # G=12 (neither divides nor is divided by BLOCK_K) and I=36 (the up columns start mid-word
+    # in AWQ's N packing): the per-k-row scale path and the per-element word gather
+    ExactCase("w4a16", H=96, I=36, G=12, config=C(bk=16), layout="awq", asym=True),
+    # GEMM 2 split along K (I=64: 2 and 3 splits of 16-wide K tiles, the last split shorter)
+    ExactCase("dense", I=64, config=C(bk=16, split=3), pattern="sparse"),
+    ExactCase("w4a16", I=64, G=16, config=C(bk=32, split=2), layout="gptq", asym=True),
     # mxfp4 (groups of 32): BLOCK_K 16 / 32 / 64
     ExactCase("mxfp4", config=C(bk=16)),
     ExactCase("mxfp4", config=C(bk=64, fuse=False), pattern="one"),
@@ -727,6 +734,58 @@ def test_align_block_size_invariants(spec, device):
     assert set(b[: n // bm].tolist()) == set(np.flatnonzero(counts).tolist())  # no blocks for empty experts
 
 
+def test_align_fast_path_drops_out_of_range_ids(device):
+    """validate=False: no host read; ids outside 0..E-1 (and map entries outside the local range)
+    are dropped, never used as addresses; valid ones are placed as with validation."""
+    ids = torch.tensor([[0, 5], [-3, 2], [1, 0]], dtype=torch.int32, device=device)
+    s, b, n = moe.align_block_size(ids, 16, 4, validate=False)
+    assert int(n.item()) == 48 and b.tolist()[:3] == [0, 1, 2]
+    assert s[:16].tolist()[:2] == [0, 5] and s[16] == 4 and s[32] == 3
+    assert (s[2:16] == 6).all() and (s[17:32] == 6).all() and (s[33:] == 6).all()
+    emap = torch.tensor([0, 7, -1, 1], dtype=torch.int32, device=device)  # 7: beyond 2 local experts
+    s, b, n = moe.align_block_size(ids.clamp(0, 3), 16, 4, emap, num_local_experts=2, validate=False)
+    # local: [[0, 1], [0, dropped (-1)], [dropped (7), 0]]
+    assert int(n.item()) == 32 and b.tolist()[:3] == [0, 1, -1]
+    assert s[:4].tolist() == [0, 2, 5, 6] and s[16] == 1 and (s[17:] == 6).all() and (s[3:16] == 6).all()
+
+
+def test_fast_path_is_bitwise_equal_and_repeatable(device):
+    """validate=False computes the same bits as the validated call; repeats are bitwise equal
+    (split-K partials are summed in a fixed order, no atomics)."""
+    rng = np.random.default_rng(12)
+    ex = make_experts("w4a16", E=4, H=64, I=64, device=device, seed=2, exact=False, G=16, asym=True)
+    x = torch.from_numpy(wide_float("float16").round(rng.standard_normal((6, 64)))).to(device, torch.float16)
+    ids = torch.from_numpy(routing_ids(rng, 6, 2, 4, "random")).to(device, torch.int32)
+    w = torch.from_numpy(rng.random((6, 2))).to(device, torch.float32)
+    cfg = C(bk=32, split=2)
+    ref = moe.fused_experts(x, ids, w, ex.w13, ex.w2, config=cfg)
+    for _ in range(2):
+        assert torch.equal(moe.fused_experts(x, ids, w, ex.w13, ex.w2, config=cfg, validate=False), ref)
+    bad = ids.clone()
+    bad[0, 1] = 9  # fast path: an out-of-range id contributes nothing (validated path raises)
+    got = moe.fused_experts(x, bad, w, ex.w13, ex.w2, config=cfg, validate=False)
+    single = moe.fused_experts(x[:1], ids[:1, :1], w[:1, :1], ex.w13, ex.w2, config=cfg)
+    assert torch.equal(got[1:], ref[1:]) and torch.equal(got[:1], single)
+    with pytest.raises(ValueError, match=r"topk_ids holds expert id 9"):
+        moe.fused_experts(x, bad, w, ex.w13, ex.w2, config=cfg)
+    with pytest.raises(TypeError, match=r"validate=1 must be a bool"):
+        moe.fused_experts(x, ids, w, ex.w13, ex.w2, validate=1)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 4096, 14336, 8), (8, 6, 2048, 1408, 64), (32, 2, 4096, 14336, 8),
+                                   (512, 6, 2048, 1408, 64), (5, 2, 64, 32, 4)])
+def test_default_config_is_valid_and_decode_shaped(shape):
+    T, k, H, I, E = shape
+    cfg = moe.default_config(T, k, H, I, E)
+    moe._validate_config(cfg)
+    assert moe.MoEConfig.from_list(cfg.as_list()) == cfg
+    assert cfg.block_n <= max(16, I) and cfg.block_k <= max(16, min(H, I))
+    if T * k <= 16 * E:
+        assert cfg.block_m == 16
+    if shape == (1, 2, 4096, 14336, 8):  # 2 hit experts x 4096 / BLOCK_N programs: GEMM 2 is split
+        assert cfg.split_k > 1 and 2 * (H // cfg.block_n) * cfg.split_k <= 2 * moe.DECODE_TARGET_PROGRAMS
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input: clear errors before any launch
 
@@ -758,6 +817,8 @@ BAD_INPUTS = [
                  r"apply_router_weight_on_input=True needs top_k == 1 \(got top_k=2\)", id="on-input-top_k"),
     pytest.param(lambda ex, x, lg: dict(config=MoEConfig(24, 16, 16)), ValueError,
                  r"config\.block_m=24 must be a power of two >= 16", id="config-block_m"),
+    pytest.param(lambda ex, x, lg: dict(config=MoEConfig(16, 16, 16, split_k=0)), ValueError,
+                 r"config\.split_k=0 must be an integer >= 1", id="config-split_k"),
     pytest.param(lambda ex, x, lg: dict(activation="gelu"), ValueError,
                  r"activation='gelu' is not known \(allowed: silu, swiglu\)", id="activation"),
     pytest.param(lambda ex, x, lg: dict(swiglu_limit=7.0), ValueError,

@@ -18,7 +18,10 @@ Scales (float32, float16 or bfloat16 in; float32 out):
 - per-tensor / per-channel schemes (``fp8_w8a16``, ``fp8_w8a8``, ``int8_w8a8``): a scalar,
   ``[1]`` or ``[1, 1]`` (per-tensor) -> ``b_scale [1, 1]``; ``[N]``, ``[N, 1]`` or ``[1, N]``
   (one scale per output channel n) -> ``b_scale [1, N]``. A per-channel vector is indexed by n
-  whatever the weight's orientation, so it is reshaped, never transposed.
+  whatever the weight's orientation, so it is reshaped, never transposed. The output is always
+  in the kernel's orientation: ``fp8_w8a16_gemm`` broadcasts ``b_scale`` against ``b [K, N]``,
+  so an ``[N, 1]`` scale handed to it as it arrived would be rejected (N != K) or would scale
+  the rows k of a square weight.
 - block scheme (``fp8_block``, ``block=(bk, bn)``): the scale grid follows the weight's
   orientation: ``[ceil(N/bn), ceil(K/bk)]`` for ``"nk"`` and ``[ceil(K/bk), ceil(N/bn)]`` for
   ``"kn"``; it is transposed exactly when the weight is, giving ``b_scale [ceil(K/bk), ceil(N/bn)]``.

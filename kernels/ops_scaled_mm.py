@@ -8,7 +8,10 @@ Ops (namespace ``qkcheck``):
 - ``qkcheck::block_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, int[] block,
   ScalarType out_dtype, Tensor? bias, int[]? config) -> Tensor``
 - ``qkcheck::fp8_w8a16_gemm(Tensor x, Tensor b, Tensor b_scale, ScalarType out_dtype,
-  Tensor? bias, int[]? config) -> Tensor``
+  Tensor? bias, int[]? config) -> Tensor``; ``b_scale`` broadcasts against ``b [K, N]`` like
+  ``b.float() * b_scale`` (``[1, N]`` / ``[N]`` per output channel, ``[K, 1]`` per input row,
+  ``[]`` / ``[1]`` / ``[1, 1]`` per tensor): an ``[N, 1]`` scale with N != K is rejected, by the
+  fake too, and on a square weight scales the rows k
 
 ``config`` is ``ScaledMMConfig.as_list()`` (block_m, block_n, block_k[, split_k, group_m,
 num_warps, num_stages]) or None for the default; ``block`` is ``[block_k, block_n]``.

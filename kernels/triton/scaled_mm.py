@@ -21,9 +21,11 @@ operand path:
   ``SUB_K = min(BLOCK_K, bk)`` columns, each lying inside one scale group: each sub-tile's dot
   is scaled with its own group's scales, so BLOCK_K below, equal to or above ``bk`` is correct
   (``bk`` must be a power of two >= 32; ``bn`` may be any positive integer).
-- :func:`fp8_w8a16_gemm` — fp16/bf16 activations, fp8 weights with a per-tensor or per-channel
-  scale: each weight tile is dequantized ``(b * b_s)`` in float32, cast to the activation dtype and
-  multiplied with ``tl.dot`` accumulating in float32.
+- :func:`fp8_w8a16_gemm` — fp16/bf16 activations, fp8 weights with a scale that broadcasts
+  against the ``[K, N]`` weight exactly as ``b.float() * b_scale`` does (per-tensor, per output
+  channel ``[1, N]`` / ``[N]``, per input row ``[K, 1]``): each weight tile is dequantized
+  ``(b * b_s)`` in float32, cast to the activation dtype and multiplied with ``tl.dot``
+  accumulating in float32.
 
 Operands: ``a`` ``[M, K]`` and ``b`` ``[K, N]`` are read through their strides, so ``b`` may be a
 transposed view ``w.t()`` of a contiguous ``[N, K]`` weight (the usual storage). fp8 dtypes:
@@ -38,8 +40,15 @@ elsewhere (e4m3fnuz on NVIDIA GPUs, ROCm, older GPUs).
 
 Scale shapes accepted (float32, float16 or bfloat16; read as float32):
 ``a_scale``: ``[]``, ``[1]``, ``[1, 1]`` (per-tensor) or ``[M, 1]`` (per-token);
-``b_scale``: ``[]``, ``[1]``, ``[1, 1]`` (per-tensor) or ``[1, N]``, ``[N]``, ``[N, 1]``
-(per-channel — ``[N, 1]`` is the ``[N, K]``-weight convention and means the same as ``[1, N]``).
+``b_scale`` of :func:`scaled_mm`: ``[]``, ``[1]``, ``[1, 1]`` (per-tensor) or ``[1, N]``, ``[N]``,
+``[N, 1]`` (per-channel — ``[N, 1]`` is the ``[N, K]``-weight convention and means the same as
+``[1, N]``);
+``b_scale`` of :func:`fp8_w8a16_gemm`: broadcast against ``b [K, N]`` like ``b.float() * b_scale``,
+a 2-D scale read with its own strides as ``[rows, cols]``: ``[]``, ``[1]``, ``[1, 1]`` per-tensor,
+``[1, N]`` or ``[N]`` per output channel, ``[K, 1]`` per input row (``[K, N]`` per element). The
+orientation is the caller's: an ``[N, 1]`` checkpoint scale is *not* taken as per-channel — it is
+rejected when ``N != K`` and, on a square weight, scales the rows k (what it broadcasts to);
+``kernels.loaders.prepare_weights`` turns checkpoint scales into ``[1, N]``.
 
 Split-K (``config.split_k > 1``): each split writes its scaled float32 partial into a
 ``[split_k, M, N]`` workspace, reduced by the launcher with a deterministic ``sum`` before bias
@@ -342,11 +351,11 @@ def _block_scaled_mm_kernel(
 def _fp8_w8a16_kernel(
     x_ptr, b_ptr, bs_ptr, bias_ptr, out_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_bk, stride_bn, stride_bs,
+    stride_xm, stride_xk, stride_bk, stride_bn, stride_bsk, stride_bsn,
     stride_os, stride_om, stride_on,
     DECODE: tl.constexpr,
     EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, BIAS: tl.constexpr, SPECIALS: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    SCALE_PER_K: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
@@ -362,7 +371,11 @@ def _fp8_w8a16_kernel(
     tile_begin = pid_k * tiles_per_split
     tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
 
-    b_s = tl.load(bs_ptr + offs_n * stride_bs, mask=mask_n, other=0.0).to(tl.float32)
+    # b_scale broadcast to [K, N] through its strides (0 along a broadcast axis): without a K
+    # stride it is one value per column (or one for all), loaded once; with one, a [BLOCK_K,
+    # BLOCK_N] tile of it is loaded beside every weight tile
+    if not SCALE_PER_K:
+        b_s_cols = tl.load(bs_ptr + offs_n * stride_bsn, mask=mask_n, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(tile_begin, tile_end):
         offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -375,7 +388,12 @@ def _fp8_w8a16_kernel(
             b = _fp8_bits_to_f32(b, EXP_BITS, MAN_BITS, BIAS, SPECIALS)
         else:
             b = b.to(tl.float32)
-        w = (b * b_s[None, :]).to(x.dtype)
+        if SCALE_PER_K:
+            b_s = tl.load(bs_ptr + offs_k[:, None] * stride_bsk + offs_n[None, :] * stride_bsn,
+                          mask=mask_k[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            w = (b * b_s).to(x.dtype)
+        else:
+            w = (b * b_s_cols[None, :]).to(x.dtype)
         acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
 
     if HAS_BIAS:
@@ -529,6 +547,31 @@ def _per_column_stride(name: str, scale: torch.Tensor, N: int) -> int:
     )
 
 
+def _weight_broadcast_strides(name: str, scale: torch.Tensor, K: int, N: int) -> tuple[int, int]:
+    """(stride along k, stride along n) of a scale broadcast against the ``[K, N]`` weight as
+    ``w * scale`` broadcasts: a 0-D or 1-D scale lines up with the columns (``[N]``, or ``[1]``
+    for all), a 2-D one is ``[rows, cols]`` read with its own strides; an axis of size 1 has
+    stride 0. Per-tensor ``[]``, ``[1]``, ``[1, 1]``; per output channel ``[1, N]``, ``[N]``;
+    per input row ``[K, 1]`` (and ``[K, N]`` per element)."""
+    shape = tuple(scale.shape)
+    rows, cols = (1,) * (2 - len(shape)) + shape if len(shape) <= 2 else (None, None)
+    if rows in (1, K) and cols in (1, N):
+        strides = (1,) * (2 - scale.dim()) + tuple(scale.stride())
+        return (strides[0] if rows != 1 else 0), (strides[1] if cols != 1 else 0)
+    if shape == (N, 1):
+        fix = ("per-channel scales are [1, N] or [N]; prepare_weights converts checkpoint [N, 1] scales "
+               f"(or pass b_scale.reshape(1, {N}))")
+    elif shape == (1, K) or shape == (K,):
+        fix = f"a per-input-row scale is [K, 1] = [{K}, 1]; pass b_scale.reshape({K}, 1)"
+    else:
+        fix = "per-channel scales are [1, N] or [N]; prepare_weights converts checkpoint scales"
+    raise ValueError(
+        f"{name}.shape={_shape(scale)} does not broadcast to the weight's [K, N] = [{K}, {N}] (allowed: [], [1], "
+        f"[1, 1] per-tensor, [1, {N}] or [{N}] per output channel, [{K}, 1] per input row, [{K}, {N}] per "
+        f"element); {fix}"
+    )
+
+
 def _format_constants(dtype: torch.dtype) -> dict:
     """The fp8 format's fields as kernel constexprs (int8: unused placeholders)."""
     if dtype == torch.int8:
@@ -638,10 +681,10 @@ def _validate_fp8_w8a16(x, b, b_scale, out_dtype, bias):
         )
     M, N, K = _check_operands(x, b, a_name="x")
     _check_scale_dtype("b_scale", b_scale)
-    stride_bs = _per_column_stride("b_scale", b_scale, N)
+    stride_bsk, stride_bsn = _weight_broadcast_strides("b_scale", b_scale, K, N)
     _check_bias(bias, N)
     out_dtype = _check_out_dtype(out_dtype)
-    return M, N, K, stride_bs, out_dtype
+    return M, N, K, stride_bsk, stride_bsn, out_dtype
 
 
 def check_scaled_mm_arguments(a, b, a_scale, b_scale, *, out_dtype, bias=None, azp=None) -> tuple[int, int]:
@@ -815,11 +858,13 @@ def fp8_w8a16_gemm(
     kernel=None,
 ) -> torch.Tensor:
     """``out = x @ (b * b_scale) + bias``: fp16/bf16 activations ``x [M, K]``, fp8 weight codes
-    ``b [K, N]`` (any strides), b_scale per-tensor or per-channel (shapes as :func:`scaled_mm`).
+    ``b [K, N]`` (any strides), b_scale broadcast against ``b`` as ``b.float() * b_scale`` would
+    (``[]``/``[1]``/``[1, 1]`` per-tensor, ``[1, N]``/``[N]`` per output channel, ``[K, 1]`` per
+    input row, any strides; anything else, e.g. ``[N, 1]`` with N != K, is a ValueError).
     The weight tile is dequantized in float32, cast to x.dtype, and multiplied with ``tl.dot``
     accumulating in float32. fp8_path only changes how the weight bytes are read (both exact).
     """
-    M, N, K, stride_bs, out_dtype = _validate_fp8_w8a16(x, b, b_scale, out_dtype, bias)
+    M, N, K, stride_bsk, stride_bsn, out_dtype = _validate_fp8_w8a16(x, b, b_scale, out_dtype, bias)
     _check_fp8_path(fp8_path)
     config = _validate_config(default_config(M, N, K) if config is None else config)
     if M == 0 or N == 0:
@@ -833,10 +878,10 @@ def fp8_w8a16_gemm(
         bias if fuse_bias else b_scale,
         target,
         M, N, K,
-        x.stride(0), x.stride(1), b.stride(0), b.stride(1), stride_bs,
+        x.stride(0), x.stride(1), b.stride(0), b.stride(1), stride_bsk, stride_bsn,
         stride_os, stride_om, stride_on,
         DECODE=decode, **_format_constants(b.dtype),
-        HAS_BIAS=fuse_bias,
+        SCALE_PER_K=stride_bsk != 0, HAS_BIAS=fuse_bias,
         **_launch_options(config),
     )
     return _finish(target, config.split_k, bias, out_dtype)

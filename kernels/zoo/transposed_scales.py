@@ -13,14 +13,22 @@ This entry is that loader step, ``process_weights_after_loading`` below, in plac
 ``kernels.loaders.prepare_weights`` in the bundled FP8 W8A16 adapter's path (same packing, same
 custom op, same kernel): the weight orientation is inferred from ``(out_features, in_features)``
 and contiguity instead of the declared ``weight_layout``, and ``weight_scale`` is transposed
-unconditionally, as the seed's code does. What the harness can see of it here: this repository's
-kernel takes a per-channel scale as ``[1, N]``, ``[N]`` or ``[N, 1]`` alike, so the
-unconditional transpose of a per-channel or per-tensor scale changes no value; the weight/scale
-decision it was meant to mirror, however, is wrong on square matrices whenever contiguity does
-not match the convention — a contiguous ``[K, N]`` checkpoint is transposed, a ``[N, K]``
-transposed view is not — and every column of the output then mixes the wrong weights.
-Non-square matrices are decided by shape and come out right, which is why the mistake survives
-tests on non-square layers.
+unconditionally, as the seed's code does (``.t()`` of a 0-D or 1-D scale is a no-op, as in
+torch). The kernel broadcasts ``b_scale`` against the ``[K, N]`` weight like
+``w.float() * b_scale``, so the scale's orientation matters, as in the seed's kernel:
+
+- a per-channel scale that arrives ``[N, 1]`` (the ``[N, K]`` convention) becomes ``[1, N]``:
+  right;
+- one that arrives ``[1, N]`` (consistent with a ``[K, N]`` weight) becomes ``[N, 1]``: on a
+  square weight the kernel silently applies it along K, row k scaled by the scale of channel k
+  (scales transposed); on a non-square one the kernel rejects the shape (a loud failure);
+- on square weights the orientation guess is also wrong wherever contiguity contradicts the
+  "contiguous means ``[N, K]``" convention — a contiguous ``[K, N]`` checkpoint is transposed, a
+  ``[N, K]`` transposed view is not — and every column mixes the wrong weights.
+
+Per-tensor scales and ``[N]`` vectors come through unchanged, and non-square weights are decided
+by shape, which is why the mistake survives tests on the usual ``[N, 1]``-scaled, non-square
+layers.
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ def process_weights_after_loading(weight, weight_scale, *, in_features: int, out
     ):
         weight = weight.t()
     # THE BUG (seed 004): the scale is transposed whatever was decided for the weight above
+    # (a [1, N] scale becomes [N, 1]; .t() leaves 0-D and 1-D scales as they are)
     weight_scale = weight_scale.t().contiguous()
     return weight, weight_scale
 
@@ -67,7 +76,7 @@ ADAPTER = KernelAdapter(
     default_config=_default,
     expected_backend=backends.NATIVE,
     description="seed 004: FP8 W8A16 loader guessing orientation by shape/contiguity, weight_scale transposed "
-                "unconditionally (square matrices)",
+                "unconditionally ([1,N] scales reach the kernel as [N,1]; square weights misoriented)",
 )
 
 

@@ -5,7 +5,9 @@ each way a checkpoint can deliver it — ``[N, K]`` or ``[K, N]``, contiguous or
 view, square or not, with the scale in every accepted shape — and the loader's output is run
 through the kernel and compared bit-exactly with the oracle of the *canonical* problem (exact
 regime as in test_scaled_mm). A loader that guesses orientation from contiguity and transposes
-scales unconditionally is run through the same check and caught on a square matrix.
+scales unconditionally is run through the same check and caught on a square matrix, and so is
+the seed-004 loader step, whose unconditional ``weight_scale.t()`` turns a [1, N] scale into the
+[N, 1] the FP8 W8A16 kernel broadcasts along K.
 """
 from __future__ import annotations
 
@@ -180,6 +182,56 @@ def test_broken_loader_passes_where_its_guess_happens_to_be_right(device):
     the failures above come from its guesses, not from the harness."""
     run_end_to_end("fp8_block", "nk", "square", None, device, loader=contiguity_loader)
     run_end_to_end("int8_w8a8", "nk", "square", "[N,1]", device, loader=contiguity_loader)
+
+
+@pytest.mark.parametrize("arrival", ARRIVALS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_loader_outputs_kernel_layout_scales_for_every_arrival(arrival, shape, device):
+    """Every checkpoint scale comes out as the kernel reads it: [1, N] per channel, [1, 1] per
+    tensor — never [N, 1], which the FP8 W8A16 kernel broadcasts along K (rows) on a square
+    weight and rejects otherwise."""
+    N, K = SHAPES[shape]
+    weight, layout = arrive(torch.zeros((K, N), device=device).to(torch.float8_e4m3fn), arrival)
+    cols = np.arange(1.0, N + 1)
+    for scale_shape in CHANNEL_SCALES:
+        prepared = prepare_weights("fp8_w8a16", weight, channel_scale(cols, scale_shape, device), weight_layout=layout)
+        per_tensor = scale_shape in ("float", "[]", "[1]")
+        assert tuple(prepared["b_scale"].shape) == ((1, 1) if per_tensor else (1, N)), scale_shape
+        want = np.full((1, 1), cols[0]) if per_tensor else cols.reshape(1, N)
+        assert np.array_equal(prepared["b_scale"].cpu().double().numpy(), want), scale_shape
+
+
+def seed_004_loader(shape: str):
+    """The seed-004 loader step (kernels.zoo.transposed_scales) behind prepare_weights' signature:
+    orientation from the shape and, for square weights, contiguity; weight_scale.t() always."""
+    from kernels.zoo.transposed_scales import process_weights_after_loading
+
+    N, K = SHAPES[shape]
+
+    def load(scheme, weight, weight_scale, *, weight_layout, block=None):
+        b, b_scale = process_weights_after_loading(weight, weight_scale, in_features=K, out_features=N)
+        return {"b": b, "b_scale": b_scale.float()}
+    return load
+
+
+def test_seed_004_loader_passes_its_authors_case(device):
+    """A contiguous [N, K] checkpoint with [N, 1] scales: the guess is right and .t() gives [1, N]."""
+    for shape in SHAPES:
+        run_end_to_end("fp8_w8a16", "nk", shape, "[N,1]", device, loader=seed_004_loader(shape))
+
+
+def test_seed_004_loader_scales_a_square_weight_along_k(device):
+    """A [K, N] checkpoint (a view of [N, K] storage, so the orientation guess is right) with a
+    consistent [1, N] scale: the unconditional .t() hands the kernel [N, 1], which it broadcasts
+    along K on a square weight: a silent wrong answer, caught end to end."""
+    with pytest.raises(pytest.fail.Exception, match="not RNE"):
+        run_end_to_end("fp8_w8a16", "kn-view", "square", "[1,N]", device, loader=seed_004_loader("square"))
+
+
+def test_seed_004_loader_fails_loudly_on_a_non_square_weight(device):
+    with pytest.raises(ValueError, match=r"b_scale\.shape=\[40, 1\] does not broadcast to the weight's \[K, N\] = "
+                                         r"\[96, 40\] .*prepare_weights converts checkpoint \[N, 1\] scales"):
+        run_end_to_end("fp8_w8a16", "kn", "wide", "[1,N]", device, loader=seed_004_loader("wide"))
 
 
 # ------------------------------------------------------------------ errors

@@ -209,6 +209,13 @@ def ref_fp8_w8a16(x, b, b_scale_cols, bias=None) -> np.ndarray:
     )
 
 
+def ref_fp8_w8a16_broadcast(x, b, scale_kn, bias=None) -> np.ndarray:
+    """``x @ (b * scale) + bias`` in float64 with the scale given as its full [K, N] broadcast
+    (a per-row or per-element scale: the oracle's fp8_w8a16_gemm takes [1, N] / [1, 1] only)."""
+    y = _values(x) @ (_values(b) * np.asarray(scale_kn, np.float64))
+    return y if bias is None else y + np.asarray(bias, np.float64)
+
+
 def assert_exact(out: torch.Tensor, ref: np.ndarray, out_dtype: torch.dtype) -> None:
     __tracebackhide__ = True
     out = out.cpu()
@@ -632,7 +639,7 @@ class W8A16Case:
     M: int = 5
     N: int = 40
     K: int = 96
-    b_scale: str = "[N,1]"
+    b_scale: str = "[1,N]"
     bias: bool = False
     out_dtype: torch.dtype = torch.float16
     storage: str = "nk"
@@ -658,21 +665,55 @@ def run_w8a16(case: W8A16Case, device) -> None:
     x = torch.from_numpy(rng.integers(ACT_RANGE[0], ACT_RANGE[1] + 1, (case.M, case.K)).astype(np.float32))
     x = x.to(device, case.act_dtype)
     b = weight_operand(rng, case.K, case.N, case.dtype, case.storage, device)
-    b_s, b_cols = b_scale_tensor(_pow2(rng, case.N, -3, 0), case.b_scale, device)
+    b_s, b_cols, scale_kn = w8a16_scale(rng, case.b_scale, case.K, case.N, device)
     bias = bias_vals = None
     if case.bias:
         bias_vals = rng.integers(BIAS_RANGE[0], BIAS_RANGE[1] + 1, case.N).astype(np.float64)
         bias = torch.from_numpy(bias_vals).to(device, case.act_dtype)
     out = fp8_w8a16_gemm(x, b, b_s, out_dtype=case.out_dtype, bias=bias, config=case.config, fp8_path=case.fp8_path)
-    assert_exact(out, ref_fp8_w8a16(x, b, b_cols, bias_vals), case.out_dtype)
+    ref = (ref_fp8_w8a16(x, b, b_cols, bias_vals) if b_cols is not None
+           else ref_fp8_w8a16_broadcast(x, b, scale_kn, bias_vals))
+    assert_exact(out, ref, case.out_dtype)
+
+
+def w8a16_scale(rng, shape: str, K: int, N: int, device) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray]:
+    """(b_scale tensor, per-column values [N] or None, its [K, N] broadcast) for one layout;
+    powers of two, distinct along the scale's axis. "-strided": a view with a non-unit stride
+    between its scales (a row / column of a wider tensor whose other entries are NaN)."""
+    strided = shape.endswith("-strided")
+    shape = shape.removesuffix("-strided")
+    if shape in ("scalar", "[1]", "[1,1]", "[1,N]", "[N]"):
+        t, cols = b_scale_tensor(_pow2(rng, N, -3, 0), shape, device)
+        if strided:  # [1, N] as a column-major row: element stride 3
+            wide = torch.full((N, 3), float("nan"), device=device)
+            wide[:, 1] = t.reshape(-1)
+            t = wide.t()[1:2]
+        return t, cols, np.broadcast_to(cols.reshape(1, N), (K, N))
+    if shape in ("[K,1]", "[N,1]"):  # [N, 1] on a square weight: what it broadcasts to, one scale per row k
+        if shape == "[N,1]" and N != K:
+            raise ValueError(f"{shape} broadcasts to [K, N] only on a square weight (N={N}, K={K})")
+        rows = _pow2(rng, K, -3, 0)
+        t = torch.from_numpy(rows).float().to(device).reshape(K, 1)
+        if strided:  # [K, 1] as a column of [K, 3]: row stride 3
+            wide = torch.full((K, 3), float("nan"), device=device)
+            wide[:, 1] = t[:, 0]
+            t = wide[:, 1:2]
+        return t, None, np.broadcast_to(rows.reshape(K, 1), (K, N))
+    if shape == "[K,N]":
+        vals = _pow2(rng, K * N, -3, 0).reshape(K, N)
+        return torch.from_numpy(vals).float().to(device).t().contiguous().t(), None, vals  # column-major storage
+    raise ValueError(shape)
 
 
 W8A16_CASES = (
-    [W8A16Case(d, b_scale=s) for d in FP8_DTYPES for s in ("scalar", "[1,N]", "[N]", "[N,1]")]
+    [W8A16Case(d, b_scale=s) for d in FP8_DTYPES for s in ("scalar", "[1,N]", "[N]", "[K,1]")]
+    + [W8A16Case(b_scale=s) for s in ("[1]", "[1,1]", "[1,N]-strided", "[K,1]-strided", "[K,N]")]
     + [W8A16Case(d, fp8_path="decode", bias=True) for d in FP8_DTYPES]
     + [W8A16Case(act_dtype=torch.bfloat16, out_dtype=out, bias=True) for out in (torch.bfloat16, torch.float32)]
     + [W8A16Case(out_dtype=torch.float32, bias=True, config=cfg(split_k=2)),
+       W8A16Case(out_dtype=torch.float32, b_scale="[K,1]", bias=True, config=cfg(split_k=2)),
        W8A16Case(M=1, N=33, K=72, storage="nk-padded", config=cfg(block_n=32)),
+       W8A16Case(M=3, N=33, K=72, b_scale="[K,1]", storage="nk-padded", config=cfg(block_n=32, block_k=64)),
        W8A16Case(M=17, N=24, K=160, storage="kn", config=None, bias=True)]
 )
 
@@ -680,6 +721,23 @@ W8A16_CASES = (
 @pytest.mark.parametrize("case", params(W8A16_CASES))
 def test_fp8_w8a16(case, device):
     run_w8a16(case, device)
+
+
+def test_fp8_w8a16_n_by_1_scale_on_a_square_weight_scales_the_rows(device):
+    """b_scale is broadcast like ``w * b_scale``, never reinterpreted: on a square weight an
+    [N, 1] scale (a checkpoint's [N, K]-convention per-channel scale, or a [1, N] one transposed
+    by mistake) scales the rows k — exactly what the same values as [1, N] do not."""
+    rng = np.random.default_rng(11)
+    K = N = 64
+    x = torch.from_numpy(rng.integers(-4, 5, (5, K)).astype(np.float32)).to(device, torch.float16)
+    b = weight_operand(rng, K, N, torch.float8_e4m3fn, "nk", device)
+    vals = 2.0 ** (np.arange(N) % 4 - 3.0)
+    t = torch.from_numpy(vals).float().to(device)
+    along_k = fp8_w8a16_gemm(x, b, t.reshape(N, 1), out_dtype=torch.float32, config=cfg())
+    assert_exact(along_k, ref_fp8_w8a16_broadcast(x, b, np.broadcast_to(vals.reshape(K, 1), (K, N))), torch.float32)
+    per_channel = fp8_w8a16_gemm(x, b, t.reshape(1, N), out_dtype=torch.float32, config=cfg())
+    assert_exact(per_channel, ref_fp8_w8a16(x, b, vals), torch.float32)
+    assert not torch.equal(along_k, per_channel)
 
 
 # ================================================================== subnormal fp8 operands
@@ -806,8 +864,20 @@ def test_fp8_w8a16_validation(device):
         fp8_w8a16_gemm(x, b, s, out_dtype=torch.float16)
     with pytest.raises(TypeError, match=r"b\.dtype=int8 is not an fp8 weight dtype"):
         fp8_w8a16_gemm(x.half(), b.view(torch.int8), s, out_dtype=torch.float16)
-    with pytest.raises(ValueError, match=r"b_scale\.shape=\[32\] fits no scale layout for N=16"):
-        fp8_w8a16_gemm(x.half(), b, torch.ones(32, device=device), out_dtype=torch.float16)
+    allowed = (r"\(allowed: \[\], \[1\], \[1, 1\] per-tensor, \[1, 16\] or \[16\] per output channel, "
+               r"\[32, 1\] per input row, \[32, 16\] per element\)")
+    for shape, fix in (
+        ((16, 1), r"per-channel scales are \[1, N\] or \[N\]; prepare_weights converts checkpoint \[N, 1\] scales "
+                  r"\(or pass b_scale\.reshape\(1, 16\)\)"),
+        ((32,), r"a per-input-row scale is \[K, 1\] = \[32, 1\]; pass b_scale\.reshape\(32, 1\)"),
+        ((1, 32), r"a per-input-row scale is \[K, 1\] = \[32, 1\]"),
+        ((2, 16), r"per-channel scales are \[1, N\] or \[N\]"),
+        ((1, 1, 16), r"per-channel scales are \[1, N\] or \[N\]"),
+    ):
+        dims = ", ".join(map(str, shape))
+        with pytest.raises(ValueError, match=rf"b_scale\.shape=\[{dims}\] does not broadcast to the weight's "
+                                             rf"\[K, N\] = \[32, 16\] {allowed}; {fix}"):
+            fp8_w8a16_gemm(x.half(), b, torch.ones(shape, device=device), out_dtype=torch.float16)
 
 
 # ================================================================== custom ops: fake vs real
@@ -823,9 +893,9 @@ def _op_cases(device):
            ref_b, dot_skip_reason(torch.float8_e4m3fn))
     x = torch.from_numpy(np.random.default_rng(4).integers(-4, 5, (3, 64)).astype(np.float32)).to(device, torch.float16)
     wb = weight_operand(np.random.default_rng(5), 64, 24, torch.float8_e5m2, "nk", device)
-    ws = torch.full((24, 1), 0.25, device=device)
+    ws = torch.from_numpy(2.0 ** (np.arange(64) % 3 - 2.0)).float().to(device).reshape(64, 1)  # per input row
     yield ("qkcheck::fp8_w8a16_gemm", (x, wb, ws, torch.float32, None, [16, 16, 32, 2]),
-           ref_fp8_w8a16(x, wb, np.full(24, 0.25)), None)
+           ref_fp8_w8a16_broadcast(x, wb, np.broadcast_to(_values(ws), (64, 24))), None)
 
 
 def test_registered_ops_lists_all_three():
@@ -858,6 +928,23 @@ def test_fake_validates_like_real(device):
     with FakeTensorMode() as mode:
         fake_bad = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in bad]
         with pytest.raises(ValueError, match=r"b_scale\.shape=\[7, 1\] fits no scale layout"):
+            op(*fake_bad)
+
+
+def test_fake_rejects_an_n_by_1_scale_like_real(device):
+    """The fp8_w8a16 fake validates the scale's broadcast too: [N, 1] with N != K fails in both."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    name, args, _, _ = [c for c in _op_cases(device) if c[0] == "qkcheck::fp8_w8a16_gemm"][0]
+    op = ops_scaled_mm.registered_ops()[name].op
+    bad = list(args)
+    bad[2] = torch.ones((24, 1), device=device)  # N = 24, K = 64
+    message = r"b_scale\.shape=\[24, 1\] does not broadcast to the weight's \[K, N\] = \[64, 24\]"
+    with pytest.raises(ValueError, match=message):
+        op(*bad)
+    with FakeTensorMode() as mode:
+        fake_bad = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in bad]
+        with pytest.raises(ValueError, match=message):
             op(*fake_bad)
 
 

@@ -45,7 +45,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from oracle import gemm
+from oracle import gemm, moe
 from oracle.bounds import (
     INT32_LIMIT,
     check_compute_dtype,
@@ -263,6 +263,12 @@ REFERENCES: dict[str, Reference] = {
                   ("w", "w_scale", "act"), ("x", "a", "a_scale", "bias"), _mxfp4_ops),
         Reference("nvfp4_gemm", _nvfp4, _nvfp4_bound, ("row (m)", "column (n)"),
                   ("a", "a_scale", "a_global", "w", "w_scale", "w_global"), ("bias",), _nvfp4_ops),
+        Reference("fused_moe", moe.fused_moe, moe.fused_moe_bound, ("token (t)", "hidden (h)"),
+                  ("x", "w13", "w2"),
+                  ("router_logits", "scoring", "top_k", "renormalize", "num_groups", "topk_groups",
+                   "correction_bias", "group_score", "topk_ids", "topk_weights", "activation", "swiglu_limit",
+                   "swiglu_alpha", "swiglu_up_offset", "apply_router_weight_on_input", "expert_map", "act_quant",
+                   "gather_rows", "scatter_rows")),
     )
 }
 

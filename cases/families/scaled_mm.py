@@ -18,7 +18,8 @@ Regimes (all draws from ``numpy.random.default_rng(case.seed)``):
   format, saturating; int8 zero points from the row's min/max); weights ``N(0, 0.02)`` quantized
   per channel / per tensor / per block.
 - ``adversarial``: scales ``2**(i mod 8)`` with random signs (per row, column, block), codes at
-  the format's largest magnitude in some rows and columns, an all-zero activation row and weight
+  the format's largest magnitude in some rows and columns, an all-zero activation row (for
+  ``fp8_w8a16_gemm`` only when M > 1: a single zero row would zero the whole output) and weight
   column, fp8 subnormal codes (e4m3 formats; e5m2 subnormal codes are left out: the interpreter's
   e5m2 ``tl.dot`` flushes them, see ``kernels.probes``/tests), int8 zero points at -128 / 127.
 """
@@ -282,7 +283,8 @@ def _fp8_w8a16(case) -> dict:
     else:
         x = rng.integers(-4, 5, (m, k)) * rng.choice([1.0, 0.5, 0.25], (m, k))
         x[:, rng.integers(k)] = 64.0  # one large channel
-        x[0, :] = 0.0
+        if m > 1:  # an all-zero row; with M = 1 it would zero the whole output and hide every weight/scale bug
+            x[0, :] = 0.0
         b = _adversarial_codes(rng, fmt, (k, n), extreme_cols=(0,))
         b[:, n - 1] = 0
         # dequantized weights |code x scale| <= 2: fp16-exact products, no overflow anywhere

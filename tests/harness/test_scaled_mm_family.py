@@ -1,7 +1,10 @@
 """The W8A8 / FP8 GEMM family in the harness: the bundled adapters pass their gate grid; the
-seed-004 loader (zoo:transposed_scales) fails the generic gate on square weights, the fuzzer
-finds it and shrinks it to the smallest square case, the replay reproduces it, and the bundled
-loader passes the same gate shard, fuzz budget and replay."""
+seed-004 loader (zoo:transposed_scales) fails the generic gate — its unconditional
+``weight_scale.t()`` turns a [1, N] checkpoint scale into [N, 1], which the FP8 W8A16 kernel
+broadcasts along K on a square weight (diagnosed as transposed scales) and rejects on a non-square
+one; its contiguity guess also misorients some square weights (diagnosed as a transposed weight).
+The fuzzer finds it and shrinks it to a minimal square case that fails for the scale reason, the
+replay reproduces it, and the bundled loader passes the same gate shard, fuzz budget and replay."""
 from __future__ import annotations
 
 import json
@@ -19,7 +22,9 @@ from kernels.adapters import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO, BUNDLED = "zoo:transposed_scales", "bundled:fp8_w8a16_gemm"
-SHARDS = 8
+SCALES_SENTENCE = ("the per-channel weight scales were applied along K (rows) instead of N (columns): the scale "
+                   "tensor reached the kernel transposed ([{n}, 1] where [1, {n}] was expected)")
+WEIGHT_SENTENCE = "is read transposed: a [N, K] layout taken for [K, N]"
 
 
 def qkcheck(*args, timeout=300):
@@ -27,11 +32,21 @@ def qkcheck(*args, timeout=300):
                           timeout=timeout)
 
 
+def square(case: Case) -> bool:
+    return case.dims["n"] == case.dims["k"]
+
+
 def misoriented(case: Case) -> bool:
     """Where the seed-004 loader decides the weight's orientation wrongly: a square weight whose
     contiguity contradicts the 'checkpoints are contiguous [N, K]' guess."""
-    d, p = case.dims, case.p
-    return d["n"] == d["k"] and (p["weight_layout"], p["weight_storage"]) in (("nk", "transposed"), ("kn", "contiguous"))
+    p = case.p
+    return square(case) and (p["weight_layout"], p["weight_storage"]) in (("nk", "transposed"), ("kn", "contiguous"))
+
+
+def scale_transposed(case: Case) -> bool:
+    """Where its unconditional weight_scale.t() changes the scale's orientation: a [1, N] arrival
+    reaches the kernel as [N, 1] ([N, 1] becomes the right [1, N]; 0-D / 1-D scales stay)."""
+    return case.p["scale_shape"] == "[1,N]"
 
 
 def _runs_here(case: Case) -> bool:
@@ -54,11 +69,15 @@ def test_bundled_adapters_pass_a_sample_of_their_grid(name, device):
 def test_grid_covers_every_arrival_on_square_and_non_square_weights():
     adapter = resolve(BUNDLED)[0]
     cases = grid(adapter)
-    square = {(c.p["weight_layout"], c.p["weight_storage"], c.p["scale_shape"]) for c in cases if c.dims["n"] == c.dims["k"]}
-    assert len(square) == 2 * 2 * 5
-    other = {(c.p["weight_layout"], c.p["weight_storage"]) for c in cases if c.dims["n"] != c.dims["k"]}
+    sq = {(c.p["weight_layout"], c.p["weight_storage"], c.p["scale_shape"]) for c in cases if square(c)}
+    assert len(sq) == 2 * 2 * 5
+    other = {(c.p["weight_layout"], c.p["weight_storage"]) for c in cases if not square(c)}
     assert len(other) == 4
     assert sum(misoriented(c) and _runs_here(c) for c in cases) >= 6
+    # the seed's scale mistake alone (weight guessed right), square and not, in the exact regime
+    alone = [c for c in cases if scale_transposed(c) and not misoriented(c) and _runs_here(c)]
+    assert {(c.p["weight_layout"], square(c)) for c in alone} >= {("kn", True), ("kn", False)}
+    assert any(square(c) and c.regime == "exact" for c in alone)
 
 
 def _results(path: Path) -> list[dict]:
@@ -66,26 +85,33 @@ def _results(path: Path) -> list[dict]:
     return [row for row in map(json.loads, path.read_text().splitlines()) if "case_id" in row]
 
 
-def _failing_shard() -> tuple[int, list[Case]]:
-    """The smallest shard of the fp8_w8a16 grid holding a case the seed-004 loader gets wrong,
-    and at least one square case it gets right."""
+def _shard(cases: list[Case], count: int, i: int) -> list[Case]:
+    return [c for c in cases if zlib.crc32(c.id.encode()) % count == i - 1]
+
+
+def _failing_shard() -> tuple[str, list[Case]]:
+    """The smallest shard (over 2..8 shards) of the fp8_w8a16 grid holding a square case the
+    seed-004 loader gets wrong for the scale reason alone, a non-square [1, N] case (its loud
+    failure), and a case it gets right."""
     cases = grid(resolve(BUNDLED)[0])
     best = None
-    for i in range(1, SHARDS + 1):
-        mine = [c for c in cases if zlib.crc32(c.id.encode()) % SHARDS == i - 1]
-        if any(misoriented(c) and _runs_here(c) for c in mine) and any(not misoriented(c) for c in mine):
-            if best is None or len(mine) < len(best[1]):
-                best = (i, mine)
-    assert best is not None, "no shard of the grid holds a misoriented square case"
+    for count in range(2, 9):
+        for i in range(1, count + 1):
+            mine = _shard(cases, count, i)
+            want = (any(square(c) and scale_transposed(c) and not misoriented(c) and _runs_here(c) for c in mine)
+                    and any(not square(c) and scale_transposed(c) and _runs_here(c) for c in mine)
+                    and any(not (misoriented(c) or scale_transposed(c)) for c in mine))
+            if want and (best is None or len(mine) < len(best[1])):
+                best = (f"{i}/{count}", mine)
+    assert best is not None, "no shard of the grid holds both kinds of scale failure"
     return best
 
 
-def test_gate_fails_the_seed_004_loader_on_square_weights_and_passes_the_bundled_one(tmp_path):
+def test_gate_fails_the_seed_004_loader_for_transposed_scales_and_passes_the_bundled_one(tmp_path):
     shard, cases = _failing_shard()
     results = tmp_path / "r.jsonl"
     r = qkcheck("gate", "--device", "cpu", "--kernels", ZOO, "--kernels", BUNDLED, "--op", "fp8_w8a16_gemm",
-                "--shard", f"{shard}/{SHARDS}", "--results", str(results),
-                "--failures-dir", str(tmp_path / "failures"))
+                "--shard", shard, "--results", str(results), "--failures-dir", str(tmp_path / "failures"))
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     rows = _results(results)
     by_kernel = {k: {row["case_id"]: row for row in rows if row["kernel"] == k} for k in (ZOO, BUNDLED)}
@@ -93,18 +119,34 @@ def test_gate_fails_the_seed_004_loader_on_square_weights_and_passes_the_bundled
     assert all(row["status"] in (PASS, SKIP) for row in by_kernel[BUNDLED].values())
     for case in cases:
         row = by_kernel[ZOO][case.id]
+        failed = {c["name"]: c["detail"] for c in row["checks"] if c["outcome"] == FAIL}
+        sentences = [d["sentence"] for d in row["diagnosis"]]
+        n = case.dims["n"]
         if not _runs_here(case):
             assert row["status"] == SKIP
+        elif scale_transposed(case) and not square(case):
+            # loud: the kernel rejects the [N, 1] scale it was handed
+            assert row["status"] == FAIL and set(failed) == {"raised"}, row
+            assert (f"b_scale.shape=[{n}, 1] does not broadcast to the weight's [K, N] = [{case.dims['k']}, {n}]"
+                    in failed["raised"]), failed
+            assert "prepare_weights converts checkpoint [N, 1] scales" in failed["raised"]
+            assert case.id in r.stdout
+        elif scale_transposed(case) and not misoriented(case):
+            # silent on a square weight: numerics, diagnosed as transposed scales
+            assert row["status"] == FAIL and set(failed) == {"numerics"}, row
+            assert sentences == [SCALES_SENTENCE.format(n=n)], sentences
+            assert SCALES_SENTENCE.format(n=n) in r.stdout and case.id in r.stdout
+            assert "replay: qkcheck replay" in r.stdout
         elif misoriented(case):
-            assert row["status"] == FAIL
-            failed = {c["name"]: c["detail"] for c in row["checks"] if c["outcome"] == FAIL}
-            assert set(failed) == {"numerics"} and "Mismatched elements" in failed["numerics"]
-            assert case.id in r.stdout and "replay: qkcheck replay" in r.stdout
+            assert row["status"] == FAIL and set(failed) == {"numerics"}, row
+            assert "Mismatched elements" in failed["numerics"]
+            if not scale_transposed(case):
+                assert any(WEIGHT_SENTENCE in t for t in sentences), sentences
         else:
             assert row["status"] == PASS, row
 
 
-def test_fuzz_finds_seed_004_shrinks_it_to_the_smallest_square_case_and_replay_reproduces(tmp_path, device):
+def test_fuzz_finds_seed_004_shrinks_it_to_a_minimal_transposed_scale_case_and_replay_reproduces(tmp_path, device):
     fails = tmp_path / "failures"
     results = tmp_path / "r.jsonl"
     r = qkcheck("fuzz", "--device", "cpu", "--kernels", ZOO, "--kernels", BUNDLED, "--budget", "30s", "-n", "2",
@@ -114,11 +156,13 @@ def test_fuzz_finds_seed_004_shrinks_it_to_the_smallest_square_case_and_replay_r
     saved = sorted(fails.glob("*.json"))
     assert len(saved) == 1, [p.name for p in saved]
     case = Case.load(saved[0])
-    # shrunk: one row, the smallest square weight, a contiguity that misleads the guess
+    # shrunk: one row, the smallest square weight, a [1, N] scale the loader transposes to [N, 1],
+    # and a weight whose orientation it guesses right: the failure is the scale's alone
     assert case.dims == {"m": 1, "n": 16, "k": 16}
-    assert misoriented(case)
+    assert scale_transposed(case) and not misoriented(case), case.p
     rows = _results(results)
     assert [row["kernel"] for row in rows if row["status"] == FAIL] == [ZOO]
+    assert SCALES_SENTENCE.format(n=16) in r.stdout
 
     # the printed replay command reproduces it; the bundled loader passes the same case
     command = next(line.split("replay: ", 1)[1] for line in r.stdout.splitlines() if "replay: qkcheck replay" in line)
@@ -126,16 +170,23 @@ def test_fuzz_finds_seed_004_shrinks_it_to_the_smallest_square_case_and_replay_r
     replay = qkcheck(*command.split()[1:], "--device", "cpu")
     assert replay.returncode == 1, replay.stdout + replay.stderr
     assert f"{ZOO} :: {case.id}: FAIL" in replay.stdout
+    assert SCALES_SENTENCE.format(n=16) in replay.stdout
     assert run_case(case, resolve(BUNDLED)[0], device).status == PASS
 
 
-@pytest.mark.xfail(strict=True, reason="oracle.diagnosis has no fp8_w8a16_gemm hypothesis yet (the weight read "
-                                       "transposed: b -> b.T on a square weight, scales unchanged)")
-def test_the_failure_is_diagnosed_as_a_transposed_weight(device):
-    case = Case.make("fp8_w8a16_gemm", shape={"m": 1, "n": 16, "k": 16},
-                     params={"quant_dtype": "float8_e4m3fn", "weight_layout": "kn", "weight_storage": "contiguous",
-                             "scale_shape": "[N,1]", "act_dtype": "float16", "bias": False, "out_dtype": "float16"},
+@pytest.mark.parametrize("layout, storage, scale, hypothesis", [
+    ("kn", "transposed", "[1,N]", "scales_transposed"),  # the seed's scale mistake alone
+    ("nk", "contiguous", "[1,N]", "scales_transposed"),
+    ("kn", "contiguous", "[N,1]", "weight_transposed"),  # the contiguity guess alone
+])
+def test_each_seed_004_mistake_is_diagnosed_as_itself(layout, storage, scale, hypothesis, device):
+    case = Case.make("fp8_w8a16_gemm", shape={"m": 3, "n": 16, "k": 16},
+                     params={"quant_dtype": "float8_e4m3fn", "weight_layout": layout, "weight_storage": storage,
+                             "scale_shape": scale, "act_dtype": "float16", "bias": False, "out_dtype": "float16"},
                      config={"block_m": 16, "block_n": 16, "block_k": 16}, regime="exact", seed=0)
     res = run_case(case, resolve(ZOO)[0], device)
-    assert res.status == FAIL
-    assert any("transposed" in d["sentence"] for d in res.diagnosis), res.summary()
+    assert res.status == FAIL, res.summary()
+    assert [d["hypothesis"] for d in res.diagnosis] == [hypothesis], res.summary()
+    if hypothesis == "scales_transposed":
+        assert res.diagnosis[0]["sentence"] == SCALES_SENTENCE.format(n=16)
+    assert run_case(case, resolve(BUNDLED)[0], device).status == PASS

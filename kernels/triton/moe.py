@@ -48,6 +48,7 @@ Every tunable is in :class:`MoEConfig`; every argument is validated before anyth
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -178,13 +179,24 @@ class MoEConfig:
         return cls(**kwargs)
 
 
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints (plain Python: cheaper per call than ``triton.cdiv``)."""
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
 def _next_pow2_at_least_16(n: int) -> int:
-    return max(MIN_DOT_BLOCK, triton.next_power_of_2(max(int(n), 1)))
+    return max(MIN_DOT_BLOCK, _next_pow2(max(int(n), 1)))
 
 
 DECODE_TARGET_PROGRAMS = 256  # GEMM 2 programs wanted at decode sizes (about 2 per H100 SM)
 
 
+@functools.lru_cache(maxsize=1024)
 def default_config(num_tokens: int, top_k: int, hidden: int, intermediate: int, num_experts: int) -> MoEConfig:
     """BLOCK_M from the expected tokens per expert; N/K tiles clamped to the problem size.
 
@@ -201,8 +213,8 @@ def default_config(num_tokens: int, top_k: int, hidden: int, intermediate: int, 
         block_n = min(32 if intermediate <= 2048 else 64, small)
         block_k = min(128, small)
         hit = max(1, min(num_experts, num_tokens * top_k))
-        programs = hit * triton.cdiv(hidden, block_n)
-        k_tiles = triton.cdiv(intermediate, block_k)
+        programs = hit * _cdiv(hidden, block_n)
+        k_tiles = _cdiv(intermediate, block_k)
         split_k = max(1, min(8, DECODE_TARGET_PROGRAMS // programs, k_tiles // 4))
         return MoEConfig(block_m=block_m, block_n=block_n, block_k=block_k, num_warps=4, num_stages=4,
                          split_k=split_k)
@@ -451,12 +463,12 @@ def align_block_size(
                 "pass the expert_map that maps global to local experts"
             )
     n = topk_ids.numel()
-    cap = triton.cdiv(n + num_local * (block_m - 1), block_m) * block_m
+    cap = _cdiv(n + num_local * (block_m - 1), block_m) * block_m
     sorted_ids = torch.empty((cap,), dtype=torch.int32, device=device)
     expert_ids = torch.empty((cap // block_m,), dtype=torch.int32, device=device)
     num_post = torch.empty((1,), dtype=torch.int32, device=device)
     flat = topk_ids.reshape(-1)
-    e_pad = max(16, triton.next_power_of_2(num_local))
+    e_pad = max(16, _next_pow2(num_local))
     block_a = max(16, min(256, 8192 // e_pad))
     _align_kernel[(1,)](
         flat, expert_map if expert_map is not None else flat, sorted_ids, expert_ids, num_post,
@@ -864,9 +876,9 @@ def quantize_activations_fp8(x: torch.Tensor, group: int, fp8_dtype: torch.dtype
     scales ``[R, ceil(K / group)]`` (see ``_group_quant_fp8_kernel``)."""
     R, K = x.shape
     codes = torch.empty((R, K), dtype=fp8_dtype, device=x.device)
-    scales = torch.empty((R, triton.cdiv(K, group)), dtype=torch.float32, device=x.device)
+    scales = torch.empty((R, _cdiv(K, group)), dtype=torch.float32, device=x.device)
     if R:
-        _group_quant_fp8_kernel[(R, triton.cdiv(K, group))](
+        _group_quant_fp8_kernel[(R, _cdiv(K, group))](
             x, codes, scales, K, x.stride(0), x.stride(1), codes.stride(0), codes.stride(1),
             scales.stride(0), scales.stride(1), float(torch.finfo(fp8_dtype).max), ACT_QUANT_FLOOR, GROUP=group,
         )
@@ -971,7 +983,7 @@ def _check_weights(name: str, ew, E: int | None, K: int, N: int | None, act_dtyp
             s = ew.scales
             if s is None:
                 raise ValueError(f"{name}.scales is None; scheme 'fp8_block' needs float32 scales [E, K/bk, N/bn]")
-            expected = (E, triton.cdiv(K, group_k), triton.cdiv(N, group_n))
+            expected = (E, _cdiv(K, group_k), _cdiv(N, group_n))
             if s.dtype != torch.float32 or tuple(s.shape) != expected:
                 raise ValueError(
                     f"{name}.scales is {_dtype_name(s.dtype)} {tuple(s.shape)}; scheme 'fp8_block' needs float32 "
@@ -1234,7 +1246,7 @@ def _launch_gemm(g: _Gemm, a, a_scale, c, topk_weights, sorted_ids, expert_ids, 
     as_strides = a_scale.stride() if a_scale is not None else (0, 0)
     sub_k = min(config.block_k, g.group_k) if g.scheme.kind == _KIND_FP8_BLOCK else config.block_k
     c_strides = c.stride() if c.dim() == 3 else (0, *c.stride())
-    grid = (expert_ids.numel() * triton.cdiv(n_cols, config.block_n) * split_k,)
+    grid = (expert_ids.numel() * _cdiv(n_cols, config.block_n) * split_k,)
     extra = _tile_modes(g, config, up_offset)
     if split_k != 1:
         extra["SPLIT_K"] = split_k
@@ -1339,8 +1351,8 @@ def _fused_experts(x, topk_ids, topk_weights, w13, w2, *, activation, swiglu_lim
         _launch_gemm(g13, a1, a1_scale, gate_up, weights_flat, n_cols=2 * I, up_offset=0, a_row_div=top_k,
                      fuse_act=False, act=activation, limit=swiglu_limit,
                      mul_weight=apply_router_weight_on_input, **common)
-        block = min(128, triton.next_power_of_2(I))
-        _activation_kernel[(n_assign, triton.cdiv(I, block))](
+        block = min(128, _next_pow2(I))
+        _activation_kernel[(n_assign, _cdiv(I, block))](
             gate_up, act_out, I, float(swiglu_limit or 0.0),
             gate_up.stride(0), gate_up.stride(1), act_out.stride(0), act_out.stride(1),
             ACT=_ACT_CODES[activation], HAS_LIMIT=swiglu_limit is not None, ALPHA=SWIGLU_ALPHA, BLOCK=block,
@@ -1360,13 +1372,13 @@ def _fused_experts(x, topk_ids, topk_weights, w13, w2, *, activation, swiglu_lim
                  mul_weight=not apply_router_weight_on_input, split_k=split_k, **common)
     # y[t] = sum over splits, then slots, in a fixed order (deterministic), cast to out_dtype
     out = torch.empty((T, H), dtype=out_dtype, device=device)
-    block = min(1024, triton.next_power_of_2(H))
+    block = min(1024, _next_pow2(H))
     flat_ids = topk_ids.reshape(-1)
-    _sum_slots_kernel[(T, triton.cdiv(H, block))](
+    _sum_slots_kernel[(T, _cdiv(H, block))](
         slots, out, flat_ids, expert_map if expert_map is not None else flat_ids, H, top_k, split_k,
         global_experts, E_local, slots.stride(0), slots.stride(1), slots.stride(2),
         out.stride(0), out.stride(1), HAS_MAP=expert_map is not None, BLOCK=block,
-        K_PAD=triton.next_power_of_2(top_k),
+        K_PAD=_next_pow2(top_k),
     )
     return out
 

@@ -19,9 +19,17 @@ all of K, scales ``[1, N]``). Dequantization, per element::
     w[k, n] = (q[k, n] - z[k // G, n]) * s[k // G, n]
 
 with z from ``zeros`` (the true zero point; a GPTQ "stored z - 1" convention must be undone by
-the caller) or the implicit 8 when ``zeros is None`` (symmetric "uint4b8"). The kernel loads the
-scale and zero point for *every k row* of a tile (group index ``k // G``), so a K tile may span
-any number of groups: BLOCK_K smaller than, equal to, or larger than G are all correct.
+the caller) or the implicit 8 when ``zeros is None`` (symmetric "uint4b8"). Every k row gets its
+own group's scale and zero point (group index ``k // G``), so a K tile may span any number of
+groups: BLOCK_K smaller than, equal to, or larger than G are all correct. The launcher picks one
+of three constexpr scale paths (``scale_path``): one scale row per tile when the tile lies in one
+group, ``[BLOCK_K/G, BLOCK_N]`` rows broadcast to their rows when whole groups fill the tile, and
+a per-row gather otherwise.
+
+Packed words are loaded once each in their stored shape and unpacked in registers; codes and
+zero points become float32 through the ``2**23 + c`` bit pattern (no int -> float conversion).
+With codes packed along K and ``BLOCK_K / P >= 16`` (``sub_dots``), a tile is multiplied as P
+sub-products, one per word field, against the matching strided columns of x.
 
 The dequantized tile is cast to the activation dtype and multiplied with ``tl.dot`` accumulating
 in float32; bias is added in float32, and the result is stored in ``out_dtype``. With
@@ -46,6 +54,8 @@ __all__ = [
     "WeightLayout",
     "ZEROS_UNPACKED_UINT8",
     "default_config",
+    "scale_path",
+    "sub_dots",
     "w4a16_gemm",
 ]
 
@@ -134,7 +144,7 @@ class W4A16Config:
 
 # (largest M, config) — first row whose bound is >= M wins; the last row has no bound.
 _TILE_TABLE: tuple[tuple[int | None, W4A16Config], ...] = (
-    (16, W4A16Config(block_m=16, block_n=64, block_k=128, group_m=8, num_warps=4, num_stages=2)),
+    (16, W4A16Config(block_m=16, block_n=32, block_k=512, group_m=8, num_warps=4, num_stages=3)),
     (64, W4A16Config(block_m=32, block_n=64, block_k=64, group_m=8, num_warps=4, num_stages=3)),
     (256, W4A16Config(block_m=64, block_n=128, block_k=64, group_m=8, num_warps=4, num_stages=3)),
     (None, W4A16Config(block_m=128, block_n=128, block_k=32, group_m=8, num_warps=8, num_stages=3)),
@@ -364,8 +374,8 @@ def _w4a16_kernel(
                     x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0,
                 )
-                SHIFT: tl.constexpr = ((QW_FIELD_CODE >> (4 * i)) & 0xF) * QW_BITS
-                q = _codes_as_f32((words >> SHIFT) & QW_MASK)
+                shift = ((QW_FIELD_CODE >> (4 * i)) & 0xF) * QW_BITS
+                q = _codes_as_f32((words >> shift) & QW_MASK)
                 if SCALE_PATH == 2:
                     s, z = _row_scales_and_zeros(
                         s_ptr, z_ptr, offs_k, mask_k, offs_n, mask_n, GROUP_SIZE, stride_sg, stride_sn,

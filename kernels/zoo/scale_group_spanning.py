@@ -7,9 +7,10 @@ tail rows of each tile were dequantized with the wrong scale — silently, and o
 configs with BLOCK_K > group_size (e.g. GPTQ W4A16 G32 models, whose launcher tile table picked
 BLOCK_K=64/128 at some M). Symptoms appeared as degraded output at long context.
 
-This is a copy of ``kernels.triton.w4a16._w4a16_kernel`` with only that mistake put back; the
-launcher (validation, default tile table, split-K) is the bundled one, and its default picks
-BLOCK_K=128 for M <= 16 and 64 for M <= 256 whatever the group size, as the historical table did.
+This is a copy of ``kernels.triton.w4a16._w4a16_kernel`` with only that mistake put back (every
+tile takes the kernel's one-group scale path, whatever the launcher's SCALE_PATH says; the jit
+helpers are the bundled ones); the launcher (validation, default tile table, split-K) is the
+bundled one, and its default picks BLOCK_K=512 for M <= 16 and 64 for M <= 256 whatever the group size, as the historical table did.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from kernels import backends
 from kernels.adapters import KernelAdapter
 from kernels.bundled import W4A16, _w4a16_default
 from kernels.packers import torch_dtype
-from kernels.triton.w4a16 import W4A16Config, w4a16_gemm
+from kernels.triton.w4a16 import (
+    W4A16Config, _codes_as_f32, _field_shifts, _tile_scales_and_zeros, _unpacked_codes_as_f32, w4a16_gemm,
+)
 
 
 @triton.jit
@@ -38,6 +41,7 @@ def _w4a16_kernel_first_group_scale(
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
+    SUB_DOTS: tl.constexpr, SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_ROWS: tl.constexpr,
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -62,50 +66,59 @@ def _w4a16_kernel_first_group_scale(
     tile_begin = pid_k * tiles_per_split
     tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
 
-    # N-dependent parts of the packed addressing (one of *_PER_K / *_PER_N is 1)
-    qw_col = offs_n // QW_PER_N
-    qw_n_offset = offs_n % QW_PER_N
-    z_col = offs_n // Z_PER_N
-    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
+    # packed weight words are loaded once each, in their own shape: [BLOCK_K / P, BLOCK_N] words
+    # when P codes share a word along K, [BLOCK_K, BLOCK_N / P] when along N
+    QW_ALONG_K: tl.constexpr = QW_PER_N == 1
+    QW_ROWS: tl.constexpr = BLOCK_K // QW_PER_K
+    QW_MASK: tl.constexpr = (1 << QW_BITS) - 1
+    qw_shifts = _field_shifts(QW_FIELD_CODE, QW_PER_K * QW_PER_N, QW_BITS)
+    if QW_ALONG_K:
+        offs_qc = offs_n
+        mask_qc = mask_n
+    else:
+        offs_qc = pid_n * (BLOCK_N // QW_PER_N) + tl.arange(0, BLOCK_N // QW_PER_N)
+        mask_qc = offs_qc < N // QW_PER_N
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(tile_begin, tile_end):
-        offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-            mask=mask_m[:, None] & mask_k[None, :], other=0.0,
-        )
-
-        mask_kn = mask_k[:, None] & mask_n[None, :]
-        qw_row = offs_k // QW_PER_K
-        qw_offset = (offs_k % QW_PER_K)[:, None] + qw_n_offset[None, :]
-        qw_shift = ((QW_FIELD_CODE >> (4 * qw_offset)) & 0xF) * QW_BITS
+        offs_qr = tile * QW_ROWS + tl.arange(0, QW_ROWS)
         words = tl.load(
-            qw_ptr + qw_row[:, None] * stride_qr + qw_col[None, :] * stride_qc,
-            mask=mask_kn, other=0,
+            qw_ptr + offs_qr[:, None] * stride_qr + offs_qc[None, :] * stride_qc,
+            mask=(offs_qr < K // QW_PER_K)[:, None] & mask_qc[None, :], other=0,
+            eviction_policy="evict_first",
         ).to(tl.int32)
-        q = (words >> qw_shift) & ((1 << QW_BITS) - 1)
+        # THE BUG (seed 003): every tile takes the one-group path, whatever SCALE_PATH says — the
+        # scale and zero point of the group of the tile's first row — so when BLOCK_K > group_size
+        # the tile's later rows get the first group's scale
+        s, z = _tile_scales_and_zeros(
+            s_ptr, z_ptr, tile, offs_n, mask_n, K, GROUP_SIZE, stride_sg, stride_sn, stride_zg, stride_zc,
+            Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO, BLOCK_K, BLOCK_N, 0, 1, 1)
 
-        # THE BUG (seed 003): one group index for the whole tile — the group of the tile's first
-        # row — so when BLOCK_K > group_size the tile's later rows get the first group's scale
-        group = (tile * BLOCK_K) // GROUP_SIZE + tl.zeros_like(offs_k)
-        s = tl.load(
-            s_ptr + group[:, None] * stride_sg + offs_n[None, :] * stride_sn,
-            mask=mask_kn, other=0.0,
-        ).to(tl.float32)
-        if HAS_ZEROS:
-            z_words = tl.load(
-                z_ptr + (group // Z_PER_G)[:, None] * stride_zg + z_col[None, :] * stride_zc,
-                mask=mask_kn, other=0,
-            ).to(tl.int32)
-            z = (z_words >> z_shift[None, :]) & ((1 << Z_BITS) - 1)
+        if SUB_DOTS:
+            # sub-product i: field i of every word (k rows tile*BLOCK_K + P*r + i) against the
+            # matching strided columns of x; the sum over i covers the tile's k rows once each
+            offs_kw = tile * BLOCK_K + QW_PER_K * tl.arange(0, QW_ROWS)
+            for i in tl.static_range(QW_PER_K):
+                offs_k = offs_kw + i
+                mask_k = offs_k < K
+                x = tl.load(
+                    x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+                )
+                shift = ((QW_FIELD_CODE >> (4 * i)) & 0xF) * QW_BITS
+                q = _codes_as_f32((words >> shift) & QW_MASK)
+                w = ((q - z) * s).to(x.dtype)
+                acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
         else:
-            z = SYM_ZERO
-        w = ((q - z).to(tl.float32) * s).to(x.dtype)
-
-        acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
+            offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            x = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+            )
+            q = _unpacked_codes_as_f32(words, qw_shifts, QW_BITS, QW_ALONG_K, BLOCK_K, BLOCK_N)
+            w = ((q - z) * s).to(x.dtype)
+            acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
 
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)

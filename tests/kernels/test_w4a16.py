@@ -21,7 +21,10 @@ import torch
 
 from kernels import ops
 from kernels.probes import skip_reason
-from kernels.triton.w4a16 import LAYOUTS, W4A16Config, default_config, w4a16_gemm
+from kernels.triton.w4a16 import (
+    LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, default_config, scale_path,
+    sub_dots, w4a16_gemm,
+)
 from oracle import gemm as oracle_gemm
 from oracle.compare import compare
 from oracle.packing import pack
@@ -167,6 +170,42 @@ GROUP_CASES = [
 
 @pytest.mark.parametrize("case", params(GROUP_CASES))
 def test_group_sizes_and_block_k(case, device):
+    run_case(case, device)
+
+
+# --- every kernel path (sub-products per word field or one expanded tile) x every scale path ----------
+# (layout, K, G, BLOCK_K, expected sub_dots, expected scale path); K tails where BLOCK_K does not divide K
+PATH_CASES = [
+    ("gptq", 256, 128, 128, True, SCALES_ONE_GROUP),
+    ("gptq", 256, 32, 256, True, SCALES_GROUPS_IN_TILE),  # 8 groups per tile, 4 sub-product rows each
+    ("gptq", 256, 4, 128, True, SCALES_PER_ROW),  # G < 8 codes per word: a sub-product row per group
+    ("gptq", 192, 96, 128, True, SCALES_PER_ROW),  # G not a power of two, K tail
+    ("gptq", 256, 32, 64, False, SCALES_GROUPS_IN_TILE),  # BLOCK_K / 8 < 16: expanded tile
+    ("gptq", 192, 48, 32, False, SCALES_PER_ROW),
+    ("nibble", 128, 64, 32, True, SCALES_ONE_GROUP),
+    ("nibble", 128, 16, 64, True, SCALES_GROUPS_IN_TILE),
+    ("nibble", 96, 24, 32, True, SCALES_PER_ROW),
+    ("awq", 128, 64, 128, False, SCALES_GROUPS_IN_TILE),
+    ("awq", 96, 48, 32, False, SCALES_PER_ROW),
+    ("awq", 128, -1, 32, False, SCALES_ONE_GROUP),
+]
+KERNEL_PATH_CASES = [
+    (GemmCase(layout, M=3, N=40, K=k, group_size=g, config=cfg(block_k=bk), asym=asym, bias=asym,
+              out_dtype=torch.float32), expect_sub, expect_path)
+    for layout, k, g, bk, expect_sub, expect_path in PATH_CASES for asym in (False, True)
+]
+
+
+@pytest.mark.parametrize("case, expect_sub, expect_path",
+                         [pytest.param(c, s, p, id=c.id) for c, s, p in KERNEL_PATH_CASES])
+def test_kernel_and_scale_paths(case, expect_sub, expect_path, device):
+    """Each constexpr path is selected where intended, and computes the exact result there."""
+    packing = LAYOUTS[case.layout].qweight
+    block_k = case.config.block_k
+    group = case.K if case.group_size == -1 else case.group_size
+    assert sub_dots(packing, block_k) == expect_sub
+    step = packing.per_word if expect_sub else 1
+    assert scale_path(block_k, group, step) == expect_path
     run_case(case, device)
 
 

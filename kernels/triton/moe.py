@@ -697,6 +697,35 @@ def _weight_tile(
 
 
 @triton.jit
+def _row_scales(s_ptr, z_ptr, g, offs_n, mask_n, stride_sk, stride_sn, stride_zk, stride_zn,
+                KIND: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+                Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr):
+    """Group g's float32 scale row and zero-point row over columns offs_n (int4), or its decoded
+    E8M0 scale row and a dummy zero row (mxfp4)."""
+    if KIND == 1:
+        s = tl.load(s_ptr + g * stride_sk + offs_n * stride_sn, mask=mask_n, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            z = _zero_points(z_ptr, g, offs_n, mask_n, stride_zk, stride_zn, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+        else:
+            z = tl.zeros_like(offs_n) + SYM_ZERO
+    else:
+        s = _e8m0_scale(tl.load(s_ptr + g * stride_sk + offs_n * stride_sn, mask=mask_n, other=127))
+        z = tl.zeros_like(offs_n)
+    return s, z
+
+
+@triton.jit
+def _part_tile(words, shift, s, z, KIND: tl.constexpr, QW_BITS: tl.constexpr):
+    """The codes at bit ``shift`` of every word, dequantized with per-column rows s, z (float32)."""
+    q = (words >> shift) & ((1 << QW_BITS) - 1)
+    if KIND == 1:
+        tile = (q - z[None, :]).to(tl.float32) * s[None, :]
+    else:
+        tile = _e2m1_value(q) * s[None, :]
+    return tile
+
+
+@triton.jit
 def _moe_gemm_kernel(
     a_ptr, a_scale_ptr, w_ptr, s_ptr, z_ptr, c_ptr, topk_w_ptr,
     sorted_ptr, expert_ids_ptr, num_post_ptr,
@@ -714,7 +743,7 @@ def _moe_gemm_kernel(
     MUL_WEIGHT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SUB_K: tl.constexpr,
     UNPACK: tl.constexpr = 0, SCALE_MODE: tl.constexpr = 0, G_TILE: tl.constexpr = 1,
-    SPLIT_K: tl.constexpr = 1,
+    SPLIT_K: tl.constexpr = 1, PART_DOT: tl.constexpr = False,
 ):
     """One (block of sorted assignments, N tile, K split): ``c[split, a, n] = sum_k a_rows[k] * W_e[k, n]``
     over the split's run of K tiles.
@@ -725,6 +754,11 @@ def _moe_gemm_kernel(
     never read. FUSE_ACT: also accumulate columns ``up_offset + n`` and store the activation
     (SPLIT_K must be 1 then). With SPLIT_K > 1 each split stores its own float32 partial at
     ``c + split * stride_cs``; the caller sums the splits in a fixed order.
+
+    PART_DOT (packed along K, one scale group per K tile, BLOCK_K / PER_K >= 16): the K tile's
+    words are loaded once and never expanded; field p of every word holds rows
+    ``k0 + PER_K * r + p``, so the tile's product is PER_K dots of those A columns with the
+    codes of field p (no reshape of the codes).
     """
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -757,47 +791,73 @@ def _moe_gemm_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(k_begin, k_end, BLOCK_K):
-        for sub in tl.static_range(BLOCK_K // SUB_K):
-            k_start = k0 + sub * SUB_K
-            offs_k = k_start + tl.arange(0, SUB_K)
-            mask_k = offs_k < K
-            a = tl.load(
-                a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
-                mask=mask_m[:, None] & mask_k[None, :], other=0.0,
-            )
-            w = _weight_tile(
-                w_e, s_e, z_e, k_start, pid_n * BLOCK_N, mask_n, 0, N, K,
-                stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn, group_k,
-                KIND, QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
-                HAS_ZEROS, SYM_ZERO, UNPACK, SCALE_MODE, G_TILE, SUB_K, BLOCK_N,
-            )
-            if KIND == 1 or KIND == 3:
-                w = w.to(a.dtype)
+    if PART_DOT:
+        for k0 in range(k_begin, k_end, BLOCK_K):
+            w_rows = k0 // QW_PER_K + tl.arange(0, BLOCK_K // QW_PER_K)
+            w_mask = (w_rows * QW_PER_K < K)[:, None] & mask_n[None, :]
+            words = tl.load(w_e + w_rows[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                            mask=w_mask, other=0).to(tl.int32)
+            g = k0 // group_k
+            s_row, z_row = _row_scales(s_e, z_e, g, offs_n, mask_n, stride_sk, stride_sn, stride_zk, stride_zn,
+                                       KIND, HAS_ZEROS, SYM_ZERO, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
             if FUSE_ACT:
-                w_up = _weight_tile(
-                    w_e, s_e, z_e, k_start, pid_n * BLOCK_N + up_offset, mask_n, up_offset, N, K,
+                words_up = tl.load(w_e + w_rows[:, None] * stride_wk + (offs_n + up_offset)[None, :] * stride_wn,
+                                   mask=w_mask, other=0).to(tl.int32)
+                s_up, z_up = _row_scales(s_e, z_e, g, offs_n + up_offset, mask_n, stride_sk, stride_sn,
+                                         stride_zk, stride_zn, KIND, HAS_ZEROS, SYM_ZERO,
+                                         Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+            for p in tl.static_range(QW_PER_K):
+                shift = ((QW_FIELD_CODE >> (4 * p)) & 0xF) * QW_BITS
+                offs_kp = w_rows * QW_PER_K + p
+                a = tl.load(a_ptr + a_rows[:, None] * stride_am + offs_kp[None, :] * stride_ak,
+                            mask=mask_m[:, None] & (offs_kp < K)[None, :], other=0.0)
+                w = _part_tile(words, shift, s_row, z_row, KIND, QW_BITS).to(a.dtype)
+                acc = tl.dot(a, w, acc=acc, out_dtype=tl.float32)
+                if FUSE_ACT:
+                    w_up = _part_tile(words_up, shift, s_up, z_up, KIND, QW_BITS).to(a.dtype)
+                    acc_up = tl.dot(a, w_up, acc=acc_up, out_dtype=tl.float32)
+    else:
+        for k0 in range(k_begin, k_end, BLOCK_K):
+            for sub in tl.static_range(BLOCK_K // SUB_K):
+                k_start = k0 + sub * SUB_K
+                offs_k = k_start + tl.arange(0, SUB_K)
+                mask_k = offs_k < K
+                a = tl.load(
+                    a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+                )
+                w = _weight_tile(
+                    w_e, s_e, z_e, k_start, pid_n * BLOCK_N, mask_n, 0, N, K,
                     stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn, group_k,
                     KIND, QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
                     HAS_ZEROS, SYM_ZERO, UNPACK, SCALE_MODE, G_TILE, SUB_K, BLOCK_N,
                 )
                 if KIND == 1 or KIND == 3:
-                    w_up = w_up.to(a.dtype)
-            if KIND == 2:
-                # one K group per sub-tile (SUB_K divides the group): scale the fp8 partial product
-                g = k_start // group_k
-                a_s = tl.load(a_scale_ptr + a_rows * stride_asm + g * stride_asg, mask=mask_m, other=0.0)
-                w_s = tl.load(s_e + g * stride_sk + (offs_n // group_n) * stride_sn, mask=mask_n, other=0.0)
-                acc += tl.dot(a, w, out_dtype=tl.float32) * (a_s[:, None] * w_s[None, :])
+                    w = w.to(a.dtype)
                 if FUSE_ACT:
-                    w_s_up = tl.load(
-                        s_e + g * stride_sk + ((offs_n + up_offset) // group_n) * stride_sn, mask=mask_n, other=0.0,
+                    w_up = _weight_tile(
+                        w_e, s_e, z_e, k_start, pid_n * BLOCK_N + up_offset, mask_n, up_offset, N, K,
+                        stride_wk, stride_wn, stride_sk, stride_sn, stride_zk, stride_zn, group_k,
+                        KIND, QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
+                        HAS_ZEROS, SYM_ZERO, UNPACK, SCALE_MODE, G_TILE, SUB_K, BLOCK_N,
                     )
-                    acc_up += tl.dot(a, w_up, out_dtype=tl.float32) * (a_s[:, None] * w_s_up[None, :])
-            else:
-                acc = tl.dot(a, w, acc=acc, out_dtype=tl.float32)
-                if FUSE_ACT:
-                    acc_up = tl.dot(a, w_up, acc=acc_up, out_dtype=tl.float32)
+                    if KIND == 1 or KIND == 3:
+                        w_up = w_up.to(a.dtype)
+                if KIND == 2:
+                    # one K group per sub-tile (SUB_K divides the group): scale the fp8 partial product
+                    g = k_start // group_k
+                    a_s = tl.load(a_scale_ptr + a_rows * stride_asm + g * stride_asg, mask=mask_m, other=0.0)
+                    w_s = tl.load(s_e + g * stride_sk + (offs_n // group_n) * stride_sn, mask=mask_n, other=0.0)
+                    acc += tl.dot(a, w, out_dtype=tl.float32) * (a_s[:, None] * w_s[None, :])
+                    if FUSE_ACT:
+                        w_s_up = tl.load(
+                            s_e + g * stride_sk + ((offs_n + up_offset) // group_n) * stride_sn, mask=mask_n, other=0.0,
+                        )
+                        acc_up += tl.dot(a, w_up, out_dtype=tl.float32) * (a_s[:, None] * w_s_up[None, :])
+                else:
+                    acc = tl.dot(a, w, acc=acc, out_dtype=tl.float32)
+                    if FUSE_ACT:
+                        acc_up = tl.dot(a, w_up, acc=acc_up, out_dtype=tl.float32)
 
     if MUL_WEIGHT:
         r = tl.load(topk_w_ptr + rows, mask=mask_m, other=0.0).to(tl.float32)
@@ -1230,7 +1290,10 @@ def _tile_modes(g: _Gemm, config: MoEConfig, up_offset: int) -> dict:
         scale_mode = 1
     elif bk % G == 0 and G & (G - 1) == 0:
         scale_mode, g_tile = 2, G
-    return dict(UNPACK=unpack, SCALE_MODE=scale_mode, G_TILE=g_tile)
+    modes = dict(UNPACK=unpack, SCALE_MODE=scale_mode, G_TILE=g_tile)
+    if unpack == 1 and scale_mode == 1 and bk // per_k >= MIN_DOT_BLOCK:
+        modes["PART_DOT"] = True
+    return modes
 
 
 def _launch_gemm(g: _Gemm, a, a_scale, c, topk_weights, sorted_ids, expert_ids, num_post, *,

@@ -380,6 +380,10 @@ EXACT_CASES = [
     # G=12 (neither divides nor is divided by BLOCK_K) and I=36 (the up columns start mid-word
     # in AWQ's N packing): the per-k-row scale path and the per-element word gather
     ExactCase("w4a16", H=96, I=36, G=12, config=C(bk=16), layout="awq", asym=True),
+    # one group per K tile, packed along K with BLOCK_K / PER_K >= 16: the per-field dots
+    ExactCase("w4a16", H=128, I=128, G=128, config=C(bk=128, bn=32), layout="gptq", asym=True),
+    ExactCase("w4a16", G=32, config=C(bk=32, fuse=False, split=2), layout="nibble", pattern="one"),
+    ExactCase("mxfp4", config=C(bk=32)),
     # GEMM 2 split along K (I=64: 2 and 3 splits of 16-wide K tiles, the last split shorter)
     ExactCase("dense", I=64, config=C(bk=16, split=3), pattern="sparse"),
     ExactCase("w4a16", I=64, G=16, config=C(bk=32, split=2), layout="gptq", asym=True),

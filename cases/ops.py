@@ -41,6 +41,12 @@ class OpSpec:
     compute_dtype: Callable[[dict], str] = lambda p: p["act_dtype"]
     out_dtype: Callable[[dict], str] = lambda p: p["out_dtype"]
     outputs: Callable[[dict, dict], tuple[Output, ...]] = _gemm_outputs
+    # True where the kernel converts values to fp8 inside (in-kernel activation quantization):
+    # the interpreter's fp8-conversion defect applies even though no output is fp8
+    fp8_conversion: Callable[[dict], bool] = lambda p: False
+    # (problem, actual, *, compute_dtype, out_dtype, context) -> findings (objects with
+    # ``hypothesis`` and ``sentence``); None = the oracle's GEMM catalogue (oracle.diagnosis)
+    diagnose: Callable[..., list] | None = None
 
     def validate(self, case) -> None:
         from cases.case import CaseError

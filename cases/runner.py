@@ -176,7 +176,7 @@ def skip_reason(case: Case, device: str, adapter=None) -> str | None:
     spec = op_spec(case.op)
     p = case.p
     out_dtypes = [o.dtype for o in spec.outputs(case.dims, p)]
-    fp8 = any(d.startswith("float8") for d in out_dtypes)
+    fp8 = any(d.startswith("float8") for d in out_dtypes) or spec.fp8_conversion(p)
     plain = [d for d in out_dtypes if d in FLOAT_DTYPES]
     compute = spec.compute_dtype(p)  # int8/fp8 dots: the probes concern their float32 epilogue
     return probes.skip_reason(compute_dtype=compute if compute in FLOAT_DTYPES else "float32", fp8_output=fp8,
@@ -489,7 +489,12 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         elif diagnose_failures and spec.kind == "gemm":
             t0 = time.perf_counter()
             ctx = {"block_k": effective_config(case, adapter).get("block_k")}
-            res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, actual, context=ctx, **exp_kwargs)]
+            if spec.diagnose is not None:
+                found = spec.diagnose(problem, actual, compute_dtype=exp_kwargs["compute_dtype"],
+                                      out_dtype=exp_kwargs["out_dtype"], context=ctx)
+                res.diagnosis = [{"hypothesis": f.hypothesis, "sentence": f.sentence} for f in found]
+            else:
+                res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, actual, context=ctx, **exp_kwargs)]
             try:
                 res.k_profile = _k_profile(case, problem, run, adapter, device, exp_kwargs)
             except Exception as exc:  # localization is best effort; never lose the result

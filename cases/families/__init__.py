@@ -28,3 +28,9 @@ def collect(attr: str) -> dict:
                 raise RuntimeError(f"{mod.__name__}.{attr} defines {key!r} again")
             merged[key] = value
     return merged
+
+
+# A family module imported on its own (``import cases.families.moe``) runs this package first:
+# load the op registry now, so it takes in every family (that one included) before the module's
+# own body runs, instead of scanning a half-imported module.
+import cases.ops  # noqa: E402,F401

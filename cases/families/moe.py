@@ -38,9 +38,9 @@ Regimes:
   token, router logits closer together and, without a correction bias or grouping, a genuine tie
   between token 0's last chosen expert and another (the oracle accepts either choice).
 
-fp8_block cases are left out of the grid and the strategy where the Triton interpreter's
-float32 -> fp8 conversion is defective (``kernels.probes``): the kernel quantizes activations to
-fp8 in-kernel, so under that interpreter no fp8_block result is checkable; compiled Triton runs them.
+fp8_block cases quantize activations to fp8 in-kernel: where the Triton interpreter's float32 ->
+fp8 conversion is defective (``kernels.probes``) the grid's fp8_block cases are skipped with that
+reason (``OpSpec.fp8_conversion``) and the fuzz strategy leaves them out; compiled Triton runs them.
 """
 from __future__ import annotations
 
@@ -153,8 +153,16 @@ SPECS = [
         compute_dtype=lambda p: p["act_dtype"],
         out_dtype=lambda p: p["out_dtype"],
         outputs=_outputs,
+        fp8_conversion=lambda p: p["scheme"] == "fp8_block",  # activations quantized to fp8 in-kernel
+        diagnose=lambda problem, actual, **kw: _diagnose(problem, actual, **kw),
     )
 ]
+
+
+def _diagnose(problem, actual, *, compute_dtype, out_dtype, context):
+    from oracle.moe import diagnose_moe
+
+    return diagnose_moe(problem, actual, compute_dtype=compute_dtype, out_dtype=out_dtype, context=context)
 
 
 # ------------------------------------------------------------------ materializer
@@ -437,10 +445,7 @@ _GRID = [
 
 def grid(adapter) -> list[Case]:
     cases = []
-    fp8_ok = fp8_runs_here()
     for idx, (scheme, regime, shape, params, cfg) in enumerate(_GRID):
-        if scheme == "fp8_block" and not fp8_ok:
-            continue
         if cfg is not None and any(v not in adapter.tunables.get(k, (v,)) for k, v in cfg.items()):
             continue
         layout = params.get("layout", "gptq")
@@ -497,19 +502,3 @@ def _cases(draw, adapter) -> Case:
 
 
 STRATEGIES = {OP: _cases}
-
-
-def _ensure_registered() -> None:
-    """Register SPECS with ``cases.ops`` if its family scan ran while this module was still
-    importing (``cases.families.modules()`` is re-entered when a family module is the first to
-    import ``cases.ops``; that scan sees this module without SPECS). ``op_spec`` is defined after
-    the scan, so its presence means the scan is over."""
-    import sys
-
-    ops = sys.modules.get("cases.ops")
-    if ops is not None and hasattr(ops, "op_spec"):
-        for spec in SPECS:
-            ops.OP_SPECS.setdefault(spec.op, spec)
-
-
-_ensure_registered()

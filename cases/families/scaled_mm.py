@@ -18,8 +18,8 @@ Regimes (all draws from ``numpy.random.default_rng(case.seed)``):
   format, saturating; int8 zero points from the row's min/max); weights ``N(0, 0.02)`` quantized
   per channel / per tensor / per block.
 - ``adversarial``: scales ``2**(i mod 8)`` with random signs (per row, column, block), codes at
-  the format's largest magnitude in some rows and columns, an all-zero activation row (for
-  ``fp8_w8a16_gemm`` only when M > 1: a single zero row would zero the whole output) and weight
+  the format's largest magnitude in some rows and columns, an all-zero activation row (only
+  when M > 1: a single zero row would zero the whole output) and weight
   column, fp8 subnormal codes (e4m3 formats; e5m2 subnormal codes are left out: the interpreter's
   e5m2 ``tl.dot`` flushes them, see ``kernels.probes``/tests), int8 zero points at -128 / 127.
 """
@@ -213,7 +213,8 @@ def _scaled_mm(case) -> dict:
     else:  # adversarial
         a = _adversarial_codes(rng, fmt, (m, k), extreme_rows=(m - 1,))
         b = _adversarial_codes(rng, fmt, (k, n), extreme_cols=(0,))
-        a[0, :] = 0  # an all-zero row (int8 0 and fp8 code 0 are both +0)
+        if m > 1:  # an all-zero row (int8 0 and fp8 code 0 are both +0); with M = 1 it would hide every bug
+            a[0, :] = 0
         b[:, n - 1] = 0
         # |y| <= K * 2**14 * base_a * base_b * qmax**2 stays far below the fp16 range
         sa = _pow2_signed(rng, np.arange(m if per_token else 1), 2.0**-7 / qmax).reshape(-1, 1)
@@ -254,7 +255,8 @@ def _block(case) -> dict:
     else:
         a = _adversarial_codes(rng, fmt, (m, k), extreme_rows=(m - 1,))
         b = _adversarial_codes(rng, fmt, (k, n), extreme_cols=(0,))
-        a[0, :] = 0
+        if m > 1:  # with M = 1 an all-zero activation row would zero the whole output
+            a[0, :] = 0
         b[:min(bk, k), :] = 0  # an all-zero weight block row
         sa = _pow2_signed(rng, np.add.outer(np.arange(m), np.arange(kb)), 2.0**-7 / qmax)
         sb = _pow2_signed(rng, np.add.outer(np.arange(kb), 3 * np.arange(nb)), 2.0**-7 / qmax)

@@ -42,7 +42,7 @@ CPU_SET = [
 ]
 GPU_SET = [
     ["benchmarks/bench_harness.py", "--device", "cuda", "--cases", "300", "--json"],
-    ["benchmarks/bench_detect.py", "--device", "cuda", "--json"],
+    ["benchmarks/bench_detect.py", "--device", "cuda", "--seeds", "3", "--json"],
     ["benchmarks/bench_kernels.py", "--device", "cuda", "--json"],
 ]
 

@@ -50,8 +50,16 @@ roundings on any one term's path:
 ``u = ACC_U = 2 u_32``, not ``u_32``: tensor cores add products in a multi-term adder that
 truncates instead of rounding to nearest (Fasi, Higham, Mikaitis, Pranesh, "Numerical behavior
 of NVIDIA tensor cores", PeerJ CS 2021), an error below one fp32 ulp, i.e. ``2 u_32`` relative.
-Not covered: accumulators narrower than fp32 (FP8 MMA on sm_90 keeps about 14 significand bits
-unless the kernel promotes partial sums to fp32 every few MMAs).
+FP8 dots (``compute_dtype`` an fp8 format) add an MMA term with ``FP8_MMA_U = 2**-13``: Hopper's FP8
+MMA accumulates with about 14 retained significand bits, truncating (DeepSeek-V3 technical
+report, arXiv:2412.19437, section 3.3.2, measured on H800). Kernels are assumed to promote the MMA
+result to an fp32 accumulator every ``FP8_MMA_CHUNK = 128`` products or fewer (the interval the
+report recommends), so an fp8 dot adds
+``T_mma = gamma_c(FP8_MMA_U) (P_hat + |b|)`` with ``c = min(K, FP8_MMA_CHUNK)`` to the fp32 term
+over all K. A kernel that accumulates longer runs in the MMA without promoting can exceed this
+and is reported: its result is less accurate than that practice allows. Measured on an H100, a
+correct per-token x per-channel fp8 kernel exceeded the fp32-only bound by up to 2x at
+K = 16..32. int8 and e2m1 dots are exact or fp32 as stated.
 
 **int8 W8A8** (``compute_dtype='int8'``): the dot accumulates exactly in int32 (the reference
 checks ``K * max|a - azp| * max|b| < 2**31``), so only the epilogue rounds: the int32 sums
@@ -92,6 +100,8 @@ U32 = wide_float("float32").unit_roundoff
 ETA32 = wide_float("float32").min_subnormal
 U64 = 2.0**-53
 ACC_U = 2 * U32  # tensor-core adders truncate: < 1 fp32 ulp per addition
+FP8_MMA_U = 2.0**-13  # FP8 MMA accumulators keep ~14 significand bits and truncate (sm_90)
+FP8_MMA_CHUNK = 128  # products accumulated in the MMA before promotion to fp32, at most
 
 CODE_COMPUTE = ("int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn")
 
@@ -204,6 +214,8 @@ def dot_bound(
     b = _bias_abs(bias, w.shape[1])
     r = k + product_roundings + scale_roundings
     e = t_op + extra_relative * p_hat + gamma(r, ACC_U) * (p_hat + b)
+    if compute_dtype.startswith("float8"):
+        e = e + gamma(min(k, FP8_MMA_CHUNK), FP8_MMA_U) * (p_hat + b)
     e += 3 * (k + 1) * ETA32 * max(1.0, amplification)
     e += 2 * gamma(k + 2, U64) * (p_hat + b)
     return output_reach(y, e, out_dtype)

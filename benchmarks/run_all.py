@@ -63,6 +63,15 @@ def machine(device: str) -> str:
 
 def _normalize(r: dict) -> dict:
     """Rows from every script in one shape: name, value, unit, goal, ok, detail."""
+    if "ratio" in r and "value" not in r:  # reference vs bare float64 matmuls, side by side
+        goal = r.get("goal_ratio", r.get("goal"))
+        name = r.get("name") or (f"fused-MoE reference vs its bare float64 expert matmuls (tokens {r.get('tokens')}, "
+                                 f"hidden {r.get('hidden')}, intermediate {r.get('intermediate')}, "
+                                 f"{r.get('experts')} experts, top-{r.get('top_k')})")
+        ms = r.get("ms", 1e3 * r.get("reference_s", float("nan")))
+        bare = r.get("matmul_ms", 1e3 * r.get("bare_gemms_s", float("nan")))
+        return {"name": name, "value": r["ratio"], "unit": "x", "goal": None if goal is None else f"<= {goal:g} x",
+                "ok": r.get("ok", goal is None or r["ratio"] <= goal), "detail": f"reference {ms:.0f} ms, bare {bare:.0f} ms"}
     if "units" in r:  # bench_oracle's own shape
         goal = r.get("goal_units")
         return {"name": r["name"], "value": r["units"], "unit": "units", "goal": None if goal is None else f"<= {goal:g} units",
@@ -80,7 +89,8 @@ def run_script(args: list[str], timeout: float) -> tuple[list[dict], str]:
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         data = json.loads(proc.stdout[proc.stdout.index("{"):])
-        rows = [_normalize(r) for r in data["results"]]
+        found = (data.get("results", []) + data.get("gemm_references", [])) if "results" in data else [data]
+        rows = [_normalize(r) for r in found]
     except subprocess.TimeoutExpired:
         rows = [{"name": f"{args[0]}", "value": float("nan"), "unit": "", "goal": None, "ok": False,
                  "detail": f"did not finish within {timeout:g} s"}]
@@ -106,15 +116,24 @@ def gate_wall(device: str, workers: str, timeout: float) -> tuple[list[dict], st
              "detail": f"exit {proc.returncode}; {summary.strip('= ')}"}], shown
 
 
-def measure(device: str, timeout: float) -> dict:
+def measure(device: str, timeout: float, only: list[str] | None = None, previous: dict | None = None) -> dict:
+    """Run the device's set (or only the scripts named in ``only``, keeping the other rows of
+    ``previous``) and return the saved-results record."""
     rows = []
     todo = CPU_SET if device == "cpu" else GPU_SET
+    if only:
+        todo = [a for a in todo if Path(a[0]).stem in only]
+        keep = {Path(a[0]).stem for a in (CPU_SET if device == "cpu" else GPU_SET)} - set(only)
+        rows = [r for r in (previous or {}).get("rows", [])
+                if Path(r["command"].split()[1]).stem in keep or r["command"].startswith("qkcheck")]
     for args in todo:
         got, cmd = run_script(args, timeout)
         rows += [{**r, "command": cmd} for r in got]
         print(f"done: {cmd}", file=sys.stderr)
-    got, cmd = gate_wall(device, "2" if device == "cpu" else "4", timeout)
-    rows += [{**r, "command": cmd} for r in got]
+    if not only or "gate" in only:
+        rows = [r for r in rows if not r["command"].startswith("qkcheck")]
+        got, cmd = gate_wall(device, "2" if device == "cpu" else "4", timeout)
+        rows += [{**r, "command": cmd} for r in got]
     return {"device": device, "machine": machine(device), "measured": time.strftime("%Y-%m-%d"), "rows": rows}
 
 
@@ -153,10 +172,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--table-only", action="store_true", help="only rebuild BENCHMARKS.md from saved results")
     parser.add_argument("--timeout", type=float, default=1200, help="per-script limit in seconds")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated scripts to re-run (e.g. bench_oracle,gate); the other saved rows are kept")
     args = parser.parse_args(argv)
     if not args.table_only:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        data = measure(args.device, args.timeout)
+        saved = RESULTS / f"{args.device}.json"
+        previous = json.loads(saved.read_text()) if saved.exists() else None
+        data = measure(args.device, args.timeout, args.only.split(",") if args.only else None, previous)
         (RESULTS / f"{args.device}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     TABLE.write_text(render_table())
     print(f"wrote {TABLE}")

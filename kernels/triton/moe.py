@@ -55,6 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton.config import ListConfig
 from kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
 from kernels.triton.w4a16 import SYMMETRIC_ZERO, WeightLayout
 from kernels.triton.w4a16 import _container_dtype, _field_code, _per_axis
@@ -139,7 +140,7 @@ class ExpertWeights:
 
 
 @dataclass(frozen=True)
-class MoEConfig:
+class MoEConfig(ListConfig):
     """Tunables of one fused MoE call.
 
     block_m: rows per aligned block (the alignment's BLOCK_M and both GEMMs' M tile);
@@ -159,25 +160,6 @@ class MoEConfig:
     num_warps: int = 4
     num_stages: int = 2
     split_k: int = 1
-
-    def as_list(self) -> list[int]:
-        """The fields in declaration order as ints (the custom op passes configs as ``int[]``)."""
-        return [int(getattr(self, f.name)) for f in dataclasses.fields(self)]
-
-    @classmethod
-    def from_list(cls, values) -> "MoEConfig":
-        fields = dataclasses.fields(cls)
-        names = [f.name for f in fields]
-        if not 3 <= len(values) <= len(names):
-            raise ValueError(
-                f"config={list(values)!r} has {len(values)} entries (allowed: 3 to {len(names)}, "
-                f"in the order {names}); pass MoEConfig(...).as_list()"
-            )
-        kwargs = {}
-        for f, v in zip(fields, values):
-            kwargs[f.name] = bool(v) if f.name == "fuse_activation" else int(v)
-        return cls(**kwargs)
-
 
 def _cdiv(a: int, b: int) -> int:
     """ceil(a / b) for ints (plain Python: cheaper per call than ``triton.cdiv``)."""

@@ -61,6 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton.config import ListConfig
 from oracle.formats import FORMATS, FloatFormat, Specials
 from oracle.packing import NIBBLES_K_ACTIVATION, Packing
 from oracle.schemes import get_scheme
@@ -121,7 +122,7 @@ SCALE_NEUTRAL_CODE = _SCALE.bias  # 2**0: what masked-off scale loads read
 
 
 @dataclass(frozen=True)
-class MXFP4Config:
+class MXFP4Config(ListConfig):
     """Tunables of one launch; each maps to a kernel constexpr (or the grid / launch options).
 
     block_m/n: tile sizes (powers of two >= 16). block_k: a power of two and a multiple of the
@@ -140,21 +141,6 @@ class MXFP4Config:
     num_warps: int = 4
     num_stages: int = 2
     dot_scaled: int = 0
-
-    def as_list(self) -> list[int]:
-        """The fields in declaration order (the custom op passes configs as ``int[]``)."""
-        return [int(getattr(self, f.name)) for f in dataclasses.fields(self)]
-
-    @classmethod
-    def from_list(cls, values) -> "MXFP4Config":
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not 3 <= len(values) <= len(names):
-            raise ValueError(
-                f"config={list(values)!r} has {len(values)} entries (allowed: 3 to {len(names)}, "
-                f"in the order {names}); pass MXFP4Config(...).as_list()"
-            )
-        return cls(**dict(zip(names, (int(v) for v in values))))
-
 
 # (largest M, config) -- first row whose bound is >= M wins; the last row has no bound.
 _TILE_TABLE: tuple[tuple[int | None, MXFP4Config], ...] = (

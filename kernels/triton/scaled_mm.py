@@ -63,6 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton.config import ListConfig
 from oracle.formats import FloatFormat, Specials, get_format
 
 __all__ = [
@@ -94,7 +95,7 @@ _SPECIALS_CODE = {Specials.FN: 0, Specials.FNUZ: 1, Specials.IEEE: 2}
 
 # ------------------------------------------------------------------------------------ config
 @dataclass(frozen=True)
-class ScaledMMConfig:
+class ScaledMMConfig(ListConfig):
     """Tunables of one launch; each maps to a kernel constexpr (or the grid / launch options).
 
     block_m/n/k: tile sizes (powers of two >= 16 for ``tl.dot``; block_k >= 32 for the int8 / fp8
@@ -111,21 +112,6 @@ class ScaledMMConfig:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 3
-
-    def as_list(self) -> list[int]:
-        """The fields in declaration order (the custom ops pass configs as ``int[]``)."""
-        return [getattr(self, f.name) for f in dataclasses.fields(self)]
-
-    @classmethod
-    def from_list(cls, values) -> "ScaledMMConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not 3 <= len(values) <= len(names):
-            raise ValueError(
-                f"config={list(values)!r} has {len(values)} entries (allowed: 3 to {len(names)}, "
-                f"in the order {names}); pass ScaledMMConfig(...).as_list()"
-            )
-        return cls(**dict(zip(names, (int(v) for v in values))))
-
 
 # (largest M, config) — first row whose bound is >= M wins; the last row has no bound.
 _TILE_TABLE: tuple[tuple[int | None, ScaledMMConfig], ...] = (

@@ -45,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton.config import ListConfig
 from oracle.packing import AWQ_QWEIGHT, AWQ_QZEROS, GPTQ_QWEIGHT, GPTQ_QZEROS, NIBBLES_K_WEIGHT, Packing
 
 __all__ = [
@@ -111,7 +112,7 @@ LAYOUTS: dict[str, WeightLayout] = {
 
 
 @dataclass(frozen=True)
-class W4A16Config:
+class W4A16Config(ListConfig):
     """Tunables of one launch; each maps to a kernel constexpr (or the grid / launch options).
 
     block_m/n/k: tile sizes (powers of two, >= 16 for ``tl.dot``); block_k may exceed group_size.
@@ -126,21 +127,6 @@ class W4A16Config:
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 2
-
-    def as_list(self) -> list[int]:
-        """The fields in declaration order (the custom op passes configs as ``int[]``)."""
-        return [getattr(self, f.name) for f in dataclasses.fields(self)]
-
-    @classmethod
-    def from_list(cls, values) -> "W4A16Config":
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not 3 <= len(values) <= len(names):
-            raise ValueError(
-                f"config={list(values)!r} has {len(values)} entries (allowed: 3 to {len(names)}, "
-                f"in the order {names}); pass W4A16Config(...).as_list()"
-            )
-        return cls(**dict(zip(names, (int(v) for v in values))))
-
 
 # (largest M, config) — first row whose bound is >= M wins; the last row has no bound.
 _TILE_TABLE: tuple[tuple[int | None, W4A16Config], ...] = (

@@ -47,7 +47,6 @@ Every tunable is in :class:`MoEConfig`; every argument is validated before anyth
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from dataclasses import dataclass
 

@@ -101,3 +101,29 @@ def missing_call(where: str):
 def status() -> dict[str, str | None]:
     """Engine name -> None (available) or the reason it is not."""
     return {name: importlib.import_module(path).UNAVAILABLE for name, path in ENGINES.items()}
+
+
+def register(specs) -> None:
+    """Publish each adapter spec's API limits and conventions under its adapter name."""
+    for s in specs:
+        SUPPORTS[s["name"]] = s["supports"]
+        CONVENTIONS[s["name"]] = dict(s["conventions"])
+
+
+def build(specs, engine: str, install_hint: str):
+    """(adapters, None) where ``engine`` imports; ([], reason) where it does not. An engine
+    function that cannot be found still yields its adapter: every case of it fails, naming the
+    paths tried (API drift is loud, never a silently missing kernel)."""
+    from kernels.adapters import KernelAdapter
+
+    _, reason = import_engine(engine, install_hint)
+    if reason:
+        return [], reason
+    adapters = []
+    for s in specs:
+        fn, where = find_symbol(s["paths"], s["symbol"])
+        call = s["make_call"](fn) if fn is not None else missing_call(f"{s['name']}: {where}")
+        adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call, target=fn,
+                                      signature=s["signature"], description=s["description"],
+                                      supports=s["supports"], **s["fields"]))
+    return adapters, None

@@ -27,7 +27,7 @@ not confirmed), ``pertoken_quant`` (a torch reference, not a kernel), fused MoE.
 from __future__ import annotations
 
 from kernels.adapters import KernelAdapter
-from kernels.engines import CONVENTIONS, SUPPORTS, find_symbol, import_engine, missing_call, require_supported
+from kernels.engines import build, register, require_supported
 
 ENGINE = "aiter"
 INSTALL_HINT = "install ROCm AITER (github.com/ROCm/aiter) on a ROCm GPU runner"
@@ -194,24 +194,12 @@ _SPECS = (
                      "power of two; signature read from aiter/ops/triton/quant/quant.py, 2025 - 2026 main"),
 )
 
-for _s in _SPECS:
-    SUPPORTS[_s["name"]] = _s["supports"]
-    CONVENTIONS[_s["name"]] = dict(_s["conventions"])
+register(_SPECS)
 
 
 def load() -> tuple[list[KernelAdapter], str | None]:
     """(adapters, None) where aiter imports; ([], reason) where it does not."""
-    _, reason = import_engine(ENGINE, INSTALL_HINT)
-    if reason:
-        return [], reason
-    adapters = []
-    for s in _SPECS:
-        fn, where = find_symbol(s["paths"], s["symbol"])
-        call = s["make_call"](fn) if fn is not None else missing_call(f"{s['name']}: {where}")
-        adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call, target=fn,
-                                      signature=s["signature"], description=s["description"],
-                                      supports=s["supports"], **s["fields"]))
-    return adapters, None
+    return build(_SPECS, ENGINE, INSTALL_HINT)
 
 
 ADAPTERS, UNAVAILABLE = load()

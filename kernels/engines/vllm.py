@@ -28,8 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.adapters import KernelAdapter
-from kernels.engines import (CONVENTIONS, SUPPORTS, EngineUnsupported, find_symbol, import_engine,
-                             missing_call, require_supported)
+from kernels.engines import EngineUnsupported, build, register, require_supported
 
 ENGINE = "vllm"
 INSTALL_HINT = "pip install vllm on a GPU runner"
@@ -251,24 +250,12 @@ _SPECS = (
                      "split_k_iters are its tunables; signature read from awq_triton.py, v0.6 - main"),
 )
 
-for _s in _SPECS:
-    SUPPORTS[_s["name"]] = _s["supports"]
-    CONVENTIONS[_s["name"]] = dict(_s["conventions"])
+register(_SPECS)
 
 
 def load() -> tuple[list[KernelAdapter], str | None]:
     """(adapters, None) where vllm imports; ([], reason) where it does not."""
-    _, reason = import_engine(ENGINE, INSTALL_HINT)
-    if reason:
-        return [], reason
-    adapters = []
-    for s in _SPECS:
-        fn, where = find_symbol(s["paths"], s["symbol"])
-        call = s["make_call"](fn) if fn is not None else missing_call(f"{s['name']}: {where}")
-        adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call, target=fn,
-                                      signature=s["signature"], description=s["description"],
-                                      supports=s["supports"], **s["fields"]))
-    return adapters, None
+    return build(_SPECS, ENGINE, INSTALL_HINT)
 
 
 ADAPTERS, UNAVAILABLE = load()

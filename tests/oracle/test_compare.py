@@ -71,3 +71,12 @@ def test_divergence_round_trips_through_a_dict():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match=r"actual has shape \(2,\) but expected has shape \(3,\)"):
         compare(np.zeros(2), np.zeros(3), 0.0)
+
+
+def test_compare_and_divergence_are_the_package_api():
+    from oracle import Divergence as PackageDivergence
+    from oracle import compare as package_compare
+
+    assert package_compare is compare and PackageDivergence is Divergence
+    d = package_compare(np.array([[1.0, 2.0]]), np.array([[1.0, 3.0]]), 0.0, unit=1.0)
+    assert isinstance(d, Divergence) and d.count == 1

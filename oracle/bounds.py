@@ -67,7 +67,11 @@ checks ``K * max|a - azp| * max|b| < 2**31``), so only the epilogue rounds: the 
 (1 rounding each), subtracted (1), scaled by a_scale and b_scale (2) and the bias added (1):
 ``T_int = gamma_5 (|s| |S| + |s| |C| + |b|)`` with ``s = a_scale * b_scale`` and float32's u
 (the epilogue runs on IEEE units) — relative to the result, not to ``P``; plus the T_u and T_64
-terms below with ``A = max(|S| + |C|)``.
+terms below with ``A = max(|S| + |C|)``. A split-K kernel converts and scales each split's exact
+int32 partial ``S_i`` and adds the scaled partials in fp32 (at most K - 1 additions, in any order):
+``T_split = gamma_{K+3} |s| P_c`` with ``P_c = sum_k |a| |b|`` (``sum_i |S_i| <= P_c``). Found
+needed by the fuzzer: a correct split_k=2 int8 kernel was 2.9x past ``T_int`` alone where the
+partials cancel.
 
 **T_u — underflow**: multiplications can underflow float32 (bf16 and E8M0 reach 2**-133 /
 2**-127), each with an absolute error <= eta_32 / 2, later amplified by at most the largest
@@ -245,11 +249,14 @@ INT32_LIMIT = 2**31
 
 
 def int8_epilogue_bound(s_abs: np.ndarray, sums: np.ndarray, corr: np.ndarray, y: np.ndarray, *,
-                        bias, out_dtype: str) -> np.ndarray:
-    """T_int of the module docstring then the output reach. s_abs: |a_scale * b_scale| [M, N]
-    (broadcastable); sums: |sum_k a b| [M, N]; corr: |azp * sum_k b| [M, N] (0 without azp)."""
+                        bias, out_dtype: str, products: np.ndarray | None = None, k: int = 0) -> np.ndarray:
+    """T_int (+ T_split) of the module docstring then the output reach. s_abs: |a_scale * b_scale|
+    [M, N] (broadcastable); sums: |sum_k a b| [M, N]; corr: |azp * sum_k b| [M, N] (0 without azp);
+    products: sum_k |a| |b| [M, N] and k: K, for the split-K term (omitted when None)."""
     b = _bias_abs(bias, y.shape[1])
     e = gamma(5) * (s_abs * (sums + corr) + b)
+    if products is not None and k > 1:
+        e = e + gamma(k + 3) * s_abs * products
     amp = float(np.max(sums + corr)) if sums.size else 1.0
     e = e + 3 * ETA32 * max(1.0, amp) + 2 * gamma(4, U64) * (s_abs * (sums + corr) + b)
     return output_reach(y, e, out_dtype)

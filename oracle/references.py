@@ -208,7 +208,8 @@ def _scaled_mm_bound(p, y, compute_dtype, out_dtype):
         else:
             corr = np.abs(np.asarray(azp, np.float64) * ops.wc.sum(axis=0, keepdims=True))
         s_abs = np.abs(ops.xs * ops.ws)
-        return int8_epilogue_bound(s_abs, sums, corr, y, bias=ops.bias, out_dtype=out_dtype)
+        return int8_epilogue_bound(s_abs, sums, corr, y, bias=ops.bias, out_dtype=out_dtype,
+                                   products=np.abs(a) @ np.abs(ops.wc), k=a.shape[1])
     amp = _amplification(k, _code_max(qd) * 2, _code_max(qd), ops.xs, ops.ws)
     return dot_bound(ops.x, ops.w, y, bias=ops.bias, compute_dtype=compute_dtype, out_dtype=out_dtype,
                      scale_roundings=2, amplification=amp)

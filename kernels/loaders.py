@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.checks import dtype_name as _dtype_name
+
 __all__ = ["SCHEMES", "WEIGHT_LAYOUTS", "WeightScheme", "prepare_weights"]
 
 WEIGHT_LAYOUTS = ("nk", "kn")
@@ -64,10 +66,6 @@ SCHEMES: dict[str, WeightScheme] = {
         WeightScheme("fp8_block", _FP8, True, "block_scaled_mm"),
     )
 }
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _cdiv(a: int, b: int) -> int:

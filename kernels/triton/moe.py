@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import dtype_name as _dtype_name, require_tensor as _require_tensor
 from kernels.triton.config import ListConfig
 from kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
 from kernels.triton.w4a16 import SYMMETRIC_ZERO, WeightLayout
@@ -208,15 +209,6 @@ def default_config(num_tokens: int, top_k: int, hidden: int, intermediate: int, 
 
 def _names(values) -> str:
     return ", ".join(str(v) for v in values)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _require_tensor(name: str, value) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; pass a tensor")
 
 
 def _require_int(name: str, value, *, minimum: int) -> int:

@@ -61,6 +61,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from kernels.triton.config import ListConfig
 from oracle.formats import FORMATS, FloatFormat, Specials
 from oracle.packing import NIBBLES_K_ACTIVATION, Packing
@@ -345,19 +346,6 @@ def _mxfp4_kernel(
 
 
 # -------------------------------------------------------------------------------------- validation
-
-
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _names(dtypes) -> str:
-    return ", ".join(_dtype_name(d) for d in dtypes)
-
-
-def _require_tensor(name: str, value) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; pass a tensor")
 
 
 def _validate_config(config: MXFP4Config, act_mx: bool) -> None:

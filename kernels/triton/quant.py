@@ -73,6 +73,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from oracle.formats import FORMATS, FloatFormat
 from oracle.schemes import DEFAULT_AMAX_FLOOR
 
@@ -110,14 +111,6 @@ E8M0_EXP_MIN, E8M0_EXP_MAX = -127, 127
 _ENC_INT = 0  # RNE to an integer, saturated, stored as int8
 _ENC_FLOAT_SW = 1  # bits assembled in integer arithmetic, stored through a uint8 view
 _ENC_FLOAT_HW = 2  # clamp, then the hardware float32 -> fp8 conversion
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _names(dtypes) -> str:
-    return ", ".join(_dtype_name(d) for d in dtypes)
 
 
 # ------------------------------------------------------------------------------------ formats
@@ -500,11 +493,6 @@ def _mx_quant_kernel(
 
 
 # ------------------------------------------------------------------------------------ validation
-
-
-def _require_tensor(name: str, value) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; pass a tensor")
 
 
 def _check_x(x) -> tuple[int, int]:

@@ -63,6 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from kernels.triton.config import ListConfig
 from oracle.formats import FloatFormat, Specials, get_format
 
@@ -390,19 +391,6 @@ def _fp8_w8a16_kernel(
 
 
 # ------------------------------------------------------------------------------------ validation
-def _dtype_name(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _names(dtypes) -> str:
-    return ", ".join(_dtype_name(d) for d in dtypes)
-
-
-def _require_tensor(name: str, value) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; pass a tensor")
-
-
 def _shape(t: torch.Tensor) -> list[int]:
     return list(t.shape)
 

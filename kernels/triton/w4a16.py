@@ -45,6 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from kernels.triton.config import ListConfig
 from oracle.packing import AWQ_QWEIGHT, AWQ_QZEROS, GPTQ_QWEIGHT, GPTQ_QZEROS, NIBBLES_K_WEIGHT, Packing
 
@@ -389,19 +390,6 @@ def _w4a16_kernel(
 
     out_ptrs = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _names(dtypes) -> str:
-    return ", ".join(_dtype_name(d) for d in dtypes)
-
-
-def _require_tensor(name: str, value) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}; pass a tensor")
 
 
 def _validate_config(config: W4A16Config) -> None:

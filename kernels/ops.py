@@ -85,16 +85,3 @@ def registered_ops() -> dict[str, RegisteredOp]:
             f"{NAMESPACE}::w4a16_gemm", _w4a16_real, _w4a16_fake, torch.ops.qkcheck.w4a16_gemm.default,
         ),
     }
-
-
-OP_MODULES = ("kernels.ops", "kernels.ops_quant", "kernels.ops_scaled_mm", "kernels.ops_mxfp4", "kernels.ops_moe")
-
-
-def all_registered_ops() -> dict[str, RegisteredOp]:
-    """Every custom op the bundled kernels register, across their modules, by name."""
-    import importlib
-
-    found: dict[str, RegisteredOp] = {}
-    for name in OP_MODULES:
-        found.update(importlib.import_module(name).registered_ops())
-    return found

@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     for case in cases[:3]:  # warm-up: imports, probes, first compiles
         run_case(case, adapter, dev)
     totals = {"kernel": 0.0, "oracle": 0.0, "total": 0.0}
+    phases: dict[str, float] = {}
     ran = skipped = 0
     t0 = time.perf_counter()
     for case in cases:
@@ -71,6 +72,8 @@ def main(argv=None) -> int:
         ran += 1
         for k in totals:
             totals[k] += r.timings.get(k, 0.0)
+        for k, v in r.timings.items():
+            phases[k] = phases.get(k, 0.0) + v
     wall = time.perf_counter() - t0
     overhead = (totals["total"] - totals["kernel"] - totals["oracle"]) / max(totals["total"], 1e-12)
     rows = [
@@ -79,6 +82,9 @@ def main(argv=None) -> int:
         {"name": f"kernel share / oracle share of case time ({adapter.name})",
          "value": totals["kernel"] / max(totals["total"], 1e-12) * 100, "unit": "%",
          "detail": f"oracle {totals['oracle'] / max(totals['total'], 1e-12) * 100:.1f} %", "goal": None, "ok": True},
+        {"name": f"time per case by phase ({adapter.name}, {dev})", "value": totals["total"] / max(ran, 1) * 1e3,
+         "unit": "ms", "goal": None, "ok": True,
+         "detail": ", ".join(f"{k} {v / max(ran, 1) * 1e3:.3f} ms" for k, v in phases.items() if k != "total")},
         {"name": f"fuzz throughput ({adapter.name}, {dev}; {skipped} of {len(cases)} drawn cases skipped)",
          "value": len(cases) / wall, "unit": "cases/s", "goal": None, "ok": True},
     ]
@@ -90,6 +96,8 @@ def main(argv=None) -> int:
         for r in rows:
             goal = r["goal"] or ""
             print(f"{r['name']:<80} {r['value']:8.2f} {r['unit']:<8} {goal:<10} {'ok' if r['ok'] else 'MISSED'}")
+            if r.get("detail"):
+                print(f"    {r['detail']}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -15,12 +15,19 @@ launcher's default):
   — codes ``[M, K]`` quant_dtype, scales ``[M, K/G]`` float32 with strides ``(K/G, 1)``
   (row-major) or ``(1, M)`` (column-major); config: ``GroupConfig`` (block_m, block_g[,
   num_warps, sw_fp8]).
-- ``qkcheck::mx_quant(Tensor x, str scale_rule, int[]? config) -> (Tensor packed, Tensor scales)``
-  — packed ``[M, K/2]`` uint8 (two e2m1 codes per byte, low nibble = even k), scales
-  ``[M, K/32]`` uint8 E8M0 codes; config: ``MXConfig`` (block_m, block_g[, num_warps]).
+- ``qkcheck::mx_quant(Tensor x, str fmt, str scale_rule, int[]? config) -> (Tensor codes,
+  Tensor scales)`` — fmt ``mxfp4``, ``mxfp6_e2m3``, ``mxfp6_e3m2``, ``mxfp8_e4m3``,
+  ``mxfp8_e5m2``; codes uint8: mxfp4 ``[M, K/2]`` (two e2m1 codes per byte, low nibble = even
+  k), the others ``[M, K]`` (one bit pattern per byte); scales ``[M, K/32]`` uint8 E8M0 codes;
+  config: ``MXConfig`` (block_m, block_g[, num_warps]).
+- ``qkcheck::nvfp4_quant(Tensor x, Tensor global_scale, int[]? config) -> (Tensor packed,
+  Tensor scales)`` — global_scale float32 ``[]`` or ``[1]`` (the dequantization multiplier);
+  packed ``[M, K/2]`` uint8 (two e2m1 codes per byte, low nibble = even k), scales ``[M, K/16]``
+  uint8 E4M3 codes; config: ``NVFP4Config`` (block_m, block_g[, num_warps]).
 
 quant_dtype: ``torch.int8``, ``torch.float8_e4m3fn``, ``torch.float8_e4m3fnuz``,
-``torch.float8_e5m2``. Every output lives on x's device.
+``torch.float8_e5m2``. Every output lives on x's device. MX and NVFP4 outputs are bytes (uint8
+bit patterns; ``kernels.triton.quant``'s docstring says why and how to view them as float8).
 
 :data:`REGISTERED` (also returned by :func:`registered_ops`) maps each op name to a
 ``kernels.ops.RegisteredOp`` with its real and fake callables and its OpOverload. Each fake
@@ -38,6 +45,7 @@ from kernels.triton import quant as _q
 __all__ = [
     "REGISTERED",
     "mx_quant",
+    "nvfp4_quant",
     "per_token_group_quant",
     "per_token_quant",
     "registered_ops",
@@ -133,22 +141,48 @@ per_token_group_quant.register_fake(_per_token_group_quant_fake)
 # ------------------------------------------------------------------ mx_quant
 
 
-def _mx_quant_real(x: torch.Tensor, scale_rule: str, config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _q.mx_quant(x, scale_rule=scale_rule, config=_config(_q.MXConfig, config))
+def _mx_quant_real(x: torch.Tensor, fmt: str, scale_rule: str,
+                   config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _q.mx_quant(x, fmt=fmt, scale_rule=scale_rule, config=_config(_q.MXConfig, config))
 
 
-def _mx_quant_fake(x: torch.Tensor, scale_rule: str, config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Contract: packed ``[M, K/2]`` uint8, scales ``[M, K/32]`` uint8, on x's device."""
-    M, K = _q.check_mx_quant(x, scale_rule)
+def _mx_quant_fake(x: torch.Tensor, fmt: str, scale_rule: str,
+                   config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contract: codes uint8 ``[M, K/2]`` (mxfp4, packed) or ``[M, K]`` (every other fmt),
+    scales ``[M, K/32]`` uint8, on x's device."""
+    M, K = _q.check_mx_quant(x, scale_rule, fmt)
     _config(_q.MXConfig, config)
     return (
-        torch.empty((M, K // 2), dtype=torch.uint8, device=x.device),
+        torch.empty((M, K // 2) if fmt == "mxfp4" else (M, K), dtype=torch.uint8, device=x.device),
         torch.empty((M, K // 32), dtype=torch.uint8, device=x.device),
     )
 
 
 mx_quant = torch.library.custom_op(f"{NAMESPACE}::mx_quant", mutates_args=())(_mx_quant_real)
 mx_quant.register_fake(_mx_quant_fake)
+
+
+# ------------------------------------------------------------------ nvfp4_quant
+
+
+def _nvfp4_quant_real(x: torch.Tensor, global_scale: torch.Tensor,
+                      config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return _q.nvfp4_quant(x, global_scale, config=_config(_q.NVFP4Config, config))
+
+
+def _nvfp4_quant_fake(x: torch.Tensor, global_scale: torch.Tensor,
+                      config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contract: packed ``[M, K/2]`` uint8, scales ``[M, K/16]`` uint8, on x's device."""
+    M, K = _q.check_nvfp4_quant(x, global_scale)
+    _config(_q.NVFP4Config, config)
+    return (
+        torch.empty((M, K // 2), dtype=torch.uint8, device=x.device),
+        torch.empty((M, K // 16), dtype=torch.uint8, device=x.device),
+    )
+
+
+nvfp4_quant = torch.library.custom_op(f"{NAMESPACE}::nvfp4_quant", mutates_args=())(_nvfp4_quant_real)
+nvfp4_quant.register_fake(_nvfp4_quant_fake)
 
 
 # ------------------------------------------------------------------ registry
@@ -164,6 +198,7 @@ def registered_ops() -> dict[str, RegisteredOp]:
             ("static_quant", _static_quant_real, _static_quant_fake),
             ("per_token_group_quant", _per_token_group_quant_real, _per_token_group_quant_fake),
             ("mx_quant", _mx_quant_real, _mx_quant_fake),
+            ("nvfp4_quant", _nvfp4_quant_real, _nvfp4_quant_fake),
         )
     }
 

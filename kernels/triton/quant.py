@@ -1,4 +1,5 @@
-"""Activation quantization kernels: dynamic per-token, static per-tensor, per-token-group and MXFP4.
+"""Activation quantization kernels: dynamic per-token, static per-tensor, per-token-group, MX
+(MXFP4, MXFP6 e2m3 / e3m2, MXFP8 e4m3 / e5m2) and NVFP4.
 
 Every kernel reads ``x[M, K]`` (float16 / bfloat16 / float32, unit stride along K), converts each
 element to float32 (exact) and does all arithmetic in float32. Outputs:
@@ -9,8 +10,19 @@ op                    codes                         scales
 per_token_quant       ``[M, K]`` quant_dtype        ``[M, 1]`` float32
 static_quant          ``[M, K]`` quant_dtype        (given: a float32 scalar tensor)
 per_token_group_quant ``[M, K]`` quant_dtype        ``[M, K/G]`` float32, row- or column-major
-mx_quant              ``[M, K/2]`` uint8, e2m1      ``[M, K/32]`` uint8 E8M0 codes
+mx_quant, mxfp4       ``[M, K/2]`` uint8, e2m1      ``[M, K/32]`` uint8 E8M0 codes
+mx_quant, others      ``[M, K]`` uint8 bit patterns ``[M, K/32]`` uint8 E8M0 codes
+nvfp4_quant           ``[M, K/2]`` uint8, e2m1      ``[M, K/16]`` uint8 E4M3 codes
 ====================  ===========================  =========================================
+
+FP4 codes are packed two per byte along K (low nibble = even k, high nibble = odd k:
+``oracle.packing.NIBBLES_K_ACTIVATION``). MXFP6 codes are stored one per byte, unpacked (the
+6-bit pattern in the low bits; the OCP spec leaves FP6 packing to the implementation). MXFP8
+codes are stored one per byte as uint8 bit patterns: ``codes.view(torch.float8_e4m3fn)`` (or
+``float8_e5m2``) reads them as values without a copy. Scales are uint8 codes too (E8M0:
+``2**(code - 127)``; E4M3: ``scales.view(torch.float8_e4m3fn)``). Nothing MX or NVFP4 is stored
+in a torch float8 dtype: no kernel here converts to fp8 (every code is assembled from integer
+bits), and byte outputs say so.
 
 quant_dtype is ``torch.int8``, ``torch.float8_e4m3fn``, ``torch.float8_e4m3fnuz`` or
 ``torch.float8_e5m2``; the codes tensor always has exactly that dtype. Format facts (largest
@@ -29,10 +41,23 @@ Numerics (the reference twins are ``oracle.schemes.quantize`` with the matching 
 * UE8M0 scales (``scale_ue8m0=True``): ``2**ceil(log2(max(amax, floor) / qmax))``, computed
   exactly from the fields of amax and qmax: with ``amax = ma * 2**ea`` and ``qmax = mq * 2**eq``
   (``1 <= ma, mq < 2``), ``ceil(log2(amax / qmax)) = ea - eq + (ma > mq)``.
-* MX scales (OCP MX v1.0 §6.3, E8M0 codes ``e + 127``): ``"floor"``: ``e = floor(log2(amax)) -
-  2`` (2 = floor(log2(6)), e2m1's largest exponent); ``"rceil"``: ``e = ceil(log2(amax / 6))``
+* MX scales (OCP MX v1.0 §6.3, E8M0 codes ``e + 127``), for an element format whose largest
+  value is ``qmax`` (6, 7.5, 28, 448, 57344 for e2m1, e2m3, e3m2, e4m3, e5m2): ``"floor"``:
+  ``e = floor(log2(amax)) - floor(log2(qmax))``; ``"rceil"``: ``e = ceil(log2(amax / qmax))``
   as above. ``e`` is clamped to E8M0's range [-127, 127]; an all-zero block gets ``e = -127``
-  (code 0x00). Elements are ``x * 2**-e`` (exact), saturated to ±6.
+  (code 0x00). Elements are ``x * 2**-e`` (exact), rounded to nearest even and saturated to
+  ±qmax (MXFP8 e5m2 too: its inf codes never appear).
+* NVFP4 (16-element blocks, ``global_scale`` g the float32 *dequantization* multiplier, as in
+  ``oracle.quant_ops``): block scale ``E4M3(amax / (6 g))`` (RNE, saturating at 448; a block
+  whose scale rounds to 0 gets codes ±0), codes ``e2m1(x / (scale * g))``. Both quotients are
+  correctly rounded, computed as two round-to-odd float32 divisions, the arbitrary divisor
+  first: ``RO(RO(amax / g) / 6)`` and ``RO(RO(x / g) / scale)``. Every rounding boundary of
+  the target format, mapped back to the intermediate ``amax / g`` (``x / g``), is a float32
+  value of at most 7 significant bits (an E4M3 midpoint times 6; an e2m1 midpoint times an E4M3
+  scale), so the first round-to-odd keeps the value on its side of every boundary and the
+  second one then gives a value whose RNE is that of the exact quotient. The E4M3 scale code
+  is assembled in integer arithmetic like every other code (``_encode_float_sw``) and decoded
+  the same way.
 * Codes: ``RNE(x / scale)`` of the *exact* quotient, saturated to ±qmax (int8: to [-128, 127],
   as ``float_to_int8_rn`` of vLLM and ``oracle.quant_ops``' default ``int8_clamp="full"``;
   -128 only appears where |x / scale| > 127.5: a given static scale, or a scale capped by
@@ -49,14 +74,15 @@ Numerics (the reference twins are ``oracle.schemes.quantize`` with the matching 
   float32 exponent, mantissa by rounding ``|q| / 2**(e - mbits)`` to an integer, ties to even)
   and stores them through a uint8 view. The second path is the only one for e4m3fnuz on NVIDIA
   GPUs (no hardware conversion) and the one that runs correctly under the Triton interpreter,
-  whose float32 -> fp8 conversion is defective (``kernels.probes``). MXFP4 always uses it.
+  whose float32 -> fp8 conversion is defective (``kernels.probes``). The MX and NVFP4 kernels
+  always use it (elements and NVFP4's E4M3 scales).
   Signed zero: kept for formats that have -0 (``-0.0`` and negative values rounding to zero give
   0x80 / 0x8); e4m3fnuz has no -0 (0x80 is its NaN) and gives 0x00.
 
 Non-finite inputs are not checked (that would cost a pass over x and a host sync): a NaN or
 infinity in a row gives meaningless codes and scales for that row (the oracle refuses them).
-Tunables live in :class:`TileConfig` (per-token, static), :class:`GroupConfig` (per-token-group)
-and :class:`MXConfig`; :func:`default_config` picks them. Every launcher validates all arguments
+Tunables live in :class:`TileConfig` (per-token, static), :class:`GroupConfig` (per-token-group),
+:class:`MXConfig` and :class:`NVFP4Config`; :func:`default_config` picks them. Every launcher validates all arguments
 before launching (ValueError / TypeError naming the argument); ``M == 0`` returns empty outputs
 without launching. Each launcher takes ``kernel=`` (default: its own ``@triton.jit`` function) so
 that copies with a known bug put back can be launched with the same validation and arguments.
@@ -75,17 +101,23 @@ import triton.language as tl
 
 from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from oracle.formats import FORMATS, FloatFormat
-from oracle.schemes import DEFAULT_AMAX_FLOOR
+from oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
+from oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme
 
 __all__ = [
     "GroupConfig",
     "INPUT_DTYPES",
     "MX_BLOCK",
+    "MX_ELEMENTS",
+    "MX_FORMATS",
     "MXConfig",
+    "NVFP4_BLOCK",
+    "NVFP4Config",
     "QUANT_DTYPES",
     "SCALE_RULES",
     "TileConfig",
     "check_mx_quant",
+    "check_nvfp4_quant",
     "check_per_token_group_quant",
     "check_per_token_quant",
     "check_static_quant",
@@ -93,7 +125,9 @@ __all__ = [
     "GROUP_SIZES",
     "group_scales_empty",
     "hardware_fp8_conversion",
+    "mx_codes_shape",
     "mx_quant",
+    "nvfp4_quant",
     "per_token_group_quant",
     "per_token_quant",
     "static_quant",
@@ -103,8 +137,14 @@ INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 QUANT_DTYPES = (torch.int8, torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 GROUP_SIZES = (32, 64, 128)
 MX_BLOCK = 32  # OCP MX v1.0: 32 elements share one E8M0 scale
-MX_ELEM = "float4_e2m1fn"
+# MX format name (the oracle's ``fmt``) -> its element format (an ``oracle.formats`` name)
+MX_ELEMENTS = {fmt: get_scheme(scheme).elem for fmt, scheme in _MX_SCHEMES.items()}
+MX_FORMATS = tuple(MX_ELEMENTS)
+MX_PACKED = ("mxfp4",)  # FP4 codes go two per byte; the others one per byte
 SCALE_RULES = ("floor", "rceil")
+NVFP4_BLOCK = 16  # 16 elements share one E4M3 scale
+NVFP4_ELEM = "float4_e2m1fn"
+NVFP4_SCALE = "float8_e4m3fn"
 E8M0_EXP_MIN, E8M0_EXP_MAX = -127, 127
 
 # how codes are produced (kernel constexpr ENCODE)
@@ -127,13 +167,14 @@ class _ElemParams:
     emin: int = 0
     sign_bit: int = 0
     neg_zero: bool = False
+    min_subnormal: float = 0.0
 
 
 def _elem_params(name: str) -> _ElemParams:
     fmt = FORMATS[name]
     if isinstance(fmt, FloatFormat):
         return _ElemParams(float(fmt.max), -float(fmt.max), True, fmt.mantissa_bits, fmt.emin, fmt.bits - 1,
-                           fmt.has_negative_zero)
+                           fmt.has_negative_zero, float(fmt.min_subnormal))
     return _ElemParams(float(fmt.max), float(fmt.min), False)
 
 
@@ -238,6 +279,23 @@ class MXConfig:
         return _from_list(cls, values, 2)
 
 
+@dataclass(frozen=True)
+class NVFP4Config:
+    """Tunables of :func:`nvfp4_quant`: block_m rows by block_g 16-element blocks per program
+    (powers of two), num_warps."""
+
+    block_m: int
+    block_g: int
+    num_warps: int = 4
+
+    def as_list(self) -> list[int]:
+        return _ints(self)
+
+    @classmethod
+    def from_list(cls, values) -> "NVFP4Config":
+        return _from_list(cls, values, 2)
+
+
 def _pow2_at_most(n: int, cap: int) -> int:
     return min(cap, triton.next_power_of_2(max(int(n), 1)))
 
@@ -255,7 +313,8 @@ def hardware_fp8_conversion(quant_dtype: torch.dtype, device) -> bool:
 def default_config(op: str, M: int, K: int, *, quant_dtype: torch.dtype | None = None,
                    group_size: int | None = None, device=None):
     """The launcher's tunables for ``op`` ("per_token_quant", "static_quant",
-    "per_token_group_quant", "mx_quant") on an ``[M, K]`` input, blocks clamped to the problem.
+    "per_token_group_quant", "mx_quant", "nvfp4_quant") on an ``[M, K]`` input, blocks clamped to
+    the problem.
 
     sw_fp8 is set where the device has no hardware conversion to quant_dtype (e4m3fnuz on NVIDIA,
     e4m3fn / e5m2 on ROCm); elsewhere the hardware conversion is used.
@@ -288,11 +347,17 @@ def _default_mx(M, K, group_size, sw):
     return MXConfig(block_m=_pow2_at_most(M, 8), block_g=_pow2_at_most(K // MX_BLOCK, 8), num_warps=4)
 
 
+def _default_nvfp4(M, K, group_size, sw):
+    del group_size, sw
+    return NVFP4Config(block_m=_pow2_at_most(M, 8), block_g=_pow2_at_most(K // NVFP4_BLOCK, 16), num_warps=4)
+
+
 _DEFAULTS = {
     "per_token_quant": _default_tile,
     "static_quant": _default_static,
     "per_token_group_quant": _default_group,
     "mx_quant": _default_mx,
+    "nvfp4_quant": _default_nvfp4,
 }
 
 
@@ -457,29 +522,51 @@ def _per_token_group_quant_kernel(
 
 
 @triton.jit
+def _decode_float_sw(code, MBITS: tl.constexpr, EMIN: tl.constexpr, MIN_SUBNORMAL: tl.constexpr):
+    """float32 value of the non-negative code (int32 bit pattern, sign bit clear) of a float
+    format laid out as in :func:`_encode_float_sw`; exact (the formats here fit float32)."""
+    field = code >> MBITS
+    mant = code & ((1 << MBITS) - 1)
+    normal = ((((field - 1 + EMIN) + 127) << 23) | (mant << (23 - MBITS))).to(tl.float32, bitcast=True)
+    return tl.where(field == 0, mant.to(tl.float32) * MIN_SUBNORMAL, normal)
+
+
+@triton.jit
+def _store_code_pairs(q_ptr, rows, pair, stride_qm, stride_qk, lo, hi, mask, PACKED: tl.constexpr):
+    """Store the codes of elements 2 * pair (lo) and 2 * pair + 1 (hi): packed into one byte
+    (lo in the low nibble), or one byte each."""
+    if PACKED:
+        tl.store(q_ptr + rows * stride_qm + pair * stride_qk, (lo | (hi << 4)).to(tl.uint8), mask=mask)
+    else:
+        ptrs = q_ptr + rows * stride_qm + (2 * pair) * stride_qk
+        tl.store(ptrs, lo.to(tl.uint8), mask=mask)
+        tl.store(ptrs + stride_qk, hi.to(tl.uint8), mask=mask)
+
+
+@triton.jit
 def _mx_quant_kernel(
     x_ptr, q_ptr, s_ptr,
     M, NUM_GROUPS,
     stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sg,
     RCEIL: tl.constexpr, Q_EXP: tl.constexpr, Q_MANT: tl.constexpr,
     QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr,
-    NEG_ZERO: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+    NEG_ZERO: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
 ):
-    HALF: tl.constexpr = 16  # byte pairs per 32-element block
+    HALF: tl.constexpr = 16  # element pairs per 32-element block
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     offs_p = tl.arange(0, HALF)
     mask_mg = (offs_m < M)[:, None] & (offs_g < NUM_GROUPS)[None, :]
     mask = mask_mg[:, :, None]
     rows = offs_m.to(tl.int64)[:, None, None]
-    pair = offs_g[None, :, None] * HALF + offs_p[None, None, :]  # byte index along K/2
+    pair = offs_g[None, :, None] * HALF + offs_p[None, None, :]  # pair index along K/2
     even_ptrs = x_ptr + rows * stride_xm + (2 * pair) * stride_xk
 
     x_even = tl.load(even_ptrs, mask=mask, other=0.0).to(tl.float32)
     x_odd = tl.load(even_ptrs + stride_xk, mask=mask, other=0.0).to(tl.float32)
     amax = tl.maximum(tl.max(tl.abs(x_even), axis=2), tl.max(tl.abs(x_odd), axis=2))
     bits = amax.to(tl.int32, bitcast=True)
-    e = ((bits >> 23) & 0xFF) - 127 - Q_EXP  # floor(log2(amax)) - floor(log2(6)); amax=0 -> -129
+    e = ((bits >> 23) & 0xFF) - 127 - Q_EXP  # floor(log2(amax)) - floor(log2(qmax)); amax=0 -> below -127
     if RCEIL:
         e += ((bits & 0x7FFFFF) > Q_MANT).to(tl.int32)
     e = tl.minimum(tl.maximum(e, -127), 127)
@@ -488,8 +575,52 @@ def _mx_quant_kernel(
     inv_scale = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, :, None]  # 2**-e, normal for e <= 126
     lo = _encode_float_sw(x_even * inv_scale, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
     hi = _encode_float_sw(x_odd * inv_scale, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
-    packed = (lo | (hi << 4)).to(tl.uint8)
-    tl.store(q_ptr + rows * stride_qm + pair * stride_qk, packed, mask=mask)
+    _store_code_pairs(q_ptr, rows, pair, stride_qm, stride_qk, lo, hi, mask, PACKED)
+
+
+@triton.jit
+def _nvfp4_codes(x, g, sv):
+    """``x / (sv * g)`` rounded to odd in float32 (module docstring: RNE of it is RNE of the
+    exact quotient); ``x * 0`` (a signed zero) where the block scale sv is 0."""
+    zero = sv == 0.0
+    v = _quotient_round_to_odd(_quotient_round_to_odd(x, g), tl.where(zero, 1.0, sv))
+    return tl.where(zero, x * 0.0, v)
+
+
+@triton.jit
+def _nvfp4_quant_kernel(
+    x_ptr, q_ptr, s_ptr, g_ptr,
+    M, NUM_GROUPS,
+    stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sg,
+    QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr,
+    NEG_ZERO: tl.constexpr,
+    S_QMAX: tl.constexpr, S_MBITS: tl.constexpr, S_EMIN: tl.constexpr, S_SIGN_BIT: tl.constexpr,
+    S_NEG_ZERO: tl.constexpr, S_MIN_SUBNORMAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    HALF: tl.constexpr = 8  # element pairs per 16-element block
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    offs_p = tl.arange(0, HALF)
+    mask_mg = (offs_m < M)[:, None] & (offs_g < NUM_GROUPS)[None, :]
+    mask = mask_mg[:, :, None]
+    rows = offs_m.to(tl.int64)[:, None, None]
+    pair = offs_g[None, :, None] * HALF + offs_p[None, None, :]
+    even_ptrs = x_ptr + rows * stride_xm + (2 * pair) * stride_xk
+
+    x_even = tl.load(even_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x_odd = tl.load(even_ptrs + stride_xk, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(x_even), axis=2), tl.max(tl.abs(x_odd), axis=2))
+    g = tl.load(g_ptr).to(tl.float32)
+    six = tl.full(amax.shape, QMAX, tl.float32)  # e2m1's largest value
+    r = _quotient_round_to_odd(_quotient_round_to_odd(amax, g), six)  # amax / (6 g), rounded to odd
+    s_code = _encode_float_sw(r, S_QMAX, S_MBITS, S_EMIN, S_SIGN_BIT, S_NEG_ZERO)  # E4M3 RNE, saturating
+    tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :] * stride_sg, s_code.to(tl.uint8), mask=mask_mg)
+
+    sv = _decode_float_sw(s_code, S_MBITS, S_EMIN, S_MIN_SUBNORMAL)[:, :, None]
+    lo = _encode_float_sw(_nvfp4_codes(x_even, g, sv), QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
+    hi = _encode_float_sw(_nvfp4_codes(x_odd, g, sv), QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO)
+    _store_code_pairs(q_ptr, rows, pair, stride_qm, stride_qk, lo, hi, mask, True)
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -640,16 +771,49 @@ def check_per_token_group_quant(x, group_size, quant_dtype) -> tuple[int, int, i
     return M, K, K // group_size
 
 
-def check_mx_quant(x, scale_rule="floor") -> tuple[int, int]:
+def _check_mx_fmt(fmt) -> str:
+    if not isinstance(fmt, str) or fmt not in MX_ELEMENTS:
+        raise ValueError(
+            f"fmt={fmt!r} is not an MX format (allowed: {', '.join(map(repr, MX_FORMATS))}); "
+            "'mxfp4' is e2m1, 'mxfp6_*' and 'mxfp8_*' name their element's exponent/mantissa bits"
+        )
+    return fmt
+
+
+def check_mx_quant(x, scale_rule="floor", fmt="mxfp4") -> tuple[int, int]:
     """Raise what :func:`mx_quant` raises (metadata only); returns (M, K)."""
     M, K = _check_x(x)
-    if scale_rule not in SCALE_RULES:
+    _check_mx_fmt(fmt)
+    if not isinstance(scale_rule, str) or scale_rule not in SCALE_RULES:
         raise ValueError(
             f"scale_rule={scale_rule!r} is not known (allowed: {', '.join(map(repr, SCALE_RULES))}); "
             "'floor' is OCP MX v1.0 §6.3, 'rceil' rounds the scale up"
         )
     if K % MX_BLOCK:
         raise ValueError(f"K={K} must be a multiple of {MX_BLOCK} (one E8M0 scale per {MX_BLOCK} elements); pad K")
+    return M, K
+
+
+def mx_codes_shape(M: int, K: int, fmt: str) -> tuple[int, int]:
+    """Shape of :func:`mx_quant`'s codes: ``[M, K/2]`` for MXFP4 (packed), else ``[M, K]``."""
+    return (M, K // 2) if _check_mx_fmt(fmt) in MX_PACKED else (M, K)
+
+
+def check_nvfp4_quant(x, global_scale) -> tuple[int, int]:
+    """Raise what :func:`nvfp4_quant` raises (metadata only: the scale's value is checked at
+    launch); returns (M, K)."""
+    M, K = _check_x(x)
+    _require_tensor("global_scale", global_scale)
+    if global_scale.dtype != torch.float32 or global_scale.numel() != 1 or global_scale.dim() > 1:
+        raise ValueError(
+            f"global_scale must be a float32 tensor of shape [] or [1], got dtype {_dtype_name(global_scale.dtype)} "
+            f"shape {tuple(global_scale.shape)}; pass e.g. torch.tensor([amax / (6 * 448)], dtype=torch.float32)"
+        )
+    _check_device(x, ("global_scale", global_scale))
+    if K % NVFP4_BLOCK:
+        raise ValueError(
+            f"K={K} must be a multiple of {NVFP4_BLOCK} (one E4M3 scale per {NVFP4_BLOCK} elements); pad K"
+        )
     return M, K
 
 
@@ -772,30 +936,77 @@ def per_token_group_quant(x: torch.Tensor, group_size: int, quant_dtype: torch.d
     return codes, scales
 
 
-def mx_quant(x: torch.Tensor, *, scale_rule: str = "floor",
+def mx_quant(x: torch.Tensor, *, fmt: str = "mxfp4", scale_rule: str = "floor",
              config: MXConfig | None = None, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """MXFP4 quantization of ``x[M, K]`` (K a multiple of 32).
+    """MX quantization of ``x[M, K]`` (K a multiple of 32) into ``fmt``: "mxfp4" (e2m1),
+    "mxfp6_e2m3", "mxfp6_e3m2", "mxfp8_e4m3" or "mxfp8_e5m2" (``MX_ELEMENTS``).
 
-    Returns ``packed [M, K/2]`` uint8 (e2m1 codes, low nibble = even k, high nibble = odd k) and
-    ``scales [M, K/32]`` uint8 E8M0 codes (value ``2**(code - 127)``). scale_rule: ``"floor"``
+    Returns ``codes`` and ``scales [M, K/32]`` uint8 E8M0 codes (value ``2**(code - 127)``).
+    codes: mxfp4 ``[M, K/2]`` uint8 (two e2m1 codes per byte, low nibble = even k); every other
+    format ``[M, K]`` uint8, one bit pattern per byte (FP6 in the low 6 bits; FP8 readable as
+    values with ``codes.view(torch.float8_e4m3fn)`` / ``float8_e5m2``). scale_rule: ``"floor"``
     (OCP MX v1.0 §6.3) or ``"rceil"`` (module docstring)."""
-    M, K = check_mx_quant(x, scale_rule)
+    M, K = check_mx_quant(x, scale_rule, fmt)
     config = default_config("mx_quant", M, K, device=x.device) if config is None else config
     _check_config(config, MXConfig, ("block_m", "block_g"))
     groups = K // MX_BLOCK
+    codes = torch.empty(mx_codes_shape(M, K, fmt), dtype=torch.uint8, device=x.device)
+    scales = torch.empty((M, groups), dtype=torch.uint8, device=x.device)
+    if M == 0:
+        return codes, scales
+    _check_launchable(x)
+    params = _elem_params(MX_ELEMENTS[fmt])
+    q_exp, q_mant = _f32_fields(params.qmax)
+    grid = (triton.cdiv(M, config.block_m), triton.cdiv(groups, config.block_g))
+    (kernel or _mx_quant_kernel)[grid](
+        x, codes, scales,
+        M, groups,
+        x.stride(0), x.stride(1), codes.stride(0), codes.stride(1), scales.stride(0), scales.stride(1),
+        RCEIL=scale_rule == "rceil", Q_EXP=q_exp, Q_MANT=q_mant, **_elem_constexprs(params),
+        PACKED=fmt in MX_PACKED, BLOCK_M=config.block_m, BLOCK_G=config.block_g,
+        num_warps=config.num_warps,
+    )
+    return codes, scales
+
+
+def nvfp4_quant(x: torch.Tensor, global_scale: torch.Tensor, *, config: NVFP4Config | None = None,
+                kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """NVFP4 quantization of ``x[M, K]`` (K a multiple of 16).
+
+    global_scale: a float32 tensor of shape [] or [1] on x's device holding the *dequantization*
+    multiplier g > 0 (values ~ e2m1(code) * E4M3(scale) * g; the usual choice is
+    ``amax(x) / (6 * 448)``; a kernel API taking the quantization-side ``6 * 448 / amax`` gets
+    its reciprocal). Its value is checked on the host (one sync).
+
+    Returns ``packed [M, K/2]`` uint8 (two e2m1 codes per byte, low nibble = even k) and
+    ``scales [M, K/16]`` uint8 E4M3 codes (``scales.view(torch.float8_e4m3fn)`` gives the
+    values), ``scale = E4M3(amax_block / (6 g))`` rounded to nearest even and saturated at 448,
+    codes ``e2m1(x / (scale * g))`` rounded to nearest even and saturated at ±6; a block whose
+    scale is 0 gets codes ±0 (module docstring)."""
+    M, K = check_nvfp4_quant(x, global_scale)
+    config = default_config("nvfp4_quant", M, K, device=x.device) if config is None else config
+    _check_config(config, NVFP4Config, ("block_m", "block_g"))
+    groups = K // NVFP4_BLOCK
     packed = torch.empty((M, K // 2), dtype=torch.uint8, device=x.device)
     scales = torch.empty((M, groups), dtype=torch.uint8, device=x.device)
     if M == 0:
         return packed, scales
+    value = float(global_scale.reshape(()).item())
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"global_scale holds {value!r}; NVFP4's global scale (a dequantization multiplier) must be finite "
+            "and > 0; for an all-zero tensor pass 1.0"
+        )
     _check_launchable(x)
-    params = _elem_params(MX_ELEM)
-    q_exp, q_mant = _f32_fields(params.qmax)
+    elem, scale_fmt = _elem_params(NVFP4_ELEM), _elem_params(NVFP4_SCALE)
     grid = (triton.cdiv(M, config.block_m), triton.cdiv(groups, config.block_g))
-    (kernel or _mx_quant_kernel)[grid](
-        x, packed, scales,
+    (kernel or _nvfp4_quant_kernel)[grid](
+        x, packed, scales, global_scale,
         M, groups,
         x.stride(0), x.stride(1), packed.stride(0), packed.stride(1), scales.stride(0), scales.stride(1),
-        RCEIL=scale_rule == "rceil", Q_EXP=q_exp, Q_MANT=q_mant, **_elem_constexprs(params),
+        **_elem_constexprs(elem),
+        S_QMAX=scale_fmt.qmax, S_MBITS=scale_fmt.mbits, S_EMIN=scale_fmt.emin, S_SIGN_BIT=scale_fmt.sign_bit,
+        S_NEG_ZERO=scale_fmt.neg_zero, S_MIN_SUBNORMAL=scale_fmt.min_subnormal,
         BLOCK_M=config.block_m, BLOCK_G=config.block_g,
         num_warps=config.num_warps,
     )

@@ -1,5 +1,6 @@
 """Activation quantization ops (kind "quant"): per_token_quant, static_quant,
-per_token_group_quant and mx_quant (``oracle.quant_ops`` judges codes and scales code for code).
+per_token_group_quant, mx_quant and nvfp4_quant (``oracle.quant_ops`` judges codes and scales
+code for code).
 
 Case space
 ----------
@@ -12,10 +13,16 @@ Shape ``{"m", "k"}`` (x is ``[M, K]``). Params:
 - ``scale_ub`` (per_token_quant): whether an amax upper bound is passed; its value is part of the
   problem (``oracle.quant_ops``: ``scale_ub``), drawn by the regime.
 - ``group_size``, ``column_major_scales``, ``scale_ue8m0`` (per_token_group_quant).
-- ``fmt`` and ``scale_rule`` (mx_quant; the bundled kernel produces MXFP4).
+- ``fmt`` and ``scale_rule`` (mx_quant): every MX format of ``oracle.quant_ops.MX_FORMATS``
+  (mxfp4, mxfp6_e2m3, mxfp6_e3m2, mxfp8_e4m3, mxfp8_e5m2), OCP floor or RCEIL scales. The output
+  contract is bytes: mxfp4 codes packed two per byte ``[M, K/2]``, the others one bit pattern per
+  byte ``[M, K]``, E8M0 scale codes ``[M, K/32]``, all uint8.
+- nvfp4_quant has only ``in_dtype``; its ``global_scale`` (the float32 dequantization multiplier,
+  part of the problem) is drawn by the regime. Outputs: e2m1 codes packed ``[M, K/2]`` and E4M3
+  scale codes ``[M, K/16]``, uint8.
 
 Tunables are the kernels' config fields (``kernels.triton.quant``: TileConfig, GroupConfig,
-MXConfig); ``sw_fp8`` is 0/1 (integer RNE instead of the hardware fp8 conversion). A config gives
+MXConfig, NVFP4Config); ``sw_fp8`` is 0/1 (integer RNE instead of the hardware fp8 conversion). A config gives
 block_m with block_k / block_g, or is empty for the launcher's default.
 
 Regimes
@@ -33,7 +40,14 @@ Regimes
   qmax (a scale that is not a power of two: the float32 ambiguity rules apply), subnormal codes,
   tiny inputs (the amax floor), in-dtype subnormals. static_quant: the kinds as stripes under one
   given scale (the stripes' power of two, or a value near it that is not one), with the near-max
-  stripes twice too large so codes saturate (int8 down to -128).
+  stripes twice too large so codes saturate (int8 down to -128). nvfp4_quant: the kinds per
+  16-block, under one of three global scales (by seed mod 3): ``0.75 * 2**k`` below the blocks
+  (E4M3 scales that are not powers of two, the top blocks' scales saturating at 448 and their
+  codes at ±6), the usual ``amax / (6 * 448)``, or ``2**k`` above them (E4M3 subnormal scales,
+  the 2**-10 tie between 0 and the smallest one, and scales underflowing to 0).
+
+nvfp4_quant's global scale: exact: a power of two (``exact_quant_inputs``); realistic:
+``float32(amax(x) / (6 * 448))`` (1.0 for an all-zero x).
 All draws come from ``numpy.random.default_rng(case.seed)``.
 """
 from __future__ import annotations
@@ -47,21 +61,26 @@ from cases.case import REGIMES, Case
 from cases.ops import OpSpec, Output
 from oracle.formats import FORMATS, IntFormat
 from oracle.numerics import round_to
+from oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
 from oracle.quant_ops import exact_quant_inputs
+from oracle.schemes import NVFP4_GLOBAL_DIVISOR, get_scheme
 
 QUANT_DTYPES = ("int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2")
 IN_DTYPES = ("float16", "bfloat16", "float32")
 GROUP_SIZES = (32, 64, 128)
-MX_FORMATS = ("mxfp4",)
-MX_ELEM = {"mxfp4": "float4_e2m1fn"}
+MX_ELEM = {fmt: get_scheme(scheme).elem for fmt, scheme in _MX_SCHEMES.items()}
+MX_FORMATS = tuple(MX_ELEM)
 SCALE_RULES = ("floor", "rceil")
 MX_BLOCK = 32
+NVFP4_BLOCK = 16
+NVFP4_ELEM = "float4_e2m1fn"
 
 _POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _WARPS = (1, 2, 4, 8)
 TILE_TUNABLES = {"block_m": _POW2[:6], "block_k": _POW2[4:], "num_warps": _WARPS, "sw_fp8": (0, 1)}
 GROUP_TUNABLES = {"block_m": _POW2[:6], "block_g": _POW2[:6], "num_warps": _WARPS, "sw_fp8": (0, 1)}
 MX_TUNABLES = {"block_m": _POW2[:6], "block_g": _POW2[:6], "num_warps": _WARPS}
+NVFP4_TUNABLES = MX_TUNABLES
 _DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": 3.4028234663852886e38}
 
 
@@ -86,6 +105,13 @@ def _mx_block_divides_k(case) -> str | None:
     k = case.dims["k"]
     if k % MX_BLOCK:
         return f"K={k} must be a multiple of {MX_BLOCK} (one E8M0 scale per {MX_BLOCK} elements); pad K"
+    return None
+
+
+def _nvfp4_block_divides_k(case) -> str | None:
+    k = case.dims["k"]
+    if k % NVFP4_BLOCK:
+        return f"K={k} must be a multiple of {NVFP4_BLOCK} (one E4M3 scale per {NVFP4_BLOCK} elements); pad K"
     return None
 
 
@@ -148,9 +174,22 @@ SPECS = [
         kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: "uint8",
-        # stored packed: two e2m1 codes per byte along K, E8M0 scale codes
-        outputs=lambda d, p: (Output("codes", (d["m"], d["k"] // 2), "uint8"),
+        # bytes: mxfp4 packed two e2m1 codes per byte along K, the others one code per byte; E8M0 scale codes
+        outputs=lambda d, p: (Output("codes", (d["m"], d["k"] // 2 if p["fmt"] == "mxfp4" else d["k"]), "uint8"),
                               Output("scales", (d["m"], d["k"] // MX_BLOCK), "uint8")),
+    ),
+    OpSpec(
+        "nvfp4_quant",
+        shape_keys=("m", "k"),
+        params={"in_dtype": IN_DTYPES},
+        tunables=NVFP4_TUNABLES,
+        rules=(_k_positive, _nvfp4_block_divides_k, _config_complete("block_g")),
+        kind="quant",
+        compute_dtype=lambda p: "float32",
+        out_dtype=lambda p: "uint8",
+        # two e2m1 codes per byte along K, E4M3 scale codes
+        outputs=lambda d, p: (Output("codes", (d["m"], d["k"] // 2), "uint8"),
+                              Output("scales", (d["m"], d["k"] // NVFP4_BLOCK), "uint8")),
     ),
 ]
 
@@ -159,6 +198,8 @@ SPECS = [
 
 
 def _elem(op: str, p: dict) -> str:
+    if op == "nvfp4_quant":
+        return NVFP4_ELEM
     return MX_ELEM[p["fmt"]] if op == "mx_quant" else p["quant_dtype"]
 
 
@@ -177,7 +218,8 @@ def _grid(elem: str) -> np.ndarray:
 
 def _group_size(op: str, case) -> int:
     k = case.dims["k"]
-    return {"per_token_quant": k, "static_quant": k, "mx_quant": MX_BLOCK}.get(op) or case.p["group_size"]
+    return {"per_token_quant": k, "static_quant": k, "mx_quant": MX_BLOCK,
+            "nvfp4_quant": NVFP4_BLOCK}.get(op) or case.p["group_size"]
 
 
 def _exp_base(elem: str, in_dtype: str) -> int:
@@ -186,8 +228,13 @@ def _exp_base(elem: str, in_dtype: str) -> int:
     return min(-3, top)
 
 
-def _problem(op: str, p: dict, x: np.ndarray, *, scale=None, scale_ub=None) -> dict:
+def _problem(op: str, p: dict, x: np.ndarray, *, scale=None, scale_ub=None, global_scale=None) -> dict:
     x = round_to(np.asarray(x, np.float64), p["in_dtype"])
+    if op == "nvfp4_quant":
+        if global_scale is None:  # the usual calibration, on the values the kernel reads
+            amax = float(np.abs(x).max()) if x.size else 0.0
+            global_scale = _f32(amax / NVFP4_GLOBAL_DIVISOR) if amax > 0 else 1.0
+        return {"x": x, "global_scale": global_scale}
     if op == "per_token_quant":
         return {"x": x, "quant_dtype": p["quant_dtype"], "scale_ub": scale_ub}
     if op == "static_quant":
@@ -206,6 +253,9 @@ def _exact(op: str, case) -> dict:
     rng = np.random.default_rng(case.seed)
     if op == "mx_quant":
         prob = exact_quant_inputs(op, (d["m"], d["k"]), p["fmt"], rng, scale_rule=p["scale_rule"])
+    elif op == "nvfp4_quant":
+        prob = exact_quant_inputs(op, (d["m"], d["k"]), "nvfp4", rng)
+        return _problem(op, p, prob["x"], global_scale=prob["global_scale"])
     else:
         prob = exact_quant_inputs(op, (d["m"], d["k"]), p["quant_dtype"], rng,
                                   group_size=p.get("group_size"), scale_ue8m0=p.get("scale_ue8m0", False))
@@ -294,7 +344,9 @@ def _adversarial(op: str, case) -> dict:
             if op == "static_quant" and not absolute:  # near-max stripes twice too large: saturate
                 scale = 2.0 ** (base + 4) * (2 if kind == "at_max" else 1)
             x[r, gi * g:(gi + 1) * g] = v * scale
-    scale = ub = None
+    scale = ub = global_scale = None
+    if op == "nvfp4_quant":  # block scales below, around (None: amax / 2688) or above E4M3's range
+        global_scale = {0: 0.75 * 2.0 ** (base - 2), 1: None, 2: 2.0 ** (base + 12)}[case.seed % 3]
     if op == "static_quant":
         # the given scale: the stripes' power of two (their ties are exact ties) or a nearby value
         # that is not a power of two; the near-max stripes saturate (int8 down to -128)
@@ -303,7 +355,7 @@ def _adversarial(op: str, case) -> dict:
     if op == "per_token_quant" and p["scale_ub"]:
         amax = np.sort(np.abs(round_to(x, in_dtype)).max(axis=1))
         ub = _f32(amax[len(amax) // 2]) if m and amax[len(amax) // 2] > 0 else qmax  # equal to one row's amax
-    return _problem(op, p, x, scale=scale, scale_ub=ub)
+    return _problem(op, p, x, scale=scale, scale_ub=ub, global_scale=global_scale)
 
 
 def _materializer(op: str):
@@ -444,11 +496,45 @@ def _grid_mx(adapter) -> list[Case]:
         (5, 224, "floor", "bfloat16", "adversarial", {"block_m": 8, "block_g": 4}),
     )):
         _add(cases, adapter, op, m, k, {"fmt": "mxfp4", "in_dtype": in_dtype, "scale_rule": rule}, cfg, regime, i)
+    # MXFP6 / MXFP8 (one code per byte): each format meets both rules, every regime and input dtype
+    for j, (fmt, m, k, rule, in_dtype, regime, cfg) in enumerate((
+        ("mxfp6_e2m3", 5, 96, "floor", "bfloat16", "exact", {"block_m": 4, "block_g": 2}),
+        ("mxfp6_e2m3", 1, 64, "rceil", "float32", "realistic", None),
+        ("mxfp6_e2m3", 7, 160, "rceil", "float16", "adversarial", {"block_m": 4, "block_g": 4}),
+        ("mxfp6_e3m2", 3, 64, "rceil", "float16", "exact", None),
+        ("mxfp6_e3m2", 6, 128, "floor", "bfloat16", "adversarial", {"block_m": 2, "block_g": 2}),
+        ("mxfp6_e3m2", 9, 96, "floor", "float32", "realistic", {"block_m": 8, "block_g": 1}),
+        ("mxfp8_e4m3", 4, 128, "floor", "float32", "exact", {"block_m": 2, "block_g": 4, "num_warps": 2}),
+        ("mxfp8_e4m3", 9, 64, "rceil", "bfloat16", "adversarial", None),
+        ("mxfp8_e4m3", 5, 96, "rceil", "float16", "realistic", {"block_m": 4, "block_g": 1}),
+        ("mxfp8_e5m2", 6, 96, "rceil", "bfloat16", "exact", {"block_m": 8, "block_g": 2}),
+        ("mxfp8_e5m2", 3, 192, "floor", "float16", "adversarial", {"block_m": 2, "block_g": 8}),
+        ("mxfp8_e5m2", 2, 64, "floor", "float32", "realistic", None),
+    )):
+        _add(cases, adapter, op, m, k, {"fmt": fmt, "in_dtype": in_dtype, "scale_rule": rule}, cfg, regime, 100 + j)
+    return cases
+
+
+def _grid_nvfp4(adapter) -> list[Case]:
+    op, cases = "nvfp4_quant", []
+    # adversarial seeds cover the three global-scale modes (seed mod 3: saturating, amax, underflowing)
+    for i, (m, k, in_dtype, regime, cfg, seed) in enumerate((
+        (1, 16, "float16", "exact", None, 0),
+        (5, 96, "bfloat16", "exact", {"block_m": 4, "block_g": 2}, 1),
+        (9, 64, "float32", "exact", {"block_m": 8, "block_g": 4, "num_warps": 2}, 2),
+        (3, 128, "bfloat16", "realistic", {"block_m": 2, "block_g": 4}, 3),
+        (17, 48, "float16", "realistic", None, 4),
+        (6, 160, "float32", "adversarial", {"block_m": 4, "block_g": 2}, 6),
+        (4, 112, "float16", "adversarial", {"block_m": 2, "block_g": 8}, 7),
+        (7, 64, "bfloat16", "adversarial", None, 8),
+        (5, 224, "float32", "adversarial", {"block_m": 8, "block_g": 4}, 9),
+    )):
+        _add(cases, adapter, op, m, k, {"in_dtype": in_dtype}, cfg, regime, seed)
     return cases
 
 
 GRIDS = {"per_token_quant": _grid_per_token, "static_quant": _grid_static,
-         "per_token_group_quant": _grid_group, "mx_quant": _grid_mx}
+         "per_token_group_quant": _grid_group, "mx_quant": _grid_mx, "nvfp4_quant": _grid_nvfp4}
 
 
 # ------------------------------------------------------------------ strategies
@@ -479,6 +565,10 @@ def _strategy(op: str):
             k = MX_BLOCK * draw(st.integers(1, 8))
             params = {"fmt": draw(st.sampled_from(MX_FORMATS)), "in_dtype": in_dtype,
                       "scale_rule": draw(st.sampled_from(SCALE_RULES))}
+            q = None
+        elif op == "nvfp4_quant":
+            k = NVFP4_BLOCK * draw(st.integers(1, 16))
+            params = {"in_dtype": in_dtype}
             q = None
         else:
             q = draw(st.sampled_from(QUANT_DTYPES))

@@ -3,11 +3,13 @@ through its torch.library op (``kernels.ops_quant``: ``qkcheck::per_token_quant`
 fake's output metadata is checked against the real outputs and the op's contract.
 
 Tensors (``pack``): ``x`` in the case's in_dtype; ``scale`` (static_quant) a one-element float32
-tensor; ``scale_ub`` (per_token_quant) a one-element float32 tensor or None — the custom op takes
-it as a float, read from the tensor at call time. Configs are the case's config dict, turned into
-the kernel's config dataclass and passed as its ``as_list()``; an empty config lets the launcher
-pick (``default_config`` reports that choice). mx_quant's codes come back packed two per byte
-along K (``unpack`` returns them one per element).
+tensor; ``global_scale`` (nvfp4_quant) a one-element float32 tensor, passed to the op as it is;
+``scale_ub`` (per_token_quant) a one-element float32 tensor or None — the custom op takes it as a
+float, read from the tensor at call time. Configs are the case's config dict, turned into the
+kernel's config dataclass and passed as its ``as_list()``; an empty config lets the launcher pick
+(``default_config`` reports that choice). mx_quant (every MX format) and nvfp4_quant return uint8
+bytes: FP4 codes packed two per byte along K, FP6 / FP8 codes one bit pattern per byte, scales as
+E8M0 / E4M3 codes; ``unpack`` returns the codes one per element.
 """
 from __future__ import annotations
 
@@ -90,6 +92,10 @@ def pack_static(problem, params, device):
     return {**pack_x(problem, params, device), "scale": _scalar_tensor(problem["scale"], device)}
 
 
+def pack_nvfp4(problem, params, device):
+    return {**pack_x(problem, params, device), "global_scale": _scalar_tensor(problem["global_scale"], device)}
+
+
 # ------------------------------------------------------------------ call
 
 
@@ -133,19 +139,47 @@ def _call_mx(t, params, config):
     from kernels import ops_quant  # noqa: F401
     from kernels.triton.quant import MXConfig
 
-    if params["fmt"] != "mxfp4":
-        raise ValueError(f"fmt={params['fmt']!r}: the bundled mx_quant kernel produces mxfp4 only")
     backends.record(backends.NATIVE)
-    return torch.ops.qkcheck.mx_quant(t["x"], params["scale_rule"], _config_list(MXConfig, config))
+    return torch.ops.qkcheck.mx_quant(t["x"], params["fmt"], params["scale_rule"], _config_list(MXConfig, config))
+
+
+def _call_nvfp4(t, params, config):
+    import torch
+
+    from kernels import ops_quant  # noqa: F401
+    from kernels.triton.quant import NVFP4Config
+
+    backends.record(backends.NATIVE)
+    return torch.ops.qkcheck.nvfp4_quant(t["x"], t["global_scale"], _config_list(NVFP4Config, config))
+
+
+def _nibbles(packed: np.ndarray) -> np.ndarray:
+    from oracle.packing import NIBBLES_K_ACTIVATION, unpack
+
+    return unpack(packed, NIBBLES_K_ACTIVATION, signed=False)
 
 
 def unpack_mx(outs, params):
-    """(codes [M, K] e2m1 one per element, E8M0 scale codes [M, K/32]) from the packed output
-    (low nibble = even k) — ``oracle.packing.NIBBLES_K_ACTIVATION``."""
-    from oracle.packing import NIBBLES_K_ACTIVATION, unpack
+    """(codes [M, K] one per element, E8M0 scale codes [M, K/32]) of an MX output: mxfp4's
+    packed bytes (low nibble = even k, ``oracle.packing.NIBBLES_K_ACTIVATION``) unpacked; the
+    other formats' bytes read as their element format's bit patterns (FP6 in the low 6 bits)."""
+    from oracle.formats import FORMATS
+    from oracle.quant_ops import MX_FORMATS, codes_from_output
+    from oracle.schemes import get_scheme
 
+    raw, scales = (o.detach().cpu().numpy() for o in outs)
+    fmt = params["fmt"]
+    if fmt == "mxfp4":
+        return _nibbles(raw), scales
+    elem = get_scheme(MX_FORMATS[fmt]).elem
+    return codes_from_output(raw, "uint8" if FORMATS[elem].bits < 8 else elem, elem), scales
+
+
+def unpack_nvfp4(outs, params):
+    """(e2m1 codes [M, K] one per element, E4M3 scale codes [M, K/16]) from the packed output."""
+    del params
     packed, scales = (o.detach().cpu().numpy() for o in outs)
-    return unpack(packed, NIBBLES_K_ACTIVATION, signed=False), scales
+    return _nibbles(packed), scales
 
 
 # ------------------------------------------------------------------ adapters
@@ -199,9 +233,24 @@ MX_QUANT = KernelAdapter(
     default_config=_default("mx_quant"),
     expected_backend=backends.NATIVE,
     unpack=unpack_mx,
-    description="Triton MXFP4 quantization (E8M0 block scales, OCP floor or RCEIL), codes packed two per byte",
+    description="Triton MX quantization (MXFP4, MXFP6 e2m3/e3m2, MXFP8 e4m3/e5m2; E8M0 block scales, OCP floor "
+                "or RCEIL); uint8 codes: FP4 packed two per byte, FP6/FP8 one bit pattern per byte",
+)
+
+NVFP4_QUANT = KernelAdapter(
+    name="bundled:nvfp4_quant",
+    op="nvfp4_quant",
+    pack=pack_nvfp4,
+    call=_call_nvfp4,
+    tunables={"block_m": (1, 2, 4, 8, 16, 32), "block_g": (1, 2, 4, 8, 16, 32), "num_warps": (1, 2, 4, 8)},
+    custom_op="qkcheck::nvfp4_quant",
+    default_config=_default("nvfp4_quant"),
+    expected_backend=backends.NATIVE,
+    unpack=unpack_nvfp4,
+    description="Triton NVFP4 quantization (E4M3 scales per 16 elements, float32 global dequantization scale), "
+                "e2m1 codes packed two per byte, scales as uint8 E4M3 codes",
 )
 
 
 def adapters() -> tuple[KernelAdapter, ...]:
-    return (PER_TOKEN_QUANT, STATIC_QUANT, PER_TOKEN_GROUP_QUANT, MX_QUANT)
+    return (PER_TOKEN_QUANT, STATIC_QUANT, PER_TOKEN_GROUP_QUANT, MX_QUANT, NVFP4_QUANT)

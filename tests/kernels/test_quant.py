@@ -323,16 +323,18 @@ def test_mx_e2m1_rounding_exhaustive(device):
             assert codes[0, 8] == 0x0 and codes[0, 32 + 8] == 0x8  # ±0.25 tie to (signed) zero
 
 
-def _mx_amax_rows() -> np.ndarray:
+def _mx_amax_rows(qmax: float = 6.0) -> np.ndarray:
     """float32 rows of one 32-element block each, whose amax walks the E8M0 range: zero,
-    float32 subnormals, powers of two and the floor/rceil boundaries around them (6 * 2**k and
-    its float32 neighbours, 1.5 * 2**k), up to the float32 maximum."""
+    float32 subnormals, powers of two and the floor/rceil boundaries around them (qmax * 2**k
+    and its float32 neighbours, 1.5 * 2**k), up to the float32 maximum."""
     f32 = np.float32
     amaxes = [0.0, float(np.finfo(f32).smallest_subnormal), 2.0 ** -127 * 1.5, 2.0 ** -126, 2.0 ** -126 * 1.75]
     for k in (-100, -20, -1, 0, 1, 7, 60, 120):
-        six = f32(6 * 2.0 ** k)
-        amaxes += [2.0 ** k, 1.5 * 2.0 ** k, float(six), float(np.nextafter(six, f32(np.inf))),
-                   float(np.nextafter(six, f32(0))), float(np.nextafter(f32(1.5 * 2.0 ** k), f32(np.inf)))]
+        if qmax * 2.0 ** (k + 1) >= float(np.finfo(f32).max):
+            continue  # qmax * 2**k (and its neighbour above) beyond float32
+        top = f32(qmax * 2.0 ** k)
+        amaxes += [2.0 ** k, 1.5 * 2.0 ** k, float(top), float(np.nextafter(top, f32(np.inf))),
+                   float(np.nextafter(top, f32(0))), float(np.nextafter(f32(1.5 * 2.0 ** k), f32(np.inf)))]
     amaxes.append(float(np.finfo(f32).max))
     rng = np.random.default_rng(7)
     rows = []
@@ -580,8 +582,21 @@ OP_CALLS = [
                  id="group-e4m3fn-col-ue8m0"),
     pytest.param("per_token_group_quant", lambda d: (make_x(0, 256, torch.float32, 0, d), 128,
                                                      torch.float8_e5m2, True, False, None), id="group-M0-col"),
-    pytest.param("mx_quant", lambda d: (make_x(5, 64, torch.bfloat16, 0, d), "rceil", [4, 2]), id="mx-rceil"),
-    pytest.param("mx_quant", lambda d: (make_x(0, 64, torch.float16, 0, d), "floor", None), id="mx-M0"),
+    pytest.param("mx_quant", lambda d: (make_x(5, 64, torch.bfloat16, 0, d), "mxfp4", "rceil", [4, 2]),
+                 id="mx-rceil"),
+    pytest.param("mx_quant", lambda d: (make_x(0, 64, torch.float16, 0, d), "mxfp4", "floor", None), id="mx-M0"),
+    pytest.param("mx_quant", lambda d: (make_x(3, 96, torch.float32, 0, d), "mxfp6_e3m2", "floor", [2, 2, 2]),
+                 id="mx-e3m2"),
+    pytest.param("mx_quant", lambda d: (make_x(5, 64, torch.float16, 0, d), "mxfp8_e4m3", "rceil", None),
+                 id="mx-e4m3"),
+    pytest.param("mx_quant", lambda d: (make_x(0, 32, torch.bfloat16, 0, d), "mxfp8_e5m2", "floor", None),
+                 id="mx-e5m2-M0"),
+    pytest.param("nvfp4_quant", lambda d: (make_x(5, 48, torch.bfloat16, 0, d), torch.tensor([0.01], device=d),
+                                           [4, 2]), id="nvfp4"),
+    pytest.param("nvfp4_quant", lambda d: (make_x(3, 32, torch.float32, 0, d), torch.tensor(2.0**-6, device=d),
+                                           None), id="nvfp4-scalar-g"),
+    pytest.param("nvfp4_quant", lambda d: (make_x(0, 64, torch.float16, 0, d), torch.tensor([1.0], device=d),
+                                           [1, 1, 1]), id="nvfp4-M0"),
 ]
 
 
@@ -605,7 +620,7 @@ def test_fake_matches_real_metadata(name, build, device):
 
 def test_registered_ops_cover_every_launcher():
     assert sorted(ops_quant.REGISTERED) == [f"qkcheck::{n}" for n in sorted(
-        ["per_token_quant", "static_quant", "per_token_group_quant", "mx_quant"])]
+        ["per_token_quant", "static_quant", "per_token_group_quant", "mx_quant", "nvfp4_quant"])]
     for name, entry in ops_quant.REGISTERED.items():
         assert entry.name == name and str(entry.op).startswith(name.replace("::", "."))
 
@@ -647,6 +662,11 @@ def test_m_zero_returns_empty_without_launch(device):
                                                                       torch.float32)
     packed, scales = Q.mx_quant(x, kernel=_NoLaunch())
     assert (packed.shape, packed.dtype, scales.shape, scales.dtype) == ((0, 64), torch.uint8, (0, 4), torch.uint8)
+    codes, scales = Q.mx_quant(x, fmt="mxfp6_e2m3", kernel=_NoLaunch())
+    assert (codes.shape, codes.dtype, scales.shape, scales.dtype) == ((0, 128), torch.uint8, (0, 4), torch.uint8)
+    # the global scale's value is not read (no sync) when there is nothing to quantize
+    packed, scales = Q.nvfp4_quant(x, torch.tensor(0.0, device=device), kernel=_NoLaunch())
+    assert (packed.shape, packed.dtype, scales.shape, scales.dtype) == ((0, 64), torch.uint8, (0, 8), torch.uint8)
 
 
 @pytest.mark.parametrize("quant_dtype", QUANT_DTYPES, ids=[SHORT[q] for q in QUANT_DTYPES])
@@ -676,12 +696,15 @@ def test_default_config_table():
     assert Q.default_config("per_token_quant", 3, 100) == Q.TileConfig(block_m=4, block_k=128)
     assert Q.default_config("per_token_group_quant", 100, 4096, group_size=128).block_g == 4
     assert Q.default_config("mx_quant", 1, 32) == Q.MXConfig(block_m=1, block_g=1)
+    assert Q.default_config("nvfp4_quant", 3, 48) == Q.NVFP4Config(block_m=4, block_g=4)
+    assert Q.default_config("nvfp4_quant", 100, 4096) == Q.NVFP4Config(block_m=8, block_g=16)
     rocm = torch.version.hip is not None  # fnuz converts in hardware on ROCm only, e4m3fn / e5m2 elsewhere
     for op in ("per_token_quant", "static_quant", "per_token_group_quant"):
         assert Q.default_config(op, 8, 128, quant_dtype=torch.float8_e4m3fnuz, device="cuda").sw_fp8 == (not rocm)
         assert Q.default_config(op, 8, 128, quant_dtype=torch.float8_e4m3fn, device="cuda").sw_fp8 == rocm
         assert not Q.default_config(op, 8, 128, quant_dtype=torch.int8, device="cuda").sw_fp8
-    for cls, values in ((Q.TileConfig, [8, 64, 2, 1]), (Q.GroupConfig, [4, 2, 8, 0]), (Q.MXConfig, [2, 4, 1])):
+    for cls, values in ((Q.TileConfig, [8, 64, 2, 1]), (Q.GroupConfig, [4, 2, 8, 0]), (Q.MXConfig, [2, 4, 1]),
+                        (Q.NVFP4Config, [1, 8, 2])):
         assert cls.from_list(values).as_list() == values
 
 
@@ -744,6 +767,40 @@ VALIDATION_ERRORS = [
     pytest.param(lambda: Q.mx_quant(_x(K=48)), ValueError, r"K=48 must be a multiple of 32", id="mx-K"),
     pytest.param(lambda: Q.mx_quant(_x(), scale_rule="ceil"), ValueError,
                  r"scale_rule='ceil' is not known \(allowed: 'floor', 'rceil'\)", id="mx-rule"),
+    pytest.param(lambda: Q.mx_quant(_x(), fmt="mxfp5"), ValueError,
+                 r"fmt='mxfp5' is not an MX format \(allowed: 'mxfp4', 'mxfp6_e2m3', 'mxfp6_e3m2', 'mxfp8_e4m3', "
+                 r"'mxfp8_e5m2'\)", id="mx-fmt"),
+    pytest.param(lambda: Q.mx_quant(_x(), fmt="float8_e4m3fn"), ValueError, r"fmt='float8_e4m3fn' is not an MX format",
+                 id="mx-fmt-dtype-name"),
+    pytest.param(lambda: Q.mx_quant(_x(K=48), fmt="mxfp8_e4m3"), ValueError, r"K=48 must be a multiple of 32",
+                 id="mx-fp8-K"),
+    pytest.param(lambda: Q.mx_quant(_x(), fmt="mxfp6_e2m3", config=Q.NVFP4Config(4, 2)), TypeError,
+                 r"config must be a MXConfig or None, got NVFP4Config", id="mx-config-type"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(K=40), torch.tensor([1.0])), ValueError,
+                 r"K=40 must be a multiple of 16 \(one E4M3 scale per 16 elements\); pad K", id="nvfp4-K"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), 0.5), TypeError, r"global_scale must be a torch\.Tensor, got float",
+                 id="nvfp4-g-type"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), torch.tensor([1.0, 2.0])), ValueError,
+                 r"global_scale must be a float32 tensor of shape \[\] or \[1\], got dtype float32 shape \(2,\)",
+                 id="nvfp4-g-shape"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), torch.tensor([1.0], dtype=torch.float16)), ValueError,
+                 r"global_scale must be a float32 tensor .*got dtype float16", id="nvfp4-g-dtype"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), torch.tensor([0.0])), ValueError,
+                 r"global_scale holds 0\.0; NVFP4's global scale .* must be finite and > 0", id="nvfp4-g-zero"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), torch.tensor(float("inf"))), ValueError,
+                 r"global_scale holds inf", id="nvfp4-g-inf"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), torch.tensor(1.0, device="meta")), ValueError,
+                 r"global_scale is on meta but x is on cpu; move global_scale to cpu", id="nvfp4-g-device"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(dtype=torch.float64), torch.tensor(1.0)), TypeError,
+                 r"x\.dtype=float64 is not supported", id="nvfp4-x-dtype"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), torch.tensor(1.0), config=Q.NVFP4Config(4, 6)), ValueError,
+                 r"config\.block_g=6 must be a power of two", id="nvfp4-block_g"),
+    pytest.param(lambda: Q.nvfp4_quant(_x(), torch.tensor(1.0), config=Q.MXConfig(4, 2)), TypeError,
+                 r"config must be a NVFP4Config or None, got MXConfig", id="nvfp4-config-type"),
+    pytest.param(lambda: ops_quant.nvfp4_quant(_x(), torch.tensor(1.0), [4]), ValueError,
+                 r"config=\[4\] has 1 entries \(allowed: 2 to 3", id="nvfp4-op-config"),
+    pytest.param(lambda: ops_quant.mx_quant(_x(), "mxfp9", "floor", None), ValueError,
+                 r"fmt='mxfp9' is not an MX format", id="mx-op-fmt"),
     pytest.param(lambda: Q.default_config("dequant", 4, 4), ValueError,
                  r"op='dequant' has no default config \(allowed: per_token_quant", id="default_config-op"),
     pytest.param(lambda: Q.TileConfig.from_list([4]), ValueError,
@@ -863,3 +920,446 @@ def test_quant_ops_refuses_the_wrong_output_dtype(device):
     codes, _ = _per_token_quant_fp8_allocation(x, torch.int8, config=Q.TileConfig(2, 32))
     with pytest.raises(TypeError, match=r"output dtype is float8_e4m3fn but int8 was requested"):
         _canonical(codes, torch.int8)
+
+
+# ================================================================== every MX format
+
+
+def ref_mx_fmt(x: np.ndarray, fmt: str, scale_rule: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [M, K] one per element, E8M0 scale codes) of ``oracle.schemes.quantize``."""
+    from oracle.quant_ops import MX_FORMATS
+
+    qt = quantize(x, get_scheme(f"{MX_FORMATS[fmt]} {scale_rule}"), axis=1)
+    return qt.codes, qt.scale_codes
+
+
+def mx_codes(codes: torch.Tensor, fmt: str) -> np.ndarray:
+    """The kernel's codes one per element (mxfp4: unpacked from its nibbles)."""
+    raw = codes.detach().cpu().numpy()
+    return unpack_nibbles(raw) if fmt == "mxfp4" else raw
+
+
+def assert_mx(codes, scales, x: np.ndarray, fmt: str, scale_rule: str) -> None:
+    """Bit-exact against oracle.schemes, then through oracle.quant_ops (the harness's judge)."""
+    __tracebackhide__ = True
+    M, K = x.shape
+    assert codes.dtype == torch.uint8 and scales.dtype == torch.uint8, (codes.dtype, scales.dtype)
+    assert tuple(codes.shape) == ((M, K // 2) if fmt == "mxfp4" else (M, K)), tuple(codes.shape)
+    assert tuple(scales.shape) == (M, K // 32)
+    want, want_scales = ref_mx_fmt(x, fmt, scale_rule)
+    assert np.array_equal(scales.cpu().numpy(), want_scales), f"{fmt} {scale_rule}: scale codes differ"
+    got = mx_codes(codes, fmt)
+    bad = got != want
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        pytest.fail(f"{fmt} {scale_rule}: {int(bad.sum())} of {bad.size} codes differ; first at {idx}: got "
+                    f"{got[idx]:#04x}, expected {want[idx]:#04x} (x={float(x[idx])!r}, scale code "
+                    f"{int(scales[idx[0], idx[1] // 32])})")
+    _quant_ops_check("mx_quant", dict(x=x, fmt=fmt, scale_rule=scale_rule), got, scales.cpu().numpy())
+
+
+def _mx_input(in_dtype, device) -> torch.Tensor:
+    """[5, 320]: make_x rows (magnitudes 2**-8 .. 2**8), row 1 all zero (and -0.0), row 3 tiny
+    values (float16 subnormals: multiples of 2**-24, exact in every input dtype)."""
+    x = make_x(5, 320, in_dtype, seed=13, device=device)
+    rng = np.random.default_rng(13)
+    x[1, ::3] = -0.0
+    x[3] = torch.from_numpy(rng.integers(-60, 61, 320) * 2.0**-24).to(in_dtype)
+    return x
+
+
+@pytest.mark.parametrize("in_dtype", IN_DTYPES, ids=[SHORT[d] for d in IN_DTYPES])
+@pytest.mark.parametrize("scale_rule", Q.SCALE_RULES)
+@pytest.mark.parametrize("fmt", Q.MX_FORMATS)
+def test_mx_quant_every_format(fmt, scale_rule, in_dtype, device):
+    """M=5 (a tail of block_m=4), 10 blocks (a tail of block_g=4), zero and tiny rows."""
+    x = _mx_input(in_dtype, device)
+    codes, scales = Q.mx_quant(x, fmt=fmt, scale_rule=scale_rule, config=Q.MXConfig(block_m=4, block_g=4))
+    assert_mx(codes, scales, as_f32(x), fmt, scale_rule)
+    assert (scales.cpu().numpy()[1] == 0).all()  # the all-zero row: E8M0 0x00
+
+
+def test_mx_storage_is_documented_bytes(device):
+    """MXFP8 bytes are the float8 bit patterns (a view reads them as values); MXFP6 bytes hold
+    6-bit codes; MXFP4 keeps its packing (same bytes as before: oracle.schemes.pack_codes)."""
+    x = make_x(3, 64, torch.float32, seed=14, device=device)
+    for fmt, dtype in (("mxfp8_e4m3", torch.float8_e4m3fn), ("mxfp8_e5m2", torch.float8_e5m2)):
+        codes, scales = Q.mx_quant(x, fmt=fmt)
+        values = codes.view(dtype).float().cpu().numpy().astype(np.float64)
+        block_scale = np.repeat(np.ldexp(1.0, scales.cpu().numpy().astype(np.int64) - 127), 32, axis=1)
+        elem = FORMATS[Q.MX_ELEMENTS[fmt]]
+        assert np.array_equal(values, elem.decode_table[codes.cpu().numpy()])
+        # dequantized values are within half a code step of x (no saturation: x / scale <= qmax)
+        assert (np.abs(values * block_scale - as_f32(x)) <= np.abs(as_f32(x)) * 2.0**-elem.mantissa_bits
+                + block_scale * elem.min_subnormal).all()
+    for fmt in ("mxfp6_e2m3", "mxfp6_e3m2"):
+        codes, _ = Q.mx_quant(x, fmt=fmt)
+        assert int(codes.max()) < 64 and int(codes.max()) >= 32  # 6-bit codes, negative values present
+    packed, _ = Q.mx_quant(x, fmt="mxfp4")
+    assert np.array_equal(packed.cpu().numpy(), ref_mx(as_f32(x), "floor")[0])
+
+
+def _format_rounding_block_rows(fmt: str) -> np.ndarray:
+    """float32 rows of 32-element blocks, each led by +-qmax (scale 2**0 under both rules): every
+    non-negative value of the element format (subnormals included), every midpoint (ties), and
+    float32 neighbours of each midpoint, both signs; then blocks of values above qmax but below
+    2**(emax + 1) (floor rule: scale 2**0, so they saturate; e5m2's 61440 is the tie IEEE would
+    round to inf)."""
+    elem = FORMATS[Q.MX_ELEMENTS[fmt]]
+    table = elem.decode_table
+    vals = np.unique(table[np.isfinite(table) & (table >= 0)])
+    qmax = float(elem.max)
+    mids = ((vals[:-1] + vals[1:]) / 2).astype(np.float32)
+    pool = np.concatenate([vals.astype(np.float32), mids, np.nextafter(mids, np.float32(np.inf)),
+                           np.nextafter(mids, np.float32(0))])
+    top = 2.0 ** (math.floor(math.log2(qmax)) + 1)
+    ulp = qmax - vals[-2]
+    over = np.array([qmax + ulp / 2, qmax + ulp / 4, (qmax + top) / 2, np.nextafter(np.float32(top), np.float32(0)),
+                     np.nextafter(np.float32(qmax), np.float32(np.inf))], np.float32)
+    pool = np.concatenate([pool, -pool, over, -over, [np.float32(-0.0)]])
+    pool = np.concatenate([pool, np.zeros((-len(pool)) % 31, np.float32)]).reshape(-1, 31)
+    lead = np.where(np.arange(len(pool)) % 2 == 0, qmax, -qmax).astype(np.float32)[:, None]
+    blocks = np.concatenate([lead, pool], axis=1)
+    pad = np.zeros(((-len(blocks)) % 4, 32), np.float32)
+    pad[:, 0] = qmax
+    return np.concatenate([blocks, pad]).reshape(-1, 128)  # four blocks per row
+
+
+@pytest.mark.parametrize("fmt", Q.MX_FORMATS)
+def test_mx_rounding_exhaustive_every_format(fmt, device):
+    x = _format_rounding_block_rows(fmt)
+    xt = torch.from_numpy(x).to(device)
+    for rule in Q.SCALE_RULES:
+        codes, scales = Q.mx_quant(xt, fmt=fmt, scale_rule=rule, config=Q.MXConfig(block_m=4, block_g=2))
+        assert_mx(codes, scales, x, fmt, rule)
+    codes, scales = Q.mx_quant(xt, fmt=fmt, scale_rule="floor", config=Q.MXConfig(block_m=4, block_g=2))
+    elem = FORMATS[Q.MX_ELEMENTS[fmt]]
+    got = mx_codes(codes, fmt)
+    assert (scales.cpu().numpy() == 127).all()
+    big = np.abs(x) > elem.max
+    sign = np.where(np.signbit(x[big]), 1 << (elem.bits - 1), 0)
+    assert big.sum() == 10 and np.array_equal(got[big], elem.max_code | sign)  # saturated to +-qmax
+
+
+@pytest.mark.parametrize("scale_rule", Q.SCALE_RULES)
+@pytest.mark.parametrize("fmt", [f for f in Q.MX_FORMATS if f != "mxfp4"])
+def test_mx_scale_boundaries_every_format(fmt, scale_rule, device):
+    """Block amax walking E8M0's range (zero, float32 subnormals, qmax * 2**k and its float32
+    neighbours) for each element format."""
+    x = _mx_amax_rows(FORMATS[Q.MX_ELEMENTS[fmt]].max)
+    codes, scales = Q.mx_quant(torch.from_numpy(x).to(device), fmt=fmt, scale_rule=scale_rule,
+                               config=Q.MXConfig(block_m=8, block_g=1))
+    assert_mx(codes, scales, x, fmt, scale_rule)
+
+
+@settings(max_examples=10)
+@given(
+    M=st.integers(1, 9),
+    blocks=st.integers(1, 5),
+    fmt=st.sampled_from(Q.MX_FORMATS),
+    scale_rule=st.sampled_from(Q.SCALE_RULES),
+    in_dtype=st.sampled_from(IN_DTYPES),
+    block_m=st.sampled_from([1, 2, 4, 8]),
+    block_g=st.sampled_from([1, 2, 4]),
+    seed=st.integers(0, 2**16),
+)
+def test_mx_quant_property(M, blocks, fmt, scale_rule, in_dtype, block_m, block_g, seed, device):
+    x = make_x(M, 32 * blocks, in_dtype, seed, device, zero_row=seed % (M + 1))
+    codes, scales = Q.mx_quant(x, fmt=fmt, scale_rule=scale_rule, config=Q.MXConfig(block_m, block_g))
+    assert_mx(codes, scales, as_f32(x), fmt, scale_rule)
+
+
+# ================================================================== nvfp4_quant
+
+
+E4M3 = FORMATS["float8_e4m3fn"]
+E2M1 = FORMATS["float4_e2m1fn"]
+
+
+def expect_nvfp4(x: np.ndarray, g: float) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [M, K], E4M3 scale codes) a correct kernel returns: ``oracle.quant_ops``' exact
+    scale codes and codes, where a block's scale is 0 the signed zero of ``x * 0`` (this kernel's
+    documented choice; the op-level oracle accepts either zero there)."""
+    from oracle.quant_ops import expect_quant
+
+    exp = expect_quant("nvfp4_quant", {"x": x, "global_scale": g})
+    zero = np.repeat(exp.scales, 16, axis=1) == 0
+    codes = np.where(zero, np.where(np.signbit(x), 0x8, 0x0), exp.codes).astype(np.uint8)
+    return codes, exp.scale_codes
+
+
+def assert_nvfp4(packed, scales, x: np.ndarray, g: float) -> None:
+    __tracebackhide__ = True
+    M, K = x.shape
+    assert packed.dtype == torch.uint8 and scales.dtype == torch.uint8, (packed.dtype, scales.dtype)
+    assert tuple(packed.shape) == (M, K // 2) and tuple(scales.shape) == (M, K // 16)
+    want, want_scales = expect_nvfp4(x, g)
+    got_scales = scales.cpu().numpy()
+    bad = got_scales != want_scales
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        amax = float(np.abs(x[idx[0], idx[1] * 16:(idx[1] + 1) * 16]).max())
+        pytest.fail(f"{int(bad.sum())} of {bad.size} E4M3 scale codes differ; first at {idx}: got "
+                    f"{got_scales[idx]:#04x}, expected {want_scales[idx]:#04x} (amax / (6 g) = {amax / (6 * g)!r})")
+    got = unpack_nibbles(packed.cpu().numpy())
+    bad = got != want
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        pytest.fail(f"{int(bad.sum())} of {bad.size} e2m1 codes differ; first at {idx}: got {got[idx]:#x}, "
+                    f"expected {want[idx]:#x} (x={float(x[idx])!r}, scale {E4M3.decode_table[want_scales[idx[0], idx[1] // 16]]!r})")
+    _quant_ops_check("nvfp4_quant", dict(x=x, global_scale=g), got, got_scales)
+
+
+def _global_scale(kind: str, x: np.ndarray) -> float:
+    """pow2: 2**-6; amax: the NVFP4 convention float32(amax / (6 * 448)); odd: float32(0.1)
+    (24 significant bits: no quotient by it is exact)."""
+    if kind == "pow2":
+        return 2.0**-6
+    if kind == "amax":
+        return float(np.float32(np.abs(x).max() / (6 * 448)))
+    return float(np.float32(0.1))
+
+
+@pytest.mark.parametrize("g_kind", ("pow2", "amax", "odd"))
+@pytest.mark.parametrize("in_dtype", IN_DTYPES, ids=[SHORT[d] for d in IN_DTYPES])
+def test_nvfp4_quant(in_dtype, g_kind, device):
+    """M=5 (a tail of block_m=4), K=160 (10 blocks, a tail of block_g=4), a zero row (with -0.0)
+    and a row of float16 subnormals (blocks whose scale underflows to 0: codes keep x's sign)."""
+    x = _mx_input(in_dtype, device)[:, :160].contiguous()
+    x32 = as_f32(x)
+    g = _global_scale(g_kind, x32)
+    packed, scales = Q.nvfp4_quant(x, torch.tensor([g], device=device), config=Q.NVFP4Config(block_m=4, block_g=4))
+    assert_nvfp4(packed, scales, x32, g)
+    assert (scales.cpu().numpy()[1] == 0).all()
+
+
+def test_nvfp4_matches_schemes_quantize(device):
+    """oracle.schemes' NVFP4 (it picks the global scale amax / (6 * 448) itself) agrees code for
+    code, zero-scale blocks aside (schemes writes +0 there)."""
+    x = as_f32(make_x(6, 256, torch.bfloat16, seed=15, device=device))
+    qt = quantize(x, get_scheme("nvfp4"), axis=1)
+    packed, scales = Q.nvfp4_quant(torch.from_numpy(x).to(device), torch.tensor(qt.global_scale, device=device))
+    assert np.array_equal(scales.cpu().numpy(), qt.scale_codes)
+    got = unpack_nibbles(packed.cpu().numpy())
+    nonzero = np.repeat(qt.scales, 16, axis=1) > 0
+    assert np.array_equal(got[nonzero], qt.codes[nonzero])
+    assert ((got[~nonzero] & 0x7) == 0).all()
+
+
+def e4m3_rne(r: Fraction) -> int:
+    """E4M3 code of the exact non-negative rational r: nearest value, ties to the even code,
+    saturating at 448 (written from the definition, independent of oracle.formats' encoder)."""
+    values = [Fraction(float(v)) for v in E4M3.decode_table[:0x7F]]  # 0x00 .. 0x7E, ascending
+    if r >= values[-1]:
+        return 0x7E
+    hi = next(i for i, v in enumerate(values) if v >= r)
+    if values[hi] == r or hi == 0:
+        return hi
+    lo = hi - 1
+    d_lo, d_hi = r - values[lo], values[hi] - r
+    return lo if d_lo < d_hi or (d_lo == d_hi and lo % 2 == 0) else hi
+
+
+def nvfp4_boundary_rows(g: float) -> np.ndarray:
+    """float32 [R, 64] rows of 16-blocks whose amax / (6 g) is an E4M3 value t, a midpoint between
+    two (a tie), or lies one float32 step either side of one, from the underflow tie 2**-10 up past
+    the saturation at 448 (464 is the tie IEEE rounds to 512); the other 15 elements sit on
+    e2m1 values, midpoints and their float32 neighbours times ``t * g``. With g not a power of
+    two, the float32 quotients land on midpoints that the exact ones miss (double rounding)."""
+    f32 = np.float32
+    vals = E4M3.decode_table[:0x7F].astype(np.float64)
+    targets = np.concatenate([vals[1:], (vals[:-1] + vals[1:]) / 2, [456.0, 464.0, 480.0, 1e4, 2.0**-11]])
+    e2m1 = np.unique(np.abs(E2M1.decode_table))
+    units = np.concatenate([e2m1, (e2m1[:-1] + e2m1[1:]) / 2])  # 15 values: grid and ties
+    blocks = []
+    for i, t in enumerate(targets):
+        exact = f32(6.0 * g * t)
+        for j, amax in enumerate((exact, np.nextafter(exact, f32(np.inf)), np.nextafter(exact, f32(0)))):
+            block = np.empty(16, np.float32)
+            block[0] = amax if (i + j) % 2 else -amax
+            elem = (units * min(t, 448.0) * g).astype(f32)
+            nudged = (elem, np.nextafter(elem, f32(np.inf)), np.nextafter(elem, f32(0)))[(i + j) % 3]
+            block[1:] = np.where(np.arange(15) % 2 == 0, nudged, -nudged)
+            blocks.append(block)
+    blocks = np.stack(blocks)
+    blocks = np.concatenate([blocks, np.zeros(((-len(blocks)) % 4, 16), np.float32)])
+    return blocks.reshape(-1, 64)
+
+
+NVFP4_BOUNDARY_G = (2.0**-3, 5 * 2.0**-6, float(np.float32(0.1)), float(np.float32(1 / 3)))
+
+
+@pytest.mark.parametrize("g", NVFP4_BOUNDARY_G, ids=["pow2", "5x2^-6", "0.1", "1/3"])
+def test_nvfp4_scale_and_code_rounding_boundaries(g, device):
+    """Every E4M3 scale value and midpoint as amax / (6 g), exactly and one float32 step off,
+    with e2m1 ties inside the blocks: scale codes against an exact rational RNE written here,
+    codes against the oracle."""
+    x = nvfp4_boundary_rows(g)
+    packed, scales = Q.nvfp4_quant(torch.from_numpy(x).to(device), torch.tensor([g], device=device),
+                                   config=Q.NVFP4Config(block_m=8, block_g=2))
+    amax = np.abs(x).reshape(x.shape[0], -1, 16).max(axis=2)
+    exact = np.array([[e4m3_rne(Fraction(float(a)) / (6 * Fraction(g))) for a in row] for row in amax], np.uint8)
+    assert np.array_equal(scales.cpu().numpy(), exact)
+    assert {0x00, 0x01, 0x7E} <= set(exact.ravel().tolist())  # underflow, the smallest subnormal, saturation
+    assert_nvfp4(packed, scales, x, g)
+
+
+# ------------------------------------------------------------------ broken copies of the MX / NVFP4 kernels
+
+BUG_NONE = 0
+BUG_RCEIL_AS_FLOOR = 1  # mx: the scale rule argument ignored (always floor)
+BUG_TIES_AWAY = 2  # element codes: exact ties rounded away from zero
+BUG_SCALE_TRUNCATED = 3  # nvfp4: the E4M3 block scale rounded toward zero instead of to nearest even
+BUG_PLAIN_DIVISION = 4  # nvfp4: plain float32 divisions, no round to odd (double rounding)
+
+
+@triton.jit
+def _encode_twin(v, QMAX: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr,
+                 NEG_ZERO: tl.constexpr, ROUND: tl.constexpr):
+    """Q._encode_float_sw with the integer rounding chosen: 0 RNE, 1 ties away, 2 toward zero."""
+    sign = (v.to(tl.int32, bitcast=True) >> 31) & 1
+    a = tl.minimum(tl.abs(v), QMAX)
+    e = tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, EMIN)
+    scaled = a * ((127 - (e - MBITS)) << 23).to(tl.float32, bitcast=True)
+    if ROUND == 1:
+        r = (scaled + 0.5).to(tl.int32)
+    elif ROUND == 2:
+        r = scaled.to(tl.int32)
+    else:
+        r = Q._rne_nonneg(scaled)
+    mag = ((e - EMIN) << MBITS) + r
+    if not NEG_ZERO:
+        sign = tl.where(mag == 0, 0, sign)
+    return mag | (sign << SIGN_BIT)
+
+
+@triton.jit
+def _broken_mx_kernel(
+    x_ptr, q_ptr, s_ptr, M, NUM_GROUPS,
+    stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sg,
+    RCEIL: tl.constexpr, Q_EXP: tl.constexpr, Q_MANT: tl.constexpr,
+    QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr,
+    NEG_ZERO: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BUG: tl.constexpr,
+):
+    """kernels.triton.quant._mx_quant_kernel with one bug (BUG) put back."""
+    HALF: tl.constexpr = 16
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    mask_mg = (offs_m < M)[:, None] & (offs_g < NUM_GROUPS)[None, :]
+    mask = mask_mg[:, :, None]
+    rows = offs_m.to(tl.int64)[:, None, None]
+    pair = offs_g[None, :, None] * HALF + tl.arange(0, HALF)[None, None, :]
+    even_ptrs = x_ptr + rows * stride_xm + (2 * pair) * stride_xk
+    x_even = tl.load(even_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x_odd = tl.load(even_ptrs + stride_xk, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(x_even), axis=2), tl.max(tl.abs(x_odd), axis=2))
+    bits = amax.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127 - Q_EXP
+    if RCEIL and BUG != 1:
+        e += ((bits & 0x7FFFFF) > Q_MANT).to(tl.int32)
+    e = tl.minimum(tl.maximum(e, -127), 127)
+    tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :] * stride_sg, (e + 127).to(tl.uint8), mask=mask_mg)
+    inv_scale = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, :, None]
+    rounding: tl.constexpr = 1 if BUG == 2 else 0
+    lo = _encode_twin(x_even * inv_scale, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO, rounding)
+    hi = _encode_twin(x_odd * inv_scale, QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO, rounding)
+    Q._store_code_pairs(q_ptr, rows, pair, stride_qm, stride_qk, lo, hi, mask, PACKED)
+
+
+@triton.jit
+def _broken_nvfp4_kernel(
+    x_ptr, q_ptr, s_ptr, g_ptr, M, NUM_GROUPS,
+    stride_xm, stride_xk, stride_qm, stride_qk, stride_sm, stride_sg,
+    QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr,
+    NEG_ZERO: tl.constexpr, S_QMAX: tl.constexpr, S_MBITS: tl.constexpr, S_EMIN: tl.constexpr,
+    S_SIGN_BIT: tl.constexpr, S_NEG_ZERO: tl.constexpr, S_MIN_SUBNORMAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BUG: tl.constexpr,
+):
+    """kernels.triton.quant._nvfp4_quant_kernel with one bug (BUG) put back."""
+    HALF: tl.constexpr = 8
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+    mask_mg = (offs_m < M)[:, None] & (offs_g < NUM_GROUPS)[None, :]
+    mask = mask_mg[:, :, None]
+    rows = offs_m.to(tl.int64)[:, None, None]
+    pair = offs_g[None, :, None] * HALF + tl.arange(0, HALF)[None, None, :]
+    even_ptrs = x_ptr + rows * stride_xm + (2 * pair) * stride_xk
+    x_even = tl.load(even_ptrs, mask=mask, other=0.0).to(tl.float32)
+    x_odd = tl.load(even_ptrs + stride_xk, mask=mask, other=0.0).to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(x_even), axis=2), tl.max(tl.abs(x_odd), axis=2))
+    g = tl.load(g_ptr).to(tl.float32)
+    six = tl.full(amax.shape, QMAX, tl.float32)
+    if BUG == 4:
+        r = tl.math.div_rn(tl.math.div_rn(amax, g), six)
+    else:
+        r = Q._quotient_round_to_odd(Q._quotient_round_to_odd(amax, g), six)
+    s_round: tl.constexpr = 2 if BUG == 3 else 0
+    s_code = _encode_twin(r, S_QMAX, S_MBITS, S_EMIN, S_SIGN_BIT, S_NEG_ZERO, s_round)
+    tl.store(s_ptr + offs_m[:, None] * stride_sm + offs_g[None, :] * stride_sg, s_code.to(tl.uint8), mask=mask_mg)
+    sv = Q._decode_float_sw(s_code, S_MBITS, S_EMIN, S_MIN_SUBNORMAL)[:, :, None]
+    zero = sv == 0.0
+    safe = tl.where(zero, 1.0, sv)
+    if BUG == 4:
+        v_even = tl.math.div_rn(tl.math.div_rn(x_even, g), safe)
+        v_odd = tl.math.div_rn(tl.math.div_rn(x_odd, g), safe)
+    else:
+        v_even = Q._quotient_round_to_odd(Q._quotient_round_to_odd(x_even, g), safe)
+        v_odd = Q._quotient_round_to_odd(Q._quotient_round_to_odd(x_odd, g), safe)
+    e_round: tl.constexpr = 1 if BUG == 2 else 0
+    lo = _encode_twin(tl.where(zero, x_even * 0.0, v_even), QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO, e_round)
+    hi = _encode_twin(tl.where(zero, x_odd * 0.0, v_odd), QMAX, MBITS, EMIN, SIGN_BIT, NEG_ZERO, e_round)
+    Q._store_code_pairs(q_ptr, rows, pair, stride_qm, stride_qk, lo, hi, mask, True)
+
+
+def broken_kernel(which: str, bug: int):
+    """A broken copy ("mx" or "nvfp4") for the launchers' ``kernel=`` (same validation, same
+    arguments); bug 0 is the copy without a bug."""
+    jit = {"mx": _broken_mx_kernel, "nvfp4": _broken_nvfp4_kernel}[which]
+
+    class Bound:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: jit[grid](*args, BUG=bug, **kwargs)
+
+    return Bound()
+
+
+def test_broken_mx_copies_are_caught(device):
+    """Ignoring RCEIL and rounding ties away both pass random data on the floor rule (no exact
+    ties there); ties away fails the exhaustive rounding blocks, ignoring RCEIL fails the E8M0
+    boundary blocks under rceil; the copy without a bug passes both."""
+    for fmt in ("mxfp6_e2m3", "mxfp8_e4m3"):
+        x_rand = make_x(4, 128, torch.float32, seed=16, device=device)
+        for bug in (BUG_NONE, BUG_RCEIL_AS_FLOOR, BUG_TIES_AWAY):
+            codes, scales = Q.mx_quant(x_rand, fmt=fmt, scale_rule="floor", kernel=broken_kernel("mx", bug))
+            assert_mx(codes, scales, as_f32(x_rand), fmt, "floor")
+        ties = _format_rounding_block_rows(fmt)
+        boundary = _mx_amax_rows(FORMATS[Q.MX_ELEMENTS[fmt]].max)
+        for x, rule, bug, message in ((ties, "floor", BUG_TIES_AWAY, r"codes differ"),
+                                      (boundary, "rceil", BUG_RCEIL_AS_FLOOR, r"scale codes differ")):
+            xt = torch.from_numpy(x).to(device)
+            codes, scales = Q.mx_quant(xt, fmt=fmt, scale_rule=rule, kernel=broken_kernel("mx", BUG_NONE))
+            assert_mx(codes, scales, x, fmt, rule)
+            codes, scales = Q.mx_quant(xt, fmt=fmt, scale_rule=rule, kernel=broken_kernel("mx", bug))
+            with pytest.raises((AssertionError, pytest.fail.Exception), match=message):
+                assert_mx(codes, scales, x, fmt, rule)
+
+
+@pytest.mark.parametrize("bug, g", [(BUG_SCALE_TRUNCATED, float(np.float32(0.1))), (BUG_TIES_AWAY, 2.0**-3),
+                                    (BUG_PLAIN_DIVISION, float(np.float32(0.1)))],
+                         ids=("scale-truncated", "ties-away", "plain-division"))
+def test_broken_nvfp4_copies_are_caught(bug, g, device):
+    """Each broken copy fails the boundary rows (plain division where g is not a power of two:
+    there the float32 quotient lands on a midpoint the exact one misses; with a power-of-two g
+    every quotient is exact and it passes); the copy without a bug passes the same rows."""
+    x = nvfp4_boundary_rows(g)
+    xt, gt = torch.from_numpy(x).to(device), torch.tensor([g], device=device)
+    packed, scales = Q.nvfp4_quant(xt, gt, kernel=broken_kernel("nvfp4", BUG_NONE))
+    assert_nvfp4(packed, scales, x, g)
+    packed, scales = Q.nvfp4_quant(xt, gt, kernel=broken_kernel("nvfp4", bug))
+    with pytest.raises(pytest.fail.Exception, match=r"scale codes differ|e2m1 codes differ"):
+        assert_nvfp4(packed, scales, x, g)
+    if bug == BUG_PLAIN_DIVISION:
+        x = nvfp4_boundary_rows(2.0**-3)
+        packed, scales = Q.nvfp4_quant(torch.from_numpy(x).to(device), torch.tensor([2.0**-3], device=device),
+                                       kernel=broken_kernel("nvfp4", bug))
+        assert_nvfp4(packed, scales, x, 2.0**-3)

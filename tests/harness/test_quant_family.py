@@ -1,6 +1,8 @@
 """The quantization family in the harness: its grid and regimes say what they promise, the
-bundled quant kernels pass a sample of their grid, a ties-away twin is caught by the adversarial
-regime, and the seed 002 zoo entry (codes allocated as FP8 whatever is requested, in the op and
+bundled quant kernels pass a sample of their grid (every MX format and NVFP4 case in full), a
+ties-away twin is caught by the adversarial regime, broken copies of the MX and NVFP4 kernels
+(RCEIL ignored, ties away, a truncated E4M3 block scale) fail the gate's cases through the runner,
+and the seed 002 zoo entry (codes allocated as FP8 whatever is requested, in the op and
 its fake) fails the gate and is found, shrunk and replayed by the fuzzer, while the bundled
 per_token_quant passes the same gate and fuzz budget."""
 from __future__ import annotations
@@ -27,7 +29,7 @@ from oracle.quant_ops import expect_quant
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = "zoo:wrong_output_dtype"
 WRONG = "codes: output dtype float8_e4m3fn, requested int8"
-OPS = ("per_token_quant", "static_quant", "per_token_group_quant", "mx_quant")
+OPS = ("per_token_quant", "static_quant", "per_token_group_quant", "mx_quant", "nvfp4_quant")
 ADAPTERS = {a.op: a for a in quant_adapters()}
 GRIDS = {op: grid(ADAPTERS[op]) for op in OPS}
 
@@ -46,7 +48,7 @@ def runs_on_cpu(case) -> bool:
 
 def test_grid_is_small_covers_the_space_and_runs_mostly_on_cpu():
     cases = [c for op in OPS for c in GRIDS[op]]
-    assert 40 <= len(cases) < 80
+    assert 60 <= len(cases) < 90
     assert sum(runs_on_cpu(c) for c in cases) > len(cases) / 2  # int8 and MX: the interpreter runs them
     for op in OPS:
         spec_params = OP_SPECS[op].params
@@ -58,6 +60,13 @@ def test_grid_is_small_covers_the_space_and_runs_mostly_on_cpu():
     # every fp8 format meets every linear op at least once (they run compiled)
     for op in OPS[:3]:
         assert {c.p["quant_dtype"] for c in GRIDS[op]} == {"int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2"}
+    # every MX format meets both scale rules and all three regimes
+    for fmt in OP_SPECS["mx_quant"].params["fmt"]:
+        mine = [c for c in GRIDS["mx_quant"] if c.p["fmt"] == fmt]
+        assert {c.p["scale_rule"] for c in mine} == {"floor", "rceil"}, fmt
+        assert {c.regime for c in mine} == {"exact", "realistic", "adversarial"}, fmt
+    # NVFP4's adversarial cases take all three global-scale modes (seed mod 3)
+    assert {c.seed % 3 for c in GRIDS["nvfp4_quant"] if c.regime == "adversarial"} == {0, 1, 2}
     # tile tails: M not a multiple of block_m, K not a multiple of block_k
     tails = [c for c in GRIDS["per_token_quant"] if c.cfg and c.dims["k"] % c.cfg["block_k"]]
     assert tails and any(c.dims["m"] % c.cfg["block_m"] for c in GRIDS["per_token_quant"] if c.cfg)
@@ -136,6 +145,78 @@ def test_bundled_quant_adapter_passes_a_sample_of_its_grid(op):
             assert {c.name for c in result.checks} >= {"contract", "numerics", "fake_vs_real", "backend"}
         else:  # fp8 outputs: the interpreter's conversion defect, stated
             assert result.status == "skip" and "fp8" in result.skip_reason, result.summary()
+
+
+def test_every_mx_and_nvfp4_grid_case_passes_with_the_bundled_adapters():
+    """All of them run on cpu: every code is assembled from integer bits (no fp8 conversion)."""
+    for op in ("mx_quant", "nvfp4_quant"):
+        for case in GRIDS[op]:
+            result = run_case(case, ADAPTERS[op], "cpu")
+            assert result.status == "pass", result.summary()
+            assert {c.name for c in result.checks} >= {"contract", "numerics", "fake_vs_real", "backend"}
+
+
+def test_nvfp4_adversarial_regime_reaches_the_scale_edges():
+    """E4M3 block scales saturating at 448, subnormal, exactly on the 2**-10 tie, underflowing to 0,
+    and not powers of two (then the codes' float32 ambiguity applies)."""
+    hits = dict.fromkeys(("saturated scale", "subnormal scale", "tie at 2**-10", "zero scale", "non-pow2 scale",
+                          "saturated code"), 0)
+    for case in (c for c in GRIDS["nvfp4_quant"] if c.regime == "adversarial"):
+        exp = expect_quant("nvfp4_quant", materialize(case))
+        r, sc = exp.scale_exact, exp.scale_codes
+        hits["saturated scale"] += int((r > 464).sum())
+        hits["subnormal scale"] += int(((sc > 0) & (sc < 8)).sum())
+        hits["tie at 2**-10"] += int((r == 2.0**-10).sum())
+        hits["zero scale"] += int((sc == 0).sum())
+        f, _ = np.frexp(exp.scales[exp.scales > 0])
+        hits["non-pow2 scale"] += int((f != 0.5).sum())
+        hits["saturated code"] += int((np.abs(exp.pre_round) > 6).sum())
+    assert all(n > 0 for n in hits.values()), hits
+
+
+def _broken_adapter(op: str, bug: int) -> KernelAdapter:
+    """The bundled adapter's packing and unpacking around a broken copy of the kernel
+    (tests/kernels/test_quant.py), launched by the real launcher."""
+    from kernels.triton import quant as Q
+    from tests.kernels.test_quant import broken_kernel
+
+    if op == "mx_quant":
+        def call(t, params, config):
+            return Q.mx_quant(t["x"], fmt=params["fmt"], scale_rule=params["scale_rule"],
+                              kernel=broken_kernel("mx", bug))
+    else:
+        def call(t, params, config):
+            return Q.nvfp4_quant(t["x"], t["global_scale"], kernel=broken_kernel("nvfp4", bug))
+    bundled = ADAPTERS[op]
+    return KernelAdapter(name=f"test:{op}_bug{bug}", op=op, pack=bundled.pack, call=call, unpack=bundled.unpack)
+
+
+def test_broken_mx_and_nvfp4_copies_fail_their_grid_cases_through_the_runner():
+    from tests.kernels.test_quant import BUG_NONE, BUG_RCEIL_AS_FLOOR, BUG_SCALE_TRUNCATED, BUG_TIES_AWAY
+
+    rceil = [c for c in GRIDS["mx_quant"] if c.p["scale_rule"] == "rceil" and c.regime != "exact"]
+    adversarial_mx = [c for c in GRIDS["mx_quant"] if c.regime == "adversarial"]
+    nvfp4 = [c for c in GRIDS["nvfp4_quant"] if c.regime != "exact"]
+    runs = {
+        "rceil ignored": [run_case(c, _broken_adapter("mx_quant", BUG_RCEIL_AS_FLOOR), "cpu") for c in rceil],
+        "mx ties away": [run_case(c, _broken_adapter("mx_quant", BUG_TIES_AWAY), "cpu") for c in adversarial_mx],
+        "nvfp4 scale truncated": [run_case(c, _broken_adapter("nvfp4_quant", BUG_SCALE_TRUNCATED), "cpu")
+                                  for c in nvfp4],
+    }
+    for name, results in runs.items():
+        failed = [r for r in results if r.status == "fail"]
+        assert failed, (name, [r.summary() for r in results])
+        for r in failed:  # caught by the oracle's comparison, not by a crash or a contract slip
+            checks = {c.name: c.outcome for c in r.checks}
+            assert checks["numerics"] == "fail" and checks["contract"] == "pass", r.summary()
+    scale_notes = [n for r in runs["nvfp4 scale truncated"] if r.status == "fail" for n in r.divergence["notes"]]
+    assert any("quantity: scales" in n and "float8_e4m3fn" in n for n in scale_notes), scale_notes
+    assert any(d["hypothesis"] == "ties_away_from_zero" for r in runs["mx ties away"] for d in r.diagnosis)
+    # the same copies without their bug pass the same cases
+    for op, cases in (("mx_quant", rceil + adversarial_mx), ("nvfp4_quant", nvfp4)):
+        for c in cases:
+            r = run_case(c, _broken_adapter(op, BUG_NONE), "cpu")
+            assert r.status == "pass", r.summary()
 
 
 # ------------------------------------------------------------------ seed 002 through the CLI

@@ -17,7 +17,9 @@ Ops (namespace ``qkcheck``):
 - ``qkcheck::moe_align_block_size(Tensor topk_ids, int block_m, int num_experts,
   Tensor? expert_map, int num_local_experts) -> (Tensor, Tensor, Tensor)`` — sorted ids int32
   ``[cap]``, expert ids int32 ``[cap // block_m]``, ``num_tokens_post_padded`` int32 ``[1]``
-  with ``cap = roundup(T*k + num_local_experts*(block_m - 1), block_m)``.
+  with ``cap = aligned_capacity(T*k, num_local_experts, block_m)`` =
+  ``floor((T*k + min(num_local_experts, T*k)*(block_m - 1)) / block_m) * block_m``
+  (``kernels.triton.moe.aligned_capacity``: the proof of the bound is there).
 
 :func:`fused_moe_emulation` has the signature of :func:`fused_moe_native` and computes the same
 thing in plain torch (every expert dequantized to float32, a loop over experts). The native path
@@ -162,7 +164,7 @@ def _align_fake(topk_ids, block_m, num_experts, expert_map, num_local_experts):
     if expert_map is not None and tuple(expert_map.shape) != (num_experts,):
         raise ValueError(f"expert_map.shape={tuple(expert_map.shape)} must be [num_experts] = [{num_experts}]")
     n = topk_ids.shape[0] * topk_ids.shape[1]
-    cap = -(-(n + num_local_experts * (block_m - 1)) // block_m) * block_m
+    cap = _moe.aligned_capacity(n, num_local_experts, block_m)
     return (topk_ids.new_empty((cap,), dtype=torch.int32),
             topk_ids.new_empty((cap // block_m,), dtype=torch.int32),
             topk_ids.new_empty((1,), dtype=torch.int32))
@@ -267,7 +269,7 @@ def fused_moe_emulation(
     I = (e13.scales.shape[2] if _moe.SCHEMES[scheme].packed else e13.weight.shape[2]) // 2
     if expert_map is not None:
         _moe._check_expert_map(expert_map, router_logits.shape[1], E_local)
-    ids, weights = _moe.route(
+    ids, weights = _moe.route_torch(
         router_logits, top_k, scoring=scoring, renormalize=renormalize, num_groups=num_groups,
         topk_groups=topk_groups, correction_bias=correction_bias,
     )

@@ -68,12 +68,14 @@ __all__ = [
     "SCHEMES",
     "SCORING",
     "align_block_size",
+    "aligned_capacity",
     "check_fused_moe_arguments",
     "default_config",
     "fused_experts",
     "fused_moe",
     "quantize_activations_fp8",
     "route",
+    "route_torch",
 ]
 
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16)
@@ -276,6 +278,16 @@ def _top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
+ROUTE_TILE = 4096  # max (tokens x padded experts) elements one routing program holds
+
+
+def _route_layout(E: int, num_groups: int | None) -> tuple[int, int, int, int]:
+    """(groups, experts per group, their padded sizes) of the router's 3-D expert tile."""
+    groups = 1 if num_groups is None else num_groups
+    per = E // groups
+    return groups, per, _next_pow2(groups), _next_pow2(per)
+
+
 def route(
     router_logits: torch.Tensor,
     top_k: int,
@@ -286,7 +298,145 @@ def route(
     topk_groups: int | None = None,
     correction_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k routing: ``(topk_ids int32 [T, k], topk_weights float32 [T, k])``.
+    """Top-k routing: ``(topk_ids int32 [T, k], topk_weights float32 [T, k])``, one Triton launch.
+
+    scores = softmax(logits) or sigmoid(logits), in float32 (logits of any float dtype are cast to
+    float32 first). Selection uses ``scores + correction_bias`` (when given); with ``num_groups``,
+    the experts are split into contiguous groups, each group is scored by the sum of its two
+    largest selection scores, the ``topk_groups`` best groups are kept and the top-k is taken among
+    their experts. The weights are the *uncorrected* scores of the selected experts, divided by
+    their sum (summed in slot order) when ``renormalize``. Ties (in group or expert selection) go
+    to the lower index; ids are ordered by decreasing selection score. :func:`route_torch` is the
+    same in torch operations (the scores may differ from it in the last bits: another exp and
+    another summation order; ids differ only where two scores are that close).
+    """
+    _check_routing(router_logits, top_k, scoring, renormalize, num_groups, topk_groups, correction_bias)
+    T, E = router_logits.shape
+    device = router_logits.device
+    ids = torch.empty((T, top_k), dtype=torch.int32, device=device)
+    weights = torch.empty((T, top_k), dtype=torch.float32, device=device)
+    if T == 0:
+        return ids, weights
+    groups, per, g_pad, p_pad = _route_layout(E, num_groups)
+    block_t = max(1, min(_next_pow2(T), ROUTE_TILE // (g_pad * p_pad)))
+    bias = correction_bias if correction_bias is not None else router_logits
+    _route_kernel[(_cdiv(T, block_t),)](
+        router_logits, bias, ids, weights, T, E, per, groups, top_k,
+        topk_groups if num_groups is not None else groups,
+        router_logits.stride(0), router_logits.stride(1), bias.stride(0) if correction_bias is not None else 0,
+        ids.stride(0), ids.stride(1), weights.stride(0), weights.stride(1),
+        SIGMOID=scoring == "sigmoid", HAS_BIAS=correction_bias is not None, GROUPED=num_groups is not None,
+        RENORMALIZE=renormalize, BLOCK_T=block_t, G_PAD=g_pad, P_PAD=p_pad, K_PAD=_next_pow2(top_k),
+    )
+    return ids, weights
+
+
+@triton.jit
+def _route_tile(
+    logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, E, per, groups, top_k, topk_groups,
+    stride_lt, stride_le, stride_b, stride_it, stride_ik, stride_wt, stride_wk,
+    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, K_PAD: tl.constexpr,
+):
+    """Route tokens ``t0 .. t0 + BLOCK_T - 1``: experts held as a ``[BLOCK_T, G_PAD, P_PAD]`` tile,
+    expert ``e = g * per + p`` (one group of all E experts without grouping). Padded experts
+    (``p >= per`` or ``g >= groups``) are never candidates: their values are -inf and a separate
+    mask excludes them, so even an expert whose selection value is -inf is preferred to them."""
+    offs_t = t0 + tl.arange(0, BLOCK_T)
+    g_idx = tl.arange(0, G_PAD)
+    p_idx = tl.arange(0, P_PAD)
+    e3 = g_idx[None, :, None] * per + p_idx[None, None, :]  # [1, G_PAD, P_PAD]
+    real = (g_idx[None, :, None] < groups) & (p_idx[None, None, :] < per)
+    t_ok = offs_t < T
+    mask = t_ok[:, None, None] & real
+    logits = tl.load(logits_ptr + offs_t.to(tl.int64)[:, None, None] * stride_lt + e3 * stride_le,
+                     mask=mask, other=0.0).to(tl.float32)
+    if SIGMOID:
+        scores = 1.0 / (1.0 + tl.exp(-logits))
+    else:
+        shifted = tl.where(real, logits, float("-inf"))
+        row_max = tl.max(tl.max(shifted, axis=2), axis=1)
+        ex = tl.where(real, tl.exp(shifted - row_max[:, None, None]), 0.0)
+        total = tl.sum(tl.sum(ex, axis=2), axis=1)
+        scores = ex / total[:, None, None]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e3 * stride_b, mask=real, other=0.0).to(tl.float32)
+        select = scores + bias
+    else:
+        select = scores
+    select = tl.where(real, select, float("-inf"))
+    eligible = real & (offs_t[:, None, None] >= 0)  # broadcast to [BLOCK_T, G_PAD, P_PAD]
+    if GROUPED:
+        # group score: the two largest selection values of the group (the second may equal the first)
+        first = tl.max(select, axis=2)
+        first_p = tl.min(tl.where(select == first[:, :, None], p_idx[None, None, :], P_PAD), axis=2)
+        second = tl.max(tl.where(p_idx[None, None, :] == first_p[:, :, None], float("-inf"), select), axis=2)
+        group_score = first + second
+        # rows past T are routed like real ones (from zero logits) and never stored
+        g_left = (g_idx[None, :] < groups) & (offs_t[:, None] >= 0)  # [BLOCK_T, G_PAD]
+        kept = (g_idx[None, :] < 0) & (offs_t[:, None] >= 0)  # all False, [BLOCK_T, G_PAD]
+        for _ in range(0, topk_groups):
+            best = tl.max(tl.where(g_left, group_score, float("-inf")), axis=1)
+            pick = tl.min(tl.where(g_left & (group_score == best[:, None]), g_idx[None, :], G_PAD), axis=1)
+            # a NaN score matches nothing: take the lowest group still left (ids stay distinct)
+            pick = tl.where(pick < G_PAD, pick, tl.min(tl.where(g_left, g_idx[None, :], G_PAD), axis=1))
+            chosen = g_idx[None, :] == pick[:, None]
+            kept = kept | chosen
+            g_left = g_left & ~chosen
+        eligible = eligible & kept[:, :, None]
+
+    k_idx = tl.arange(0, K_PAD)
+    out_ids = tl.zeros((BLOCK_T, K_PAD), dtype=tl.int32)
+    out_w = tl.zeros((BLOCK_T, K_PAD), dtype=tl.float32)
+    w_sum = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    left = eligible
+    for j in range(0, top_k):
+        vals = tl.where(left, select, float("-inf"))
+        best = tl.max(tl.max(vals, axis=2), axis=1)
+        hit = left & (vals == best[:, None, None])
+        pick = tl.min(tl.min(tl.where(hit, e3, E), axis=2), axis=1)
+        pick = tl.where(pick < E, pick, tl.min(tl.min(tl.where(left, e3, E), axis=2), axis=1))
+        chosen = e3 == pick[:, None, None]
+        w = tl.sum(tl.sum(tl.where(chosen & real, scores, 0.0), axis=2), axis=1)
+        left = left & ~chosen
+        out_ids = tl.where(k_idx[None, :] == j, pick[:, None], out_ids)
+        out_w = tl.where(k_idx[None, :] == j, w[:, None], out_w)
+        w_sum += w
+    if RENORMALIZE:
+        out_w = out_w / w_sum[:, None]
+    k_ok = t_ok[:, None] & (k_idx[None, :] < top_k)
+    rows = offs_t.to(tl.int64)[:, None]
+    tl.store(ids_ptr + rows * stride_it + k_idx[None, :] * stride_ik, out_ids, mask=k_ok)
+    tl.store(weights_ptr + rows * stride_wt + k_idx[None, :] * stride_wk, out_w, mask=k_ok)
+
+
+@triton.jit
+def _route_kernel(
+    logits_ptr, bias_ptr, ids_ptr, weights_ptr, T, E, per, groups, top_k, topk_groups,
+    stride_lt, stride_le, stride_b, stride_it, stride_ik, stride_wt, stride_wk,
+    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, K_PAD: tl.constexpr,
+):
+    """One program routes BLOCK_T tokens (``_route_tile``)."""
+    _route_tile(
+        logits_ptr, bias_ptr, ids_ptr, weights_ptr, tl.program_id(0) * BLOCK_T, T, E, per, groups, top_k,
+        topk_groups, stride_lt, stride_le, stride_b, stride_it, stride_ik, stride_wt, stride_wk,
+        SIGMOID, HAS_BIAS, GROUPED, RENORMALIZE, BLOCK_T, G_PAD, P_PAD, K_PAD,
+    )
+
+
+def route_torch(
+    router_logits: torch.Tensor,
+    top_k: int,
+    *,
+    scoring: str = "softmax",
+    renormalize: bool = False,
+    num_groups: int | None = None,
+    topk_groups: int | None = None,
+    correction_bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`route` in torch operations (about eight launches: softmax, sort, gather, ...), kept as
+    its twin for comparison: ``(topk_ids int32 [T, k], topk_weights float32 [T, k])``.
 
     scores = softmax(logits) or sigmoid(logits), in float32. Selection uses
     ``scores + correction_bias`` (when given); with ``num_groups``, the experts are split into
@@ -378,6 +528,28 @@ def _check_expert_map(expert_map, num_experts: int, num_local: int | None) -> in
     return num_local
 
 
+def aligned_capacity(num_assignments: int, num_local_experts: int, block_m: int) -> int:
+    """Length of the padded sorted-assignment buffer: an upper bound, from shapes only, on the
+    used length ``num_tokens_post_padded`` that :func:`align_block_size` computes on the device.
+
+    ``cap = floor((n + min(E_local, n) * (block_m - 1)) / block_m) * block_m`` with ``n = T * k``.
+
+    Proof. Let ``c_e`` be the assignments kept for local expert e and m the number of experts
+    with ``c_e > 0``. The used length is ``sum_{c_e > 0} block_m * ceil(c_e / block_m)``, and
+    ``block_m * ceil(c / block_m) <= c + block_m - 1``, so it is at most
+    ``sum c_e + m (block_m - 1) <= n + m (block_m - 1)`` (dropped assignments only lower
+    ``sum c_e``). Each non-empty expert holds at least one of the n assignments and is one of
+    the E_local local experts, so ``m <= min(E_local, n)``: the used length is at most
+    ``B = n + min(E_local, n) (block_m - 1)``. It is a multiple of block_m, so it is also at
+    most B rounded *down* to a multiple of block_m. The bound is attained (``m - 1`` experts
+    with one assignment each and one with the other ``n - m + 1``: ``m + floor((n - m) /
+    block_m)`` blocks), so no smaller bound from (n, E_local, block_m) alone holds. At decode sizes this is what keeps the GEMM grids small: T = 1, k = 6,
+    64 experts, block_m 16 gives 6 row blocks instead of 61 for the ``E_local`` form.
+    """
+    n, e, bm = int(num_assignments), int(num_local_experts), int(block_m)
+    return (n + min(e, n) * (bm - 1)) // bm * bm
+
+
 def align_block_size(
     topk_ids: torch.Tensor,
     block_m: int,
@@ -392,8 +564,8 @@ def align_block_size(
     Returns ``sorted_token_ids`` int32 ``[cap]`` (assignment indices; padding = sentinel
     ``T * k``), ``expert_ids`` int32 ``[cap // block_m]`` (the local expert of each block; -1
     for blocks past the end) and ``num_tokens_post_padded`` int32 ``[1]`` (the used length, a
-    multiple of block_m). ``cap = roundup(T*k + E_local*(block_m - 1), block_m)`` bounds the
-    padded length without reading the counts on the host. Within an expert, assignments keep
+    multiple of block_m). ``cap = aligned_capacity(T*k, E_local, block_m)`` bounds the padded
+    length from shapes only (no host read of the counts). Within an expert, assignments keep
     their flattened order, so the result is deterministic. expert_map: int ``[num_experts]``,
     global -> local index or -1 (those assignments are dropped: no block holds them).
     num_local_experts defaults to the number of mapped experts (``num_experts`` without a map;
@@ -436,7 +608,7 @@ def align_block_size(
                 "pass the expert_map that maps global to local experts"
             )
     n = topk_ids.numel()
-    cap = _cdiv(n + num_local * (block_m - 1), block_m) * block_m
+    cap = aligned_capacity(n, num_local, block_m)
     sorted_ids = torch.empty((cap,), dtype=torch.int32, device=device)
     expert_ids = torch.empty((cap // block_m,), dtype=torch.int32, device=device)
     num_post = torch.empty((1,), dtype=torch.int32, device=device)
@@ -739,11 +911,11 @@ def _moe_gemm_kernel(
     pid_mn = pid // SPLIT_K
     pid_m = pid_mn // num_pid_n
     pid_n = pid_mn % num_pid_n
+    # the first loads, independent of each other (one memory latency): a block past num_post
+    # (expert id -1 there too) or of no local expert exits before anything else is read
     num_post = tl.load(num_post_ptr)
-    if pid_m * BLOCK_M >= num_post:
-        return
     expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
-    if expert < 0:
+    if (pid_m * BLOCK_M >= num_post) | (expert < 0):
         return
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)

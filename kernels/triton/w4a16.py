@@ -55,9 +55,12 @@ __all__ = [
     "check_arguments",
     "WeightLayout",
     "ZEROS_UNPACKED_UINT8",
+    "arrival_counters",
     "default_config",
+    "gemv_scale_path",
     "scale_path",
     "sub_dots",
+    "word_row_groups",
     "w4a16_gemm",
 ]
 
@@ -116,9 +119,14 @@ LAYOUTS: dict[str, WeightLayout] = {
 class W4A16Config(ListConfig):
     """Tunables of one launch; each maps to a kernel constexpr (or the grid / launch options).
 
-    block_m/n/k: tile sizes (powers of two, >= 16 for ``tl.dot``); block_k may exceed group_size.
-    split_k: number of K splits reduced in float32 by the launcher (1 = no workspace).
+    block_m/n/k: tile sizes, powers of two; block_k may exceed group_size. With ``dot`` they must
+    be >= 16 (``tl.dot``); the GEMV path takes any block_m (1, 2, 4, ...) and block_n/k >= 16.
+    split_k: number of K splits (1 = none); their float32 partials are reduced inside the launch
+    by the split that finishes a tile last, in split order (see the module docstring).
     group_m: program-id swizzle; GROUP_M consecutive M tiles are visited per N column.
+    dot: True multiplies dequantized tiles with ``tl.dot``; False selects the GEMV path (no
+    ``tl.dot``, float32 products summed over K), meant for a handful of rows (decode).
+    New fields go at the end with defaults, so shorter ``as_list()`` lists still parse.
     """
 
     block_m: int
@@ -128,34 +136,85 @@ class W4A16Config(ListConfig):
     group_m: int = 8
     num_warps: int = 4
     num_stages: int = 2
+    dot: bool = True
 
 # (largest M, config) — first row whose bound is >= M wins; the last row has no bound.
+# Rows at M <= DECODE_MAX_M are picked by _decode_config instead.
 _TILE_TABLE: tuple[tuple[int | None, W4A16Config], ...] = (
-    (16, W4A16Config(block_m=16, block_n=32, block_k=512, group_m=8, num_warps=4, num_stages=3)),
     (64, W4A16Config(block_m=32, block_n=64, block_k=64, group_m=8, num_warps=4, num_stages=3)),
     (256, W4A16Config(block_m=64, block_n=128, block_k=64, group_m=8, num_warps=4, num_stages=3)),
     (None, W4A16Config(block_m=128, block_n=128, block_k=32, group_m=8, num_warps=8, num_stages=3)),
 )
+
+DECODE_MAX_M = 16  # default_config treats M up to this as decode: split-K to fill the GPU
+GEMV_MAX_M = 4  # ... and up to this M takes the GEMV path (above it, the tensor-core tl.dot path)
+# programs a decode launch aims for: about four per SM of a 132-SM H100, so that every SM has
+# several weight streams in flight (N / BLOCK_N tiles alone are far too few at N = 4096)
+DECODE_TARGET_PROGRAMS = 512
+MAX_DEFAULT_SPLIT_K = 16
+# split-K workspace traffic (float32 partials, written and read back) kept <= 1/4 of the weight
+# bytes: split_k * M * N * 8 <= (K * N / 2) / 4, i.e. split_k <= K / (64 * M)
+_WORKSPACE_BYTES_DIVISOR = 64
+MAX_GEMV_TILE = 2**20  # BLOCK_M * BLOCK_K * BLOCK_N: the GEMV product tile (Triton's tensor size limit)
 
 
 def _next_pow2_at_least_16(n: int) -> int:
     return max(MIN_DOT_BLOCK, triton.next_power_of_2(max(int(n), 1)))
 
 
-def default_config(M: int, N: int, K: int, group_size: int) -> W4A16Config:
-    """A tile config from a small table keyed by M, with blocks clamped to the problem size.
+def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
+    """M <= DECODE_MAX_M: one BLOCK_M tile over all rows, BLOCK_K 128, and the fewest K splits
+    (powers of two, each split keeping at least one K tile, workspace capped) that reach
+    DECODE_TARGET_PROGRAMS with BLOCK_N 64, else with BLOCK_N 32, else the most programs found."""
+    block_m = _next_pow2_at_least_16(M) if dot else triton.next_power_of_2(M)
+    block_k = min(128, _next_pow2_at_least_16(K))
+    k_tiles = triton.cdiv(K, block_k)
+    max_split = max(1, min(MAX_DEFAULT_SPLIT_K, k_tiles, K // (_WORKSPACE_BYTES_DIVISOR * M)))
+    best = None
+    for block_n in (64, 32):
+        block_n = min(block_n, _next_pow2_at_least_16(N))
+        tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+        split_k = 1
+        while split_k * 2 <= max_split and tiles * split_k < DECODE_TARGET_PROGRAMS:
+            split_k *= 2
+        programs = tiles * split_k
+        if best is None or programs > best[0]:
+            best = (programs, block_n, split_k)
+        if programs >= DECODE_TARGET_PROGRAMS:
+            break
+    _, block_n, split_k = best
+    return W4A16Config(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k, group_m=8,
+                       num_warps=4, num_stages=3, dot=dot)
+
+
+def default_config(M: int, N: int, K: int, group_size: int, *, dot: bool | None = None) -> W4A16Config:
+    """The launch config for an ``[M, K] x [K, N]`` problem.
+
+    M <= DECODE_MAX_M (decode): the GEMV path up to GEMV_MAX_M rows, the ``tl.dot`` path above,
+    with split-K (fused, one launch) and BLOCK_N 64 or 32 so that about DECODE_TARGET_PROGRAMS
+    programs run; at N = K = 4096 that is M=1 -> GEMV bm1/bn64/bk128/split 8, M=4 -> GEMV
+    bm4/bn64/bk128/split 8, M=16 -> dot bm16/bn32/bk128/split 4. Larger M: a small tile table
+    keyed by M, with blocks clamped to the problem size. ``dot``: None picks as above; True or
+    False forces that path (same block_k).
 
     BLOCK_K is *not* clamped to group_size: the kernel applies per-row group scales, so a tile
     spanning several groups is correct (``group_size`` is accepted for tuning tables that want it).
     """
     del group_size
+    if M <= DECODE_MAX_M:
+        return _decode_config(max(M, 1), N, K, (M > GEMV_MAX_M) if dot is None else bool(dot))
     config = next(cfg for bound, cfg in _TILE_TABLE if bound is None or M <= bound)
-    return dataclasses.replace(
+    config = dataclasses.replace(
         config,
         block_m=min(config.block_m, _next_pow2_at_least_16(M)),
         block_n=min(config.block_n, _next_pow2_at_least_16(N)),
         block_k=min(config.block_k, _next_pow2_at_least_16(K)),
     )
+    if dot is False:
+        config = dataclasses.replace(config, dot=False)
+        while config.block_m * config.block_n * config.block_k > MAX_GEMV_TILE // 16:
+            config = dataclasses.replace(config, block_m=config.block_m // 2)
+    return config
 
 
 # float32 whose bit pattern is 0x4B000000 | c for a code c < 2**23 is exactly 2**23 + c: OR-ing a
@@ -187,6 +246,19 @@ def scale_path(block_k: int, group_size: int, rows_per_k_step: int = 1) -> int:
     if block_k % group_size == 0 and group_size % rows_per_k_step == 0:
         return SCALES_GROUPS_IN_TILE
     return SCALES_PER_ROW
+
+
+def gemv_scale_path(block_k: int, group_size: int) -> int:
+    """The GEMV path's scale addressing: SCALES_ONE_GROUP when every K tile lies in one group (the
+    scale then multiplies the tile's float32 sum once per column), else SCALES_PER_ROW."""
+    return SCALES_ONE_GROUP if group_size % block_k == 0 else SCALES_PER_ROW
+
+
+def word_row_groups(qweight_packing: Packing, group_size: int) -> bool:
+    """Whether the P codes of a word packed along K always share a group (P divides the group
+    size), so the GEMV per-row path gathers scales once per word row instead of once per field."""
+    per_k = _per_axis(qweight_packing, 0)
+    return per_k > 1 and group_size % per_k == 0
 
 
 @triton.jit
@@ -284,45 +356,17 @@ def _row_scales_and_zeros(s_ptr, z_ptr, offs_k, mask_k, offs_n, mask_n, GROUP_SI
 
 
 @triton.jit
-def _w4a16_kernel(
-    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
-    M, N, K,
-    stride_xm, stride_xk,
-    stride_qr, stride_qc,
-    stride_sg, stride_sn,
-    stride_zg, stride_zc,
-    stride_os, stride_om, stride_on,
-    GROUP_SIZE,
+def _dot_accumulate(
+    x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, pid_n, tile_begin, tile_end,
+    N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
     QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
     Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
     SUB_DOTS: tl.constexpr, SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_ROWS: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    pid_k = tl.program_id(1)
-
-    # grouped ordering: GROUP_M tiles along M share an N column before moving on
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-    pid_n = (pid % pids_per_group) // group_rows
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
-
-    # this split's contiguous run of K tiles
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    tile_begin = pid_k * tiles_per_split
-    tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
-
+    """The ``tl.dot`` path: float32 ``[BLOCK_M, BLOCK_N]`` sum over K tiles ``tile_begin..tile_end-1``
+    of ``x @ ((q - z) * s).to(x.dtype)``."""
     # packed weight words are loaded once each, in their own shape: [BLOCK_K / P, BLOCK_N] words
     # when P codes share a word along K, [BLOCK_K, BLOCK_N / P] when along N
     QW_ALONG_K: tl.constexpr = QW_PER_N == 1
@@ -383,13 +427,236 @@ def _w4a16_kernel(
                     stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO, BLOCK_N)
             w = ((q - z) * s).to(x.dtype)
             acc = tl.dot(x, w, acc=acc, out_dtype=tl.float32)
+    return acc
 
+
+@triton.jit
+def _zeros_at(z_ptr, groups, offs_n, mask, stride_zg, stride_zc,
+              Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr):
+    """float32 ``2**23 + z`` of groups ``groups`` x columns ``offs_n`` (any shapes that broadcast
+    together and with ``mask``)."""
+    z_shift = ((Z_FIELD_CODE >> (4 * (offs_n % Z_PER_N))) & 0xF) * Z_BITS
+    z_words = tl.load(
+        z_ptr + (groups // Z_PER_G) * stride_zg + (offs_n // Z_PER_N) * stride_zc, mask=mask, other=0,
+    ).to(tl.int32)
+    return _codes_as_f32((z_words >> z_shift) & ((1 << Z_BITS) - 1))
+
+
+@triton.jit
+def _gemv_scales_and_zeros(s_ptr, z_ptr, groups, offs_n, mask, stride_sg, stride_sn, stride_zg, stride_zc,
+                           Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr,
+                           Z_BITS: tl.constexpr, HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr):
+    """float32 scales and ``2**23 + z`` of groups ``groups`` x columns ``offs_n`` (broadcasting shapes)."""
+    s = tl.load(s_ptr + groups * stride_sg + offs_n * stride_sn, mask=mask, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        z = _zeros_at(z_ptr, groups, offs_n, mask, stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
+    else:
+        z = 8388608.0 + SYM_ZERO
+    return s, z
+
+
+@triton.jit
+def _gemv_accumulate(
+    x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, pid_n, tile_begin, tile_end,
+    N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
+    QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
+    Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALE_PATH: tl.constexpr, WORD_ROW_GROUPS: tl.constexpr,
+):
+    """The GEMV path (no ``tl.dot``): float32 ``[BLOCK_M, BLOCK_N]`` sum over K tiles
+    ``tile_begin..tile_end-1`` of ``x[m, k] * (q[k, n] - z) * s``, everything in float32.
+
+    Codes packed along K (P per word): one pass per word field i, whose codes ``[BLOCK_K/P, BLOCK_N]``
+    (k rows ``P*r + i``) meet the matching strided columns of x; along N: every field at once, as
+    ``[BLOCK_K, BLOCK_N/P, P]`` codes (column ``P*c + e``) and a ``[BLOCK_M, BLOCK_N/P, P]`` sum,
+    reshaped to ``[BLOCK_M, BLOCK_N]`` once at the end. SCALE_PATH 0 (the tile lies in one group):
+    the scale multiplies the tile's fp32 sum of ``x * (q - z)`` once per column; otherwise every
+    k row takes its own group's scale (WORD_ROW_GROUPS: the P rows of a word share a group, so the
+    gather is done once per word row)."""
+    QW_MASK: tl.constexpr = (1 << QW_BITS) - 1
+    if QW_PER_N == 1:
+        P: tl.constexpr = QW_PER_K
+        QW_ROWS: tl.constexpr = BLOCK_K // P
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tile in range(tile_begin, tile_end):
+            offs_r = tile * QW_ROWS + tl.arange(0, QW_ROWS)
+            mask_r = offs_r < K // P
+            words = tl.load(
+                qw_ptr + offs_r[:, None] * stride_qr + offs_n[None, :] * stride_qc,
+                mask=mask_r[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first",
+            ).to(tl.int32)
+            if SCALE_PATH == 0:
+                group = (tile * BLOCK_K) // GROUP_SIZE
+                s, z = _gemv_scales_and_zeros(
+                    s_ptr, z_ptr, group, offs_n, mask_n, stride_sg, stride_sn, stride_zg, stride_zc,
+                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+            elif WORD_ROW_GROUPS:
+                s, z = _gemv_scales_and_zeros(
+                    s_ptr, z_ptr, (offs_r * P // GROUP_SIZE)[:, None], offs_n[None, :],
+                    mask_r[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
+                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+            for i in tl.static_range(P):
+                offs_k = offs_r * P + i
+                mask_k = offs_k < K
+                x = tl.load(
+                    x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+                ).to(tl.float32)
+                shift = ((QW_FIELD_CODE >> (4 * i)) & 0xF) * QW_BITS
+                q = _codes_as_f32((words >> shift) & QW_MASK)
+                if SCALE_PATH == 0:
+                    part += tl.sum(x[:, :, None] * (q - z)[None, :, :], axis=1)
+                else:
+                    if not WORD_ROW_GROUPS:
+                        s, z = _gemv_scales_and_zeros(
+                            s_ptr, z_ptr, (offs_k // GROUP_SIZE)[:, None], offs_n[None, :],
+                            mask_k[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
+                            Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+                    acc += tl.sum(x[:, :, None] * ((q - z) * s)[None, :, :], axis=1)
+            if SCALE_PATH == 0:
+                acc += part * s[None, :]
+    else:
+        P: tl.constexpr = QW_PER_N
+        QW_COLS: tl.constexpr = BLOCK_N // P
+        offs_c = pid_n * QW_COLS + tl.arange(0, QW_COLS)
+        mask_c = offs_c < N // P
+        offs_e = tl.arange(0, P)
+        offs_n2 = offs_c[:, None] * P + offs_e[None, :]  # [QW_COLS, P]: column of element e of word c
+        mask_n2 = mask_c[:, None] & (offs_e < P)[None, :]
+        shifts = _field_shifts(QW_FIELD_CODE, P, QW_BITS)
+        acc3 = tl.zeros((BLOCK_M, QW_COLS, P), dtype=tl.float32)
+        for tile in range(tile_begin, tile_end):
+            offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            words = tl.load(
+                qw_ptr + offs_k[:, None] * stride_qr + offs_c[None, :] * stride_qc,
+                mask=mask_k[:, None] & mask_c[None, :], other=0, eviction_policy="evict_first",
+            ).to(tl.int32)
+            q = _codes_as_f32((words[:, :, None] >> shifts[None, None, :]) & QW_MASK)  # [BLOCK_K, QW_COLS, P]
+            x = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+            ).to(tl.float32)
+            if SCALE_PATH == 0:
+                group = (tile * BLOCK_K) // GROUP_SIZE
+                s, z = _gemv_scales_and_zeros(
+                    s_ptr, z_ptr, group, offs_n2, mask_n2, stride_sg, stride_sn, stride_zg, stride_zc,
+                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+                part = tl.sum(x[:, :, None, None] * (q - z)[None, :, :, :], axis=1)
+                acc3 += part * s[None, :, :]
+            else:
+                s, z = _gemv_scales_and_zeros(
+                    s_ptr, z_ptr, (offs_k // GROUP_SIZE)[:, None, None], offs_n2[None, :, :],
+                    mask_k[:, None, None] & mask_n2[None, :, :], stride_sg, stride_sn, stride_zg, stride_zc,
+                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+                acc3 += tl.sum(x[:, :, None, None] * ((q - z) * s)[None, :, :, :], axis=1)
+        acc = tl.reshape(acc3, (BLOCK_M, BLOCK_N))
+    return acc
+
+
+@triton.jit
+def _store_tile(acc, offs_m, offs_n, mask_m, mask_n, bias_ptr, out_ptr, stride_om, stride_on,
+                HAS_BIAS: tl.constexpr):
+    """Add bias in float32 to the float32 tile ``acc`` and store it in the output dtype."""
     if HAS_BIAS:
         b = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         acc = acc + b[None, :]
+    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on,
+             acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
-    out_ptrs = out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+@triton.jit
+def _split_k_epilogue(acc, offs_m, offs_n, mask_m, mask_n, tile_id, pid_k,
+                      ws_ptr, stride_ws, stride_wm, stride_wn, counter_ptr,
+                      bias_ptr, out_ptr, stride_om, stride_on,
+                      HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Finish output tile ``tile_id`` with this split's float32 partial ``acc``.
+
+    SPLIT_K == 1: bias and store. Otherwise: write the partial to workspace row ``pid_k``, then
+    count this split in as arrived (acq_rel atomic on the tile's counter, after a CTA barrier so
+    every thread's partial stores are ordered before it); the split that arrives last adds the
+    partials in split order 0..SPLIT_K-1 (deterministic whatever the arrival order), adds bias,
+    stores the output and resets the counter to 0 for the next launch."""
+    if SPLIT_K == 1:
+        _store_tile(acc, offs_m, offs_n, mask_m, mask_n, bias_ptr, out_ptr, stride_om, stride_on, HAS_BIAS)
+    else:
+        mask = mask_m[:, None] & mask_n[None, :]
+        ws_tile = ws_ptr + offs_m[:, None] * stride_wm + offs_n[None, :] * stride_wn
+        tl.store(ws_tile + pid_k * stride_ws, acc, mask=mask)
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counter_ptr + tile_id, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            total = tl.load(ws_tile, mask=mask, other=0.0, cache_modifier=".cg")
+            for split in range(1, SPLIT_K):
+                total += tl.load(ws_tile + split * stride_ws, mask=mask, other=0.0, cache_modifier=".cg")
+            _store_tile(total, offs_m, offs_n, mask_m, mask_n, bias_ptr, out_ptr, stride_om, stride_on, HAS_BIAS)
+            tl.atomic_xchg(counter_ptr + tile_id, 0, sem="relaxed")
+
+
+@triton.jit
+def _w4a16_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    M, N, K,
+    stride_xm, stride_xk,
+    stride_qr, stride_qc,
+    stride_sg, stride_sn,
+    stride_zg, stride_zc,
+    stride_om, stride_on,
+    stride_ws, stride_wm, stride_wn,
+    GROUP_SIZE,
+    QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
+    Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, DOT: tl.constexpr,
+    SUB_DOTS: tl.constexpr, SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_ROWS: tl.constexpr,
+    WORD_ROW_GROUPS: tl.constexpr,
+):
+    """One output tile x one K split: the dot or GEMV main loop, then the fused split-K epilogue."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+
+    # grouped ordering: GROUP_M tiles along M share an N column before moving on
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_pid_m = (pid // pids_per_group) * GROUP_M
+    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+
+    # this split's contiguous run of K tiles (possibly none)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    tile_begin = pid_k * tiles_per_split
+    tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
+
+    if DOT:
+        acc = _dot_accumulate(
+            x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, pid_n, tile_begin, tile_end,
+            N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
+            QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
+            HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, SUB_DOTS, SCALE_PATH, TILE_GROUPS, TILE_GROUP_ROWS)
+    else:
+        acc = _gemv_accumulate(
+            x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, pid_n, tile_begin, tile_end,
+            N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
+            QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
+            HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, SCALE_PATH, WORD_ROW_GROUPS)
+
+    _split_k_epilogue(acc, offs_m, offs_n, mask_m, mask_n, pid, pid_k,
+                      ws_ptr, stride_ws, stride_wm, stride_wn, counter_ptr,
+                      bias_ptr, out_ptr, stride_om, stride_on, HAS_BIAS, SPLIT_K)
 
 
 def _validate_config(config: W4A16Config) -> None:
@@ -398,9 +665,21 @@ def _validate_config(config: W4A16Config) -> None:
             f"config must be a W4A16Config, got {type(config).__name__}; "
             "build one with W4A16Config(block_m=..., block_n=..., block_k=...)"
         )
+    if not isinstance(config.dot, bool):
+        raise TypeError(
+            f"config.dot={config.dot!r} must be a bool (True: the tl.dot path, False: the GEMV path); "
+            "pass dot=True or dot=False"
+        )
     for name in ("block_m", "block_n", "block_k"):
         value = getattr(config, name)
-        if not isinstance(value, int) or value < MIN_DOT_BLOCK or value & (value - 1):
+        if name == "block_m" and not config.dot:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
+                raise ValueError(
+                    f"config.block_m={value!r} must be a power of two (allowed with dot=False: 1, 2, 4, 8, 16, ...); "
+                    f"round it to {triton.next_power_of_2(max(value, 1)) if isinstance(value, int) else 1}"
+                )
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < MIN_DOT_BLOCK or value & (value - 1):
             raise ValueError(
                 f"config.{name}={value!r} must be a power of two >= {MIN_DOT_BLOCK} "
                 f"(tl.dot needs tiles of at least {MIN_DOT_BLOCK}; allowed: 16, 32, 64, 128, ...); "
@@ -408,12 +687,20 @@ def _validate_config(config: W4A16Config) -> None:
             )
     for name in ("split_k", "group_m", "num_stages"):
         value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"config.{name}={value!r} must be an integer >= 1; use 1 for the default")
     if not isinstance(config.num_warps, int) or config.num_warps < 1 or config.num_warps & (config.num_warps - 1):
         raise ValueError(
             f"config.num_warps={config.num_warps!r} must be a power of two (allowed: 1, 2, 4, 8, 16); use 4"
         )
+    if not config.dot:
+        tile = config.block_m * config.block_k * config.block_n
+        if tile > MAX_GEMV_TILE:
+            raise ValueError(
+                f"config block_m*block_k*block_n={config.block_m}*{config.block_k}*{config.block_n}={tile} "
+                f"is too large for dot=False (allowed: <= {MAX_GEMV_TILE}, the GEMV path's product tile); "
+                "lower block_m, block_k or block_n, or use dot=True for many rows"
+            )
 
 
 def _allowed_group_sizes(K: int) -> str:
@@ -551,6 +838,40 @@ def check_arguments(
     _validate(x, qweight, scales, zeros, layout, group_size, bias, out_dtype)
 
 
+# arrival counters of the fused split-K reduction, one int32 per output tile, all 0 between
+# launches (the last split of a tile resets its counter); keyed by (device, stream) so launches
+# that may run concurrently on different streams never share counters
+_ARRIVAL_COUNTERS: dict[tuple, torch.Tensor] = {}
+# counters replaced by larger ones stay allocated: a captured CUDA graph may still point at them
+_RETIRED_COUNTERS: list[torch.Tensor] = []
+_MIN_COUNTERS = 1024
+
+
+def _counter_key(device: torch.device) -> tuple:
+    if device.type == "cuda":
+        return (device, torch.cuda.current_stream(device).cuda_stream)
+    return (device, None)
+
+
+def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """A zeroed int32 buffer of at least ``tiles`` counters for a split-K launch on ``device``
+    (cached per device and stream, grown by doubling; no host synchronization). Inside CUDA-graph
+    capture a buffer that must grow is allocated for that launch only: its zero fill is captured
+    with the graph and runs at every replay, before the kernel."""
+    key = _counter_key(device)
+    cached = _ARRIVAL_COUNTERS.get(key)
+    if cached is not None and cached.numel() >= tiles:
+        return cached
+    size = max(tiles, _MIN_COUNTERS, 0 if cached is None else 2 * cached.numel())
+    fresh = torch.zeros(size, dtype=torch.int32, device=device)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return fresh
+    if cached is not None:
+        _RETIRED_COUNTERS.append(cached)
+    _ARRIVAL_COUNTERS[key] = fresh
+    return fresh
+
+
 def w4a16_gemm(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -571,61 +892,106 @@ def w4a16_gemm(
     group_size: G dividing K, or -1 for one group. out_dtype: float16, bfloat16 or float32
     (default x.dtype). config: tile/launch tunables (default ``default_config(M, N, K, G)``).
     Every argument is validated before launch (ValueError / TypeError naming the argument).
-    kernel: the ``@triton.jit`` function launched (default ``_w4a16_kernel``); ``kernels.zoo``
-    passes copies of it with a historical bug put back, so launch and validation stay shared.
+    One kernel launch, split-K included.
+
+    kernel: a ``@triton.jit`` replacement for the ``tl.dot`` kernel with the original argument
+    list (``x, qweight, scales, zeros, bias, out, M, N, K, <strides>, stride_os, stride_om,
+    stride_on, GROUP_SIZE, <constexprs>``: see ``_launch_replacement``); ``kernels.zoo`` passes
+    copies of the kernel with a historical bug put back, so launch and validation stay shared.
+    It writes split-K partials to a ``[split_k, M, N]`` float32 workspace that the launcher
+    reduces; it needs ``config.dot`` True (the default picks the dot path when kernel is given).
     """
     layout_rec, M, N, K, G, out_dtype = _validate(x, qweight, scales, zeros, layout, group_size, bias, out_dtype)
     if config is None:
-        config = default_config(M, N, K, group_size)
+        config = default_config(M, N, K, group_size, dot=True if kernel is not None else None)
     _validate_config(config)
+    if kernel is not None and not config.dot:
+        raise ValueError(
+            "config.dot=False selects the GEMV path, which has no replaceable kernel; kernel= replaces "
+            "the tl.dot kernel: pass a config with dot=True (or config=None)"
+        )
 
     if M == 0:
         return torch.empty((0, N), dtype=out_dtype, device=x.device)
-
-    split_k = config.split_k
-    if split_k == 1:
-        out = torch.empty((M, N), dtype=out_dtype, device=x.device)
-        target = out
-        stride_os = 0
-    else:
-        target = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)
-        stride_os = target.stride(0)
-    stride_om, stride_on = target.stride(-2), target.stride(-1)
 
     qpack, zpack = layout_rec.qweight, layout_rec.zeros
     has_zeros = zeros is not None
     z_arg = zeros if has_zeros else qweight  # never read when HAS_ZEROS is False
     z_strides = zeros.stride() if has_zeros else (0, 0)
-    fuse_bias = bias is not None and split_k == 1
-    bias_arg = bias if fuse_bias else scales  # never read when HAS_BIAS is False
 
-    use_sub_dots = sub_dots(qpack, config.block_k)
+    use_sub_dots = config.dot and sub_dots(qpack, config.block_k)
     rows_per_k_step = _per_axis(qpack, 0) if use_sub_dots else 1
-    path = scale_path(config.block_k, G, rows_per_k_step)
+    if config.dot:
+        path = scale_path(config.block_k, G, rows_per_k_step)
+    else:
+        path = gemv_scale_path(config.block_k, G)
     tile_groups, tile_group_rows = (
-        (config.block_k // G, G // rows_per_k_step) if path == SCALES_GROUPS_IN_TILE else (1, 1)
+        (config.block_k // G, G // rows_per_k_step) if config.dot and path == SCALES_GROUPS_IN_TILE else (1, 1)
     )
+    common = dict(
+        QW_PER_K=_per_axis(qpack, 0), QW_PER_N=_per_axis(qpack, 1), QW_FIELD_CODE=_field_code(qpack), QW_BITS=qpack.bits,
+        Z_PER_G=_per_axis(zpack, 0), Z_PER_N=_per_axis(zpack, 1), Z_FIELD_CODE=_field_code(zpack), Z_BITS=zpack.bits,
+        HAS_ZEROS=has_zeros, SYM_ZERO=SYMMETRIC_ZERO,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        GROUP_M=config.group_m, SPLIT_K=config.split_k,
+        SUB_DOTS=use_sub_dots, SCALE_PATH=path, TILE_GROUPS=tile_groups, TILE_GROUP_ROWS=tile_group_rows,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if kernel is not None:
+        return _launch_replacement(kernel, x, qweight, scales, z_arg, z_strides, bias, M, N, G, out_dtype,
+                                   config, common)
 
-    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n), split_k)
-    (kernel or _w4a16_kernel)[grid](
-        x, qweight, scales, z_arg, bias_arg, target,
+    tiles = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n)
+    out = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    if config.split_k > 1:
+        workspace = torch.empty((config.split_k, M, N), dtype=torch.float32, device=x.device)
+        counters = arrival_counters(x.device, tiles)
+    else:
+        workspace = counters = out  # never read with SPLIT_K == 1
+    bias_arg = bias if bias is not None else scales  # never read when HAS_BIAS is False
+    _w4a16_kernel[(tiles, config.split_k)](
+        x, qweight, scales, z_arg, bias_arg, out, workspace, counters,
         M, N, K,
         x.stride(0), x.stride(1),
         qweight.stride(0), qweight.stride(1),
         scales.stride(0), scales.stride(1),
         z_strides[0], z_strides[1],
-        stride_os, stride_om, stride_on,
+        out.stride(0), out.stride(1),
+        workspace.stride(0), workspace.stride(-2), workspace.stride(-1),
         G,
-        QW_PER_K=_per_axis(qpack, 0), QW_PER_N=_per_axis(qpack, 1), QW_FIELD_CODE=_field_code(qpack), QW_BITS=qpack.bits,
-        Z_PER_G=_per_axis(zpack, 0), Z_PER_N=_per_axis(zpack, 1), Z_FIELD_CODE=_field_code(zpack), Z_BITS=zpack.bits,
-        HAS_ZEROS=has_zeros, SYM_ZERO=SYMMETRIC_ZERO, HAS_BIAS=fuse_bias,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        GROUP_M=config.group_m, SPLIT_K=split_k,
-        SUB_DOTS=use_sub_dots, SCALE_PATH=path, TILE_GROUPS=tile_groups, TILE_GROUP_ROWS=tile_group_rows,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        HAS_BIAS=bias is not None, DOT=config.dot, WORD_ROW_GROUPS=word_row_groups(qpack, G),
+        **common,
+    )
+    return out
+
+
+def _launch_replacement(kernel, x, qweight, scales, z_arg, z_strides, bias, M, N, G, out_dtype, config, common):
+    """Launch a replacement dot kernel with the original argument list: no workspace or counter
+    arguments; with split_k > 1 it stores float32 partials ``[split_k, M, N]`` (``stride_os``
+    apart, bias not added) that the launcher reduces with ``torch.sum``, then adds bias and casts."""
+    split_k = config.split_k
+    if split_k == 1:
+        target = torch.empty((M, N), dtype=out_dtype, device=x.device)
+        stride_os = 0
+    else:
+        target = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device)
+        stride_os = target.stride(0)
+    fuse_bias = bias is not None and split_k == 1
+    grid = (triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n), split_k)
+    kernel[grid](
+        x, qweight, scales, z_arg, bias if fuse_bias else scales, target,
+        M, N, x.shape[1],
+        x.stride(0), x.stride(1),
+        qweight.stride(0), qweight.stride(1),
+        scales.stride(0), scales.stride(1),
+        z_strides[0], z_strides[1],
+        stride_os, target.stride(-2), target.stride(-1),
+        G,
+        HAS_BIAS=fuse_bias,
+        **common,
     )
     if split_k == 1:
-        return out
+        return target
     result = target.sum(dim=0)
     if bias is not None:
         result = result + bias.to(torch.float32)

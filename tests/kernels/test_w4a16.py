@@ -125,12 +125,11 @@ def assert_exact(out: torch.Tensor, ref: np.ndarray, out_dtype: torch.dtype) -> 
 
 def uncheckable_reason(case: GemmCase) -> str | None:
     """Why this machine cannot check the case (an interpreter probe found a defect), or None."""
-    # with split_k > 1 the launcher (torch) casts the fp32 sum; only split_k == 1 converts in-kernel
-    in_kernel_cast = case.config is None or case.config.split_k == 1
-    return skip_reason(
-        compute_dtype=DTYPE_NAMES[case.act_dtype], fp8_output=False,
-        output_dtype=DTYPE_NAMES[case.out_dtype] if in_kernel_cast else None,
-    )
+    # the kernel converts the float32 result to the output dtype itself, split-K included; the
+    # GEMV path (dot=False) only loads activations and computes in float32
+    config = case.config or default_config(case.M, case.N, case.K, case.group_size)
+    compute = DTYPE_NAMES[case.act_dtype] if config.dot else "fp32"
+    return skip_reason(compute_dtype=compute, fp8_output=False, output_dtype=DTYPE_NAMES[case.out_dtype])
 
 
 def skip_if_uncheckable(case: GemmCase) -> None:
@@ -217,7 +216,7 @@ EPILOGUE_CASES = [
     for bias, out, asym in ((True, torch.float16, False), (True, torch.float32, True), (False, torch.float32, False))
     for sk in (1, 2)
 ] + [
-    # fp16 compute stored as bf16: the in-kernel fp32 -> bf16 cast (split_k=1) is probed, split-K casts in torch
+    # fp16 compute stored as bf16: the in-kernel fp32 -> bf16 cast is probed (split-K casts in-kernel too)
     GemmCase("gptq", M=7, N=48, K=128, group_size=32, config=cfg(split_k=sk), bias=True, out_dtype=torch.bfloat16)
     for sk in (1, 2)
 ] + [
@@ -412,7 +411,7 @@ def test_validation_error(build, error, message, device):
 
 def test_op_config_list_length_is_validated(device):
     kwargs = _base(device)
-    with pytest.raises(ValueError, match=r"config=\[16, 32\] has 2 entries \(allowed: 3 to 7"):
+    with pytest.raises(ValueError, match=r"config=\[16, 32\] has 2 entries \(allowed: 3 to 8"):
         ops.w4a16_gemm(kwargs["x"], kwargs["qweight"], kwargs["scales"], kwargs["zeros"], "gptq", 32,
                        kwargs["bias"], None, [16, 32])
 

@@ -26,6 +26,7 @@ from kernels.probes import skip_reason
 from kernels.triton import moe
 from kernels.triton.moe import ExpertWeights, MoEConfig
 from kernels.triton.w4a16 import LAYOUTS
+from oracle import moe as oracle_moe
 from oracle.compare import compare
 from oracle.formats import get_format
 from oracle.numerics import wide_float
@@ -690,6 +691,230 @@ def test_route_ties_grouping_and_correction_bias():
     ids, w = moe.route(logits, 2, scoring="sigmoid", correction_bias=bias)
     assert ids.tolist() == [[6, 7]]
     assert torch.equal(w, torch.sigmoid(logits)[:, [6, 7]])
+
+
+# ---------------------------------------------------------------------------------------------
+# the Triton router against the oracle router and against its torch twin
+
+
+def _oracle_routing(logits, top_k, *, scoring, renormalize=False, num_groups=None, topk_groups=None, bias=None):
+    """``oracle.moe.route`` of a problem holding only the routing (tiny zero experts)."""
+    T, E = logits.shape
+    problem = dict(x=np.zeros((T, 2)), w13=np.zeros((E, 2, 2)), w2=np.zeros((E, 1, 2)),
+                   router_logits=np.asarray(logits, np.float64), scoring=scoring, top_k=top_k,
+                   renormalize=renormalize, num_groups=num_groups, topk_groups=topk_groups,
+                   correction_bias=None if bias is None else np.asarray(bias, np.float64))
+    return oracle_moe.route(problem)
+
+
+def check_routing(ids, weights, ref) -> None:
+    """Exactly the oracle's ids, in its order (decreasing selection score, ties to the lower id),
+    and weights within the oracle's relative bound of a float32 router. The inputs of the router
+    tests hold exact ties or scores far apart (logits on a grid of 1/4), so the ids are
+    determined even for tie-ambiguous tokens: the documented tie rule decides them."""
+    ids = np.asarray(ids)
+    np.testing.assert_array_equal(ids, ref.topk_ids, err_msg="selected expert ids differ from the oracle router")
+    w = np.asarray(weights, np.float64)
+    assert (np.abs(w - ref.topk_weights) <= ref.weight_rel_err * np.abs(ref.topk_weights)).all(), (
+        f"weights off by {np.abs(w - ref.topk_weights).max()} (bound {ref.weight_rel_err.max()} relative)"
+    )
+
+
+@dataclass(frozen=True)
+class RouteCase:
+    why: str
+    E: int
+    k: int
+    scoring: str = "softmax"
+    renormalize: bool = False
+    num_groups: int | None = None
+    topk_groups: int | None = None
+    bias: bool = False
+    dtype: torch.dtype = torch.float32
+    T: int = 9
+    grid: float = 0.25  # logits are multiples of this in [-2, 2]: exact ties, or scores far apart
+
+    @property
+    def id(self):
+        return "-".join([f"E{self.E}k{self.k}", self.scoring] + (["renorm"] if self.renormalize else [])
+                        + ([f"g{self.num_groups}of{self.topk_groups}"] if self.num_groups else [])
+                        + (["bias"] if self.bias else []) + [DTYPE_NAMES[self.dtype]])
+
+
+ROUTER_CASES = [
+    RouteCase("plain softmax top-2 over a power-of-two expert count", E=8, k=2),
+    RouteCase("renormalized softmax, E not a power of two (padded experts must never win)", E=6, k=3,
+              renormalize=True),
+    RouteCase("sigmoid with renormalization", E=8, k=2, scoring="sigmoid", renormalize=True),
+    RouteCase("k = E: every expert, ordered by score, ties by id", E=5, k=5),
+    RouteCase("grouped top-k with a correction bias (selection only), DeepSeek-V3 style", E=16, k=4,
+              scoring="sigmoid", num_groups=4, topk_groups=2, bias=True, renormalize=True),
+    RouteCase("groups of 3 (padded to 4) and 3 groups (padded to 4)", E=9, k=2, num_groups=3, topk_groups=2,
+              bias=True),
+    RouteCase("bfloat16 logits are cast to float32 before anything", E=8, k=2, dtype=torch.bfloat16,
+              renormalize=True),
+    RouteCase("float16 logits, sigmoid, grouped without bias", E=8, k=3, scoring="sigmoid", num_groups=2,
+              topk_groups=1, dtype=torch.float16),
+    RouteCase("many tokens: several programs of a block of tokens", E=4, k=1, T=70),
+]
+
+
+def _route_inputs(case: RouteCase, seed=5):
+    rng = np.random.default_rng(seed)
+    steps = int(round(2 / case.grid))
+    logits = rng.integers(-steps, steps + 1, (case.T, case.E)) * case.grid
+    logits[0] = 0.0  # all experts tied
+    logits[1, : case.E // 2] = 1.0  # a tie at the top
+    bias = rng.integers(-2, 3, case.E) * 0.125 if case.bias else None
+    return logits, bias
+
+
+def _route_kw(case: RouteCase):
+    return dict(scoring=case.scoring, renormalize=case.renormalize, num_groups=case.num_groups,
+                topk_groups=case.topk_groups)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in ROUTER_CASES])
+def test_router_matches_oracle_and_torch_twin(case):
+    logits, bias = _route_inputs(case)
+    t_logits = torch.from_numpy(logits).to(case.dtype)  # grid values are exact in every float dtype
+    t_bias = None if bias is None else torch.from_numpy(bias).float()
+    ids, weights = moe.route(t_logits, case.k, correction_bias=t_bias, **_route_kw(case))
+    assert ids.dtype == torch.int32 and weights.dtype == torch.float32 and ids.shape == (case.T, case.k)
+    ref = _oracle_routing(logits, case.k, bias=bias, **_route_kw(case))
+    check_routing(ids.numpy(), weights.numpy(), ref)
+    twin_ids, twin_w = moe.route_torch(t_logits, case.k, correction_bias=t_bias, **_route_kw(case))
+    assert torch.equal(ids, twin_ids)
+    check_routing(twin_ids.numpy(), twin_w.numpy(), ref)
+
+
+def _route_ties_high(logits, k, **kw):
+    """A broken twin: ties go to the *higher* expert id (reverses the experts, routes, maps back)."""
+    E = logits.shape[1]
+    bias = kw.pop("correction_bias", None)
+    ids, w = moe.route_torch(logits.flip(1), k, correction_bias=None if bias is None else bias.flip(0), **kw)
+    return (E - 1 - ids).to(torch.int32), w
+
+
+def test_broken_tie_rule_is_caught():
+    case = ROUTER_CASES[0]
+    logits, _ = _route_inputs(case)
+    ref = _oracle_routing(logits, case.k, **_route_kw(case))
+    ids, w = _route_ties_high(torch.from_numpy(logits).float(), case.k, **_route_kw(case))
+    with pytest.raises(AssertionError, match="selected expert ids differ"):
+        check_routing(ids.numpy(), w.numpy(), ref)
+    # the twin only differs on ties: with distinct scores it agrees (so the check keys on the rule)
+    distinct = np.arange(case.E, dtype=np.float64)[None, :] * np.array([[1.0], [-1.0]])
+    ids, w = _route_ties_high(torch.from_numpy(distinct).float(), case.k)
+    check_routing(ids.numpy(), w.numpy(), _oracle_routing(distinct, case.k, scoring="softmax"))
+
+
+def test_router_never_selects_padded_experts():
+    """E = 6 padded to 8, every selection score negative (sigmoid minus a bias of 2): an expert
+    padded with 0 instead of -inf would outrank all of them."""
+    logits = torch.tensor([[-1.0, 0.5, -0.25, 2.0, 0.0, 1.0]] * 3)
+    bias = torch.full((6,), -2.0)
+    ids, w = moe.route(logits, 6, scoring="sigmoid", correction_bias=bias)
+    assert ids.tolist() == [[3, 5, 1, 4, 2, 0]] * 3
+    check_routing(ids.numpy(), w.numpy(), _oracle_routing(logits.double().numpy(), 6, scoring="sigmoid",
+                                                          bias=bias.double().numpy()))
+    ids, _ = moe.route(logits, 2, scoring="sigmoid", correction_bias=bias, num_groups=3, topk_groups=1)
+    assert ids.tolist() == [[3, 2]] * 3  # group {2, 3} scores 0.88 + 0.44 - 4: the best group
+
+
+def test_router_empty_and_validation():
+    ids, w = moe.route(torch.zeros((0, 4)), 2)
+    assert ids.shape == (0, 2) and w.shape == (0, 2) and ids.dtype == torch.int32
+    with pytest.raises(ValueError, match=r"top_k=5 is larger than the number of experts E=4"):
+        moe.route(torch.zeros((2, 4)), 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the padded length: tight, and never short
+
+
+def _max_used_length(n, e, bm):
+    """Largest used length over every way of giving n assignments to at most e experts (each
+    expert's count padded to a multiple of bm), by enumerating count vectors."""
+    best = 0
+
+    def walk(left, experts, used):
+        nonlocal best
+        if left == 0 or experts == 0:
+            if left == 0:
+                best = max(best, used)
+            return
+        for c in range(0, left + 1):
+            walk(left - c, experts - 1, used + -(-c // bm) * bm)
+
+    walk(n, e, 0)
+    return best
+
+
+@pytest.mark.parametrize("bm", [1, 2, 3, 4])
+def test_aligned_capacity_is_the_tight_bound(bm):
+    """For every small (n, E_local): the capacity equals the largest used length any routing
+    can produce (assignments dropped by a map only lower it): never short, never loose."""
+    for n in range(0, 9):
+        for e in range(1, 5):
+            assert moe.aligned_capacity(n, e, bm) == _max_used_length(n, e, bm), (n, e, bm)
+
+
+def test_capacity_check_catches_a_short_bound():
+    """A broken twin that forgets the per-expert padding (``roundup(n, bm)``) is short as soon
+    as two experts get tokens."""
+    short = lambda n, e, bm: -(-n // bm) * bm  # noqa: E731
+    assert any(short(n, e, 16) < _max_used_length(n, e, 16) for n in range(1, 5) for e in range(1, 4))
+
+
+# routings at the edges of the bound: all on one expert, every assignment on its own expert,
+# T*k below and above E, the bound attained exactly, maps dropping assignments, empty experts
+TIGHT_ROUTINGS = {
+    "all-on-one-expert": (np.zeros((17, 1), np.int64), 4, None),
+    "each-assignment-its-own-expert": (np.arange(6).reshape(3, 2), 8, None),
+    "Tk-below-E": (np.array([[5, 1]]), 8, None),
+    "Tk-above-E-attained": (np.array([[1], [2], [3]] + [[0]] * 17), 4, None),
+    "map-drops-most": (np.array([[0, 1], [2, 3], [1, 0]]), 4, [-1, 0, -1, -1]),
+    "map-and-empty-local-experts": (np.array([[4, 5], [5, 4], [4, 6]]), 8, [0, -1, 1, 2, 3, -1, 4, 5]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIGHT_ROUTINGS))
+def test_align_tight_capacity_holds_every_block(name, device):
+    ids, E, emap_list = TIGHT_ROUTINGS[name]
+    bm = 16
+    T, k = ids.shape
+    emap = None if emap_list is None else torch.tensor(emap_list, dtype=torch.int32, device=device)
+    n_local = E if emap_list is None else sum(v >= 0 for v in emap_list)
+    s, b, n = moe.align_block_size(torch.from_numpy(ids).to(device, torch.int32), bm, E, emap)
+    cap = moe.aligned_capacity(T * k, n_local, bm)
+    assert s.numel() == cap and b.numel() == cap // bm
+    local = ids.reshape(-1) if emap_list is None else np.array(emap_list)[ids.reshape(-1)]
+    counts = np.bincount(local[local >= 0], minlength=n_local)
+    used = int(sum(-(-c // bm) * bm for c in counts))
+    assert int(n.item()) == used <= cap  # every block the GEMMs need has a slot in the grid
+    if name == "Tk-above-E-attained":
+        assert used == cap == 80  # 3 experts x 1 block + 17 rows in 2 blocks
+
+
+@pytest.mark.parametrize("name", ["all-on-one-expert", "each-assignment-its-own-expert", "Tk-above-E-attained",
+                                  "map-and-empty-local-experts"])
+def test_exact_at_tight_capacity(name, device):
+    """End to end in the exact regime where the used length equals (or nearly) the capacity: a
+    capacity one block short would leave rows unwritten."""
+    ids, E, emap_list = TIGHT_ROUTINGS[name]
+    T, k = ids.shape
+    rng = np.random.default_rng(7)
+    n_local = E if emap_list is None else sum(v >= 0 for v in emap_list)
+    ex = make_experts("dense", E=n_local, H=32, I=16, device=device, seed=3, exact=True)
+    x = exact_x(rng, T, 32)
+    weights = pow2_weights(rng, T, k)
+    emap = None if emap_list is None else np.array(emap_list)
+    y, parts = np_experts(x, ids, weights, ex.d13, ex.d2, expert_map=emap)
+    assert_exact_regime(parts, y, "float16")
+    kw = {} if emap is None else dict(expert_map=torch.from_numpy(emap).to(device, torch.int32))
+    out = run_experts(x, ids, weights, ex, device, config=C(), **kw)
+    check_exact(out, y)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
     if budget:
         p.add_argument("--budget", default="60s", help="time budget per kernel, e.g. 30s, 5m (default 60s)")
         p.add_argument("--fuzz-seed", default=None, help="first hypothesis seed (default 0; runs are reproducible per seed)")
+        p.add_argument("--fuzz-siblings", default=None,
+                       help="cases per drawn case: it and N-1 data siblings (other seeds/regimes; default 8)")
+        p.add_argument("--fuzz-streams", default=None, help="fuzz streams per kernel (default: one per -n worker)")
     p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest after --")
 
 
@@ -53,12 +56,13 @@ def _pytest(suite: str, args) -> int:
         argv += ["--kernels", spec]
     for op in args.op or []:
         argv += ["--op", op]
-    for opt in ("report", "results", "shard", "budget", "fuzz_seed"):
+    for opt in ("report", "results", "shard", "budget", "fuzz_seed", "fuzz_siblings", "fuzz_streams"):
         value = getattr(args, opt, None)
         if value:
             argv += [f"--{opt.replace('_', '-')}", str(value)]
     if args.workers:
-        argv += ["-n", str(args.workers)]
+        # loadgroup: the gate's cases that share compiled kernel variants go to one worker
+        argv += ["-n", str(args.workers), "--dist", "loadgroup"]
     argv += list(args.pytest_args)
     code = int(pytest.main(argv))
     if code == 0:

@@ -28,6 +28,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based) of the case list")
     group.addoption("--fuzz-seed", type=int, default=0, metavar="N",
                     help="first hypothesis seed of the fuzzer (runs are reproducible per seed)")
+    group.addoption("--fuzz-siblings", type=int, default=None, metavar="N",
+                    help="cases run per drawn fuzz case: the case and N-1 data siblings (other seeds and "
+                         f"regimes; default {GPU_SIBLINGS} on a GPU, 1 on the CPU interpreter)")
+    group.addoption("--fuzz-streams", type=int, default=None, metavar="N",
+                    help="independent fuzz streams per kernel (default: one per xdist worker, else 1)")
     group.addoption("--isolate", default="auto", choices=("auto", "on", "off"),
                     help="run cases in a child process so a crash or hang fails only that case: "
                          "auto = on for cuda/xpu, off for cpu")
@@ -72,7 +77,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
+    for option in ("--fuzz-siblings", "--fuzz-streams"):
+        value = config.getoption(option)
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"{option} {value} must be >= 1 (e.g. {option} 4)")
     config.qkcheck_kernel_specs = config.getoption("--kernels") or ["bundled"]
+    config.qkcheck_fuzz_stats = []
     config.qkcheck_ops = config.getoption("--op")
     config.qkcheck_results = []
     config.qkcheck_started = time.time()
@@ -114,6 +124,56 @@ def unavailable(config: pytest.Config) -> list[tuple[str, str]]:
     """Kernel specs that name kernels that cannot run here, with the reason (after selection)."""
     selected_adapters(config)
     return config.qkcheck_unavailable
+
+
+GPU_SIBLINGS = 8
+
+
+def fuzz_siblings(config: pytest.Config) -> int:
+    """Cases per drawn fuzz case: --fuzz-siblings, else 8 on a GPU (one draw and one compile serve
+    8 cases) and 1 under the CPU interpreter (its kernel time dominates; more distinct draws
+    explore more within a budget)."""
+    given = config.getoption("--fuzz-siblings")
+    if given:
+        return given
+    return 1 if config.qkcheck_device == "cpu" else GPU_SIBLINGS
+
+
+def fuzz_streams(config: pytest.Config) -> int:
+    """Fuzz streams per kernel: --fuzz-streams, else the xdist worker count (identical on every
+    worker, so every worker collects the same items), else 1."""
+    given = config.getoption("--fuzz-streams")
+    if given:
+        return given
+    return int(getattr(config, "workerinput", {}).get("workercount", 1))
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Collect the fuzz streams' counts (they travel from xdist workers in user_properties)."""
+    if report.when != "call":
+        return
+    for name, value in getattr(report, "user_properties", ()):
+        if name == "qkcheck_fuzz":
+            _FUZZ_STATS.append(value)
+
+
+_FUZZ_STATS: list[dict] = []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not _FUZZ_STATS or _worker_id(config) is not None:
+        return
+    by_kernel: dict[str, list[dict]] = {}
+    for s in _FUZZ_STATS:
+        by_kernel.setdefault(s["kernel"], []).append(s)
+    for kernel, stats in by_kernel.items():
+        cases = sum(s["cases"] for s in stats)
+        draws = sum(s["draws"] for s in stats)
+        wall = max(s["seconds"] for s in stats)
+        failed = sum(s["outcome"] == "fail" for s in stats)
+        terminalreporter.write_line(
+            f"qkcheck fuzz {kernel}: {cases} cases ({draws} drawn, {len(stats)} stream(s)) in {wall:.1f} s = "
+            f"{cases / max(wall, 1e-9):.0f} cases/s" + (f"; {failed} stream(s) found a failure" if failed else ""))
 
 
 def isolated(config: pytest.Config) -> bool:

@@ -231,6 +231,33 @@ class _Run:
         return out, list(ran)
 
 
+def _meta_key(t) -> tuple | None:
+    if t is None:
+        return None
+    return (tuple(t.shape), tuple(t.stride()), t.storage_offset(), str(t.dtype), t.device.type)
+
+
+def _adapter_cache(adapter, name: str) -> dict:
+    """A per-adapter-object memo (a replaced or rebuilt adapter starts empty)."""
+    cache = adapter.__dict__.get(name)
+    if cache is None:
+        cache = {}
+        object.__setattr__(adapter, name, cache)  # adapters are frozen dataclasses
+    return cache
+
+
+def fake_metadata(adapter, tensors, params, config, out_template=None):
+    """The fake implementation's output metadata, memoized per adapter on the inputs' metadata,
+    the params and the config: a fake sees metadata only (it runs on fake tensors), so the same
+    metadata always gives the same answer; a fake that raises is not memoized."""
+    key = (tuple((k, _meta_key(v)) for k, v in sorted(tensors.items())), repr(sorted(params.items())),
+           repr(sorted((config or {}).items())), _meta_key(out_template))
+    cache = _adapter_cache(adapter, "_qkcheck_fake_memo")
+    if key not in cache:
+        cache[key] = _fake_metadata(adapter, tensors, params, config, out_template)
+    return cache[key]
+
+
 def _fake_metadata(adapter, tensors, params, config, out_template=None):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -384,7 +411,11 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         res.skip_reason = reason
         return finish(SKIP)
 
-    drift = adapter.check_signature()
+    signature = _adapter_cache(adapter, "_qkcheck_signature_memo")
+    target = id(adapter.target)
+    if target not in signature:  # a callable's parameters do not change during a run
+        signature[target] = adapter.check_signature()
+    drift = signature[target]
     res.checks.append(Check("signature", FAIL if drift else PASS, drift or ""))
     if drift:
         return finish(FAIL)
@@ -461,7 +492,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     if adapter.custom_op:
         t0 = time.perf_counter()
         try:
-            meta = _fake_metadata(adapter, clean, p, case.cfg, None if out_buffer is None else out_buffer.view)
+            meta = fake_metadata(adapter, clean, p, case.cfg, None if out_buffer is None else out_buffer.view)
             real = [(tuple(o.shape), o.dtype, o.device.type) for o in outs]
             broken = contract_problems(spec.outputs(case.dims, p), [_Meta(*m) for m in meta], device)
             ok = meta == real and not broken

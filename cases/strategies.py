@@ -20,7 +20,7 @@ def _w4a16(draw, adapter) -> Case:
     spec = OP_SPECS["w4a16_gemm"]
     tun = {k: tuple(v) for k, v in spec.tunables.items()}
     tun.update({k: tuple(v) for k, v in adapter.tunables.items()})
-    layout = draw(st.sampled_from(adapter.layouts or spec.params["layout"]))
+    layout = draw(st.sampled_from(tuple(adapter.layouts or spec.params["layout"])))
     group_size = draw(st.sampled_from((32, 64, 128, -1)))
     g = 32 if group_size == -1 else group_size
     groups = draw(st.integers(1, 4 if g >= 64 else 6))
@@ -35,23 +35,23 @@ def _w4a16(draw, adapter) -> Case:
     if layout == "awq" and n % 8:
         n = 8 * max(1, n // 8)
     config = {
-        "block_m": draw(st.sampled_from([b for b in tun["block_m"] if b <= 64])),
-        "block_n": draw(st.sampled_from([b for b in tun["block_n"] if b <= 64])),
+        "block_m": draw(st.sampled_from(tuple(b for b in tun["block_m"] if b <= 64))),
+        "block_n": draw(st.sampled_from(tuple(b for b in tun["block_n"] if b <= 64))),
         "block_k": bk if bk in tun["block_k"] else min(tun["block_k"]),
     }
     split = draw(st.sampled_from(tun.get("split_k", (1,))))
     if split != 1:
         config["split_k"] = split
-    act = draw(st.sampled_from(spec.params["act_dtype"]))
+    act = draw(st.sampled_from(tuple(spec.params["act_dtype"])))
     params = {
         "group_size": group_size,
         "zero_points": draw(st.booleans()),
         "layout": layout,
         "act_dtype": act,
-        "out_dtype": draw(st.sampled_from(spec.params["out_dtype"])),
+        "out_dtype": draw(st.sampled_from(tuple(spec.params["out_dtype"]))),
         "bias": draw(st.booleans()),
     }
-    regime = draw(st.sampled_from(REGIMES))
+    regime = draw(st.sampled_from(tuple(REGIMES)))
     seed = draw(st.integers(0, 2**16))
     return Case.make("w4a16_gemm", shape={"m": m, "n": n, "k": k}, params=params, config=config,
                      regime=regime, seed=seed)

@@ -1,6 +1,13 @@
 """The fuzzer: hypothesis explores each selected kernel's case space within ``--budget``; a
 failure is shrunk to a minimal case, saved as a replayable case file and printed with its
-one-line replay command."""
+one-line replay command.
+
+Throughput: every drawn case runs with ``--fuzz-siblings`` cases in all: itself and data siblings
+(the same shape, params and config with other seeds and input regimes; ordinary cases, each fully
+checked), so one draw and one kernel compile serve several cases (default 8 on a GPU, 1 under the
+CPU interpreter, where the kernel's own time dominates). Under pytest-xdist each kernel is explored
+by ``--fuzz-streams`` independent streams (default: one per worker), each with its own seeds and the
+whole budget; the terminal summary adds their counts up."""
 from __future__ import annotations
 
 import time
@@ -8,42 +15,74 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from cases.plugin import execute, record, selected_adapters
+from cases.case import REGIMES
+from cases.plugin import execute, fuzz_siblings, fuzz_streams, record, selected_adapters
 from cases.strategies import from_adapter
 
 BATCH = 20  # examples per hypothesis run; runs repeat with new seeds until the budget is spent
+SEED_STRIDE = 100_003
 
 
 def pytest_generate_tests(metafunc):
     if "fuzz_adapter" in metafunc.fixturenames:
         adapters = selected_adapters(metafunc.config)
-        metafunc.parametrize("fuzz_adapter", adapters, ids=[a.name for a in adapters])
+        streams = fuzz_streams(metafunc.config)
+        params = [pytest.param(a, s, id=a.name if streams == 1 else f"{a.name}-stream{s}")
+                  for a in adapters for s in range(streams)]
+        metafunc.parametrize("fuzz_adapter,fuzz_stream", params)
 
 
-def test_fuzz(fuzz_adapter, device, pytestconfig):
+def siblings(case, count: int):
+    """``case`` and ``count - 1`` data siblings: the same shape, params and config, other seeds
+    (derived from the case's own, so a replayed example runs the same siblings) and regimes."""
+    out = [case]
+    for i in range(1, count):
+        out.append(case.replace(seed=(case.seed * 7919 + i) % (1 << 16),
+                                regime=REGIMES[(REGIMES.index(case.regime) + i) % len(REGIMES)]))
+    return list(dict.fromkeys(out))
+
+
+def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     budget = pytestconfig.qkcheck_budget
-    deadline = time.monotonic() + budget
+    streams = fuzz_streams(pytestconfig)
+    per_draw = fuzz_siblings(pytestconfig)
+    started = time.monotonic()
+    deadline = started + budget
     failing: dict = {}
-    checked = {"n": 0}
+    checked = {"n": 0, "draws": 0}
 
     @settings(max_examples=BATCH, deadline=None, database=None, derandomize=False,
               phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
     @given(case=from_adapter(fuzz_adapter))
     def explore(case):
-        result = execute(pytestconfig, case, fuzz_adapter, diagnose_failures=False)
-        checked["n"] += 1
-        if result.status == "fail":
-            failing["case"] = case
-            raise AssertionError(result.summary())
+        if time.monotonic() >= deadline:  # the budget is spent: finish the batch without running
+            return
+        checked["draws"] += 1
+        for member in siblings(case, per_draw):
+            if member is not case and time.monotonic() >= deadline:
+                return
+            result = execute(pytestconfig, member, fuzz_adapter, diagnose_failures=False)
+            checked["n"] += 1
+            if result.status == "fail":
+                failing["case"] = member
+                raise AssertionError(result.summary())
+
+    def stats(outcome: str) -> None:
+        request.node.user_properties.append(("qkcheck_fuzz", {
+            "kernel": fuzz_adapter.name, "stream": fuzz_stream, "cases": checked["n"], "draws": checked["draws"],
+            "seconds": round(time.monotonic() - started, 3), "outcome": outcome}))
 
     batch = 0
+    first = pytestconfig.getoption("--fuzz-seed") * SEED_STRIDE
     while time.monotonic() < deadline:
         try:
-            seed(pytestconfig.getoption("--fuzz-seed") * 100_003 + batch)(explore)()
+            seed(first + batch * streams + fuzz_stream)(explore)()
         except AssertionError:
-            case = failing["case"]  # the last failing example hypothesis ran is the shrunk one
+            case = failing["case"]  # the failing member of the last failing example: the shrunk one
             result = execute(pytestconfig, case, fuzz_adapter)
             record(pytestconfig, result)
+            stats("fail")
             pytest.fail(f"fuzz found a failure after {checked['n']} cases (shrunk):\n{result.summary()}", pytrace=False)
         batch += 1
+    stats("pass")
     print(f"fuzz {fuzz_adapter.name}: {checked['n']} cases in {budget:.0f}s budget, no failure")

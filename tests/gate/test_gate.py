@@ -21,6 +21,14 @@ def for_adapter(adapter, case):
     return case if adapter.tunables or not case.config else case.replace(config={})
 
 
+def compile_group(adapter, case) -> str:
+    """Cases that share a kernel, its params and its config share compiled kernel variants (the
+    shape changes no constexpr but a few of Triton's integer specializations): under
+    ``--dist loadgroup`` (the CLI's choice with ``-n``) such a group runs on one xdist worker, so a
+    variant is compiled once per run instead of once per worker."""
+    return f"{adapter.name}|{sorted(case.p.items())}|{sorted(case.cfg.items())}"
+
+
 def pytest_generate_tests(metafunc):
     if "unavailable_spec" in metafunc.fixturenames:
         items = unavailable(metafunc.config)
@@ -36,7 +44,8 @@ def pytest_generate_tests(metafunc):
         cases = [for_adapter(adapter, c) for c in [c for c in corpus if c.op == adapter.op] + grid(adapter)]
         for case in dict.fromkeys(cases):  # distinct, in order
             if supports(adapter, case) and in_shard(case.id, config.qkcheck_shard):
-                params.append(pytest.param(adapter, case, id=f"{adapter.name}::{case.id}"))
+                params.append(pytest.param(adapter, case, id=f"{adapter.name}::{case.id}",
+                                           marks=pytest.mark.xdist_group(compile_group(adapter, case))))
     metafunc.parametrize("adapter,gate_case", params or [pytest.param(None, None, marks=pytest.mark.unused)])
 
 

@@ -125,14 +125,26 @@ class IsolatedRunner:
         self.specs, self.device, self.timeout = list(specs), device, timeout
         self._ctx = multiprocessing.get_context("spawn")
         self._proc = self._conn = None
+        self._pending = None  # a child started by prestart(), not yet known to be ready
         self.restarts = 0
 
-    def _start(self) -> None:
+    def prestart(self) -> None:
+        """Start the child now without waiting for it: its imports and device set-up overlap the
+        caller's own start-up (collection); the first :meth:`run` waits for it to be ready."""
+        if self._proc is None and self._pending is None:
+            self._pending = self._launch()
+
+    def _launch(self):
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_serve, args=(child, self.specs, self.device), daemon=True,
                                  name="qkcheck-case-runner")
         proc.start()
         child.close()
+        return proc, parent
+
+    def _start(self) -> None:
+        pending, self._pending = self._pending, None
+        proc, parent = pending or self._launch()
         if not parent.poll(STARTUP_TIMEOUT_S):
             proc.kill()
             raise RuntimeError(f"the case runner process did not start within {STARTUP_TIMEOUT_S:g} s")
@@ -153,6 +165,9 @@ class IsolatedRunner:
         self._proc = self._conn = None
 
     def close(self) -> None:
+        if self._pending is not None:  # started ahead and never used
+            self._proc, self._conn = self._pending
+            self._pending = None
         if self._proc is not None and self._proc.is_alive():
             with contextlib.suppress(Exception):
                 self._conn.send(None)

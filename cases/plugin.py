@@ -181,6 +181,26 @@ def isolated(config: pytest.Config) -> bool:
     return mode == "on" or (mode == "auto" and config.qkcheck_device != "cpu")
 
 
+def _isolated_runner(config: pytest.Config):
+    from cases import isolation
+
+    runner = getattr(config, "_qkcheck_isolated", None)
+    if runner is None:
+        runner = config._qkcheck_isolated = isolation.IsolatedRunner(
+            config.qkcheck_kernel_specs, config.qkcheck_device, timeout=config.qkcheck_case_timeout)
+    return runner
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """With isolation on and cases to run, start the case-runner child now: its imports and device
+    set-up overlap the rest of this process's start-up."""
+    config = session.config
+    if session.items and hasattr(config, "qkcheck_device") and isolated(config) and any(
+            "gate_case" in getattr(i, "fixturenames", ()) or "fuzz_adapter" in getattr(i, "fixturenames", ())
+            for i in session.items):
+        _isolated_runner(config).prestart()
+
+
 def execute(config: pytest.Config, case, adapter, *, diagnose_failures: bool = True):
     """Run one case the way the options say: in process or in the isolated case runner, with
     the per-case time limit. Never raises for a kernel's failure."""
@@ -189,10 +209,7 @@ def execute(config: pytest.Config, case, adapter, *, diagnose_failures: bool = T
     device, timeout = config.qkcheck_device, config.qkcheck_case_timeout
     if not isolated(config):
         return isolation.run_in_process(case, adapter, device, timeout=timeout, diagnose_failures=diagnose_failures)
-    runner = getattr(config, "_qkcheck_isolated", None)
-    if runner is None:
-        runner = config._qkcheck_isolated = isolation.IsolatedRunner(config.qkcheck_kernel_specs, device, timeout=timeout)
-    return runner.run(case, adapter, diagnose_failures=diagnose_failures)
+    return _isolated_runner(config).run(case, adapter, diagnose_failures=diagnose_failures)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items) -> None:

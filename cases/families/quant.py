@@ -34,17 +34,17 @@ Regimes
 - ``realistic``: normal activations with per-row magnitudes spread like LLM hidden states and a
   few outlier channels 20x larger; static scales calibrated on 90% of the tensor's amax (so the
   outliers saturate); scale_ub at the rows' 75th amax percentile.
-- ``adversarial``: groups (rows for per-token, 32-blocks for MX) with scales 2**(g mod 8) and
-  random signs, each of one kind: all zero (with -0.0), exact rounding ties, amax on the format's
-  max with the top codes and their midpoint next to it, amax just below a power of two times
-  qmax (a scale that is not a power of two: the float32 ambiguity rules apply), subnormal codes,
-  tiny inputs (the amax floor), in-dtype subnormals. static_quant: the kinds as stripes under one
-  given scale (the stripes' power of two, or a value near it that is not one), with the near-max
+- ``adversarial``: groups (rows for per-token, 32-blocks for MX, 16-blocks for NVFP4) with scales
+  2**(g mod 8) and random signs, each of one kind: all zero (with -0.0), exact rounding ties, amax
+  on the format's max with the top codes and their midpoint next to it, amax just below a power of
+  two times qmax (a scale that is not a power of two: the float32 ambiguity rules apply), subnormal
+  codes, tiny inputs (the amax floor), in-dtype subnormals. static_quant: the kinds as stripes under
+  one given scale (the stripes' power of two, or a value near it that is not one), with the near-max
   stripes twice too large so codes saturate (int8 down to -128). nvfp4_quant: the kinds per
-  16-block, under one of three global scales (by seed mod 3): ``0.75 * 2**k`` below the blocks
-  (E4M3 scales that are not powers of two, the top blocks' scales saturating at 448 and their
-  codes at ±6), the usual ``amax / (6 * 448)``, or ``2**k`` above them (E4M3 subnormal scales,
-  the 2**-10 tie between 0 and the smallest one, and scales underflowing to 0).
+  16-block, under one of three global scales (by seed mod 3): ``0.75 * 2**k`` below the blocks (E4M3
+  scales that are not powers of two, the top blocks' scales saturating at 448 and their codes at
+  ±6), the usual ``amax / (6 * 448)``, or ``2**k`` above them (E4M3 subnormal scales, the 2**-10 tie
+  between 0 and the smallest one, and scales underflowing to 0).
 
 nvfp4_quant's global scale: exact: a power of two (``exact_quant_inputs``); realistic:
 ``float32(amax(x) / (6 * 448))`` (1.0 for an all-zero x).

@@ -15,7 +15,12 @@ dynamic cases agree with ``quantize``'s symmetric range.
 - per_token_group_quant: ``Scheme(elem, granularity="group", group_size=G, scale_rule="amax" or
   "pow2_ceil")``.
 - mx_quant: ``get_scheme("mxfp4")`` / ``get_scheme("mxfp4 rceil")``, packed with
-  ``oracle.schemes.pack_codes`` (the scheme's nibble packing along K).
+  ``oracle.schemes.pack_codes`` (the scheme's nibble packing along K); the other MX formats
+  (``get_scheme("mxfp6 e2m3 rceil")``, ...) code for code, one byte per code.
+- nvfp4_quant: ``oracle.quant_ops.expect_quant`` (exact: its float64 quotients are never within
+  a float64 rounding of a tie they miss), E4M3 scale codes also against an exact rational RNE
+  written here, and ``oracle.schemes.quantize(x, "nvfp4")`` with its own global scale. Where a
+  block's scale is 0 the kernel writes the signed zero of ``x * 0``, checked as such.
 
 Scales are compared with ``==``: the kernels round the same quotient once to float32 (or compute
 a power of two exactly), so there is no float32 ambiguity to allow for. Codes are compared as
@@ -23,8 +28,10 @@ bit patterns, and the codes tensor must have exactly the requested dtype.
 
 fp8 codes are produced by the hardware float32 -> fp8 conversion ("hw") or by integer RNE
 ("sw"). The Triton interpreter's conversion is defective (``kernels.probes``), so on cpu the hw
-cases skip with the probe's reason and run compiled on a GPU; the sw cases (and int8, MXFP4) run
-everywhere.
+cases skip with the probe's reason and run compiled on a GPU; the sw cases (and int8, every MX
+format, NVFP4: their codes are assembled from integer bits) run everywhere. Broken copies of the
+MX and NVFP4 kernels (RCEIL ignored, ties away from zero, a truncated E4M3 scale, plain float32
+division) are launched through the real launchers and shown failing the same checks.
 """
 from __future__ import annotations
 
@@ -1105,8 +1112,9 @@ def assert_nvfp4(packed, scales, x: np.ndarray, g: float) -> None:
     bad = got != want
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        scale = E4M3.decode_table[want_scales[idx[0], idx[1] // 16]]
         pytest.fail(f"{int(bad.sum())} of {bad.size} e2m1 codes differ; first at {idx}: got {got[idx]:#x}, "
-                    f"expected {want[idx]:#x} (x={float(x[idx])!r}, scale {E4M3.decode_table[want_scales[idx[0], idx[1] // 16]]!r})")
+                    f"expected {want[idx]:#x} (x={float(x[idx])!r}, scale {scale!r})")
     _quant_ops_check("nvfp4_quant", dict(x=x, global_scale=g), got, got_scales)
 
 

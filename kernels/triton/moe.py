@@ -6,11 +6,14 @@ Pipeline (:func:`fused_moe` = :func:`route` + :func:`fused_experts`):
 
 1. :func:`route` — router logits ``[T, E]`` -> ``topk_ids`` int32 ``[T, k]`` and ``topk_weights``
    float32 ``[T, k]`` (softmax or sigmoid scores, optional correction bias for selection only,
-   optional grouped top-k, optional renormalization). Ties pick the lower expert id.
+   optional grouped top-k, optional renormalization). Ties pick the lower expert id. One
+   Triton kernel (a block of tokens per program); :func:`route_torch` is its torch twin.
 2. :func:`align_block_size` — the ``T * k`` (token, slot) assignments, flattened as
    ``a = t * k + j``, sorted by (local) expert into runs padded to a multiple of ``BLOCK_M``;
    padding holds the sentinel ``T * k``; one expert id per block; assignments to experts that
    are not local (``expert_map[e] == -1``) are dropped; experts without tokens get no block.
+   The buffers have :func:`aligned_capacity` slots (a tight bound from shapes only). At decode
+   sizes :func:`fused_moe` runs steps 1 and 2 as one single-program kernel.
 3. GEMM 1 (gate/up): for each block, rows ``x[a // k]`` times ``w13[e]`` (``[H, 2I]``: columns
    ``[:I]`` gate, ``[I:]`` up), accumulated in float32; then the activation in float32 —
    ``silu``: ``silu(g) * u``; ``swiglu``: ``g * sigmoid(1.702 g) * (u + 1)`` with
@@ -317,8 +320,7 @@ def route(
     weights = torch.empty((T, top_k), dtype=torch.float32, device=device)
     if T == 0:
         return ids, weights
-    groups, per, g_pad, p_pad = _route_layout(E, num_groups)
-    block_t = max(1, min(_next_pow2(T), ROUTE_TILE // (g_pad * p_pad)))
+    groups, per, g_pad, p_pad, block_t = _route_tiles(T, E, num_groups)
     bias = correction_bias if correction_bias is not None else router_logits
     _route_kernel[(_cdiv(T, block_t),)](
         router_logits, bias, ids, weights, T, E, per, groups, top_k,
@@ -423,6 +425,67 @@ def _route_kernel(
         topk_groups, stride_lt, stride_le, stride_b, stride_it, stride_ik, stride_wt, stride_wk,
         SIGMOID, HAS_BIAS, GROUPED, RENORMALIZE, BLOCK_T, G_PAD, P_PAD, K_PAD,
     )
+
+
+@triton.jit
+def _route_align_kernel(
+    logits_ptr, bias_ptr, ids_ptr, weights_ptr, map_ptr, sorted_ptr, expert_ids_ptr, num_post_ptr,
+    T, E, per, groups, top_k, topk_groups, num_local, cap, block_m,
+    stride_lt, stride_le, stride_b,
+    SIGMOID: tl.constexpr, HAS_BIAS: tl.constexpr, GROUPED: tl.constexpr, RENORMALIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr, G_PAD: tl.constexpr, P_PAD: tl.constexpr, K_PAD: tl.constexpr,
+    HAS_MAP: tl.constexpr, E_PAD: tl.constexpr, BLOCK_A: tl.constexpr,
+):
+    """One program: route every token (``_route_tile`` over blocks of BLOCK_T tokens, writing
+    contiguous ``ids``/``weights [T, top_k]``), a block barrier (the program's global stores are
+    then visible to all its threads), then the alignment of those ids (``_align_body``)."""
+    for t0 in range(0, T, BLOCK_T):
+        _route_tile(
+            logits_ptr, bias_ptr, ids_ptr, weights_ptr, t0, T, E, per, groups, top_k, topk_groups,
+            stride_lt, stride_le, stride_b, top_k, 1, top_k, 1,
+            SIGMOID, HAS_BIAS, GROUPED, RENORMALIZE, BLOCK_T, G_PAD, P_PAD, K_PAD,
+        )
+    tl.debug_barrier()
+    _align_body(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, num_post_ptr, T * top_k, E, num_local, cap,
+                block_m, HAS_MAP, E_PAD, BLOCK_A)
+
+
+def _route_tiles(T: int, E: int, num_groups: int | None) -> tuple[int, int, int, int, int]:
+    """(groups, per group, padded groups, padded per group, tokens per program) of the router."""
+    groups, per, g_pad, p_pad = _route_layout(E, num_groups)
+    return groups, per, g_pad, p_pad, max(1, min(_next_pow2(T), ROUTE_TILE // (g_pad * p_pad)))
+
+
+def _route_and_align(router_logits, top_k, scoring, renormalize, num_groups, topk_groups, correction_bias,
+                     block_m, expert_map, num_local):
+    """:func:`route` and :func:`align_block_size` (``validate=False``) in one single-program
+    launch, for the decode sizes where the tokens fit one routing tile (every argument already
+    validated, T > 0): ``(topk_ids, topk_weights, (sorted_ids, expert_ids, num_post))``, the
+    same values as the two separate launches. Returns None when the tokens need several routing
+    programs (the separate launches then run in parallel over tokens)."""
+    T, E = router_logits.shape
+    groups, per, g_pad, p_pad, block_t = _route_tiles(T, E, num_groups)
+    if T > block_t:
+        return None
+    device = router_logits.device
+    ids = torch.empty((T, top_k), dtype=torch.int32, device=device)
+    weights = torch.empty((T, top_k), dtype=torch.float32, device=device)
+    cap = aligned_capacity(T * top_k, num_local, block_m)
+    sorted_ids = torch.empty((cap,), dtype=torch.int32, device=device)
+    expert_ids = torch.empty((cap // block_m,), dtype=torch.int32, device=device)
+    num_post = torch.empty((1,), dtype=torch.int32, device=device)
+    bias = correction_bias if correction_bias is not None else router_logits
+    e_pad, block_a = _align_tiles(num_local)
+    _route_align_kernel[(1,)](
+        router_logits, bias, ids, weights, expert_map if expert_map is not None else ids,
+        sorted_ids, expert_ids, num_post,
+        T, E, per, groups, top_k, topk_groups if num_groups is not None else groups, num_local, cap, block_m,
+        router_logits.stride(0), router_logits.stride(1), bias.stride(0) if correction_bias is not None else 0,
+        SIGMOID=scoring == "sigmoid", HAS_BIAS=correction_bias is not None, GROUPED=num_groups is not None,
+        RENORMALIZE=renormalize, BLOCK_T=block_t, G_PAD=g_pad, P_PAD=p_pad, K_PAD=_next_pow2(top_k),
+        HAS_MAP=expert_map is not None, E_PAD=e_pad, BLOCK_A=block_a, num_warps=4,
+    )
+    return ids, weights, (sorted_ids, expert_ids, num_post)
 
 
 def route_torch(
@@ -613,8 +676,7 @@ def align_block_size(
     expert_ids = torch.empty((cap // block_m,), dtype=torch.int32, device=device)
     num_post = torch.empty((1,), dtype=torch.int32, device=device)
     flat = topk_ids.reshape(-1)
-    e_pad = max(16, _next_pow2(num_local))
-    block_a = max(16, min(256, 8192 // e_pad))
+    e_pad, block_a = _align_tiles(num_local)
     _align_kernel[(1,)](
         flat, expert_map if expert_map is not None else flat, sorted_ids, expert_ids, num_post,
         n, num_experts, num_local, cap, block_m,
@@ -623,15 +685,32 @@ def align_block_size(
     return sorted_ids, expert_ids, num_post
 
 
+def _align_tiles(num_local: int) -> tuple[int, int]:
+    """(padded local expert count, assignments per step) of the alignment's one program."""
+    e_pad = max(16, _next_pow2(num_local))
+    return e_pad, max(16, min(256, 8192 // e_pad))
+
+
 @triton.jit
 def _align_kernel(
     ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, num_post_ptr,
     n, num_experts, num_local, cap, block_m,
     HAS_MAP: tl.constexpr, E_PAD: tl.constexpr, BLOCK_A: tl.constexpr,
 ):
-    """One program: counts per local expert, padded run starts (a prefix sum), then every
-    assignment's slot ``start[e] + rank within e`` (ranks in flattened order) and every padding
-    slot (the sentinel ``n``) and block expert id written once each, at disjoint positions."""
+    """One program: the whole alignment (``_align_body``)."""
+    _align_body(ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, num_post_ptr, n, num_experts, num_local, cap,
+                block_m, HAS_MAP, E_PAD, BLOCK_A)
+
+
+@triton.jit
+def _align_body(
+    ids_ptr, map_ptr, sorted_ptr, expert_ids_ptr, num_post_ptr,
+    n, num_experts, num_local, cap, block_m,
+    HAS_MAP: tl.constexpr, E_PAD: tl.constexpr, BLOCK_A: tl.constexpr,
+):
+    """Counts per local expert, padded run starts (a prefix sum), then every assignment's slot
+    ``start[e] + rank within e`` (ranks in flattened order) and every padding slot (the sentinel
+    ``n``) and block expert id written once each, at disjoint positions. Run by one program."""
     cols = tl.arange(0, E_PAD)
     col_ok = cols < num_local
 
@@ -1517,7 +1596,9 @@ def fused_experts(
 
 
 def _fused_experts(x, topk_ids, topk_weights, w13, w2, *, activation, swiglu_limit, apply_router_weight_on_input,
-                   expert_map, num_experts, out_dtype, config, kernel, check_ids, check_map):
+                   expert_map, num_experts, out_dtype, config, kernel, check_ids, check_map, aligned=None):
+    """aligned: the ``align_block_size`` result of these ids at ``config.block_m`` when the
+    caller computed it already (``_route_and_align``); None: aligned here."""
     T, H, I, top_k, E_local, g13, g2, config, out_dtype = _validate_experts(
         x, topk_ids, topk_weights, w13, w2, activation, swiglu_limit, apply_router_weight_on_input,
         expert_map, num_experts, out_dtype, config, check_ids=check_ids, check_map=check_map,
@@ -1527,9 +1608,11 @@ def _fused_experts(x, topk_ids, topk_weights, w13, w2, *, activation, swiglu_lim
     if T == 0:
         return torch.zeros((0, H), dtype=out_dtype, device=device)
     global_experts = expert_map.shape[0] if expert_map is not None else E_local
-    sorted_ids, expert_ids, num_post = align_block_size(
-        topk_ids, config.block_m, global_experts, expert_map, num_local_experts=E_local, validate=False,
-    )
+    if aligned is None:
+        aligned = align_block_size(
+            topk_ids, config.block_m, global_experts, expert_map, num_local_experts=E_local, validate=False,
+        )
+    sorted_ids, expert_ids, num_post = aligned
     n_assign = T * top_k
     weights_flat = topk_weights.reshape(-1)
     if not weights_flat.is_contiguous():
@@ -1618,7 +1701,14 @@ def fused_moe(
     (``E`` of them without an expert_map). Everything is validated before any launch. The expert
     ids come from :func:`route`, in range by construction, so they are never read back; with
     ``validate`` (the default) an expert_map's values are checked on the host (a synchronization
-    only when a map is given); ``validate=False`` skips that (see :func:`fused_experts`).
+    only when a map is given); ``validate=False`` skips that (see :func:`fused_experts`). Nothing
+    else is read on the host: the call can be captured in a CUDA graph.
+
+    Launches: routing and alignment are one single-program kernel when the tokens fit one
+    routing tile (``T <= ROUTE_TILE / padded E``: every decode size), else the routing kernel
+    (parallel over tokens) and the alignment kernel; then GEMM 1 (+ the activation kernel when
+    ``config.fuse_activation`` is False), GEMM 2 and the slot reduction (plus the activation
+    quantization kernels of fp8_block).
     """
     if not isinstance(validate, bool):
         raise TypeError(f"validate={validate!r} must be a bool")
@@ -1629,13 +1719,28 @@ def fused_moe(
         apply_router_weight_on_input=apply_router_weight_on_input, expert_map=expert_map,
         out_dtype=out_dtype, config=config,
     )
-    topk_ids, topk_weights = route(
-        router_logits, top_k, scoring=scoring, renormalize=renormalize, num_groups=num_groups,
-        topk_groups=topk_groups, correction_bias=correction_bias,
-    )
+    T, E = router_logits.shape
+    E_local = w13.weight.shape[0]
+    if validate and expert_map is not None:
+        _check_expert_map(expert_map, E, E_local)
+    if config is None:
+        I = _check_weights("w13", w13, None, x.shape[1], None, x.dtype, x.device).N // 2
+        config = default_config(T, top_k, x.shape[1], I, E_local)
+    fused = None
+    if T > 0:
+        fused = _route_and_align(router_logits, top_k, scoring, renormalize, num_groups, topk_groups,
+                                 correction_bias, config.block_m, expert_map, E_local)
+    if fused is None:
+        topk_ids, topk_weights = route(
+            router_logits, top_k, scoring=scoring, renormalize=renormalize, num_groups=num_groups,
+            topk_groups=topk_groups, correction_bias=correction_bias,
+        )
+        aligned = None
+    else:
+        topk_ids, topk_weights, aligned = fused
     return _fused_experts(
         x, topk_ids, topk_weights, w13, w2, activation=activation, swiglu_limit=swiglu_limit,
         apply_router_weight_on_input=apply_router_weight_on_input, expert_map=expert_map,
-        num_experts=router_logits.shape[1], out_dtype=out_dtype, config=config, kernel=kernel,
-        check_ids=False, check_map=validate,
+        num_experts=E, out_dtype=out_dtype, config=config, kernel=kernel,
+        check_ids=False, check_map=False, aligned=aligned,
     )

@@ -829,6 +829,32 @@ def test_router_empty_and_validation():
         moe.route(torch.zeros((2, 4)), 5)
 
 
+@pytest.mark.parametrize("tile", [moe.ROUTE_TILE, 16], ids=["one-launch", "separate-launches"])
+def test_fused_moe_routing_paths_match_route_then_experts(tile, device, monkeypatch):
+    """fused_moe routes and aligns in one single-program launch when the tokens fit one routing
+    tile, else in two launches; both give the bits of route() followed by fused_experts()
+    (grouped sigmoid routing with a bias, an expert map dropping and skipping experts)."""
+    monkeypatch.setattr(moe, "ROUTE_TILE", tile)
+    rng = np.random.default_rng(21)
+    T, E, k = 5, 8, 2
+    emap = torch.tensor([0, -1, 1, 2, -1, 3, 4, 5], dtype=torch.int32, device=device)
+    ex = make_experts("dense", E=6, H=32, I=16, device=device, seed=4, exact=False)
+    x = torch.from_numpy(rng.standard_normal((T, 32))).to(device, torch.float16)
+    logits = torch.from_numpy(rng.standard_normal((T, E))).to(device, torch.float32)
+    kw = dict(scoring="sigmoid", renormalize=True, num_groups=4, topk_groups=3,
+              correction_bias=torch.from_numpy(rng.standard_normal(E) * 0.1).to(device, torch.float32))
+    one_launch = moe._route_and_align(logits, k, "sigmoid", True, 4, 3, kw["correction_bias"], 16, emap, 6)
+    assert (one_launch is not None) == (tile != 16)  # 16 / 8 experts: 2 tokens per routing program
+    out = moe.fused_moe(x, logits, ex.w13, ex.w2, top_k=k, expert_map=emap, config=C(), **kw)
+    ids, weights = moe.route(logits, k, **kw)
+    ref = moe.fused_experts(x, ids, weights, ex.w13, ex.w2, expert_map=emap, config=C())
+    assert torch.equal(out, ref)
+    if one_launch is not None:
+        sep = moe.align_block_size(ids, 16, E, emap, num_local_experts=6, validate=False)
+        assert torch.equal(one_launch[0], ids) and torch.equal(one_launch[1], weights)
+        assert all(torch.equal(a, b) for a, b in zip(one_launch[2], sep))
+
+
 # ---------------------------------------------------------------------------------------------
 # the padded length: tight, and never short
 

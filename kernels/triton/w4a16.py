@@ -451,7 +451,7 @@ def _gemv_scales_and_zeros(s_ptr, z_ptr, groups, offs_n, mask, stride_sg, stride
     if HAS_ZEROS:
         z = _zeros_at(z_ptr, groups, offs_n, mask, stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS)
     else:
-        z = 8388608.0 + SYM_ZERO
+        z = tl.zeros_like(s) + (8388608.0 + SYM_ZERO)
     return s, z
 
 

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from kernels import ops
 from kernels.probes import skip_reason
 from kernels.triton.w4a16 import (
-    LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, default_config, scale_path,
-    sub_dots, w4a16_gemm,
+    LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, _split_k_epilogue, _store_tile,
+    arrival_counters, default_config, gemv_scale_path, scale_path, sub_dots, w4a16_gemm, word_row_groups,
 )
 from oracle import gemm as oracle_gemm
 from oracle.compare import compare
@@ -468,3 +470,396 @@ def test_time_one_call_16x64x256(device):
     synchronize()
     per_call_ms = (time.perf_counter() - start) / calls * 1e3
     print(f"\nw4a16_gemm 16x64x256 on {device} (default config {default_config(16, 64, 256, 128)}): {per_call_ms:.1f} ms/call")
+
+
+# --- the GEMV path (dot=False) and the fused split-K reduction, on both paths -------------------------
+# (group_size, BLOCK_K, K): BLOCK_K below / equal to / above the group, groups of 4 (fewer rows than
+# a GPTQ word's 8 codes), a group size that is not a power of two, one group over K, K tails
+GEMV_GROUPS = [
+    (32, 16, 192), (32, 32, 192), (32, 128, 192), (64, 128, 256), (128, 64, 256),
+    (4, 32, 128), (24, 32, 192), (-1, 64, 192), (-1, 128, 192),
+]
+SPLITS = (1, 2, 3, 4)  # K=192, BLOCK_K=32: 6 tiles, 4 splits of 2 -> the last split is empty
+ROWS = (1, 2, 5, 16)
+
+
+def _fused_cases():
+    cases = []
+    for dot in (False, True):
+        for layout in LAYOUTS:
+            for (g, bk, k), asym in [(gbk, asym) for gbk in GEMV_GROUPS for asym in (False, True)]:
+                idx = len(cases)
+                m = ROWS[idx % 4]
+                sk = SPLITS[(idx // 4) % 4]
+                if dot:
+                    bm = 16
+                else:  # the GEMV path's own block_m: one tile over every row, or several tiles
+                    bm = (triton_next_pow2(m), 1, 2, 4)[(idx // 16) % 4]
+                cases.append(GemmCase(
+                    layout, M=m, N=40, K=k, group_size=g,
+                    config=cfg(block_m=bm, block_n=32, block_k=bk, split_k=sk, dot=dot), asym=asym,
+                    bias=idx % 3 != 0, out_dtype=(torch.float16, torch.float32, torch.float16, torch.bfloat16)[idx % 4],
+                    seed=idx,
+                ))
+    return cases
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+FUSED_CASES = _fused_cases()
+
+
+def test_fused_cases_cover_every_split_and_row_count():
+    """The covering list above pairs every split count with every row count, on both paths."""
+    for dot in (False, True):
+        pairs = {(c.config.split_k, c.M) for c in FUSED_CASES if c.config.dot == dot}
+        assert pairs == {(s, m) for s in SPLITS for m in ROWS}
+        paths = {(c.layout, c.asym, c.group_size, c.config.block_k) for c in FUSED_CASES if c.config.dot == dot}
+        assert len(paths) == len(LAYOUTS) * 2 * len(GEMV_GROUPS)
+
+
+def test_gemv_scale_paths_are_all_exercised():
+    seen = set()
+    for c in FUSED_CASES:
+        if c.config.dot:
+            continue
+        g = c.K if c.group_size == -1 else c.group_size
+        seen.add((gemv_scale_path(c.config.block_k, g), word_row_groups(LAYOUTS[c.layout].qweight, g)))
+    assert seen == {(SCALES_ONE_GROUP, True), (SCALES_ONE_GROUP, False), (SCALES_PER_ROW, True),
+                    (SCALES_PER_ROW, False)}
+
+
+@pytest.mark.parametrize("case", params(FUSED_CASES))
+def test_gemv_and_fused_split_k(case, device):
+    run_case(case, device)
+
+
+GEMV_EXTRA_CASES = [
+    # bf16 activations: the GEMV path loads them and computes in float32 (checkable on the interpreter)
+    GemmCase(layout, M=3, N=40, K=128, group_size=32, config=cfg(block_m=4, block_k=64, split_k=2, dot=False),
+             asym=True, bias=True, act_dtype=torch.bfloat16, out_dtype=torch.float32)
+    for layout in LAYOUTS
+] + [
+    GemmCase("awq", M=2, N=48, K=128, group_size=64, config=cfg(block_m=2, block_k=64, split_k=3, dot=False),
+             asym=True, scale_dtype=torch.float32, bias=True, out_dtype=torch.float32),
+    # more splits than K tiles: splits 2.. get nothing
+    GemmCase("gptq", M=1, N=32, K=64, group_size=32, config=cfg(block_m=1, block_k=32, split_k=4, dot=False),
+             asym=True, bias=True),
+    GemmCase("nibble", M=16, N=32, K=64, group_size=-1, config=cfg(block_k=16, split_k=8), asym=True, bias=True),
+]
+
+
+@pytest.mark.parametrize("case", params(GEMV_EXTRA_CASES))
+def test_gemv_bf16_activations_float32_scales_empty_splits(case, device):
+    run_case(case, device)
+
+
+# --- within the oracle's bound with realistic values, where the product is not exact -----------------
+def _realistic(layout, M, N, K, group_size, seed, *, cancel=False):
+    """Normal activations and scales in fp16; ``cancel``: every code of the odd columns and nearly
+    every code of the even ones equals its zero point (weights 0) under large activations, the
+    case where factoring the zero point out of the sum (``s * (sum x*q - z * sum x)``) would
+    cancel catastrophically."""
+    rng = np.random.default_rng(seed)
+    groups = K // (K if group_size == -1 else group_size)
+    x = torch.from_numpy(rng.standard_normal((M, K)) * (1000.0 if cancel else 1.0)).half()
+    zeros = rng.integers(0, 16, (groups, N))
+    g = K if group_size == -1 else group_size
+    if cancel:
+        q = np.repeat(zeros, g, axis=0)
+        flip = (rng.random((K, N)) < 0.05) & (np.arange(N) % 2 == 0)  # odd columns: every weight 0
+        q = np.where(flip, (q + 1) % 16, q)
+    else:
+        q = rng.integers(0, 16, (K, N))
+    scales = torch.from_numpy(rng.uniform(0.001, 0.02, (groups, N)) * rng.choice([-1, 1], (groups, N))).half()
+    bias = torch.from_numpy(rng.standard_normal(N)).half()
+    spec = LAYOUTS[layout]
+    args = (x, torch.from_numpy(pack(q, spec.qweight)), scales, torch.from_numpy(pack(zeros, spec.zeros)))
+    problem = dict(x=x.double().numpy(), q=q, scales=scales.double().numpy(), zeros=zeros, group_size=group_size,
+                   bias=bias.double().numpy())
+    return args, dict(layout=layout, group_size=group_size, bias=bias), problem
+
+
+BOUND_CASES = [
+    pytest.param(layout, g, bk, sk, dot, cancel, id=f"{layout}-g{g}-bk{bk}-sk{sk}-{'gemv' if not dot else 'dot'}"
+                 f"{'-cancel' if cancel else ''}")
+    for layout in LAYOUTS
+    for g, bk, sk, dot, cancel in ((32, 32, 3, False, False), (32, 64, 2, False, True), (64, 32, 4, False, True),
+                                   (-1, 64, 1, False, False), (32, 32, 3, True, True))
+]
+
+
+@pytest.mark.parametrize("layout, group_size, block_k, split_k, dot, cancel", BOUND_CASES)
+def test_within_oracle_bound(layout, group_size, block_k, split_k, dot, cancel, device):
+    """The GEMV path keeps the dequantized weight in float32 (the oracle's bound assumes it rounded
+    to the activation dtype); its error stays within that bound, cancellation included."""
+    from oracle.references import expect
+
+    args, kwargs, problem = _realistic(layout, 5, 40, 256, group_size, seed=block_k + split_k, cancel=cancel)
+    config = cfg(block_m=16 if dot else 8, block_k=block_k, split_k=split_k, dot=dot)
+    for out_dtype in (torch.float16, torch.float32):
+        out = w4a16_gemm(*[a if a is None else a.to(device) for a in args],
+                         **{**kwargs, "bias": kwargs["bias"].to(device)}, out_dtype=out_dtype, config=config)
+        exp = expect("w4a16_gemm", problem, exact=False, compute_dtype="float16",
+                     out_dtype=DTYPE_NAMES[out_dtype].replace("fp", "float"))
+        divergence = compare(out.cpu().double().numpy(), exp.expected, exp.bound, unit=exp.unit)
+        assert divergence is None, divergence.summary()
+
+
+def test_factoring_the_zero_point_would_leave_the_bound():
+    """Why the GEMV path factors only the scale: the fully factored ``s * (sum x*q - z * sum x)``,
+    emulated in float32 on the cancellation case, leaves the oracle's bound, while
+    ``s * sum x*(q - z)`` (what the kernel computes) stays inside it."""
+    from oracle.references import expect
+
+    _, _, problem = _realistic("gptq", 4, 16, 128, -1, seed=3, cancel=True)
+    x = problem["x"].astype(np.float32)
+    q = problem["q"].astype(np.float32)
+    z = problem["zeros"].astype(np.float32)
+    s = problem["scales"].astype(np.float32)
+    b = problem["bias"].astype(np.float32)
+
+    def sequential(terms):  # float32 sum over axis 1 in order
+        total = np.zeros((terms.shape[0], terms.shape[2]), np.float32)
+        for k in range(terms.shape[1]):
+            total = total + terms[:, k, :]
+        return total
+
+    factored = s * (sequential(x[:, :, None] * q[None]) - z * sequential(x[:, :, None] * np.ones_like(q)[None])) + b
+    kernel_form = s * sequential(x[:, :, None] * (q - z)[None]) + b
+    exp = expect("w4a16_gemm", problem, exact=False, compute_dtype="float16", out_dtype="float32")
+    assert compare(kernel_form.astype(np.float64), exp.expected, exp.bound) is None
+    assert compare(factored.astype(np.float64), exp.expected, exp.bound) is not None
+
+
+# --- determinism and counter reuse ------------------------------------------------------------------
+@pytest.mark.parametrize("dot", [False, True], ids=["gemv", "dot"])
+def test_split_k_is_deterministic(dot, device):
+    args, kwargs, _ = _realistic("gptq", 5, 64, 512, 128, seed=11)
+    config = cfg(block_m=16 if dot else 4, block_k=32, split_k=4, dot=dot)
+    args = [a.to(device) for a in args]
+    kwargs = {**kwargs, "bias": kwargs["bias"].to(device)}
+    first = w4a16_gemm(*args, **kwargs, out_dtype=torch.float32, config=config)
+    for _ in range(2):
+        again = w4a16_gemm(*args, **kwargs, out_dtype=torch.float32, config=config)
+        assert torch.equal(first.view(torch.int32), again.view(torch.int32))
+
+
+def test_counters_are_reused_across_grids_and_grow(device, monkeypatch):
+    """Many split-K launches in a row with different grids and split counts stay exact, the
+    counters are all back to 0 after each, and a launch needing more counters grows the buffer."""
+    from kernels.triton import w4a16 as module
+
+    monkeypatch.setattr(module, "_ARRIVAL_COUNTERS", {})
+    monkeypatch.setattr(module, "_RETIRED_COUNTERS", [])
+    monkeypatch.setattr(module, "_MIN_COUNTERS", 4)
+    dev = torch.device(device)
+    shapes = [  # (M, N, block_m, block_n, split_k, dot): tiles = 2, 6, 1, 12, 2
+        (1, 64, 1, 32, 2, False), (5, 96, 2, 32, 3, False), (3, 32, 16, 32, 4, True),
+        (16, 96, 4, 32, 2, False), (20, 40, 16, 32, 4, True),
+    ]
+    sizes = []
+    for i, (m, n, bm, bn, sk, dot) in enumerate(shapes * 2):
+        case = GemmCase("gptq", M=m, N=n, K=128, group_size=32,
+                        config=cfg(block_m=bm, block_n=bn, block_k=32, split_k=sk, dot=dot), asym=True, bias=True,
+                        out_dtype=torch.float32, seed=i)
+        run_case(case, device)
+        counters = module.arrival_counters(dev, 1)
+        assert int(counters.count_nonzero()) == 0
+        sizes.append(counters.numel())
+    assert sizes[0] == 4 and max(sizes) >= 12 and sizes == sorted(sizes)
+    assert len(module._RETIRED_COUNTERS) >= 1  # the outgrown buffer is kept, not freed
+
+
+def test_counter_buffer_is_cached_per_device():
+    dev = torch.device("cpu")
+    a = arrival_counters(dev, 3)
+    assert a.dtype == torch.int32 and a.numel() >= 3
+    assert arrival_counters(dev, 2) is a
+
+
+# --- the fused reduction alone, and broken twins of it ------------------------------------------------
+@triton.jit
+def _epilogue_harness(partials_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, M, N,
+                      EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, REVERSE: tl.constexpr):
+    """Each program hands partial ``partials[pid_k]`` of its tile to EPILOGUE. REVERSE: split
+    ``pid_k`` arrives only after splits ``pid_k+1..`` (the interpreter runs programs in order, so
+    program j plays split SPLIT_K-1-j and never waits; compiled, the spin enforces that order)."""
+    tile = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    if REVERSE:
+        pid_k = SPLIT_K - 1 - pid_k
+        while tl.atomic_add(counter_ptr + tile, 0) != SPLIT_K - 1 - pid_k:
+            pass
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    offs_m = (tile // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (tile % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    acc = tl.load(partials_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :],
+                  mask=mask_m[:, None] & mask_n[None, :], other=0.0)
+    EPILOGUE(acc, offs_m, offs_n, mask_m, mask_n, tile, pid_k, ws_ptr, M * N, N, 1, counter_ptr,
+             bias_ptr, out_ptr, N, 1, HAS_BIAS, SPLIT_K)
+
+
+@triton.jit
+def _epilogue_without_counter_reset(acc, offs_m, offs_n, mask_m, mask_n, tile_id, pid_k,
+                                    ws_ptr, stride_ws, stride_wm, stride_wn, counter_ptr,
+                                    bias_ptr, out_ptr, stride_om, stride_on,
+                                    HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Broken twin: the production epilogue without the counter reset."""
+    mask = mask_m[:, None] & mask_n[None, :]
+    ws_tile = ws_ptr + offs_m[:, None] * stride_wm + offs_n[None, :] * stride_wn
+    tl.store(ws_tile + pid_k * stride_ws, acc, mask=mask)
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr + tile_id, 1, sem="acq_rel")
+    if arrived == SPLIT_K - 1:
+        total = tl.load(ws_tile, mask=mask, other=0.0, cache_modifier=".cg")
+        for split in range(1, SPLIT_K):
+            total += tl.load(ws_tile + split * stride_ws, mask=mask, other=0.0, cache_modifier=".cg")
+        _store_tile(total, offs_m, offs_n, mask_m, mask_n, bias_ptr, out_ptr, stride_om, stride_on, HAS_BIAS)
+
+
+@triton.jit
+def _epilogue_in_arrival_order(acc, offs_m, offs_n, mask_m, mask_n, tile_id, pid_k,
+                               ws_ptr, stride_ws, stride_wm, stride_wn, counter_ptr,
+                               bias_ptr, out_ptr, stride_om, stride_on,
+                               HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """Broken twin: each split adds its partial into one float32 tile as it arrives, so the sum's
+    order is the arrival order (the workspace's split-0 row must start at 0)."""
+    mask = mask_m[:, None] & mask_n[None, :]
+    ws_tile = ws_ptr + offs_m[:, None] * stride_wm + offs_n[None, :] * stride_wn
+    tl.atomic_add(ws_tile, acc, mask=mask, sem="acq_rel")
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr + tile_id, 1, sem="acq_rel")
+    if arrived == SPLIT_K - 1:
+        total = tl.load(ws_tile, mask=mask, other=0.0, cache_modifier=".cg")
+        _store_tile(total, offs_m, offs_n, mask_m, mask_n, bias_ptr, out_ptr, stride_om, stride_on, HAS_BIAS)
+        tl.atomic_xchg(counter_ptr + tile_id, 0, sem="relaxed")
+
+
+ORDER_M, ORDER_N, ORDER_BLOCK = 5, 24, 16  # 1 x 2 tiles of 16 x 16, the second with an N tail
+
+
+def _order_sensitive_partials(device):
+    """Three splits whose float32 sum depends on the order: in split order 0, 1, 2 it is
+    ``(1 + 2**24) - 2**24 = 0`` (1 + 2**24 rounds to 2**24), in arrival order 2, 1, 0 it is 1."""
+    p = np.zeros((3, ORDER_M, ORDER_N), np.float32)
+    p[0], p[1], p[2] = 1.0, 2.0**24, -(2.0**24)
+    bias = np.linspace(-2, 2, ORDER_N).astype(np.float32)
+    in_order = (p[0] + p[1]) + p[2] + bias  # float32 throughout
+    return torch.from_numpy(p).to(device), torch.from_numpy(bias).to(device), in_order
+
+
+def _run_epilogue(epilogue, device, *, reverse, counters=None):
+    partials, bias, in_order = _order_sensitive_partials(device)
+    out = torch.full((ORDER_M, ORDER_N), float("nan"), device=device)
+    ws = torch.zeros((3, ORDER_M, ORDER_N), device=device)
+    tiles = triton.cdiv(ORDER_M, ORDER_BLOCK) * triton.cdiv(ORDER_N, ORDER_BLOCK)
+    counters = torch.zeros(tiles, dtype=torch.int32, device=device) if counters is None else counters
+    _epilogue_harness[(tiles, 3)](partials, bias, out, ws, counters, ORDER_M, ORDER_N, EPILOGUE=epilogue,
+                                  HAS_BIAS=True, SPLIT_K=3, BLOCK_M=ORDER_BLOCK, BLOCK_N=ORDER_BLOCK,
+                                  REVERSE=reverse)
+    return out.cpu().numpy(), in_order, counters
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["arrive-in-order", "arrive-reversed"])
+def test_epilogue_sums_in_split_order_and_resets(reverse, device):
+    counters = None
+    for _ in range(3):  # the same counters, reused
+        out, in_order, counters = _run_epilogue(_split_k_epilogue, device, reverse=reverse, counters=counters)
+        np.testing.assert_array_equal(out, in_order)
+        assert int(counters.count_nonzero()) == 0
+
+
+def test_broken_twin_arrival_order_sum_is_caught(device):
+    out, in_order, _ = _run_epilogue(_epilogue_in_arrival_order, device, reverse=True)
+    assert not np.array_equal(out, in_order)
+    np.testing.assert_array_equal(out, np.broadcast_to(np.float32(1.0) + np.linspace(-2, 2, ORDER_N).astype(np.float32),
+                                                       out.shape))  # the reversed-order sum
+
+
+def test_broken_twin_without_counter_reset_is_caught_on_the_second_call(device):
+    out, in_order, counters = _run_epilogue(_epilogue_without_counter_reset, device, reverse=False)
+    np.testing.assert_array_equal(out, in_order)  # the first call is right ...
+    assert counters.cpu().tolist() == [3, 3]
+    out, in_order, _ = _run_epilogue(_epilogue_without_counter_reset, device, reverse=False, counters=counters)
+    assert np.isnan(out).all()  # ... the second finds no last split: no tile is ever written
+
+
+# --- new config fields: validation and the decode defaults ----------------------------------------------
+CONFIG_ERRORS = [
+    pytest.param(dict(dot=1), TypeError, r"config\.dot=1 must be a bool \(True: the tl\.dot path, False: the GEMV",
+                 id="dot-not-bool"),
+    pytest.param(dict(dot=False, block_m=3), ValueError,
+                 r"config\.block_m=3 must be a power of two \(allowed with dot=False: 1, 2, 4, 8, 16.*round it to 4",
+                 id="gemv-block_m"),
+    pytest.param(dict(dot=True, block_m=4), ValueError, r"config\.block_m=4 must be a power of two >= 16",
+                 id="dot-block_m-below-16"),
+    pytest.param(dict(dot=False, block_n=8), ValueError, r"config\.block_n=8 must be a power of two >= 16",
+                 id="gemv-block_n"),
+    pytest.param(dict(dot=False, block_m=64, block_k=256, block_n=128), ValueError,
+                 r"block_m\*block_k\*block_n=64\*256\*128=2097152 is too large for dot=False "
+                 r"\(allowed: <= 1048576.*use dot=True", id="gemv-tile-too-large"),
+    pytest.param(dict(split_k=True), ValueError, r"config\.split_k=True must be an integer >= 1", id="split_k-bool"),
+]
+
+
+@pytest.mark.parametrize("fields, error, message", CONFIG_ERRORS)
+def test_config_errors(fields, error, message, device):
+    kwargs = _base(device)
+    kwargs["config"] = dataclasses.replace(kwargs["config"], **fields)
+    with pytest.raises(error, match=message):
+        w4a16_gemm(kwargs.pop("x"), kwargs.pop("qweight"), kwargs.pop("scales"), kwargs.pop("zeros"), **kwargs)
+
+
+def test_config_list_round_trip_keeps_old_lists():
+    config = W4A16Config(block_m=1, block_n=64, block_k=128, split_k=8, dot=False)
+    assert config.as_list()[-1] == 0 and W4A16Config.from_list(config.as_list()) == config
+    old = W4A16Config.from_list([16, 32, 64, 2, 8, 4, 2])  # a list from before the dot field
+    assert old.dot is True and old.split_k == 2
+
+
+@pytest.mark.parametrize("M, expected", [
+    (1, W4A16Config(block_m=1, block_n=64, block_k=128, split_k=8, group_m=8, num_warps=4, num_stages=3, dot=False)),
+    (4, W4A16Config(block_m=4, block_n=64, block_k=128, split_k=8, group_m=8, num_warps=4, num_stages=3, dot=False)),
+    (16, W4A16Config(block_m=16, block_n=32, block_k=128, split_k=4, group_m=8, num_warps=4, num_stages=3, dot=True)),
+])
+def test_decode_defaults_fill_the_gpu(M, expected):
+    """At N = K = 4096: the GEMV path up to M = 4, and at least 512 programs (about 4 per SM of a
+    132-SM H100) through split-K, with the workspace at most a quarter of the weight bytes."""
+    N = K = 4096
+    for group_size in (32, 128, -1):
+        config = default_config(M, N, K, group_size)
+        assert config == expected
+        programs = triton.cdiv(M, config.block_m) * triton.cdiv(N, config.block_n) * config.split_k
+        assert programs >= 512
+        assert config.split_k * M * N * 4 * 2 <= K * N // 2 // 4
+
+
+def test_default_config_dot_can_be_forced():
+    assert default_config(1, 4096, 4096, 128, dot=True).dot is True
+    assert default_config(1, 4096, 4096, 128, dot=True).block_m == 16
+    forced = default_config(300, 4096, 4096, 128, dot=False)
+    assert forced.dot is False and forced.block_m * forced.block_n * forced.block_k <= 2**16
+
+
+# --- a replacement kernel (kernels.zoo) keeps its original argument list ------------------------------
+def test_replacement_kernel_keeps_original_arguments(device):
+    from kernels.zoo.scale_group_spanning import _w4a16_kernel_first_group_scale as replacement
+
+    ok = GemmCase("gptq", M=3, N=40, K=128, group_size=64, config=cfg(block_k=64, split_k=2), asym=True, bias=True,
+                  out_dtype=torch.float32)
+    m = materialize(ok, device)
+    out = w4a16_gemm(*m.kernel_args, **m.kernel_kwargs, kernel=replacement)
+    assert_exact(out, reference(m, ok), ok.out_dtype)  # BLOCK_K <= G: the replacement's bug is silent
+    # its bug shows with the default config (dot forced for a replacement, BLOCK_K 128 > G = 32)
+    bad = GemmCase("gptq", M=1, N=64, K=256, group_size=32, config=None, asym=True, out_dtype=torch.float32)
+    m = materialize(bad, device)
+    out = w4a16_gemm(*m.kernel_args, **m.kernel_kwargs, kernel=replacement).cpu()
+    assert not torch.equal(out, expected_output(reference(m, bad), bad.out_dtype))
+    with pytest.raises(ValueError, match=r"config\.dot=False selects the GEMV path, which has no replaceable"):
+        w4a16_gemm(*m.kernel_args, **{**m.kernel_kwargs, "config": cfg(block_m=1, dot=False)}, kernel=replacement)

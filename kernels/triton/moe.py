@@ -311,7 +311,8 @@ def route(
     their sum (summed in slot order) when ``renormalize``. Ties (in group or expert selection) go
     to the lower index; ids are ordered by decreasing selection score. :func:`route_torch` is the
     same in torch operations (the scores may differ from it in the last bits: another exp and
-    another summation order; ids differ only where two scores are that close).
+    another summation order; ids differ only where two scores are that close). Non-finite
+    scores (a NaN or infinite logit) still give k distinct in-range ids, which ones unspecified.
     """
     _check_routing(router_logits, top_k, scoring, renormalize, num_groups, topk_groups, correction_bias)
     T, E = router_logits.shape

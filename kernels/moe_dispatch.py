@@ -186,11 +186,12 @@ def _emulation(x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, w2_z
 
 
 def _w4a4_routing(x, router_logits, top_k, scoring, renormalize, num_groups, topk_groups, correction_bias,
-                  on_input):
-    """Routing, and the GEMM-1 input: x, or ``round(w x)`` with the weight on the input (then
-    the weights the experts see are 1)."""
-    ids, weights = _moe.route(router_logits, top_k, scoring=scoring, renormalize=renormalize,
-                              num_groups=num_groups, topk_groups=topk_groups, correction_bias=correction_bias)
+                  on_input, router=_moe.route):
+    """Routing (``router``: the Triton ``route`` natively, its torch twin ``route_torch`` in
+    emulation), and the GEMM-1 input: x, or ``round(w x)`` with the weight on the input (then the
+    weights the experts see are 1)."""
+    ids, weights = router(router_logits, top_k, scoring=scoring, renormalize=renormalize,
+                          num_groups=num_groups, topk_groups=topk_groups, correction_bias=correction_bias)
     if on_input:
         return ids, torch.ones_like(weights), (x.float() * weights).to(x.dtype)
     return ids, weights, x
@@ -240,7 +241,7 @@ def _w4a4_emulation(x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros,
     if expert_map is not None:
         _moe._check_expert_map(expert_map, router_logits.shape[1], E_local)
     ids, weights, a_in = _w4a4_routing(x, router_logits, top_k, scoring, renormalize, num_groups, topk_groups,
-                                       correction_bias, apply_router_weight_on_input)
+                                       correction_bias, apply_router_weight_on_input, router=_moe.route_torch)
     local = ids.long() if expert_map is None else expert_map.long()[ids.long()]
     d13 = ops_moe._dequantize_experts(e13, H, 2 * I)
     d2 = ops_moe._dequantize_experts(e2, I, H)

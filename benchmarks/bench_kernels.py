@@ -287,7 +287,7 @@ def gptq_dequant(torch, qweight, scales, zeros, group: int):
 
 def w4a16_candidates(w4, M: int, N: int, K: int, sizes: Sizes):
     default = w4.default_config(M, N, K, 128)
-    bm = default.block_m
+    bm = max(16, default.block_m)  # tl.dot tiles are >= 16
     extra = [
         w4.W4A16Config(block_m=bm, block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=3),
         w4.W4A16Config(block_m=bm, block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=3),
@@ -302,6 +302,12 @@ def w4a16_candidates(w4, M: int, N: int, K: int, sizes: Sizes):
         w4.W4A16Config(block_m=bm, block_n=64, block_k=512, split_k=4, num_warps=4, num_stages=2),
         w4.W4A16Config(block_m=bm, block_n=32, block_k=128, split_k=8, num_warps=2, num_stages=4),
     ]
+    if M <= 16 and "dot" in {f.name for f in dataclasses.fields(w4.W4A16Config)}:
+        gm = 1 << max(M - 1, 0).bit_length()  # the GEMV path takes any power-of-two BLOCK_M
+        extra += [w4.W4A16Config(block_m=gm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st, dot=False)
+                  for bn, bk, sk, w, st in ((64, 128, 8, 4, 3), (128, 128, 8, 4, 3), (32, 256, 4, 4, 3),
+                                            (64, 256, 8, 4, 2), (128, 64, 16, 4, 4), (256, 128, 8, 8, 3),
+                                            (64, 128, 16, 2, 4), (128, 256, 4, 8, 2))]
     if not sizes.all_configs:
         extra = extra[1:3]
     out = [default]

@@ -31,10 +31,32 @@ zero points become float32 through the ``2**23 + c`` bit pattern (no int -> floa
 With codes packed along K and ``BLOCK_K / P >= 16`` (``sub_dots``), a tile is multiplied as P
 sub-products, one per word field, against the matching strided columns of x.
 
-The dequantized tile is cast to the activation dtype and multiplied with ``tl.dot`` accumulating
-in float32; bias is added in float32, and the result is stored in ``out_dtype``. With
-``split_k > 1`` each split writes a float32 partial into a ``[split_k, M, N]`` workspace that the
-launcher reduces with a deterministic ``sum`` before adding bias and casting.
+Two main loops (``W4A16Config.dot``), one kernel, one launch:
+
+- **dot path** (``dot=True``, the default above M = ``GEMV_MAX_M``): the dequantized tile is
+  cast to the activation dtype and multiplied with ``tl.dot`` accumulating in float32.
+- **GEMV path** (``dot=False``, decode: M <= ``GEMV_MAX_M`` by default): no ``tl.dot``. Per K
+  tile the packed words are loaded once; each field's codes become float32 and the products
+  ``x[m, k] * (q[k, n] - z)`` are summed over K with ``tl.sum`` in float32 (activations are
+  loaded and converted to float32; no arithmetic in the activation dtype). When the tile lies in
+  one group the scale is factored out: ``s * sum_k x * (q - z)``, one multiply per column per
+  tile; otherwise every k row takes its own group's scale, ``sum_k x * ((q - z) * s)``. The
+  zero point is deliberately not factored out (``s * (sum x*q - z * sum x)``): where most
+  weights are 0 the two sums cancel and their rounding errors would exceed the error bound of
+  a weight-rounding dot. The weight is never rounded to the activation dtype, so the result is
+  at least as accurate as the dot path's.
+
+Bias is added in float32 and the result stored in ``out_dtype`` by the kernel in every case.
+
+**Fused deterministic split-K** (``split_k > 1``): program (tile, s) sums K tiles
+``s*T .. s*T+T-1`` (T = ceil(K tiles / split_k); trailing splits may get none and contribute 0),
+stores its float32 partial in row s of a ``[split_k, M, N]`` workspace, and increments the
+tile's arrival counter (a CTA barrier, then an acq_rel ``atomic_add``). The program that sees
+``split_k - 1`` (it arrived last) reads the partials back in split order 0..split_k-1 and adds
+them in that order, so the result is bitwise the same whatever the arrival order; it then adds
+bias, stores the output and resets the counter to 0. The counters (one int32 per output tile)
+are cached per device and stream by :func:`arrival_counters`, zero between launches, so a launch
+needs no host synchronization and works inside CUDA-graph capture.
 """
 from __future__ import annotations
 

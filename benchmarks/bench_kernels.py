@@ -764,6 +764,7 @@ def main(argv=None) -> int:
         if section not in args.only:
             continue
         t0 = time.perf_counter()
+        before = len(rows)
         try:
             rows.extend(benches[section]())
         except Exception as exc:  # report the section's failure as a row and go on with the others
@@ -777,6 +778,9 @@ def main(argv=None) -> int:
             torch.cuda.empty_cache()
         if not args.json:
             print(f"# {section}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            for r in rows[before:]:  # as each section ends, so a run cut short keeps what it measured
+                print(f"{r['name']:<86} {r['value']:10.2f} {r['unit']:<6} {r['goal'] or '':<8}\n    {r['detail']}",
+                      file=sys.stderr, flush=True)
 
     info = machine_info(torch, triton, device, sizes_name)
     info.update(copy_bandwidth_gbs=round(bandwidth / 1e9, 1), wall_s=round(time.perf_counter() - t_start, 1))

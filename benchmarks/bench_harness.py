@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", default="bundled:w4a16_gemm", help="one kernel spec (default bundled:w4a16_gemm)")
     parser.add_argument("--cases", type=int, default=60, help="cases to run")
     parser.add_argument("--device", default="cpu", help="cpu|cuda|xpu")
+    parser.add_argument("--siblings", type=int, default=1,
+                        help="run each drawn case with N-1 data siblings, as the fuzzer does on a GPU (default 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -58,6 +60,11 @@ def main(argv=None) -> int:
 
     adapter = resolve(args.kernels)[0]
     cases = draw_cases(adapter, args.cases)
+    if args.siblings > 1:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gate"))
+        from test_fuzz import siblings
+
+        cases = [member for case in cases for member in siblings(case, args.siblings)]
     for case in cases[:3]:  # warm-up: imports, probes, first compiles
         run_case(case, adapter, dev)
     totals = {"kernel": 0.0, "oracle": 0.0, "total": 0.0}

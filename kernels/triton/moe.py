@@ -51,6 +51,7 @@ Every tunable is in :class:`MoEConfig`; every argument is validated before anyth
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -291,6 +292,16 @@ def _route_layout(E: int, num_groups: int | None) -> tuple[int, int, int, int]:
     return groups, per, _next_pow2(groups), _next_pow2(per)
 
 
+def _check_launch_device(t: torch.Tensor) -> None:
+    """Compiled Triton kernels read GPU memory only; a CPU tensor runs them only under the
+    interpreter (TRITON_INTERPRET=1)."""
+    if t.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            "router_logits is on cpu, but Triton kernels run compiled here (TRITON_INTERPRET is not 1); "
+            "move the logits to the GPU, or call route_torch for a CPU tensor"
+        )
+
+
 def route(
     router_logits: torch.Tensor,
     top_k: int,
@@ -315,6 +326,7 @@ def route(
     scores (a NaN or infinite logit) still give k distinct in-range ids, which ones unspecified.
     """
     _check_routing(router_logits, top_k, scoring, renormalize, num_groups, topk_groups, correction_bias)
+    _check_launch_device(router_logits)
     T, E = router_logits.shape
     device = router_logits.device
     ids = torch.empty((T, top_k), dtype=torch.int32, device=device)

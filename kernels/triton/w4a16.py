@@ -870,9 +870,10 @@ _MIN_COUNTERS = 1024
 
 
 def _counter_key(device: torch.device) -> tuple:
-    if device.type == "cuda":
-        return (device, torch.cuda.current_stream(device).cuda_stream)
-    return (device, None)
+    if device.type == "cuda":  # "cuda" and "cuda:0" name one buffer when 0 is the current device
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return ("cuda", index, torch.cuda.current_stream(index).cuda_stream)
+    return (device.type, device.index, None)
 
 
 def arrival_counters(device: torch.device, tiles: int) -> torch.Tensor:

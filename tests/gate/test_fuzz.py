@@ -63,14 +63,18 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
                 return
             result = execute(pytestconfig, member, fuzz_adapter, diagnose_failures=False)
             checked["n"] += 1
+            if checked["n"] == 1:  # start-up (case-runner process, imports, first compile) ends here
+                checked["first"] = time.monotonic()
             if result.status == "fail":
                 failing["case"] = member
                 raise AssertionError(result.summary())
 
     def stats(outcome: str) -> None:
+        now = time.monotonic()
         request.node.user_properties.append(("qkcheck_fuzz", {
             "kernel": fuzz_adapter.name, "stream": fuzz_stream, "cases": checked["n"], "draws": checked["draws"],
-            "seconds": round(time.monotonic() - started, 3), "outcome": outcome}))
+            "seconds": round(now - started, 3), "outcome": outcome,
+            "after_first": round(now - checked.get("first", now), 3)}))
 
     batch = 0
     first = pytestconfig.getoption("--fuzz-seed") * SEED_STRIDE

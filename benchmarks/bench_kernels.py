@@ -303,7 +303,7 @@ def w4a16_candidates(w4, M: int, N: int, K: int, sizes: Sizes):
         w4.W4A16Config(block_m=bm, block_n=32, block_k=128, split_k=8, num_warps=2, num_stages=4),
     ]
     if M <= 16 and "dot" in {f.name for f in dataclasses.fields(w4.W4A16Config)}:
-        gm = 1 << max(M - 1, 0).bit_length()  # the GEMV path takes any power-of-two BLOCK_M
+        gm = min(1 << max(M - 1, 0).bit_length(), 8)  # the GEMV path takes BLOCK_M 1..8
         extra += [w4.W4A16Config(block_m=gm, block_n=bn, block_k=bk, split_k=sk, num_warps=w, num_stages=st, dot=False)
                   for bn, bk, sk, w, st in ((64, 128, 8, 4, 3), (128, 128, 8, 4, 3), (32, 256, 4, 4, 3),
                                             (64, 256, 8, 4, 2), (128, 64, 16, 4, 4), (256, 128, 8, 8, 3),

@@ -178,6 +178,9 @@ MAX_DEFAULT_SPLIT_K = 16
 # bytes: split_k * M * N * 8 <= (K * N / 2) / 4, i.e. split_k <= K / (64 * M)
 _WORKSPACE_BYTES_DIVISOR = 64
 MAX_GEMV_TILE = 2**20  # BLOCK_M * BLOCK_K * BLOCK_N: the GEMV product tile (Triton's tensor size limit)
+# the GEMV path's largest BLOCK_M: compiled on an H100 (Triton 3.6), GEMV tiles of 16 rows stored
+# wrong bfloat16 outputs (fp16 and float32 outputs were right); more rows belong on the tl.dot path
+GEMV_MAX_BLOCK_M = 8
 
 
 def _next_pow2_at_least_16(n: int) -> int:
@@ -188,7 +191,7 @@ def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
     """M <= DECODE_MAX_M: one BLOCK_M tile over all rows, BLOCK_K 128, and the fewest K splits
     (powers of two, each split keeping at least one K tile, workspace capped) that reach
     DECODE_TARGET_PROGRAMS with BLOCK_N 64, else with BLOCK_N 32, else the most programs found."""
-    block_m = _next_pow2_at_least_16(M) if dot else triton.next_power_of_2(M)
+    block_m = _next_pow2_at_least_16(M) if dot else min(triton.next_power_of_2(M), GEMV_MAX_BLOCK_M)
     block_k = min(128, _next_pow2_at_least_16(K))
     k_tiles = triton.cdiv(K, block_k)
     max_split = max(1, min(MAX_DEFAULT_SPLIT_K, k_tiles, K // (_WORKSPACE_BYTES_DIVISOR * M)))
@@ -233,7 +236,7 @@ def default_config(M: int, N: int, K: int, group_size: int, *, dot: bool | None 
         block_k=min(config.block_k, _next_pow2_at_least_16(K)),
     )
     if dot is False:
-        config = dataclasses.replace(config, dot=False)
+        config = dataclasses.replace(config, dot=False, block_m=min(config.block_m, GEMV_MAX_BLOCK_M))
         while config.block_m * config.block_n * config.block_k > MAX_GEMV_TILE // 16:
             config = dataclasses.replace(config, block_m=config.block_m // 2)
     return config
@@ -697,8 +700,13 @@ def _validate_config(config: W4A16Config) -> None:
         if name == "block_m" and not config.dot:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value & (value - 1):
                 raise ValueError(
-                    f"config.block_m={value!r} must be a power of two (allowed with dot=False: 1, 2, 4, 8, 16, ...); "
+                    f"config.block_m={value!r} must be a power of two (allowed with dot=False: 1, 2, 4, {GEMV_MAX_BLOCK_M}); "
                     f"round it to {triton.next_power_of_2(max(value, 1)) if isinstance(value, int) else 1}"
+                )
+            if value > GEMV_MAX_BLOCK_M:
+                raise ValueError(
+                    f"config.block_m={value} is too large for dot=False (allowed: 1, 2, 4, {GEMV_MAX_BLOCK_M}: "
+                    "the GEMV path serves few rows); use dot=True for more rows, or a smaller block_m"
                 )
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < MIN_DOT_BLOCK or value & (value - 1):

@@ -24,7 +24,7 @@ import triton.language as tl
 from kernels import ops
 from kernels.probes import skip_reason
 from kernels.triton.w4a16 import (
-    LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, _split_k_epilogue, _store_tile,
+    GEMV_MAX_BLOCK_M, LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, _split_k_epilogue, _store_tile,
     arrival_counters, default_config, gemv_scale_path, scale_path, sub_dots, w4a16_gemm, word_row_groups,
 )
 from oracle import gemm as oracle_gemm
@@ -494,7 +494,7 @@ def _fused_cases():
                 if dot:
                     bm = 16
                 else:  # the GEMV path's own block_m: one tile over every row, or several tiles
-                    bm = (triton_next_pow2(m), 1, 2, 4)[(idx // 16) % 4]
+                    bm = (min(triton_next_pow2(m), GEMV_MAX_BLOCK_M), 1, 2, 4)[(idx // 16) % 4]
                 cases.append(GemmCase(
                     layout, M=m, N=40, K=k, group_size=g,
                     config=cfg(block_m=bm, block_n=32, block_k=bk, split_k=sk, dot=dot), asym=asym,
@@ -795,14 +795,14 @@ CONFIG_ERRORS = [
     pytest.param(dict(dot=1), TypeError, r"config\.dot=1 must be a bool \(True: the tl\.dot path, False: the GEMV",
                  id="dot-not-bool"),
     pytest.param(dict(dot=False, block_m=3), ValueError,
-                 r"config\.block_m=3 must be a power of two \(allowed with dot=False: 1, 2, 4, 8, 16.*round it to 4",
+                 r"config\.block_m=3 must be a power of two \(allowed with dot=False: 1, 2, 4, 8\).*round it to 4",
                  id="gemv-block_m"),
     pytest.param(dict(dot=True, block_m=4), ValueError, r"config\.block_m=4 must be a power of two >= 16",
                  id="dot-block_m-below-16"),
-    pytest.param(dict(dot=False, block_n=8), ValueError, r"config\.block_n=8 must be a power of two >= 16",
+    pytest.param(dict(dot=False, block_m=4, block_n=8), ValueError, r"config\.block_n=8 must be a power of two >= 16",
                  id="gemv-block_n"),
-    pytest.param(dict(dot=False, block_m=64, block_k=256, block_n=128), ValueError,
-                 r"block_m\*block_k\*block_n=64\*256\*128=2097152 is too large for dot=False "
+    pytest.param(dict(dot=False, block_m=8, block_k=512, block_n=512), ValueError,
+                 r"block_m\*block_k\*block_n=8\*512\*512=2097152 is too large for dot=False "
                  r"\(allowed: <= 1048576.*use dot=True", id="gemv-tile-too-large"),
     pytest.param(dict(split_k=True), ValueError, r"config\.split_k=True must be an integer >= 1", id="split_k-bool"),
 ]
@@ -863,3 +863,13 @@ def test_replacement_kernel_keeps_original_arguments(device):
     assert not torch.equal(out, expected_output(reference(m, bad), bad.out_dtype))
     with pytest.raises(ValueError, match=r"config\.dot=False selects the GEMV path, which has no replaceable"):
         w4a16_gemm(*m.kernel_args, **{**m.kernel_kwargs, "config": cfg(block_m=1, dot=False)}, kernel=replacement)
+
+
+def test_gemv_block_m_above_its_limit_is_refused():
+    """The GEMV path serves few rows: BLOCK_M above GEMV_MAX_BLOCK_M is a clear error (compiled on
+    an H100, Triton 3.6, such tiles stored wrong bf16 outputs)."""
+    with pytest.raises(ValueError, match=r"config.block_m=16 is too large for dot=False"):
+        w4a16_gemm(torch.zeros((16, 64), dtype=torch.float16), torch.zeros((8, 32), dtype=torch.int32),
+                   torch.ones((2, 32), dtype=torch.float16), layout="gptq", group_size=32,
+                   config=cfg(block_m=16, block_n=32, block_k=32, dot=False))
+    assert default_config(16, 64, 64, 32, dot=False).block_m <= GEMV_MAX_BLOCK_M

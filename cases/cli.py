@@ -42,7 +42,8 @@ def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
         p.add_argument("--budget", default="60s", help="time budget per kernel, e.g. 30s, 5m (default 60s)")
         p.add_argument("--fuzz-seed", default=None, help="first hypothesis seed (default 0; runs are reproducible per seed)")
         p.add_argument("--fuzz-siblings", default=None,
-                       help="cases per drawn case: it and N-1 data siblings (other seeds/regimes; default 8)")
+                       help="cases per drawn case: it and N-1 siblings (other seeds/regimes/row counts; default 64 on a GPU, "
+                            "1 on the CPU)")
         p.add_argument("--fuzz-streams", default=None, help="fuzz streams per kernel (default: one per -n worker)")
     p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest after --")
 

@@ -126,12 +126,12 @@ def unavailable(config: pytest.Config) -> list[tuple[str, str]]:
     return config.qkcheck_unavailable
 
 
-GPU_SIBLINGS = 8
+GPU_SIBLINGS = 64
 
 
 def fuzz_siblings(config: pytest.Config) -> int:
-    """Cases per drawn fuzz case: --fuzz-siblings, else 8 on a GPU (one draw and one compile serve
-    8 cases) and 1 under the CPU interpreter (its kernel time dominates; more distinct draws
+    """Cases per drawn fuzz case: --fuzz-siblings, else GPU_SIBLINGS on a GPU (one draw and one
+    compile of its kernel variants serve that many cases) and 1 under the CPU interpreter (its kernel time dominates; more distinct draws
     explore more within a budget)."""
     given = config.getoption("--fuzz-siblings")
     if given:

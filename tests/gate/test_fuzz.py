@@ -2,9 +2,11 @@
 failure is shrunk to a minimal case, saved as a replayable case file and printed with its
 one-line replay command.
 
-Throughput: every drawn case runs with ``--fuzz-siblings`` cases in all: itself and data siblings
-(the same shape, params and config with other seeds and input regimes; ordinary cases, each fully
-checked), so one draw and one kernel compile serve several cases (default 8 on a GPU, 1 under the
+Throughput: every drawn case runs with ``--fuzz-siblings`` cases in all: itself and siblings (the
+same params and config with other seeds, input regimes and row counts of the same compiled kernel
+variants; ordinary cases, each fully checked), so one draw and one kernel compile serve several
+cases; while hypothesis shrinks a failure, a candidate runs only as many siblings as the first
+failure needed (default 64 on a GPU, 1 under the
 CPU interpreter, where the kernel's own time dominates). Under pytest-xdist each kernel is explored
 by ``--fuzz-streams`` independent streams (default: one per worker), each with its own seeds and the
 whole budget; the terminal summary adds their counts up."""
@@ -15,7 +17,8 @@ import time
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from cases.case import REGIMES
+from cases.case import REGIMES, CaseError
+from cases.ops import op_spec
 from cases.plugin import execute, fuzz_siblings, fuzz_streams, record, selected_adapters
 from cases.strategies import from_adapter
 
@@ -32,13 +35,36 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("fuzz_adapter,fuzz_stream", params)
 
 
+def _same_class_rows(rows: int, seed: int) -> int:
+    """Another row count that Triton compiles like ``rows``: it specializes integer arguments equal
+    to 1 and divisible by 16, so 1 stays 1, multiples of 16 stay multiples of 16, others stay others."""
+    if rows == 1:
+        return 1
+    if rows % 16 == 0:
+        return 16 * (1 + seed % max(1, 2 * rows // 16))
+    value = 2 + seed % (2 * rows + 7)
+    return value + 1 if value % 16 == 0 else value
+
+
 def siblings(case, count: int):
-    """``case`` and ``count - 1`` data siblings: the same shape, params and config, other seeds
-    (derived from the case's own, so a replayed example runs the same siblings) and regimes."""
+    """``case`` and ``count - 1`` data siblings: the same params and config, other seeds (derived
+    from the case's own, so a replayed example runs the same siblings) and regimes, and every other
+    one another row count (M, or T for the MoE) of the same compiled kernel variants."""
+    rows_key = op_spec(case.op).shape_keys[0]
     out = [case]
     for i in range(1, count):
-        out.append(case.replace(seed=(case.seed * 7919 + i) % (1 << 16),
-                                regime=REGIMES[(REGIMES.index(case.regime) + i) % len(REGIMES)]))
+        seed = (case.seed * 7919 + i) % (1 << 16)
+        regime = REGIMES[(REGIMES.index(case.regime) + i) % len(REGIMES)]
+        member = case.replace(seed=seed, regime=regime)
+        if i % 2 == 0:
+            shape = {**case.dims, rows_key: _same_class_rows(case.dims[rows_key], seed)}
+            try:
+                resized = case.replace(shape=shape, seed=seed, regime=regime)
+                resized.validate()
+                member = resized
+            except CaseError:  # a row count the op does not allow here: keep the data sibling
+                pass
+        out.append(member)
     return list(dict.fromkeys(out))
 
 
@@ -58,7 +84,10 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
         if time.monotonic() >= deadline:  # the budget is spent: finish the batch without running
             return
         checked["draws"] += 1
-        for member in siblings(case, per_draw):
+        members = siblings(case, per_draw)
+        if "index" in failing:  # shrinking: a candidate runs as far as the first failure needed
+            members = members[:failing["index"] + 1]
+        for index, member in enumerate(members):
             if member is not case and time.monotonic() >= deadline:
                 return
             result = execute(pytestconfig, member, fuzz_adapter, diagnose_failures=False)
@@ -67,6 +96,7 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
                 checked["first"] = time.monotonic()
             if result.status == "fail":
                 failing["case"] = member
+                failing.setdefault("index", index)
                 raise AssertionError(result.summary())
 
     def stats(outcome: str) -> None:

@@ -263,9 +263,8 @@ class GroupConfig:
 
 
 @dataclass(frozen=True)
-class MXConfig:
-    """Tunables of :func:`mx_quant`: block_m rows by block_g 32-element blocks per program
-    (powers of two), num_warps."""
+class _BlockConfig:
+    """block_m rows by block_g scale blocks per program (powers of two), num_warps."""
 
     block_m: int
     block_g: int
@@ -275,25 +274,20 @@ class MXConfig:
         return _ints(self)
 
     @classmethod
-    def from_list(cls, values) -> "MXConfig":
+    def from_list(cls, values):
         return _from_list(cls, values, 2)
 
 
 @dataclass(frozen=True)
-class NVFP4Config:
-    """Tunables of :func:`nvfp4_quant`: block_m rows by block_g 16-element blocks per program
+class MXConfig(_BlockConfig):
+    """Tunables of :func:`mx_quant`: block_m rows by block_g 32-element blocks per program
     (powers of two), num_warps."""
 
-    block_m: int
-    block_g: int
-    num_warps: int = 4
 
-    def as_list(self) -> list[int]:
-        return _ints(self)
-
-    @classmethod
-    def from_list(cls, values) -> "NVFP4Config":
-        return _from_list(cls, values, 2)
+@dataclass(frozen=True)
+class NVFP4Config(_BlockConfig):
+    """Tunables of :func:`nvfp4_quant`: block_m rows by block_g 16-element blocks per program
+    (powers of two), num_warps. A config of one op is refused by the other."""
 
 
 def _pow2_at_most(n: int, cap: int) -> int:

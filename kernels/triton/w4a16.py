@@ -36,20 +36,15 @@ Two main loops (``W4A16Config.dot``), one kernel, one launch:
 - **dot path** (``dot=True``, the default above M = ``GEMV_MAX_M``): the dequantized tile is
   cast to the activation dtype and multiplied with ``tl.dot`` accumulating in float32.
 - **GEMV path** (``dot=False``, decode: M <= ``GEMV_MAX_M`` by default): no ``tl.dot``. Per K
-  step the packed words are loaded once; each field's codes become float32 and the products
-  ``x[m, k] * (q[k, n] - z)`` are added elementwise into a float32 partial accumulator with one
-  lane per (row, word row, column) (activations are loaded and converted to float32; no
-  arithmetic in the activation dtype); the accumulator is reduced over K with one ``tl.sum``
-  after the loop, not once per tile and field. It holds ``BLOCK_M * (K rows per step / codes
-  per word along K) * BLOCK_N`` values, at most ``GEMV_ACC_PER_THREAD`` (64) per thread: a K
-  tile whose accumulator would be larger is walked in several steps of fewer rows
-  (:func:`gemv_steps`; the tile, its loads in total and the split-K boundaries are unchanged).
-  When the step lies in one group the scale is factored out of each lane's partial over the
-  step's fields: ``s * sum_fields x * (q - z)``; otherwise every k row takes its own group's
-  scale, ``x * ((q - z) * s)``. The zero point is deliberately not factored out
-  (``s * (sum x*q - z * sum x)``): where most weights are 0 the two sums cancel and their
-  rounding errors would exceed the error bound of a weight-rounding dot. The weight is never
-  rounded to the activation dtype, so the result is at least as accurate as the dot path's.
+  tile the packed words are loaded once; each field's codes become float32 and the products
+  ``x[m, k] * (q[k, n] - z)`` are summed over K with ``tl.sum`` in float32 (activations are
+  loaded and converted to float32; no arithmetic in the activation dtype). When the tile lies in
+  one group the scale is factored out: ``s * sum_k x * (q - z)``, one multiply per column per
+  tile; otherwise every k row takes its own group's scale, ``sum_k x * ((q - z) * s)``. The
+  zero point is deliberately not factored out (``s * (sum x*q - z * sum x)``): where most
+  weights are 0 the two sums cancel and their rounding errors would exceed the error bound of
+  a weight-rounding dot. The weight is never rounded to the activation dtype, so the result is
+  at least as accurate as the dot path's.
 
 Bias is added in float32 and the result stored in ``out_dtype`` by the kernel in every case.
 
@@ -84,9 +79,7 @@ __all__ = [
     "ZEROS_UNPACKED_UINT8",
     "arrival_counters",
     "default_config",
-    "gemv_accumulator_limit",
     "gemv_scale_path",
-    "gemv_steps",
     "scale_path",
     "sub_dots",
     "word_row_groups",
@@ -154,8 +147,7 @@ class W4A16Config(ListConfig):
     by the split that finishes a tile last, in split order (see the module docstring).
     group_m: program-id swizzle; GROUP_M consecutive M tiles are visited per N column.
     dot: True multiplies dequantized tiles with ``tl.dot``; False selects the GEMV path (no
-    ``tl.dot``, float32 products summed over K), meant for a handful of rows (decode); its
-    accumulator needs ``block_m * block_n <= gemv_accumulator_limit(num_warps)``.
+    ``tl.dot``, float32 products summed over K), meant for a handful of rows (decode).
     New fields go at the end with defaults, so shorter ``as_list()`` lists still parse.
     """
 
@@ -186,10 +178,6 @@ MAX_DEFAULT_SPLIT_K = 16
 # bytes: split_k * M * N * 8 <= (K * N / 2) / 4, i.e. split_k <= K / (64 * M)
 _WORKSPACE_BYTES_DIVISOR = 64
 MAX_GEMV_TILE = 2**20  # BLOCK_M * BLOCK_K * BLOCK_N: the GEMV product tile (Triton's tensor size limit)
-# the GEMV path's float32 partial accumulator (block_m x K rows per step x block_n values, see
-# gemv_steps) holds at most this many values per thread: 64 * 32 * num_warps elements, 8192 at
-# 4 warps (with the same again for the per-step partial of the one-group scale path)
-GEMV_ACC_PER_THREAD = 64
 # the GEMV path's largest BLOCK_M: compiled on an H100 (Triton 3.6), GEMV tiles of 16 rows stored
 # wrong bfloat16 outputs (fp16 and float32 outputs were right); more rows belong on the tl.dot path
 GEMV_MAX_BLOCK_M = 8
@@ -233,10 +221,6 @@ def default_config(M: int, N: int, K: int, group_size: int, *, dot: bool | None 
     bm4/bn64/bk128/split 8, M=16 -> dot bm16/bn32/bk128/split 4. Larger M: a small tile table
     keyed by M, with blocks clamped to the problem size. ``dot``: None picks as above; True or
     False forces that path (same block_k).
-
-    The GEMV defaults fit the accumulator limit in one step per tile at M = 1 for every layout
-    (:func:`gemv_steps`; awq, one K lane per row, is the largest: 1 * 128 * 64 = 8192 values);
-    at M = 4 gptq still takes one step, nibble two and awq four.
 
     BLOCK_K is *not* clamped to group_size: the kernel applies per-row group scales, so a tile
     spanning several groups is correct (``group_size`` is accepted for tuning tables that want it).
@@ -290,32 +274,9 @@ def scale_path(block_k: int, group_size: int, rows_per_k_step: int = 1) -> int:
 
 
 def gemv_scale_path(block_k: int, group_size: int) -> int:
-    """The GEMV path's scale addressing for K steps of ``block_k`` rows (the launcher passes the
-    step, :func:`gemv_steps`): SCALES_ONE_GROUP when every step lies in one group (the scale then
-    multiplies each accumulator lane's float32 partial once per step), else SCALES_PER_ROW."""
+    """The GEMV path's scale addressing: SCALES_ONE_GROUP when every K tile lies in one group (the
+    scale then multiplies the tile's float32 sum once per column), else SCALES_PER_ROW."""
     return SCALES_ONE_GROUP if group_size % block_k == 0 else SCALES_PER_ROW
-
-
-def gemv_accumulator_limit(num_warps: int) -> int:
-    """The most float32 values the GEMV path's partial accumulator may hold at ``num_warps``:
-    GEMV_ACC_PER_THREAD per thread."""
-    return GEMV_ACC_PER_THREAD * 32 * num_warps
-
-
-def gemv_steps(qweight_packing: Packing, block_m: int, block_n: int, block_k: int, num_warps: int) -> tuple[int, int]:
-    """``(sub_k, steps)``: the GEMV path walks each K tile in ``steps`` steps of ``sub_k`` k rows.
-
-    Its partial accumulator holds one float32 per (row, K lane, column): ``block_m * (sub_k / P) *
-    block_n`` values with P codes per word along K (gptq 8, nibble 2, awq 1: its words run along
-    N). sub_k is ``block_k`` halved until that fits :func:`gemv_accumulator_limit` (never below P,
-    one word row; validation refuses ``block_m * block_n`` above the limit), so the tile size and
-    the split-K boundaries stay the config's whatever the layout (a step loads its own rows)."""
-    per_k = _per_axis(qweight_packing, 0)
-    limit = gemv_accumulator_limit(num_warps)
-    sub_k = block_k
-    while sub_k > per_k and block_m * (sub_k // per_k) * block_n > limit:
-        sub_k //= 2
-    return sub_k, block_k // sub_k
 
 
 def word_row_groups(qweight_packing: Packing, group_size: int) -> bool:
@@ -526,49 +487,39 @@ def _gemv_accumulate(
     QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
     Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
     HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SUB_K: tl.constexpr, STEPS: tl.constexpr, SCALE_PATH: tl.constexpr, WORD_ROW_GROUPS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SCALE_PATH: tl.constexpr, WORD_ROW_GROUPS: tl.constexpr,
 ):
     """The GEMV path (no ``tl.dot``): float32 ``[BLOCK_M, BLOCK_N]`` sum over K tiles
     ``tile_begin..tile_end-1`` of ``x[m, k] * (q[k, n] - z) * s``, everything in float32.
 
-    Each K tile is walked in STEPS steps of SUB_K rows (``gemv_steps``: SUB_K = BLOCK_K unless the
-    accumulator would exceed its limit). Every program keeps an elementwise float32 partial
-    accumulator shaped like one step's products and adds each step's products into it lane by
-    lane; the one cross-thread reduction over K happens once, after the loop.
-
-    Codes packed along K (P per word): the accumulator is ``[BLOCK_M, SUB_K/P, BLOCK_N]`` (one
-    lane per word row); one pass per word field i, whose codes ``[SUB_K/P, BLOCK_N]`` (k rows
-    ``P*r + i``) meet the matching strided columns of x. Along N: ``[BLOCK_M, SUB_K, BLOCK_N/P, P]``,
-    every field at once (column ``P*c + e``), reshaped to ``[BLOCK_M, BLOCK_N]`` after the sum.
-    SCALE_PATH 0 (the step lies in one group): the scale multiplies each lane's float32 partial of
-    ``x * (q - z)`` over the step (packed along K: summed over the P fields first), once per lane
-    per step; otherwise every k row takes its own group's scale, ``x * ((q - z) * s)``
-    (WORD_ROW_GROUPS: the P rows of a word share a group, so the gather is done once per word row)."""
+    Codes packed along K (P per word): one pass per word field i, whose codes ``[BLOCK_K/P, BLOCK_N]``
+    (k rows ``P*r + i``) meet the matching strided columns of x; along N: every field at once, as
+    ``[BLOCK_K, BLOCK_N/P, P]`` codes (column ``P*c + e``) and a ``[BLOCK_M, BLOCK_N/P, P]`` sum,
+    reshaped to ``[BLOCK_M, BLOCK_N]`` once at the end. SCALE_PATH 0 (the tile lies in one group):
+    the scale multiplies the tile's fp32 sum of ``x * (q - z)`` once per column; otherwise every
+    k row takes its own group's scale (WORD_ROW_GROUPS: the P rows of a word share a group, so the
+    gather is done once per word row)."""
     QW_MASK: tl.constexpr = (1 << QW_BITS) - 1
-    # steps past the end of K are skipped: the last tile's tail may hold whole steps beyond K, whose
-    # one-group scale row (group (step * SUB_K) // G) would lie outside scales
-    step_begin = tile_begin * STEPS
-    step_end = tl.minimum(tile_end * STEPS, tl.cdiv(K, SUB_K))
     if QW_PER_N == 1:
         P: tl.constexpr = QW_PER_K
-        ROWS: tl.constexpr = SUB_K // P
+        QW_ROWS: tl.constexpr = BLOCK_K // P
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        acc = tl.zeros((BLOCK_M, ROWS, BLOCK_N), dtype=tl.float32)
-        for step in range(step_begin, step_end):
-            offs_r = step * ROWS + tl.arange(0, ROWS)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for tile in range(tile_begin, tile_end):
+            offs_r = tile * QW_ROWS + tl.arange(0, QW_ROWS)
             mask_r = offs_r < K // P
             words = tl.load(
                 qw_ptr + offs_r[:, None] * stride_qr + offs_n[None, :] * stride_qc,
                 mask=mask_r[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first",
             ).to(tl.int32)
             if SCALE_PATH == 0:
-                group = (step * SUB_K) // GROUP_SIZE
+                group = (tile * BLOCK_K) // GROUP_SIZE
                 s, z = _gemv_scales_and_zeros(
                     s_ptr, z_ptr, group, offs_n, mask_n, stride_sg, stride_sn, stride_zg, stride_zc,
                     Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
-                part = tl.zeros((BLOCK_M, ROWS, BLOCK_N), dtype=tl.float32)
+                part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
             elif WORD_ROW_GROUPS:
                 s, z = _gemv_scales_and_zeros(
                     s_ptr, z_ptr, (offs_r * P // GROUP_SIZE)[:, None], offs_n[None, :],
@@ -584,17 +535,16 @@ def _gemv_accumulate(
                 shift = ((QW_FIELD_CODE >> (4 * i)) & 0xF) * QW_BITS
                 q = _codes_as_f32((words >> shift) & QW_MASK)
                 if SCALE_PATH == 0:
-                    part += x[:, :, None] * (q - z)[None, :, :]
+                    part += tl.sum(x[:, :, None] * (q - z)[None, :, :], axis=1)
                 else:
                     if not WORD_ROW_GROUPS:
                         s, z = _gemv_scales_and_zeros(
                             s_ptr, z_ptr, (offs_k // GROUP_SIZE)[:, None], offs_n[None, :],
                             mask_k[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
                             Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
-                    acc += x[:, :, None] * ((q - z) * s)[None, :, :]
+                    acc += tl.sum(x[:, :, None] * ((q - z) * s)[None, :, :], axis=1)
             if SCALE_PATH == 0:
-                acc += part * s[None, None, :]
-        result = tl.sum(acc, axis=1)
+                acc += part * s[None, :]
     else:
         P: tl.constexpr = QW_PER_N
         QW_COLS: tl.constexpr = BLOCK_N // P
@@ -604,34 +554,34 @@ def _gemv_accumulate(
         offs_n2 = offs_c[:, None] * P + offs_e[None, :]  # [QW_COLS, P]: column of element e of word c
         mask_n2 = mask_c[:, None] & (offs_e < P)[None, :]
         shifts = _field_shifts(QW_FIELD_CODE, P, QW_BITS)
-        acc = tl.zeros((BLOCK_M, SUB_K, QW_COLS, P), dtype=tl.float32)
-        for step in range(step_begin, step_end):
-            offs_k = step * SUB_K + tl.arange(0, SUB_K)
+        acc3 = tl.zeros((BLOCK_M, QW_COLS, P), dtype=tl.float32)
+        for tile in range(tile_begin, tile_end):
+            offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
             mask_k = offs_k < K
             words = tl.load(
                 qw_ptr + offs_k[:, None] * stride_qr + offs_c[None, :] * stride_qc,
                 mask=mask_k[:, None] & mask_c[None, :], other=0, eviction_policy="evict_first",
             ).to(tl.int32)
-            q = _codes_as_f32((words[:, :, None] >> shifts[None, None, :]) & QW_MASK)  # [SUB_K, QW_COLS, P]
+            q = _codes_as_f32((words[:, :, None] >> shifts[None, None, :]) & QW_MASK)  # [BLOCK_K, QW_COLS, P]
             x = tl.load(
                 x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                 mask=mask_m[:, None] & mask_k[None, :], other=0.0,
             ).to(tl.float32)
             if SCALE_PATH == 0:
-                group = (step * SUB_K) // GROUP_SIZE
+                group = (tile * BLOCK_K) // GROUP_SIZE
                 s, z = _gemv_scales_and_zeros(
                     s_ptr, z_ptr, group, offs_n2, mask_n2, stride_sg, stride_sn, stride_zg, stride_zc,
                     Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
-                # x * (q - z) is exact in float32 (an fp16/bf16 value times an integer below 16)
-                acc += (x[:, :, None, None] * (q - z)[None, :, :, :]) * s[None, None, :, :]
+                part = tl.sum(x[:, :, None, None] * (q - z)[None, :, :, :], axis=1)
+                acc3 += part * s[None, :, :]
             else:
                 s, z = _gemv_scales_and_zeros(
                     s_ptr, z_ptr, (offs_k // GROUP_SIZE)[:, None, None], offs_n2[None, :, :],
                     mask_k[:, None, None] & mask_n2[None, :, :], stride_sg, stride_sn, stride_zg, stride_zc,
                     Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
-                acc += x[:, :, None, None] * ((q - z) * s)[None, :, :, :]
-        result = tl.reshape(tl.sum(acc, axis=1), (BLOCK_M, BLOCK_N))
-    return result
+                acc3 += tl.sum(x[:, :, None, None] * ((q - z) * s)[None, :, :, :], axis=1)
+        acc = tl.reshape(acc3, (BLOCK_M, BLOCK_N))
+    return acc
 
 
 @triton.jit
@@ -690,7 +640,7 @@ def _w4a16_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, DOT: tl.constexpr,
     SUB_DOTS: tl.constexpr, SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_ROWS: tl.constexpr,
-    WORD_ROW_GROUPS: tl.constexpr, GEMV_SUB_K: tl.constexpr, GEMV_STEPS: tl.constexpr,
+    WORD_ROW_GROUPS: tl.constexpr,
 ):
     """One output tile x one K split: the dot or GEMV main loop, then the fused split-K epilogue."""
     pid = tl.program_id(0)
@@ -727,7 +677,7 @@ def _w4a16_kernel(
             x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, pid_n, tile_begin, tile_end,
             N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
             QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
-            HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, GEMV_SUB_K, GEMV_STEPS, SCALE_PATH, WORD_ROW_GROUPS)
+            HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, SCALE_PATH, WORD_ROW_GROUPS)
 
     _split_k_epilogue(acc, offs_m, offs_n, mask_m, mask_n, pid, pid_k,
                       ws_ptr, stride_ws, stride_wm, stride_wn, counter_ptr,
@@ -780,14 +730,6 @@ def _validate_config(config: W4A16Config) -> None:
                 f"config block_m*block_k*block_n={config.block_m}*{config.block_k}*{config.block_n}={tile} "
                 f"is too large for dot=False (allowed: <= {MAX_GEMV_TILE}, the GEMV path's product tile); "
                 "lower block_m, block_k or block_n, or use dot=True for many rows"
-            )
-        limit = gemv_accumulator_limit(config.num_warps)
-        if config.block_m * config.block_n > limit:
-            raise ValueError(
-                f"config block_m*block_n={config.block_m}*{config.block_n}={config.block_m * config.block_n} "
-                f"is too large for dot=False at num_warps={config.num_warps} (allowed: <= {limit}: the GEMV "
-                f"path's float32 accumulator holds block_m x block_n values per K lane, at most "
-                f"{GEMV_ACC_PER_THREAD} per thread); lower block_m or block_n, or raise num_warps"
             )
 
 
@@ -1012,11 +954,8 @@ def w4a16_gemm(
     rows_per_k_step = _per_axis(qpack, 0) if use_sub_dots else 1
     if config.dot:
         path = scale_path(config.block_k, G, rows_per_k_step)
-        gemv_sub_k, gemv_step_count = config.block_k, 1  # not read by the dot path
     else:
-        gemv_sub_k, gemv_step_count = gemv_steps(qpack, config.block_m, config.block_n, config.block_k,
-                                                 config.num_warps)
-        path = gemv_scale_path(gemv_sub_k, G)
+        path = gemv_scale_path(config.block_k, G)
     tile_groups, tile_group_rows = (
         (config.block_k // G, G // rows_per_k_step) if config.dot and path == SCALES_GROUPS_IN_TILE else (1, 1)
     )
@@ -1052,7 +991,6 @@ def w4a16_gemm(
         workspace.stride(0), workspace.stride(-2), workspace.stride(-1),
         G,
         HAS_BIAS=bias is not None, DOT=config.dot, WORD_ROW_GROUPS=word_row_groups(qpack, G),
-        GEMV_SUB_K=gemv_sub_k, GEMV_STEPS=gemv_step_count,
         **common,
     )
     return out

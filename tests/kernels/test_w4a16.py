@@ -25,8 +25,7 @@ from kernels import ops
 from kernels.probes import skip_reason
 from kernels.triton.w4a16 import (
     GEMV_MAX_BLOCK_M, LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, _split_k_epilogue, _store_tile,
-    arrival_counters, default_config, gemv_accumulator_limit, gemv_scale_path, gemv_steps, scale_path, sub_dots,
-    w4a16_gemm, word_row_groups,
+    arrival_counters, default_config, gemv_scale_path, scale_path, sub_dots, w4a16_gemm, word_row_groups,
 )
 from oracle import gemm as oracle_gemm
 from oracle.compare import compare
@@ -557,86 +556,6 @@ def test_gemv_bf16_activations_float32_scales_empty_splits(case, device):
     run_case(case, device)
 
 
-# --- the GEMV accumulator limit: K tiles walked in several steps -----------------------------------------
-# num_warps=1 (accumulator limit 2048 values) makes small tiles take several steps per K tile:
-# (layout, group_size, K, block_m, block_k) -> every layout, both scale paths, word rows sharing a group
-# or not, K tails (K not a multiple of BLOCK_K) and split-K over several tiles per split
-STEP_CASES = [
-    GemmCase(layout, M=m, N=40, K=k, group_size=g, asym=asym, bias=asym, seed=i,
-             config=cfg(block_m=bm, block_n=32, block_k=bk, split_k=sk, num_warps=1, dot=False),
-             out_dtype=(torch.float16, torch.float32)[i % 2])
-    for i, (layout, g, k, m, bm, bk, sk, asym) in enumerate([
-        ("gptq", 32, 384, 5, 8, 128, 2, True), ("gptq", 128, 384, 8, 8, 128, 1, False),
-        ("gptq", -1, 192, 3, 8, 128, 2, True), ("gptq", 4, 256, 6, 8, 128, 3, True),
-        ("awq", 32, 256, 3, 4, 128, 2, True), ("awq", 24, 192, 4, 4, 128, 1, False),
-        ("awq", -1, 160, 2, 2, 64, 2, True),
-        ("nibble", 64, 256, 7, 8, 128, 2, True), ("nibble", 24, 192, 5, 8, 128, 1, True),
-        ("nibble", -1, 96, 8, 8, 64, 3, False),
-    ])
-]
-
-
-def test_step_cases_take_several_steps_on_every_path():
-    seen = set()
-    for c in STEP_CASES:
-        packing = LAYOUTS[c.layout].qweight
-        sub_k, steps = gemv_steps(packing, c.config.block_m, c.config.block_n, c.config.block_k, c.config.num_warps)
-        assert steps > 1 and sub_k * steps == c.config.block_k
-        g = c.K if c.group_size == -1 else c.group_size
-        seen.add((c.layout, gemv_scale_path(sub_k, g), word_row_groups(packing, g)))
-    assert seen == {("gptq", SCALES_ONE_GROUP, True), ("gptq", SCALES_PER_ROW, True), ("gptq", SCALES_PER_ROW, False),
-                    ("awq", SCALES_ONE_GROUP, False), ("awq", SCALES_PER_ROW, False),
-                    ("nibble", SCALES_ONE_GROUP, True), ("nibble", SCALES_PER_ROW, True)}
-
-
-@pytest.mark.parametrize("case", params(STEP_CASES))
-def test_gemv_steps_within_a_tile(case, device):
-    run_case(case, device)
-
-
-def test_broken_twin_steps_that_miss_part_of_each_tile_are_caught(device, monkeypatch):
-    """A launcher that shrinks the GEMV step to fit the accumulator but keeps one step per tile
-    walks only ``1/steps`` of K (every program's steps stop short): the exact comparison must fail."""
-    from kernels.triton import w4a16 as module
-
-    case = STEP_CASES[0]
-    m = materialize(case, device)
-    truth = reference(m, case)
-    assert_exact(w4a16_gemm(*m.kernel_args, **m.kernel_kwargs), truth, case.out_dtype)
-    real = module.gemv_steps
-    monkeypatch.setattr(module, "gemv_steps", lambda *args: (real(*args)[0], 1))
-    out = w4a16_gemm(*m.kernel_args, **m.kernel_kwargs).cpu()
-    divergence = compare(out.double().numpy(), expected_output(truth, case.out_dtype).double().numpy(), 0.0)
-    assert divergence is not None and divergence.count > divergence.total // 2
-
-
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_gemv_steps_fit_the_accumulator_limit(layout):
-    """sub_k divides block_k, is at least one word row, keeps the accumulator within the limit
-    whenever block_m * block_n does, and is the largest such power of two."""
-    packing = LAYOUTS[layout].qweight
-    per_k = 8 if layout == "gptq" else 2 if layout == "nibble" else 1
-    for bm in (1, 2, 4, 8):
-        for bn in (16, 64, 256):
-            for bk in (16, 64, 512):
-                for warps in (1, 4, 8):
-                    sub_k, steps = gemv_steps(packing, bm, bn, bk, warps)
-                    limit = gemv_accumulator_limit(warps)
-                    assert sub_k * steps == bk and sub_k >= per_k and sub_k & (sub_k - 1) == 0
-                    if bm * bn <= limit:
-                        assert bm * (sub_k // per_k) * bn <= limit
-                        assert sub_k == bk or bm * (2 * sub_k // per_k) * bn > limit
-    assert gemv_accumulator_limit(4) == 8192
-
-
-def test_default_gemv_configs_need_one_step_at_m1():
-    """At N = K = 4096, M = 1 the default GEMV tile (bm1/bn64/bk128) fits the accumulator in one
-    step for every layout (awq, one K lane per row: 1 * 128 * 64 = 8192 values, 64 per thread)."""
-    config = default_config(1, 4096, 4096, 128)
-    for layout in LAYOUTS.values():
-        assert gemv_steps(layout.qweight, config.block_m, config.block_n, config.block_k, config.num_warps) == (128, 1)
-
-
 # --- within the oracle's bound with realistic values, where the product is not exact -----------------
 def _realistic(layout, M, N, K, group_size, seed, *, cancel=False):
     """Normal activations and scales in fp16; ``cancel``: every code of the odd columns and nearly
@@ -687,23 +606,6 @@ def test_within_oracle_bound(layout, group_size, block_k, split_k, dot, cancel, 
                      out_dtype=DTYPE_NAMES[out_dtype].replace("fp", "float"))
         divergence = compare(out.cpu().double().numpy(), exp.expected, exp.bound, unit=exp.unit)
         assert divergence is None, divergence.summary()
-
-
-@pytest.mark.parametrize("layout, group_size, block_k", [("gptq", 32, 128), ("gptq", 128, 128), ("nibble", 64, 128),
-                                                      ("awq", 32, 64)])
-def test_gemv_steps_within_oracle_bound(layout, group_size, block_k, device):
-    """Several steps per K tile (num_warps=1) and lane partials reduced once at the end stay within
-    the oracle's bound on the cancellation case, both scale paths."""
-    from oracle.references import expect
-
-    args, kwargs, problem = _realistic(layout, 5, 40, 256, group_size, seed=block_k, cancel=True)
-    config = cfg(block_m=8, block_k=block_k, split_k=2, num_warps=1, dot=False)
-    assert gemv_steps(LAYOUTS[layout].qweight, 8, 32, block_k, 1)[1] > 1
-    out = w4a16_gemm(*[a.to(device) for a in args], **{**kwargs, "bias": kwargs["bias"].to(device)},
-                     out_dtype=torch.float32, config=config)
-    exp = expect("w4a16_gemm", problem, exact=False, compute_dtype="float16", out_dtype="float32")
-    divergence = compare(out.cpu().double().numpy(), exp.expected, exp.bound, unit=exp.unit)
-    assert divergence is None, divergence.summary()
 
 
 def test_factoring_the_zero_point_would_leave_the_bound():
@@ -902,9 +804,6 @@ CONFIG_ERRORS = [
     pytest.param(dict(dot=False, block_m=8, block_k=512, block_n=512), ValueError,
                  r"block_m\*block_k\*block_n=8\*512\*512=2097152 is too large for dot=False "
                  r"\(allowed: <= 1048576.*use dot=True", id="gemv-tile-too-large"),
-    pytest.param(dict(dot=False, block_m=8, block_k=16, block_n=512, num_warps=1), ValueError,
-                 r"config block_m\*block_n=8\*512=4096 is too large for dot=False at num_warps=1 \(allowed: <= 2048: "
-                 r"the GEMV path's float32 accumulator.*raise num_warps", id="gemv-accumulator-too-large"),
     pytest.param(dict(split_k=True), ValueError, r"config\.split_k=True must be an integer >= 1", id="split_k-bool"),
 ]
 

@@ -169,14 +169,15 @@ _TILE_TABLE: tuple[tuple[int | None, W4A16Config], ...] = (
 )
 
 DECODE_MAX_M = 16  # default_config treats M up to this as decode: split-K to fill the GPU
-GEMV_MAX_M = 4  # ... and up to this M takes the GEMV path (above it, the tensor-core tl.dot path)
+GEMV_MAX_M = 1  # ... and up to this M takes the GEMV path (above it, the tensor-core tl.dot path;
+# on an H100 the GEMV path at M = 4 took 3x the dot path's time)
 # programs a decode launch aims for: about four per SM of a 132-SM H100, so that every SM has
 # several weight streams in flight (N / BLOCK_N tiles alone are far too few at N = 4096)
 DECODE_TARGET_PROGRAMS = 512
 MAX_DEFAULT_SPLIT_K = 16
-# split-K workspace traffic (float32 partials, written and read back) kept <= 1/4 of the weight
-# bytes: split_k * M * N * 8 <= (K * N / 2) / 4, i.e. split_k <= K / (64 * M)
-_WORKSPACE_BYTES_DIVISOR = 64
+# split-K workspace traffic (float32 partials, written and read back) kept <= 1/2 of the weight
+# bytes: split_k * M * N * 8 <= (K * N / 2) / 2, i.e. split_k <= K / (32 * M)
+_WORKSPACE_BYTES_DIVISOR = 32
 MAX_GEMV_TILE = 2**20  # BLOCK_M * BLOCK_K * BLOCK_N: the GEMV product tile (Triton's tensor size limit)
 # the GEMV path's largest BLOCK_M: compiled on an H100 (Triton 3.6), GEMV tiles of 16 rows stored
 # wrong bfloat16 outputs (fp16 and float32 outputs were right); more rows belong on the tl.dot path
@@ -188,15 +189,19 @@ def _next_pow2_at_least_16(n: int) -> int:
 
 
 def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
-    """M <= DECODE_MAX_M: one BLOCK_M tile over all rows, BLOCK_K 128, and the fewest K splits
-    (powers of two, each split keeping at least one K tile, workspace capped) that reach
-    DECODE_TARGET_PROGRAMS with BLOCK_N 64, else with BLOCK_N 32, else the most programs found."""
+    """M <= DECODE_MAX_M: one BLOCK_M tile over all rows, BLOCK_K 64, 4 pipeline stages, and the
+    fewest K splits (powers of two, each split keeping at least one K tile, workspace capped) that
+    reach DECODE_TARGET_PROGRAMS, with the widest BLOCK_N of 128, 64, 32 whose programs reach at
+    least half of it, else the most programs found.
+    At N = K = 4096 on an H100 (Triton 3.6; benchmarks/bench_kernels.py) these were the fastest
+    of the candidates timed: GEMV bm1/bn128/bk64/split 16 at M = 1, dot bm16/bn128/bk64/split 8
+    at M = 16."""
     block_m = _next_pow2_at_least_16(M) if dot else min(triton.next_power_of_2(M), GEMV_MAX_BLOCK_M)
-    block_k = min(128, _next_pow2_at_least_16(K))
+    block_k = min(64, _next_pow2_at_least_16(K))
     k_tiles = triton.cdiv(K, block_k)
     max_split = max(1, min(MAX_DEFAULT_SPLIT_K, k_tiles, K // (_WORKSPACE_BYTES_DIVISOR * M)))
     best = None
-    for block_n in (64, 32):
+    for block_n in (128, 64, 32):
         block_n = min(block_n, _next_pow2_at_least_16(N))
         tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
         split_k = 1
@@ -205,20 +210,20 @@ def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
         programs = tiles * split_k
         if best is None or programs > best[0]:
             best = (programs, block_n, split_k)
-        if programs >= DECODE_TARGET_PROGRAMS:
+        if programs >= DECODE_TARGET_PROGRAMS // 2:  # the widest BLOCK_N that gets half-way
             break
     _, block_n, split_k = best
     return W4A16Config(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k, group_m=8,
-                       num_warps=4, num_stages=3, dot=dot)
+                       num_warps=4, num_stages=4, dot=dot)
 
 
 def default_config(M: int, N: int, K: int, group_size: int, *, dot: bool | None = None) -> W4A16Config:
     """The launch config for an ``[M, K] x [K, N]`` problem.
 
     M <= DECODE_MAX_M (decode): the GEMV path up to GEMV_MAX_M rows, the ``tl.dot`` path above,
-    with split-K (fused, one launch) and BLOCK_N 64 or 32 so that about DECODE_TARGET_PROGRAMS
-    programs run; at N = K = 4096 that is M=1 -> GEMV bm1/bn64/bk128/split 8, M=4 -> GEMV
-    bm4/bn64/bk128/split 8, M=16 -> dot bm16/bn32/bk128/split 4. Larger M: a small tile table
+    with split-K (fused, one launch) and BLOCK_N 128, 64 or 32 so that about DECODE_TARGET_PROGRAMS
+    programs run; at N = K = 4096 that is M=1 -> GEMV bm1/bn128/bk64/split 16, M=4 -> dot
+    bm16/bn128/bk64/split 16, M=16 -> dot bm16/bn128/bk64/split 8. Larger M: a small tile table
     keyed by M, with blocks clamped to the problem size. ``dot``: None picks as above; True or
     False forces that path (same block_k).
 

@@ -9,8 +9,9 @@ BLOCK_K=64/128 at some M). Symptoms appeared as degraded output at long context.
 
 This is a copy of ``kernels.triton.w4a16._w4a16_kernel`` with only that mistake put back (every
 tile takes the kernel's one-group scale path, whatever the launcher's SCALE_PATH says; the jit
-helpers are the bundled ones); the launcher (validation, default tile table, split-K) is the
-bundled one, and its default picks BLOCK_K=512 for M <= 16 and 64 for M <= 256 whatever the group size, as the historical table did.
+helpers are the bundled ones); the launcher (validation, default tile table, split-K with the
+partials reduced in torch, as the historical launcher did) is the bundled one, and its default
+picks BLOCK_K=64 for M <= 256 whatever the group size, so groups of 32 span two per tile.
 """
 from __future__ import annotations
 

@@ -191,8 +191,8 @@ def _next_pow2_at_least_16(n: int) -> int:
 def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
     """M <= DECODE_MAX_M: one BLOCK_M tile over all rows, BLOCK_K 64, 4 pipeline stages, and the
     fewest K splits (powers of two, each split keeping at least one K tile, workspace capped) that
-    reach DECODE_TARGET_PROGRAMS, with the widest BLOCK_N of 128, 64, 32 whose programs reach at
-    least half of it, else the most programs found.
+    reach DECODE_TARGET_PROGRAMS (half of it on the dot path), with the widest BLOCK_N of 128, 64,
+    32 whose programs reach at least half of that, else the most programs found.
     At N = K = 4096 on an H100 (Triton 3.6; benchmarks/bench_kernels.py) these were the fastest
     of the candidates timed: GEMV bm1/bn128/bk64/split 16 at M = 1, dot bm16/bn128/bk64/split 8
     at M = 16."""
@@ -200,17 +200,20 @@ def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
     block_k = min(64, _next_pow2_at_least_16(K))
     k_tiles = triton.cdiv(K, block_k)
     max_split = max(1, min(MAX_DEFAULT_SPLIT_K, k_tiles, K // (_WORKSPACE_BYTES_DIVISOR * M)))
+    # the dot path's programs each carry 16 rows of MMA work: half as many programs suffice (on the
+    # H100, M = 4: split 8 took 14.1 us, split 16 17.1 us)
+    target = DECODE_TARGET_PROGRAMS if not dot else DECODE_TARGET_PROGRAMS // 2
     best = None
     for block_n in (128, 64, 32):
         block_n = min(block_n, _next_pow2_at_least_16(N))
         tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
         split_k = 1
-        while split_k * 2 <= max_split and tiles * split_k < DECODE_TARGET_PROGRAMS:
+        while split_k * 2 <= max_split and tiles * split_k < target:
             split_k *= 2
         programs = tiles * split_k
         if best is None or programs > best[0]:
             best = (programs, block_n, split_k)
-        if programs >= DECODE_TARGET_PROGRAMS // 2:  # the widest BLOCK_N that gets half-way
+        if programs >= target // 2:  # the widest BLOCK_N that gets half-way
             break
     _, block_n, split_k = best
     return W4A16Config(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k, group_m=8,
@@ -222,8 +225,8 @@ def default_config(M: int, N: int, K: int, group_size: int, *, dot: bool | None 
 
     M <= DECODE_MAX_M (decode): the GEMV path up to GEMV_MAX_M rows, the ``tl.dot`` path above,
     with split-K (fused, one launch) and BLOCK_N 128, 64 or 32 so that about DECODE_TARGET_PROGRAMS
-    programs run; at N = K = 4096 that is M=1 -> GEMV bm1/bn128/bk64/split 16, M=4 -> dot
-    bm16/bn128/bk64/split 16, M=16 -> dot bm16/bn128/bk64/split 8. Larger M: a small tile table
+    programs run; at N = K = 4096 that is M=1 -> GEMV bm1/bn128/bk64/split 16, M=4 and M=16 -> dot
+    bm16/bn128/bk64/split 8. Larger M: a small tile table
     keyed by M, with blocks clamped to the problem size. ``dot``: None picks as above; True or
     False forces that path (same block_k).
 

@@ -1,0 +1,40 @@
+"""The fuzzer's siblings: every grid case of every bundled kernel expands into valid cases of the
+same params and config, and a sibling's row count keeps Triton's integer specialization class."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gate"))
+
+from cases.grid import grid  # noqa: E402
+from cases.ops import op_spec  # noqa: E402
+from kernels.adapters import resolve  # noqa: E402
+from test_fuzz import _same_class_rows, siblings  # noqa: E402
+
+
+def _class(rows: int) -> str:
+    return "one" if rows == 1 else "x16" if rows % 16 == 0 else "other"
+
+
+@pytest.mark.parametrize("adapter", resolve("bundled"), ids=lambda a: a.name)
+def test_siblings_of_every_grid_case_are_valid(adapter):
+    for case in grid(adapter):
+        members = siblings(case, 16)
+        assert members[0] == case and len(members) == len(set(members))
+        rows_key = op_spec(case.op).shape_keys[0]
+        for m in members:
+            m.validate()
+            assert m.p == case.p and m.cfg == case.cfg
+            assert _class(m.dims[rows_key]) == _class(case.dims[rows_key])
+            assert {k: v for k, v in m.dims.items() if k != rows_key} == \
+                {k: v for k, v in case.dims.items() if k != rows_key}
+
+
+@pytest.mark.parametrize("rows", [1, 2, 15, 16, 17, 32, 40, 48])
+def test_same_class_rows(rows):
+    for seed in range(200):
+        other = _same_class_rows(rows, seed)
+        assert other >= 1 and _class(other) == _class(rows)

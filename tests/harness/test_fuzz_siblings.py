@@ -1,7 +1,9 @@
 """The fuzzer's siblings: every grid case of every bundled kernel expands into valid cases of the
-same params and config, and a sibling's row count keeps Triton's integer specialization class."""
+same params and config, and a sibling's row count keeps Triton's integer specialization class;
+under -n N each kernel is fuzzed by N streams whose counts the summary adds up."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,3 +40,15 @@ def test_same_class_rows(rows):
     for seed in range(200):
         other = _same_class_rows(rows, seed)
         assert other >= 1 and _class(other) == _class(rows)
+
+
+def test_fuzz_runs_one_stream_per_worker_and_sums_them(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "cases.cli", "fuzz", "--device", "cpu", "--kernels",
+                        "bundled:per_token_quant", "--budget", "4s", "-n", "2", "--fuzz-siblings", "2",
+                        "--failures-dir", str(tmp_path / "f")], cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "test_fuzz[bundled:per_token_quant-stream0]" not in r.stdout  # passing items are not listed
+    line = next(x for x in r.stdout.splitlines() if x.startswith("qkcheck fuzz bundled:per_token_quant:"))
+    assert "2 stream(s)" in line and "cases/s after start-up" in line, line
+    assert "2 passed" in r.stdout

@@ -151,8 +151,9 @@ def test_gate_fails_the_seed_004_loader_for_transposed_scales_and_passes_the_bun
 def test_fuzz_finds_seed_004_shrinks_it_to_a_minimal_transposed_scale_case_and_replay_reproduces(tmp_path, device):
     fails = tmp_path / "failures"
     results = tmp_path / "r.jsonl"
+    # -n 2 spreads the two kernels over two workers; one fuzz stream each (not one per worker)
     r = qkcheck("fuzz", "--device", "cpu", "--kernels", ZOO, "--kernels", BUNDLED, "--budget", "30s", "-n", "2",
-                "--failures-dir", str(fails), "--results", str(results))
+                "--fuzz-streams", "1", "--failures-dir", str(fails), "--results", str(results))
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"test_fuzz[{ZOO}]" in r.stdout and f"FAILED tests/gate/test_fuzz.py::test_fuzz[{BUNDLED}]" not in r.stdout
     saved = sorted(fails.glob("*.json"))

@@ -178,6 +178,7 @@ MAX_DEFAULT_SPLIT_K = 16
 # split-K workspace traffic (float32 partials, written and read back) kept <= 1/2 of the weight
 # bytes: split_k * M * N * 8 <= (K * N / 2) / 2, i.e. split_k <= K / (32 * M)
 _WORKSPACE_BYTES_DIVISOR = 32
+UNROLLED_SPLIT_K = tl.constexpr(32)  # the split-K reduction is unrolled up to this many splits
 MAX_GEMV_TILE = 2**20  # BLOCK_M * BLOCK_K * BLOCK_N: the GEMV product tile (Triton's tensor size limit)
 # the GEMV path's largest BLOCK_M: compiled on an H100 (Triton 3.6), GEMV tiles of 16 rows stored
 # wrong bfloat16 outputs (fp16 and float32 outputs were right); more rows belong on the tl.dot path
@@ -189,22 +190,25 @@ def _next_pow2_at_least_16(n: int) -> int:
 
 
 def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
-    """M <= DECODE_MAX_M: one BLOCK_M tile over all rows, BLOCK_K 64, 4 pipeline stages, and the
-    fewest K splits (powers of two, each split keeping at least one K tile, workspace capped) that
-    reach DECODE_TARGET_PROGRAMS (half of it on the dot path), with the widest BLOCK_N of 128, 64,
-    32 whose programs reach at least half of that, else the most programs found.
+    """M <= DECODE_MAX_M: one BLOCK_M tile over all rows and the fewest K splits (powers of two,
+    each split keeping at least one K tile, workspace capped) that reach a program count, with the
+    widest BLOCK_N whose programs reach at least half of it, else the most programs found.
+    dot path: BLOCK_K 64, 4 pipeline stages, DECODE_TARGET_PROGRAMS / 2, BLOCK_N 128, 64 or 32;
+    GEMV path: BLOCK_K 128, 1 stage, 2 * DECODE_TARGET_PROGRAMS, BLOCK_N 64 or 32.
     At N = K = 4096 on an H100 (Triton 3.6; benchmarks/bench_kernels.py) these were the fastest
-    of the candidates timed: GEMV bm1/bn128/bk64/split 16 at M = 1, dot bm16/bn128/bk64/split 8
+    of the candidates timed: GEMV bm1/bn64/bk128/split 16 at M = 1, dot bm16/bn128/bk64/split 8
     at M = 16."""
     block_m = _next_pow2_at_least_16(M) if dot else min(triton.next_power_of_2(M), GEMV_MAX_BLOCK_M)
-    block_k = min(64, _next_pow2_at_least_16(K))
+    # GEMV: 128-row K tiles (16 word rows, one g128 group) over narrower columns and twice the
+    # programs; on the H100 (N = K = 4096, M = 1) bn64/bk128/split 16 took 8.9 us, bn128/bk64 13.9
+    block_k = min(64 if dot else 128, _next_pow2_at_least_16(K))
     k_tiles = triton.cdiv(K, block_k)
     max_split = max(1, min(MAX_DEFAULT_SPLIT_K, k_tiles, K // (_WORKSPACE_BYTES_DIVISOR * M)))
     # the dot path's programs each carry 16 rows of MMA work: half as many programs suffice (on the
     # H100, M = 4: split 8 took 14.1 us, split 16 17.1 us)
-    target = DECODE_TARGET_PROGRAMS if not dot else DECODE_TARGET_PROGRAMS // 2
+    target = 2 * DECODE_TARGET_PROGRAMS if not dot else DECODE_TARGET_PROGRAMS // 2
     best = None
-    for block_n in (128, 64, 32):
+    for block_n in ((128, 64, 32) if dot else (64, 32)):
         block_n = min(block_n, _next_pow2_at_least_16(N))
         tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
         split_k = 1
@@ -217,15 +221,15 @@ def _decode_config(M: int, N: int, K: int, dot: bool) -> W4A16Config:
             break
     _, block_n, split_k = best
     return W4A16Config(block_m=block_m, block_n=block_n, block_k=block_k, split_k=split_k, group_m=8,
-                       num_warps=4, num_stages=4, dot=dot)
+                       num_warps=4, num_stages=4 if dot else 1, dot=dot)
 
 
 def default_config(M: int, N: int, K: int, group_size: int, *, dot: bool | None = None) -> W4A16Config:
     """The launch config for an ``[M, K] x [K, N]`` problem.
 
     M <= DECODE_MAX_M (decode): the GEMV path up to GEMV_MAX_M rows, the ``tl.dot`` path above,
-    with split-K (fused, one launch) and BLOCK_N 128, 64 or 32 so that about DECODE_TARGET_PROGRAMS
-    programs run; at N = K = 4096 that is M=1 -> GEMV bm1/bn128/bk64/split 16, M=4 and M=16 -> dot
+    with split-K (fused, one launch) and BLOCK_N 128, 64 or 32 so that enough programs run
+    (:func:`_decode_config`); at N = K = 4096 that is M=1 -> GEMV bm1/bn64/bk128/split 16, M=4 and M=16 -> dot
     bm16/bn128/bk64/split 8. Larger M: a small tile table
     keyed by M, with blocks clamped to the problem size. ``dot``: None picks as above; True or
     False forces that path (same block_k).
@@ -502,14 +506,65 @@ def _gemv_accumulate(
     ``tile_begin..tile_end-1`` of ``x[m, k] * (q[k, n] - z) * s``, everything in float32.
 
     Codes packed along K (P per word): one pass per word field i, whose codes ``[BLOCK_K/P, BLOCK_N]``
-    (k rows ``P*r + i``) meet the matching strided columns of x; along N: every field at once, as
+    (k rows ``P*r + i``) meet the matching strided columns of x. With BLOCK_M == 1 the products are
+    summed elementwise into a float32 tile of the words' shape and reduced over its rows once, after
+    the split's last K tile (on an H100, N = K = 4096: 8.9 us against 13.9 us for the per-field
+    reduction); with more rows each field's products are reduced over K as they come. Along N: every field at once, as
     ``[BLOCK_K, BLOCK_N/P, P]`` codes (column ``P*c + e``) and a ``[BLOCK_M, BLOCK_N/P, P]`` sum,
     reshaped to ``[BLOCK_M, BLOCK_N]`` once at the end. SCALE_PATH 0 (the tile lies in one group):
     the scale multiplies the tile's fp32 sum of ``x * (q - z)`` once per column; otherwise every
     k row takes its own group's scale (WORD_ROW_GROUPS: the P rows of a word share a group, so the
     gather is done once per word row)."""
     QW_MASK: tl.constexpr = (1 << QW_BITS) - 1
-    if QW_PER_N == 1:
+    if QW_PER_N == 1 and BLOCK_M == 1:
+        # one row (decode): products are summed elementwise into a [BLOCK_K/P, BLOCK_N] float32
+        # tile, the shape of the packed words, and reduced over its rows once, after the last K
+        # tile; no per-field reduction across threads inside the loop
+        P: tl.constexpr = QW_PER_K
+        QW_ROWS: tl.constexpr = BLOCK_K // P
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        acc2 = tl.zeros((QW_ROWS, BLOCK_N), dtype=tl.float32)
+        for tile in range(tile_begin, tile_end):
+            offs_r = tile * QW_ROWS + tl.arange(0, QW_ROWS)
+            mask_r = offs_r < K // P
+            words = tl.load(
+                qw_ptr + offs_r[:, None] * stride_qr + offs_n[None, :] * stride_qc,
+                mask=mask_r[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first",
+            ).to(tl.int32)
+            if SCALE_PATH == 0:
+                group = (tile * BLOCK_K) // GROUP_SIZE
+                s, z = _gemv_scales_and_zeros(
+                    s_ptr, z_ptr, group, offs_n[None, :], mask_n[None, :], stride_sg, stride_sn, stride_zg,
+                    stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+                part = tl.zeros((QW_ROWS, BLOCK_N), dtype=tl.float32)
+            elif WORD_ROW_GROUPS:
+                s, z = _gemv_scales_and_zeros(
+                    s_ptr, z_ptr, (offs_r * P // GROUP_SIZE)[:, None], offs_n[None, :],
+                    mask_r[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
+                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+            for i in tl.static_range(P):
+                offs_k = offs_r * P + i
+                mask_k = offs_k < K
+                x = tl.sum(tl.load(
+                    x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0,
+                ).to(tl.float32), axis=0)  # [QW_ROWS]: the one row's activations (a sum over 1 row)
+                shift = ((QW_FIELD_CODE >> (4 * i)) & 0xF) * QW_BITS
+                q = _codes_as_f32((words >> shift) & QW_MASK)
+                if SCALE_PATH == 0:
+                    part += x[:, None] * (q - z)
+                else:
+                    if not WORD_ROW_GROUPS:
+                        s, z = _gemv_scales_and_zeros(
+                            s_ptr, z_ptr, (offs_k // GROUP_SIZE)[:, None], offs_n[None, :],
+                            mask_k[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
+                            Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+                    acc2 += x[:, None] * ((q - z) * s)
+            if SCALE_PATH == 0:
+                acc2 += part * s
+        acc = tl.sum(acc2, axis=0)[None, :]
+    elif QW_PER_N == 1:
         P: tl.constexpr = QW_PER_K
         QW_ROWS: tl.constexpr = BLOCK_K // P
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -625,8 +680,14 @@ def _split_k_epilogue(acc, offs_m, offs_n, mask_m, mask_n, tile_id, pid_k,
         arrived = tl.atomic_add(counter_ptr + tile_id, 1, sem="acq_rel")
         if arrived == SPLIT_K - 1:
             total = tl.load(ws_tile, mask=mask, other=0.0, cache_modifier=".cg")
-            for split in range(1, SPLIT_K):
-                total += tl.load(ws_tile + split * stride_ws, mask=mask, other=0.0, cache_modifier=".cg")
+            if SPLIT_K <= UNROLLED_SPLIT_K:
+                # unrolled: the partials' loads are independent and issue together (a loop would
+                # wait for one L2 round trip per split); the adds keep split order
+                for split in tl.static_range(1, SPLIT_K):
+                    total += tl.load(ws_tile + split * stride_ws, mask=mask, other=0.0, cache_modifier=".cg")
+            else:
+                for split in range(1, SPLIT_K):
+                    total += tl.load(ws_tile + split * stride_ws, mask=mask, other=0.0, cache_modifier=".cg")
             _store_tile(total, offs_m, offs_n, mask_m, mask_n, bias_ptr, out_ptr, stride_om, stride_on, HAS_BIAS)
             tl.atomic_xchg(counter_ptr + tile_id, 0, sem="relaxed")
 

@@ -824,7 +824,7 @@ def test_config_list_round_trip_keeps_old_lists():
 
 
 @pytest.mark.parametrize("M, expected", [
-    (1, W4A16Config(block_m=1, block_n=128, block_k=64, split_k=16, group_m=8, num_warps=4, num_stages=4, dot=False)),
+    (1, W4A16Config(block_m=1, block_n=64, block_k=128, split_k=16, group_m=8, num_warps=4, num_stages=1, dot=False)),
     (4, W4A16Config(block_m=16, block_n=128, block_k=64, split_k=8, group_m=8, num_warps=4, num_stages=4, dot=True)),
     (16, W4A16Config(block_m=16, block_n=128, block_k=64, split_k=8, group_m=8, num_warps=4, num_stages=4, dot=True)),
 ])

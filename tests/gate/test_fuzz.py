@@ -100,6 +100,8 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
             if result.status == "fail":
                 failing["case"] = member
                 failing.setdefault("index", index)
+                failing.setdefault("found", time.monotonic())
+                failing.setdefault("found_n", checked["n"])
                 raise AssertionError(result.summary())
 
     def stats(outcome: str) -> None:
@@ -119,7 +121,10 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
             result = execute(pytestconfig, case, fuzz_adapter)
             record(pytestconfig, result)
             stats("fail")
-            pytest.fail(f"fuzz found a failure after {checked['n']} cases (shrunk):\n{result.summary()}", pytrace=False)
+            found, now = failing["found"] - started, time.monotonic() - started
+            pytest.fail(f"fuzz found a failure after {failing['found_n']} cases, {found:.1f} s into the fuzz "
+                        f"(shrunk in {checked['n'] - failing['found_n']} more cases, done at {now:.1f} s):\n"
+                        f"{result.summary()}", pytrace=False)
         batch += 1
     stats("pass")
     print(f"fuzz {fuzz_adapter.name}: {checked['n']} cases in {budget:.0f}s budget, no failure")

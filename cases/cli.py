@@ -45,6 +45,9 @@ def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
                        help="cases per drawn case: it and N-1 siblings (other seeds/regimes/row counts; default 64 on a GPU, "
                             "1 on the CPU)")
         p.add_argument("--fuzz-streams", default=None, help="fuzz streams per kernel (default: one per -n worker)")
+        p.add_argument("--shrink-budget", default=None,
+                       help="time spent shrinking a failure before the smallest one found is reported "
+                            "(default 3s on a GPU, none on the CPU; 0 = none)")
     p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest after --")
 
 
@@ -57,7 +60,7 @@ def _pytest(suite: str, args) -> int:
         argv += ["--kernels", spec]
     for op in args.op or []:
         argv += ["--op", op]
-    for opt in ("report", "results", "shard", "budget", "fuzz_seed", "fuzz_siblings", "fuzz_streams"):
+    for opt in ("report", "results", "shard", "budget", "fuzz_seed", "fuzz_siblings", "fuzz_streams", "shrink_budget"):
         value = getattr(args, opt, None)
         if value:
             argv += [f"--{opt.replace('_', '-')}", str(value)]

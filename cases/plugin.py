@@ -31,6 +31,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fuzz-siblings", type=int, default=None, metavar="N",
                     help="cases run per drawn fuzz case: the case and N-1 data siblings (other seeds and "
                          f"regimes; default {GPU_SIBLINGS} on a GPU, 1 on the CPU interpreter)")
+    group.addoption("--shrink-budget", default=None, metavar="DURATION",
+                    help="time the fuzzer spends shrinking a failure before it reports the smallest failing "
+                         f"case found so far (default {GPU_SHRINK_BUDGET_S:g}s on a GPU, where each shrink "
+                         "candidate may compile a new kernel variant; none on the CPU; 0 = none)")
     group.addoption("--fuzz-streams", type=int, default=None, metavar="N",
                     help="independent fuzz streams per kernel (default: one per xdist worker, else 1)")
     group.addoption("--isolate", default="auto", choices=("auto", "on", "off"),
@@ -75,6 +79,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.qkcheck_budget = parse_duration(config.getoption("--budget"))
         config.qkcheck_shard = parse_shard(config.getoption("--shard"))
         config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
+        shrink = config.getoption("--shrink-budget")
+        config.qkcheck_shrink_budget = (parse_duration(shrink, "--shrink-budget") if shrink is not None
+                                        else (None if config.qkcheck_device == "cpu" else GPU_SHRINK_BUDGET_S)) or None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     for option in ("--fuzz-siblings", "--fuzz-streams"):
@@ -127,6 +134,9 @@ def unavailable(config: pytest.Config) -> list[tuple[str, str]]:
 
 
 GPU_SIBLINGS = 64
+# shrinking on a GPU: a candidate of a new shape or config compiles a kernel variant (0.1-0.5 s each),
+# so shrinking is bounded there; the failing case is saved either way, shrunk as far as time allowed
+GPU_SHRINK_BUDGET_S = 3.0
 
 
 def fuzz_siblings(config: pytest.Config) -> int:

@@ -75,16 +75,26 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     budget = pytestconfig.qkcheck_budget
     streams = fuzz_streams(pytestconfig)
     per_draw = fuzz_siblings(pytestconfig)
+    shrink_budget = pytestconfig.qkcheck_shrink_budget
     started = time.monotonic()
     deadline = started + budget
     failing: dict = {}
     checked = {"n": 0, "draws": 0}
+
+    def fail(summary: str):  # one raise site: hypothesis tells failures apart by where they are raised
+        raise AssertionError(summary)
 
     @settings(max_examples=BATCH, deadline=None, database=None, derandomize=False,
               phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
     @given(case=from_adapter(fuzz_adapter))
     def explore(case):
         if time.monotonic() >= deadline:  # the budget is spent: finish the batch without running
+            return
+        if "found" in failing and shrink_budget and time.monotonic() >= failing["found"] + shrink_budget:
+            # the shrink budget is spent: candidates stop running and the smallest failure so far
+            # stands; when hypothesis replays that draw it fails again without running
+            if case.id == failing["draw"]:
+                fail(failing["summary"])
             return
         checked["draws"] += 1
         members = siblings(case, per_draw)
@@ -99,10 +109,11 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
                 checked["first"] = time.monotonic()
             if result.status == "fail":
                 failing["case"] = member
+                failing["draw"], failing["summary"] = case.id, result.summary()
                 failing.setdefault("index", index)
                 failing.setdefault("found", time.monotonic())
                 failing.setdefault("found_n", checked["n"])
-                raise AssertionError(result.summary())
+                fail(result.summary())
 
     def stats(outcome: str) -> None:
         now = time.monotonic()

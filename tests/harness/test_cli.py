@@ -3,6 +3,7 @@ shrunk case file -> replay reproduces it, the fixed kernel passes the same repla
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ def test_replay_of_the_seed_003_case_fails_on_the_zoo_kernel_and_passes_on_the_b
         pytest.param(["gate", "--device", "tpu"], "device='tpu' is not a device", id="device"),
         pytest.param(["gate", "--shard", "3/2", "--device", "cpu"], "--shard '3/2' must be i/n", id="shard"),
         pytest.param(["fuzz", "--budget", "soon", "--device", "cpu"], "--budget 'soon' is not a duration", id="budget"),
+        pytest.param(["fuzz", "--shrink-budget", "briefly", "--device", "cpu"],
+                     "--shrink-budget 'briefly' is not a duration", id="shrink-budget"),
         pytest.param(["gate", "--op", "w9a9", "--device", "cpu"], "--op w9a9: unknown op", id="op"),
         pytest.param(["replay", "missing.json", "--device", "cpu"], "missing.json: cannot read the case file", id="case-file"),
         pytest.param(["frobnicate"], "invalid choice: 'frobnicate'", id="command"),
@@ -66,3 +69,19 @@ def test_fuzz_finds_seed_003_shrinks_it_and_the_replay_reproduces(tmp_path):
     assert replay.returncode == 1 and "first scale group of each BLOCK_K" in replay.stdout
     fixed = qkcheck("replay", str(saved[0]), "--kernels", "bundled", "--device", "cpu")
     assert fixed.returncode == 0, fixed.stdout
+
+
+@pytest.mark.parametrize("shrink_budget", ["0.001s", "0"])
+def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_path, shrink_budget):
+    """A spent shrink budget stops candidates from running: the first failing case is reported and
+    saved as found (no shrink cases); with no budget (0) the same failure is shrunk further."""
+    fails = tmp_path / "failures"
+    r = qkcheck("fuzz", "--kernels", "zoo:api_misbinding", "--budget", "60s", "--device", "cpu",
+                "--failures-dir", str(fails), "--shrink-budget", shrink_budget)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    m = re.search(r"fuzz found a failure after (\d+) cases, [\d.]+ s into the fuzz \(shrunk in (\d+) more cases", out)
+    assert m, out[-3000:]
+    shrink_cases = int(m.group(2))
+    assert (shrink_cases == 0) if shrink_budget != "0" else (shrink_cases > 0)
+    assert len(list(fails.glob("*.json"))) == 1

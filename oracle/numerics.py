@@ -33,8 +33,25 @@ class WideFloat:
     def min_subnormal(self) -> float:
         return 2.0 ** (self.min_exp - self.mantissa_bits)
 
+    @property
+    def native(self):
+        """NumPy's own dtype of this format where it has one (float16, float32), else None."""
+        return {"float16": np.float16, "float32": np.float32}.get(self.name)
+
     def round(self, x) -> np.ndarray:
-        """RNE of float64 values to this format, returned as float64 (no double rounding)."""
+        """RNE of float64 values to this format, returned as float64 (no double rounding).
+
+        float16 and float32 use NumPy's conversion, which rounds float64 straight to the format
+        (round-to-nearest-even, overflow to inf, subnormals); the tests check it against
+        :meth:`round_arithmetic` bit for bit. bfloat16 has no NumPy dtype: arithmetic path."""
+        native = self.native
+        if native is None:
+            return self.round_arithmetic(x)
+        with np.errstate(over="ignore"):
+            return np.asarray(x, dtype=np.float64).astype(native).astype(np.float64)
+
+    def round_arithmetic(self, x) -> np.ndarray:
+        """RNE of float64 values to this format computed from the format's parameters alone."""
         x = np.asarray(x, dtype=np.float64)
         finite = np.isfinite(x)
         xf = np.where(finite, x, 0.0)

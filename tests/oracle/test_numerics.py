@@ -22,8 +22,22 @@ def test_round_matches_independent_conversion(name):
     x = _samples(np.random.default_rng(0))
     with np.errstate(over="ignore"):
         want = x.astype(INDEPENDENT[name]).astype(np.float64)
-    got = round_to(x, name)
-    np.testing.assert_array_equal(got, want)
+    # the arithmetic path (the format's parameters only) against the libraries' conversions
+    np.testing.assert_array_equal(wide_float(name).round_arithmetic(x), want)
+    np.testing.assert_array_equal(round_to(x, name), want)
+
+
+@pytest.mark.parametrize("name", ["float16", "float32"])
+def test_native_rounding_equals_the_arithmetic_path_at_float64_ties(name):
+    """float16/float32 round through NumPy's cast: it must round float64 once, like the arithmetic
+    path, also just off the midpoints (a cast through a narrower float first would round twice)."""
+    f = wide_float(name)
+    rng = np.random.default_rng(1)
+    base = f.round_arithmetic(rng.standard_normal(5000) * np.exp2(rng.integers(-30, 16, 5000)))
+    half_ulp = f.ulp(base) / 2
+    x = np.concatenate([base + half_ulp, base - half_ulp, base + half_ulp * (1 + 2.0**-40),
+                        base + half_ulp * (1 - 2.0**-40), [f.max + f.ulp(f.max) / 2, f.min_subnormal / 2]])
+    np.testing.assert_array_equal(f.round(x), f.round_arithmetic(x))
 
 
 @pytest.mark.parametrize("name", sorted(WIDE_FLOATS))

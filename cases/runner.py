@@ -202,6 +202,18 @@ def torch_equal_bits(a, b) -> bool:
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
+def bits_differ(pairs: dict) -> list:
+    """The names in ``pairs`` (name -> (a, b), same shapes and dtypes) whose tensors differ in any
+    bit; one device-to-host transfer for all of them instead of one per pair."""
+    import torch
+
+    if not pairs:
+        return []
+    flags = [(a.contiguous().reshape(-1).view(torch.uint8) != b.contiguous().reshape(-1).view(torch.uint8)).any()
+             for a, b in pairs.values()]
+    return [name for name, differs in zip(pairs, torch.stack(flags).tolist()) if differs]
+
+
 def effective_config(case: Case, adapter) -> dict:
     """The config that ran: the case's own, or the kernel's default choice for this shape."""
     if case.cfg:
@@ -475,7 +487,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     if out_buffer is not None:
         found = out_buffer.problems()
         res.checks.append(Check("output_memory", FAIL if found else PASS, "; ".join(found)))
-    changed = [k for k, v in tensors.items() if v is not None and k in snapshot and not torch_equal_bits(v, snapshot[k])]
+    changed = bits_differ({k: (v, snapshot[k]) for k, v in tensors.items() if v is not None and k in snapshot})
     res.checks.append(Check("inputs_unchanged", FAIL if changed else PASS,
                             f"the kernel wrote into its inputs: {', '.join(changed)}" if changed else ""))
     tick("checks", t0)

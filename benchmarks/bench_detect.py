@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                      "detail": f"cases to first failure: {[r['cases'] for r in runs]}; "
                                f"per-seed seconds: {[round(r['seconds'], 1) for r in runs]}; "
                                f"of which outside the fuzz loop (start-up, collection, exit): "
-                               f"{[_round(r['seconds'] - r['fuzz_s']) for r in runs]}, "
+                               f"{[_round(r['seconds'], r['fuzz_s']) for r in runs]}, "
                                f"fuzzing to the first failure: {[_round(r['found_s']) for r in runs]}, "
                                f"shrinking and reporting: {[_round(r['fuzz_s'], r['found_s']) for r in runs]} "
                                f"(shrink cases {[r['shrink_cases'] for r in runs]})",

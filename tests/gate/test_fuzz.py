@@ -93,8 +93,8 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
         if "found" in failing and shrink_budget and time.monotonic() >= failing["found"] + shrink_budget:
             # the shrink budget is spent: candidates stop running and the smallest failure so far
             # stands; when hypothesis replays that draw it fails again without running
-            if case.id == failing["draw"]:
-                fail(failing["summary"])
+            if case.id in failing["draws"]:
+                fail(failing["draws"][case.id])
             return
         checked["draws"] += 1
         members = siblings(case, per_draw)
@@ -109,7 +109,7 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
                 checked["first"] = time.monotonic()
             if result.status == "fail":
                 failing["case"] = member
-                failing["draw"], failing["summary"] = case.id, result.summary()
+                failing.setdefault("draws", {})[case.id] = result.summary()
                 failing.setdefault("index", index)
                 failing.setdefault("found", time.monotonic())
                 failing.setdefault("found_n", checked["n"])
@@ -127,7 +127,9 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     while time.monotonic() < deadline:
         try:
             seed(first + batch * streams + fuzz_stream)(explore)()
-        except AssertionError:
+        except (AssertionError, ExceptionGroup):  # a group: hypothesis saw the failure more than once
+            if "case" not in failing:
+                raise
             case = failing["case"]  # the failing member of the last failing example: the shrunk one
             result = execute(pytestconfig, case, fuzz_adapter)
             record(pytestconfig, result)

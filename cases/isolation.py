@@ -81,12 +81,14 @@ def _device_healthy(device: str) -> bool:
         return False
 
 
-def _serve(conn, specs: list[str], device: str) -> None:  # runs in the child
+def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) -> None:  # runs in the child
     from cases.ops import validate_adapter
     from kernels import device as _device
     from kernels.adapters import resolve
 
-    _device.activate(device)
+    device = _device.activate(device)
+    # the GPU of the parent's xdist worker (gwN takes GPU N mod count on a multi-GPU host)
+    _device.assign_worker_gpu(device, worker_id)
     adapters = {}
     for spec in specs:
         for a in resolve(spec):
@@ -119,10 +121,13 @@ def _describe_exit(code: int | None) -> str:
 
 
 class IsolatedRunner:
-    """Runs cases of the adapters named by ``specs`` in a reusable child process."""
+    """Runs cases of the adapters named by ``specs`` in a reusable child process.
 
-    def __init__(self, specs: list[str], device: str, *, timeout: float | None):
-        self.specs, self.device, self.timeout = list(specs), device, timeout
+    ``device`` may be ``auto`` (the child resolves it); ``worker_id`` is the parent's xdist worker
+    id, so the child uses the same GPU as its worker on a multi-GPU host."""
+
+    def __init__(self, specs: list[str], device: str, *, timeout: float | None, worker_id: str | None = None):
+        self.specs, self.device, self.timeout, self.worker_id = list(specs), device, timeout, worker_id
         self._ctx = multiprocessing.get_context("spawn")
         self._proc = self._conn = None
         self._pending = None  # a child started by prestart(), not yet known to be ready
@@ -136,7 +141,7 @@ class IsolatedRunner:
 
     def _launch(self):
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self.specs, self.device), daemon=True,
+        proc = self._ctx.Process(target=_serve, args=(child, self.specs, self.device, self.worker_id), daemon=True,
                                  name="qkcheck-case-runner")
         proc.start()
         child.close()

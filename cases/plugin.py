@@ -73,8 +73,12 @@ def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     from kernels import device as _device
 
+    _start_runner_early(config)
     try:
         config.qkcheck_device = _device.activate(config.getoption("--device"))
+        runner = getattr(config, "_qkcheck_isolated", None)
+        if runner is not None:
+            runner.device = config.qkcheck_device
         config.qkcheck_gpu_index = _device.assign_worker_gpu(config.qkcheck_device, _worker_id(config))
         config.qkcheck_budget = parse_duration(config.getoption("--budget"))
         config.qkcheck_shard = parse_shard(config.getoption("--shard"))
@@ -93,6 +97,35 @@ def pytest_configure(config: pytest.Config) -> None:
     config.qkcheck_ops = config.getoption("--op")
     config.qkcheck_results = []
     config.qkcheck_started = time.time()
+
+
+def _runs_gate_suites(config: pytest.Config) -> bool:
+    """This process runs the gate or fuzz suites itself (not an xdist controller, whose workers
+    run them, and not a run of other tests)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return False
+    suites = Path(__file__).resolve().parent.parent / "tests" / "gate"
+    args = [Path(str(a).split("::")[0]).resolve() for a in config.args]
+    return bool(args) and all(a == suites or suites in a.parents for a in args)
+
+
+def _start_runner_early(config: pytest.Config) -> None:
+    """Start the case-runner child first thing, before this process imports torch, when the
+    options already say cases will run isolated (--isolate on, or auto with --device cuda/xpu):
+    the child's imports, device set-up and kernel registrations then overlap this process's own
+    start-up and collection instead of following them. Other runs start it at collection end."""
+    mode, requested = config.getoption("--isolate"), config.getoption("--device")
+    if not (mode == "on" or (mode == "auto" and requested in ("cuda", "xpu"))) or not _runs_gate_suites(config):
+        return
+    from cases import isolation
+
+    try:
+        timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
+    except ValueError:
+        return  # reported by pytest_configure
+    runner = config._qkcheck_isolated = isolation.IsolatedRunner(
+        config.getoption("--kernels") or ["bundled"], requested, timeout=timeout, worker_id=_worker_id(config))
+    runner.prestart()
 
 
 def selected_adapters(config: pytest.Config):
@@ -200,7 +233,8 @@ def _isolated_runner(config: pytest.Config):
     runner = getattr(config, "_qkcheck_isolated", None)
     if runner is None:
         runner = config._qkcheck_isolated = isolation.IsolatedRunner(
-            config.qkcheck_kernel_specs, config.qkcheck_device, timeout=config.qkcheck_case_timeout)
+            config.qkcheck_kernel_specs, config.qkcheck_device, timeout=config.qkcheck_case_timeout,
+            worker_id=_worker_id(config))
     return runner
 
 

@@ -52,7 +52,8 @@ class KernelAdapter:
     signature: tuple[str, ...] = ()  # the parameter names `call` binds on `target`, in order
     default_config: Callable[[Mapping, Mapping], Mapping] | None = None  # (dims, params) -> config it picks
     # quant ops: (outputs, params) -> (canonical codes [M, K], scales) where the kernel stores them
-    # its own way (packed codes, transposed scales); None = codes one per element, plain scales
+    # its own way (packed codes, transposed scales); None = codes one per element, plain scales.
+    # It receives host (CPU) copies of the outputs.
     unpack: Callable[[tuple, Mapping], tuple] | None = None
     # the tensors key under which the runner passes a preallocated output (sentinel-filled, with
     # canaries around it: unwritten elements and out-of-bounds writes are detected); None = the

@@ -1,15 +1,16 @@
 """Fuzz throughput of the real command, next to a bare loop, measured in one run.
 
     python benchmarks/bench_fuzz.py [--device cuda] [--kernels bundled:w4a16_gemm] [--budget 20s]
-                                    [--workers 1,8] [--json]
+                                    [--workers 1,8] [--warm-factor 3] [--json]
 
 Rows:
 - ``qkcheck fuzz`` cases/s as the command's summary prints it "after start-up" (from each
   stream's first finished case: the case-runner process, imports and first compile left out; the
   rate with them is in the detail), once per ``--workers`` value (1 = one process; N = ``-n N``: N
   xdist workers, one fuzz stream each, sharing the device). Each is run twice with the same seed
-  and the second run is the row: its kernels come from Triton's on-disk cache ("once kernels are
-  compiled"; draws past the first run's still compile); the first run's rate is in the detail.
+  and the second run is the row: the first, with ``--warm-factor`` times the budget, compiles
+  the kernel variants of at least the draws the second makes, so the second finds them in
+  Triton's on-disk cache ("once kernels are compiled"); the detail says if it drew further.
 - a bare loop for scale: small W4A16 cases (NumPy inputs, a float64 NumPy reference, one launch of
   the bundled kernel at a fixed config, an exact-regime comparison), no harness; cases/s. The ratio
   bare / harness per process is the harness's cost (goal: within about 3x).

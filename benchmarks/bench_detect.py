@@ -2,7 +2,7 @@
 imports, interpreter probes, first compiles included) until it exits with the failure found,
 shrunk and diagnosed. Median over several fuzz seeds.
 
-    python benchmarks/bench_detect.py [--device cpu] [--seeds 5] [--budget 60s] [--entries a,b] [--json]
+    python benchmarks/bench_detect.py [--device cpu] [--seeds 5] [--budget 60s] [--entries a,b] [--shrink-budget D] [--json]
 
 Goals: <= 30 s per entry on the 2-core CPU machine, <= 10 s on a GPU. An entry not caught within
 the budget counts as missed. Exit status 1 when any goal is missed.
@@ -27,22 +27,25 @@ sys.path.insert(0, str(ROOT))
 GOALS = {"cpu": 30.0, "cuda": 10.0, "xpu": 10.0}
 
 
-def detect(entry: str, device: str, seed: int, budget: str) -> dict:
+def detect(entry: str, device: str, seed: int, budget: str, shrink_budget: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", f"zoo:{entry}", "--device", device,
                "--budget", budget, "--fuzz-seed", str(seed), "--failures-dir", tmp]
+        if shrink_budget is not None:
+            cmd += ["--shrink-budget", shrink_budget]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
     out = proc.stdout + proc.stderr
     m = re.search(r"fuzz found a failure after (\d+) cases, ([\d.]+) s into the fuzz "
-                  r"\(shrunk in (\d+) more cases, done at ([\d.]+) s\)", out)
-    # the fuzz's own clock: first failure found at found_s, shrunk and diagnosed at fuzz_s; the rest
-    # of ``seconds`` is outside the fuzz loop (process start-up, imports, collection, exit)
+                  r"\(shrunk in (\d+) more cases by ([\d.]+) s, diagnosed and saved at ([\d.]+) s\)", out)
+    # the fuzz's own clock: first failure found at found_s, shrunk by shrunk_s, diagnosed and saved
+    # at fuzz_s; the rest of ``seconds`` is outside the fuzz loop (process start-up, imports,
+    # collection, exit)
     return {"seconds": seconds, "caught": proc.returncode == 1 and m is not None,
             "cases": int(m.group(1)) if m else None, "exit": proc.returncode,
             "found_s": float(m.group(2)) if m else None, "shrink_cases": int(m.group(3)) if m else None,
-            "fuzz_s": float(m.group(4)) if m else None,
+            "shrunk_s": float(m.group(4)) if m else None, "fuzz_s": float(m.group(5)) if m else None,
             "tail": "" if m else out[-400:]}
 
 
@@ -59,6 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--budget", default="60s", help="fuzz budget per run (an entry not caught in it is missed)")
     parser.add_argument("--entries", default=None, help="comma-separated zoo entries (default: all)")
+    parser.add_argument("--shrink-budget", default=None, help="passed to qkcheck fuzz (default: its own default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     entries = args.entries.split(",") if args.entries else list(zoo.entries())
@@ -68,7 +72,7 @@ def main(argv=None) -> int:
     goal = GOALS.get(args.device, 30.0)
     rows = []
     for entry in entries:
-        runs = [detect(entry, args.device, s, args.budget) for s in range(args.seeds)]
+        runs = [detect(entry, args.device, s, args.budget, args.shrink_budget) for s in range(args.seeds)]
         caught = [r for r in runs if r["caught"]]
         med = statistics.median(r["seconds"] for r in runs) if len(caught) == len(runs) else float("inf")
         rows.append({"name": f"time to detection, zoo:{entry} ({args.device}, median of {args.seeds} seeds)",
@@ -78,8 +82,9 @@ def main(argv=None) -> int:
                                f"of which outside the fuzz loop (start-up, collection, exit): "
                                f"{[_round(r['seconds'], r['fuzz_s']) for r in runs]}, "
                                f"fuzzing to the first failure: {[_round(r['found_s']) for r in runs]}, "
-                               f"shrinking and reporting: {[_round(r['fuzz_s'], r['found_s']) for r in runs]} "
-                               f"(shrink cases {[r['shrink_cases'] for r in runs]})",
+                               f"shrinking: {[_round(r['shrunk_s'], r['found_s']) for r in runs]} "
+                               f"(shrink cases {[r['shrink_cases'] for r in runs]}), "
+                               f"diagnosing and saving: {[_round(r['fuzz_s'], r['shrunk_s']) for r in runs]}",
                      "misses": [r["tail"] for r in runs if not r["caught"]][:1]})
         if not args.json:
             r = rows[-1]

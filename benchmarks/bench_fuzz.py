@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GOAL_CASES_PER_S = 1000.0
-SUMMARY = re.compile(r"qkcheck fuzz (\S+): (\d+) cases \((\d+) drawn, (\d+) stream\(s\)\) in ([\d.]+) s = (\d+) cases/s "
+SUMMARY = re.compile(r"qkcheck fuzz (\S+): (\d+) cases \((\d+) drawn, \d+ repeated draws skipped, (\d+) stream\(s\)\) "
+                     r"in ([\d.]+) s = (\d+) cases/s "
                      r"\((\d+) cases/s after start-up\)")
 
 

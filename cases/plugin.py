@@ -212,12 +212,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     for kernel, stats in by_kernel.items():
         cases = sum(s["cases"] for s in stats)
         draws = sum(s["draws"] for s in stats)
+        repeats = sum(s.get("repeats", 0) for s in stats)
         wall = max(s["seconds"] for s in stats)
         failed = sum(s["outcome"] == "fail" for s in stats)
         # after each stream's first case: its start-up (case-runner process, imports, first compile) left out
         steady = sum((s["cases"] - 1) / s["after_first"] for s in stats if s["cases"] > 1 and s["after_first"] > 0)
         terminalreporter.write_line(
-            f"qkcheck fuzz {kernel}: {cases} cases ({draws} drawn, {len(stats)} stream(s)) in {wall:.1f} s = "
+            f"qkcheck fuzz {kernel}: {cases} cases ({draws} drawn, {repeats} repeated draws skipped, "
+            f"{len(stats)} stream(s)) in {wall:.1f} s = "
             f"{cases / max(wall, 1e-9):.0f} cases/s ({steady:.0f} cases/s after start-up)"
             + (f"; {failed} stream(s) found a failure" if failed else ""))
 

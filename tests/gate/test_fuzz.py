@@ -79,7 +79,8 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     started = time.monotonic()
     deadline = started + budget
     failing: dict = {}
-    checked = {"n": 0, "draws": 0}
+    checked = {"n": 0, "draws": 0, "repeats": 0}
+    passed: set[str] = set()  # ids of drawn cases whose members all ran and passed
 
     def fail(summary: str):  # one raise site: hypothesis tells failures apart by where they are raised
         raise AssertionError(summary)
@@ -95,6 +96,11 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
             # stands; when hypothesis replays that draw it fails again without running
             if case.id in failing["draws"]:
                 fail(failing["draws"][case.id])
+            return
+        if case.id in passed:
+            # hypothesis draws some cases again (each run starts from the simplest case, and its
+            # mutations repeat), and a case's siblings derive from it: the same cases, already checked
+            checked["repeats"] += 1
             return
         checked["draws"] += 1
         members = siblings(case, per_draw)
@@ -114,11 +120,14 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
                 failing.setdefault("found", time.monotonic())
                 failing.setdefault("found_n", checked["n"])
                 fail(result.summary())
+        if "index" not in failing:  # every member ran (the deadline returns above) and passed
+            passed.add(case.id)
 
     def stats(outcome: str) -> None:
         now = time.monotonic()
         request.node.user_properties.append(("qkcheck_fuzz", {
             "kernel": fuzz_adapter.name, "stream": fuzz_stream, "cases": checked["n"], "draws": checked["draws"],
+            "repeats": checked["repeats"],
             "seconds": round(now - started, 3), "outcome": outcome,
             "after_first": round(now - checked.get("first", now), 3)}))
 
@@ -131,13 +140,14 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
             if "case" not in failing:
                 raise
             case = failing["case"]  # the failing member of the last failing example: the shrunk one
-            result = execute(pytestconfig, case, fuzz_adapter)
+            shrunk = time.monotonic() - started
+            result = execute(pytestconfig, case, fuzz_adapter)  # again, diagnosed
             record(pytestconfig, result)
             stats("fail")
             found, now = failing["found"] - started, time.monotonic() - started
             pytest.fail(f"fuzz found a failure after {failing['found_n']} cases, {found:.1f} s into the fuzz "
-                        f"(shrunk in {checked['n'] - failing['found_n']} more cases, done at {now:.1f} s):\n"
-                        f"{result.summary()}", pytrace=False)
+                        f"(shrunk in {checked['n'] - failing['found_n']} more cases by {shrunk:.1f} s, "
+                        f"diagnosed and saved at {now:.1f} s):\n{result.summary()}", pytrace=False)
         batch += 1
     stats("pass")
     print(f"fuzz {fuzz_adapter.name}: {checked['n']} cases in {budget:.0f}s budget, no failure")

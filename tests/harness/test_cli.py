@@ -85,3 +85,47 @@ def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_pa
     shrink_cases = int(m.group(2))
     assert (shrink_cases == 0) if shrink_budget != "0" else (shrink_cases > 0)
     assert len(list(fails.glob("*.json"))) == 1
+
+
+TORCH_W4A16 = '''
+import torch
+from kernels import backends
+from kernels.adapters import KernelAdapter
+from kernels.bundled import W4A16
+from kernels.triton.w4a16 import LAYOUTS
+from oracle.packing import unpack
+
+
+def call(t, params, config):
+    backends.record(backends.NATIVE)
+    rec = LAYOUTS["gptq"]
+    q = torch.from_numpy(unpack(t["qweight"].numpy(), rec.qweight, signed=False).astype("int64"))
+    g = q.shape[0] if params["group_size"] == -1 else params["group_size"]
+    z = 8
+    if t["zeros"] is not None:
+        z = torch.from_numpy(unpack(t["zeros"].numpy(), rec.zeros, signed=False).astype("int64")).repeat_interleave(g, 0)
+    w = ((q - z) * t["scales"].float().repeat_interleave(g, 0)).to(t["x"].dtype).float()
+    y = t["x"].float() @ w
+    if t["bias"] is not None:
+        y = y + t["bias"].float()
+    return y.to(getattr(torch, params["out_dtype"]))
+
+
+ADAPTERS = [KernelAdapter(name="test:torch_w4a16", op="w4a16_gemm", pack=W4A16.pack, call=call,
+                          layouts=("gptq",), triton=False, expected_backend=backends.NATIVE)]
+'''
+
+
+def test_fuzz_skips_draws_it_already_checked(tmp_path):
+    """Every hypothesis run starts from the simplest case; a draw already checked in this stream is
+    not run again (a case's siblings derive from it, so they would repeat too)."""
+    adapters = tmp_path / "adapters.py"
+    adapters.write_text(TORCH_W4A16)
+    r = qkcheck("fuzz", "--kernels", str(adapters), "--budget", "8s", "--device", "cpu",
+                "--failures-dir", str(tmp_path / "failures"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    m = re.search(r"qkcheck fuzz test:torch_w4a16: (\d+) cases \((\d+) drawn, (\d+) repeated draws skipped", out)
+    assert m, out[-3000:]
+    cases, drawn, repeats = map(int, m.groups())
+    assert cases == drawn > 20 and repeats >= 1  # one case per draw on the CPU; several hypothesis runs

@@ -2,6 +2,11 @@
 imports, interpreter probes, first compiles included) until it exits with the failure found,
 shrunk and diagnosed. Median over several fuzz seeds.
 
+On a GPU each seed runs twice, each time in a fresh process: first with an empty Triton cache
+(``TRITON_CACHE_DIR`` a new directory: every kernel variant the run draws is compiled, 0.1-0.5 s
+each), then again with the cache that run left (a runner that keeps its Triton cache between
+jobs); each gives its own row. Under the CPU interpreter nothing is compiled: one run per seed.
+
     python benchmarks/bench_detect.py [--device cpu] [--seeds 5] [--budget 60s] [--entries a,b] [--shrink-budget D] [--json]
 
 Goals: <= 30 s per entry on the 2-core CPU machine, <= 10 s on a GPU. An entry not caught within
@@ -27,14 +32,18 @@ sys.path.insert(0, str(ROOT))
 GOALS = {"cpu": 30.0, "cuda": 10.0, "xpu": 10.0}
 
 
-def detect(entry: str, device: str, seed: int, budget: str, shrink_budget: str | None = None) -> dict:
+def detect(entry: str, device: str, seed: int, budget: str, shrink_budget: str | None = None,
+           cache_dir: str | None = None) -> dict:
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["TRITON_CACHE_DIR"] = cache_dir
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", f"zoo:{entry}", "--device", device,
                "--budget", budget, "--fuzz-seed", str(seed), "--failures-dir", tmp]
         if shrink_budget is not None:
             cmd += ["--shrink-budget", shrink_budget]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - t0
     out = proc.stdout + proc.stderr
     m = re.search(r"fuzz found a failure after (\d+) cases, ([\d.]+) s into the fuzz "
@@ -71,31 +80,45 @@ def main(argv=None) -> int:
         parser.error(f"unknown zoo entries {unknown} (allowed: {', '.join(zoo.entries())})")
     goal = GOALS.get(args.device, 30.0)
     rows = []
+    compiled = args.device != "cpu"
     for entry in entries:
-        runs = [detect(entry, args.device, s, args.budget, args.shrink_budget) for s in range(args.seeds)]
-        caught = [r for r in runs if r["caught"]]
-        med = statistics.median(r["seconds"] for r in runs) if len(caught) == len(runs) else float("inf")
-        rows.append({"name": f"time to detection, zoo:{entry} ({args.device}, median of {args.seeds} seeds)",
-                     "value": med, "unit": "s", "goal": f"<= {goal:g} s", "ok": med <= goal,
-                     "detail": f"cases to first failure: {[r['cases'] for r in runs]}; "
-                               f"per-seed seconds: {[round(r['seconds'], 1) for r in runs]}; "
-                               f"of which outside the fuzz loop (start-up, collection, exit): "
-                               f"{[_round(r['seconds'], r['fuzz_s']) for r in runs]}, "
-                               f"fuzzing to the first failure: {[_round(r['found_s']) for r in runs]}, "
-                               f"shrinking: {[_round(r['shrunk_s'], r['found_s']) for r in runs]} "
-                               f"(shrink cases {[r['shrink_cases'] for r in runs]}), "
-                               f"diagnosing and saving: {[_round(r['fuzz_s'], r['shrunk_s']) for r in runs]}",
-                     "misses": [r["tail"] for r in runs if not r["caught"]][:1]})
-        if not args.json:
-            r = rows[-1]
-            print(f"{r['name']:<70} {r['value']:7.1f} s  goal {r['goal']:<8} {'ok' if r['ok'] else 'MISSED'}  {r['detail']}")
-            for tail in r["misses"]:
-                print("   not caught; output tail:", tail.replace("\n", " | "))
+        if compiled:
+            cold, warm = [], []
+            for seed in range(args.seeds):
+                with tempfile.TemporaryDirectory() as cache:
+                    cold.append(detect(entry, args.device, seed, args.budget, args.shrink_budget, cache))
+                    warm.append(detect(entry, args.device, seed, args.budget, args.shrink_budget, cache))
+            series = [("empty Triton cache, ", cold), ("warm Triton cache, ", warm)]
+        else:
+            series = [("", [detect(entry, args.device, s, args.budget, args.shrink_budget) for s in range(args.seeds)])]
+        for label, runs in series:
+            rows.append(_row(entry, args, label, runs, goal))
+            if not args.json:
+                r = rows[-1]
+                print(f"{r['name']:<70} {r['value']:7.1f} s  goal {r['goal']:<8} {'ok' if r['ok'] else 'MISSED'}  {r['detail']}")
+                for tail in r["misses"]:
+                    print("   not caught; output tail:", tail.replace("\n", " | "))
     info = {"machine": f"{platform.machine()} {os.cpu_count()}-core, {platform.system()}", "device": args.device,
             "python": platform.python_version()}
     if args.json:
         print(json.dumps({"info": info, "results": rows}, indent=2))
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _row(entry: str, args, label: str, runs: list[dict], goal: float) -> dict:
+    caught = [r for r in runs if r["caught"]]
+    med = statistics.median(r["seconds"] for r in runs) if len(caught) == len(runs) else float("inf")
+    return {"name": f"time to detection, zoo:{entry} ({args.device}, {label}median of {args.seeds} seeds)",
+            "value": med, "unit": "s", "goal": f"<= {goal:g} s", "ok": med <= goal,
+            "detail": f"cases to first failure: {[r['cases'] for r in runs]}; "
+                      f"per-seed seconds: {[round(r['seconds'], 1) for r in runs]}; "
+                      f"of which outside the fuzz loop (start-up, collection, exit): "
+                      f"{[_round(r['seconds'], r['fuzz_s']) for r in runs]}, "
+                      f"fuzzing to the first failure: {[_round(r['found_s']) for r in runs]}, "
+                      f"shrinking: {[_round(r['shrunk_s'], r['found_s']) for r in runs]} "
+                      f"(shrink cases {[r['shrink_cases'] for r in runs]}), "
+                      f"diagnosing and saving: {[_round(r['fuzz_s'], r['shrunk_s']) for r in runs]}",
+            "misses": [r["tail"] for r in runs if not r["caught"]][:1]}
 
 
 if __name__ == "__main__":

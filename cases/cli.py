@@ -47,7 +47,7 @@ def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
         p.add_argument("--fuzz-streams", default=None, help="fuzz streams per kernel (default: one per -n worker)")
         p.add_argument("--shrink-budget", default=None,
                        help="time spent shrinking a failure before the smallest one found is reported "
-                            "(default 3s on a GPU, none on the CPU; 0 = none)")
+                            "(default 2s on a GPU, none on the CPU; 0 = none)")
     p.add_argument("pytest_args", nargs="*", help="extra arguments passed to pytest after --")
 
 

@@ -169,7 +169,7 @@ def unavailable(config: pytest.Config) -> list[tuple[str, str]]:
 GPU_SIBLINGS = 64
 # shrinking on a GPU: a candidate of a new shape or config compiles a kernel variant (0.1-0.5 s each),
 # so shrinking is bounded there; the failing case is saved either way, shrunk as far as time allowed
-GPU_SHRINK_BUDGET_S = 3.0
+GPU_SHRINK_BUDGET_S = 2.0
 
 
 def fuzz_siblings(config: pytest.Config) -> int:

@@ -44,7 +44,7 @@ CPU_SET = [
 ]
 GPU_SET = [
     ["benchmarks/bench_harness.py", "--device", "cuda", "--cases", "300", "--json"],
-    ["benchmarks/bench_fuzz.py", "--device", "cuda", "--workers", "1,8,16", "--budget", "30s", "--json"],
+    ["benchmarks/bench_fuzz.py", "--device", "cuda", "--workers", "1,8,16", "--budget", "20s", "--json"],
     ["benchmarks/bench_detect.py", "--device", "cuda", "--seeds", "3", "--json"],
     ["benchmarks/bench_kernels.py", "--device", "cuda", "--json"],
 ]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.torch_adapters import GOOD_W4A16
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS_CASE = ROOT / "cases" / "corpus" / "w4a16-block-k-spans-two-groups.json"
 
@@ -87,33 +89,10 @@ def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_pa
     assert len(list(fails.glob("*.json"))) == 1
 
 
-TORCH_W4A16 = '''
-import torch
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.bundled import W4A16
-from kernels.triton.w4a16 import LAYOUTS
-from oracle.packing import unpack
-
-
-def call(t, params, config):
-    backends.record(backends.NATIVE)
-    rec = LAYOUTS["gptq"]
-    q = torch.from_numpy(unpack(t["qweight"].numpy(), rec.qweight, signed=False).astype("int64"))
-    g = q.shape[0] if params["group_size"] == -1 else params["group_size"]
-    z = 8
-    if t["zeros"] is not None:
-        z = torch.from_numpy(unpack(t["zeros"].numpy(), rec.zeros, signed=False).astype("int64")).repeat_interleave(g, 0)
-    w = ((q - z) * t["scales"].float().repeat_interleave(g, 0)).to(t["x"].dtype).float()
-    y = t["x"].float() @ w
-    if t["bias"] is not None:
-        y = y + t["bias"].float()
-    return y.to(getattr(torch, params["out_dtype"]))
-
-
-ADAPTERS = [KernelAdapter(name="test:torch_w4a16", op="w4a16_gemm", pack=W4A16.pack, call=call,
+TORCH_W4A16 = GOOD_W4A16 + """
+ADAPTERS = [KernelAdapter(name="test:torch_w4a16", op="w4a16_gemm", pack=W4A16.pack, call=good,
                           layouts=("gptq",), triton=False, expected_backend=backends.NATIVE)]
-'''
+"""
 
 
 def test_fuzz_skips_draws_it_already_checked(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from cases.case import Case
 from cases.isolation import IsolatedRunner, run_in_process
 from kernels.adapters import resolve
+from tests.harness.torch_adapters import GOOD_W4A16
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,30 +24,7 @@ CASE = Case.make("w4a16_gemm", shape={"m": 2, "n": 16, "k": 64},
                  regime="exact", seed=3)
 
 # Tiny torch kernels for the adapter file: one correct, one that hangs, two that kill their process.
-ADAPTERS = textwrap.dedent('''
-    import os, time
-    import torch
-    from kernels import backends
-    from kernels.adapters import KernelAdapter
-    from kernels.bundled import W4A16
-    from oracle.packing import unpack
-    from kernels.triton.w4a16 import LAYOUTS
-
-    def good(t, params, config):
-        backends.record(backends.NATIVE)
-        rec = LAYOUTS["gptq"]
-        q = torch.from_numpy(unpack(t["qweight"].numpy(), rec.qweight, signed=False).astype("int64"))
-        g = q.shape[0] if params["group_size"] == -1 else params["group_size"]
-        z = 8
-        if t["zeros"] is not None:
-            z = torch.from_numpy(unpack(t["zeros"].numpy(), rec.zeros, signed=False).astype("int64"))
-            z = z.repeat_interleave(g, 0)
-        w = ((q - z) * t["scales"].float().repeat_interleave(g, 0)).to(t["x"].dtype).float()
-        y = t["x"].float() @ w
-        if t["bias"] is not None:
-            y = y + t["bias"].float()
-        return y.to(getattr(torch, params["out_dtype"]))
-
+ADAPTERS = GOOD_W4A16 + textwrap.dedent('''
     def hangs(t, params, config):
         while True:
             time.sleep(0.01)

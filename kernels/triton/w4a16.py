@@ -493,6 +493,37 @@ def _gemv_scales_and_zeros(s_ptr, z_ptr, groups, offs_n, mask, stride_sg, stride
 
 
 @triton.jit
+def _gemv_word_tile(qw_ptr, s_ptr, z_ptr, tile, offs_n, mask_n, K, GROUP_SIZE, stride_qr, stride_qc, stride_sg,
+                    stride_sn, stride_zg, stride_zc,
+                    Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
+                    HAS_ZEROS: tl.constexpr, SYM_ZERO: tl.constexpr, P: tl.constexpr, QW_ROWS: tl.constexpr,
+                    SCALE_PATH: tl.constexpr, WORD_ROW_GROUPS: tl.constexpr):
+    """K tile ``tile`` of codes packed along K (P per word): its word rows ``offs_r`` and their
+    mask, the words ``[QW_ROWS, BLOCK_N]`` (int32), and the scales and ``2**23 + z`` that serve the
+    whole tile: ``[1, BLOCK_N]`` (SCALE_PATH 0: one group), ``[QW_ROWS, BLOCK_N]``
+    (WORD_ROW_GROUPS: one group per word row), or placeholders (every k row gathers its own)."""
+    offs_r = tile * QW_ROWS + tl.arange(0, QW_ROWS)
+    mask_r = offs_r < K // P
+    words = tl.load(
+        qw_ptr + offs_r[:, None] * stride_qr + offs_n[None, :] * stride_qc,
+        mask=mask_r[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first",
+    ).to(tl.int32)
+    if SCALE_PATH == 0:
+        s, z = _gemv_scales_and_zeros(
+            s_ptr, z_ptr, (tile * QW_ROWS * P) // GROUP_SIZE, offs_n[None, :], mask_n[None, :], stride_sg,
+            stride_sn, stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+    elif WORD_ROW_GROUPS:
+        s, z = _gemv_scales_and_zeros(
+            s_ptr, z_ptr, (offs_r * P // GROUP_SIZE)[:, None], offs_n[None, :],
+            mask_r[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
+            Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
+    else:
+        s = tl.zeros_like(offs_n[None, :].to(tl.float32))
+        z = s
+    return offs_r, words, s, z
+
+
+@triton.jit
 def _gemv_accumulate(
     x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, pid_n, tile_begin, tile_end,
     N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
@@ -526,23 +557,12 @@ def _gemv_accumulate(
         mask_n = offs_n < N
         acc2 = tl.zeros((QW_ROWS, BLOCK_N), dtype=tl.float32)
         for tile in range(tile_begin, tile_end):
-            offs_r = tile * QW_ROWS + tl.arange(0, QW_ROWS)
-            mask_r = offs_r < K // P
-            words = tl.load(
-                qw_ptr + offs_r[:, None] * stride_qr + offs_n[None, :] * stride_qc,
-                mask=mask_r[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first",
-            ).to(tl.int32)
+            offs_r, words, s, z = _gemv_word_tile(
+                qw_ptr, s_ptr, z_ptr, tile, offs_n, mask_n, K, GROUP_SIZE, stride_qr, stride_qc, stride_sg,
+                stride_sn, stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO,
+                P, QW_ROWS, SCALE_PATH, WORD_ROW_GROUPS)
             if SCALE_PATH == 0:
-                group = (tile * BLOCK_K) // GROUP_SIZE
-                s, z = _gemv_scales_and_zeros(
-                    s_ptr, z_ptr, group, offs_n[None, :], mask_n[None, :], stride_sg, stride_sn, stride_zg,
-                    stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
                 part = tl.zeros((QW_ROWS, BLOCK_N), dtype=tl.float32)
-            elif WORD_ROW_GROUPS:
-                s, z = _gemv_scales_and_zeros(
-                    s_ptr, z_ptr, (offs_r * P // GROUP_SIZE)[:, None], offs_n[None, :],
-                    mask_r[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
-                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
             for i in tl.static_range(P):
                 offs_k = offs_r * P + i
                 mask_k = offs_k < K
@@ -571,23 +591,12 @@ def _gemv_accumulate(
         mask_n = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for tile in range(tile_begin, tile_end):
-            offs_r = tile * QW_ROWS + tl.arange(0, QW_ROWS)
-            mask_r = offs_r < K // P
-            words = tl.load(
-                qw_ptr + offs_r[:, None] * stride_qr + offs_n[None, :] * stride_qc,
-                mask=mask_r[:, None] & mask_n[None, :], other=0, eviction_policy="evict_first",
-            ).to(tl.int32)
+            offs_r, words, s, z = _gemv_word_tile(
+                qw_ptr, s_ptr, z_ptr, tile, offs_n, mask_n, K, GROUP_SIZE, stride_qr, stride_qc, stride_sg,
+                stride_sn, stride_zg, stride_zc, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO,
+                P, QW_ROWS, SCALE_PATH, WORD_ROW_GROUPS)
             if SCALE_PATH == 0:
-                group = (tile * BLOCK_K) // GROUP_SIZE
-                s, z = _gemv_scales_and_zeros(
-                    s_ptr, z_ptr, group, offs_n, mask_n, stride_sg, stride_sn, stride_zg, stride_zc,
-                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
                 part = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            elif WORD_ROW_GROUPS:
-                s, z = _gemv_scales_and_zeros(
-                    s_ptr, z_ptr, (offs_r * P // GROUP_SIZE)[:, None], offs_n[None, :],
-                    mask_r[:, None] & mask_n[None, :], stride_sg, stride_sn, stride_zg, stride_zc,
-                    Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
             for i in tl.static_range(P):
                 offs_k = offs_r * P + i
                 mask_k = offs_k < K
@@ -607,7 +616,7 @@ def _gemv_accumulate(
                             Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS, HAS_ZEROS, SYM_ZERO)
                     acc += tl.sum(x[:, :, None] * ((q - z) * s)[None, :, :], axis=1)
             if SCALE_PATH == 0:
-                acc += part * s[None, :]
+                acc += part * s
     else:
         P: tl.constexpr = QW_PER_N
         QW_COLS: tl.constexpr = BLOCK_N // P

@@ -73,16 +73,17 @@ def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     from kernels import device as _device
 
-    _start_runner_early(config)
     try:
+        config.qkcheck_kernel_specs = config.getoption("--kernels") or ["bundled"]
+        config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
+        _start_runner_early(config)
         config.qkcheck_device = _device.activate(config.getoption("--device"))
         runner = getattr(config, "_qkcheck_isolated", None)
-        if runner is not None:
+        if runner is not None:  # started early with the device as requested: record the resolved one
             runner.device = config.qkcheck_device
         config.qkcheck_gpu_index = _device.assign_worker_gpu(config.qkcheck_device, _worker_id(config))
         config.qkcheck_budget = parse_duration(config.getoption("--budget"))
         config.qkcheck_shard = parse_shard(config.getoption("--shard"))
-        config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
         shrink = config.getoption("--shrink-budget")
         config.qkcheck_shrink_budget = (parse_duration(shrink, "--shrink-budget") if shrink is not None
                                         else (None if config.qkcheck_device == "cpu" else GPU_SHRINK_BUDGET_S)) or None
@@ -92,7 +93,6 @@ def pytest_configure(config: pytest.Config) -> None:
         value = config.getoption(option)
         if value is not None and value < 1:
             raise pytest.UsageError(f"{option} {value} must be >= 1 (e.g. {option} 4)")
-    config.qkcheck_kernel_specs = config.getoption("--kernels") or ["bundled"]
     config.qkcheck_fuzz_stats = []
     config.qkcheck_ops = config.getoption("--op")
     config.qkcheck_results = []
@@ -115,17 +115,8 @@ def _start_runner_early(config: pytest.Config) -> None:
     the child's imports, device set-up and kernel registrations then overlap this process's own
     start-up and collection instead of following them. Other runs start it at collection end."""
     mode, requested = config.getoption("--isolate"), config.getoption("--device")
-    if not (mode == "on" or (mode == "auto" and requested in ("cuda", "xpu"))) or not _runs_gate_suites(config):
-        return
-    from cases import isolation
-
-    try:
-        timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
-    except ValueError:
-        return  # reported by pytest_configure
-    runner = config._qkcheck_isolated = isolation.IsolatedRunner(
-        config.getoption("--kernels") or ["bundled"], requested, timeout=timeout, worker_id=_worker_id(config))
-    runner.prestart()
+    if (mode == "on" or (mode == "auto" and requested in ("cuda", "xpu"))) and _runs_gate_suites(config):
+        _isolated_runner(config, requested).prestart()
 
 
 def selected_adapters(config: pytest.Config):
@@ -229,13 +220,15 @@ def isolated(config: pytest.Config) -> bool:
     return mode == "on" or (mode == "auto" and config.qkcheck_device != "cpu")
 
 
-def _isolated_runner(config: pytest.Config):
+def _isolated_runner(config: pytest.Config, device: str | None = None):
+    """This process's case runner, created on first use (``device``: as requested, before it is
+    resolved; default the resolved one)."""
     from cases import isolation
 
     runner = getattr(config, "_qkcheck_isolated", None)
     if runner is None:
         runner = config._qkcheck_isolated = isolation.IsolatedRunner(
-            config.qkcheck_kernel_specs, config.qkcheck_device, timeout=config.qkcheck_case_timeout,
+            config.qkcheck_kernel_specs, device or config.qkcheck_device, timeout=config.qkcheck_case_timeout,
             worker_id=_worker_id(config))
     return runner
 

@@ -503,16 +503,16 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     outs = as_outputs(out)
     host_outs = [_host_copy(o) for o in outs]  # taken now: a repeat run may reuse the output's memory
     changed_flags = _differ_flags({k: (v, snapshot[k]) for k, v in tensors.items() if v is not None and k in snapshot})
-    again = repeat_error = None
+    host_again = repeat_error = None
     if adapter.deterministic:
         try:
-            again = run({k: v for k, v in tensors.items() if k != adapter.out_param})[0]  # fresh output, if any
+            again, _ = run({k: v for k, v in tensors.items() if k != adapter.out_param})  # fresh output, if any
         except CaseTimeout:
             raise
         except Exception as exc:
             repeat_error = traceback.format_exception_only(type(exc), exc)[-1].strip()
         else:
-            again = [_host_copy(o) for o in as_outputs(again)]
+            host_again = [_host_copy(o) for o in as_outputs(again)]
     changed = _fetch_flags(changed_flags, device)  # waits for the device: every launch and copy above
     tick("kernel", t0)
 
@@ -527,7 +527,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     res.checks.append(Check("inputs_unchanged", FAIL if changed else PASS,
                             f"the kernel wrote into its inputs: {', '.join(changed)}" if changed else ""))
     if adapter.deterministic:
-        same = repeat_error is None and _bits_equal(again, host_outs)
+        same = repeat_error is None and _bits_equal(host_again, host_outs)
         res.checks.append(Check("determinism", PASS if same else FAIL,
                                 "" if same else f"the repeat run raised {repeat_error}" if repeat_error
                                 else "a repeat run with the same inputs returned different bits"))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.adapters import KernelAdapter
-from kernels.packers import torch_dtype
+from kernels.packers import to_device, torch_dtype
 from oracle.formats import get_format
 from oracle.packing import pack as pack_codes
 
@@ -132,36 +132,36 @@ def pack(problem, params, device) -> dict:
 
     scheme, act = params["scheme"], torch_dtype(params["act_dtype"])
     experts = local_experts(problem)
-    t = {"x": torch.from_numpy(np.asarray(problem["x"], np.float64)).to(device, act),
-         "router_logits": torch.from_numpy(np.asarray(problem["router_logits"], np.float64)).to(device, torch.float32)}
+    t = {"x": to_device(torch.from_numpy(np.asarray(problem["x"], np.float64)), device, act),
+         "router_logits": to_device(torch.from_numpy(np.asarray(problem["router_logits"], np.float64)), device, torch.float32)}
     bias = problem.get("correction_bias")
-    t["correction_bias"] = None if bias is None else torch.from_numpy(np.asarray(bias)).to(device, torch.float32)
+    t["correction_bias"] = None if bias is None else to_device(torch.from_numpy(np.asarray(bias)), device, torch.float32)
     emap = problem.get("expert_map")
-    t["expert_map"] = None if emap is None else torch.from_numpy(np.asarray(emap, np.int64)).to(device, torch.int32)
+    t["expert_map"] = None if emap is None else to_device(torch.from_numpy(np.asarray(emap, np.int64)), device, torch.int32)
     h, i2 = np.asarray(problem["w13"]).shape[1:]
     for key in ("w13", "w2"):
         ws = [np.asarray(problem[key], np.float64)[e] for e in experts]
         name = lambda e: f"{key}[expert {experts[e]}]"  # noqa: E731
         scales = zeros = None
         if scheme == "dense":
-            weight = torch.from_numpy(np.stack(ws)).to(device, act)
+            weight = to_device(torch.from_numpy(np.stack(ws)), device, act)
         elif scheme == "w4a16":
             rec = W4A16_LAYOUTS[params["layout"]]
             parts = [w4a16_storage(w, params["zp"], name(e)) for e, w in enumerate(ws)]
-            weight = torch.from_numpy(np.stack([pack_codes(q, rec.qweight) for q, _, _ in parts])).to(device)
-            scales = torch.from_numpy(np.stack([s for _, s, _ in parts])).to(device, act)
+            weight = to_device(torch.from_numpy(np.stack([pack_codes(q, rec.qweight) for q, _, _ in parts])), device)
+            scales = to_device(torch.from_numpy(np.stack([s for _, s, _ in parts])), device, act)
             if params["zp"]:
-                zeros = torch.from_numpy(np.stack([pack_codes(z, rec.zeros) for _, _, z in parts])).to(device)
+                zeros = to_device(torch.from_numpy(np.stack([pack_codes(z, rec.zeros) for _, _, z in parts])), device)
         elif scheme in ("w_mxfp4", "w_mxfp4_a_mxfp4"):
             parts = [mxfp4_storage(w, name(e)) for e, w in enumerate(ws)]
-            weight = torch.from_numpy(np.stack([pack_codes(c, W4A16_LAYOUTS["nibble"].qweight) for c, _ in parts]))
-            weight = weight.to(device)
-            scales = torch.from_numpy(np.stack([s for _, s in parts])).to(device)
+            weight = to_device(torch.from_numpy(np.stack([pack_codes(c, W4A16_LAYOUTS["nibble"].qweight)
+                                                          for c, _ in parts])), device)
+            scales = to_device(torch.from_numpy(np.stack([s for _, s in parts])), device)
         else:
             parts = [fp8_storage(w, fp8_block(h, i2 // 2), name(e)) for e, w in enumerate(ws)]
             codes = np.stack([c for c, _ in parts]).astype(np.uint8)
-            weight = torch.from_numpy(codes).view(torch.float8_e4m3fn).to(device)
-            scales = torch.from_numpy(np.stack([s for _, s in parts])).to(device, torch.float32)
+            weight = to_device(torch.from_numpy(codes).view(torch.float8_e4m3fn), device)
+            scales = to_device(torch.from_numpy(np.stack([s for _, s in parts])), device, torch.float32)
         t[key], t[f"{key}_scales"], t[f"{key}_zeros"] = weight, scales, zeros
     return t
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from kernels import backends
 from kernels.adapters import KernelAdapter
-from kernels.packers import float_tensor, torch_dtype
+from kernels.packers import float_tensor, to_device, torch_dtype
 from oracle.packing import pack
 
 TUNABLES = {"block_m": (16, 32, 64, 128), "block_n": (16, 32, 64, 128), "block_k": (32, 64, 128, 256),
@@ -23,13 +23,13 @@ TUNABLES = {"block_m": (16, 32, 64, 128), "block_n": (16, 32, 64, 128), "block_k
 def _codes(values, packing, device):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(pack(np.asarray(values).astype(np.uint8), packing))).to(device)
+    return to_device(torch.from_numpy(np.ascontiguousarray(pack(np.asarray(values).astype(np.uint8), packing))), device)
 
 
 def _scale_codes(values, device):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(values).astype(np.uint8))).to(device)
+    return to_device(torch.from_numpy(np.ascontiguousarray(np.asarray(values).astype(np.uint8))), device)
 
 
 def mxfp4_inputs(problem, params, device) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 
 from kernels import backends
 from kernels.adapters import KernelAdapter
-from kernels.packers import float_tensor, torch_dtype
+from kernels.packers import float_tensor, to_device, torch_dtype
 
 TILES = (16, 32, 64, 128)
 TUNABLES_8BIT = {"block_m": TILES, "block_n": TILES, "block_k": (32, 64, 128, 256),
@@ -37,8 +37,8 @@ def code_tensor(codes, quant_dtype: str, device: str):
 
     arr = np.ascontiguousarray(codes)
     if quant_dtype == "int8":
-        return torch.from_numpy(arr.astype(np.int8)).to(device)
-    return torch.from_numpy(arr.astype(np.uint8)).view(getattr(torch, quant_dtype)).to(device)
+        return to_device(torch.from_numpy(arr.astype(np.int8)), device)
+    return to_device(torch.from_numpy(arr.astype(np.uint8)).view(getattr(torch, quant_dtype)), device)
 
 
 def scale_arrival(values, shape: str, device: str):
@@ -92,7 +92,7 @@ def _scaled_mm_pack(problem, params, device):
         "b": code_tensor(b.T if params["b_storage"] == "nk" else b, fmt, device),
         "a_scale": scale_arrival(problem["a_scale"], params["a_scale_shape"], device),
         "b_scale": scale_arrival(problem["b_scale"], params["b_scale_shape"], device),
-        "azp": None if azp is None else torch.from_numpy(np.asarray(azp, np.int32).reshape(-1, 1)).to(device),
+        "azp": None if azp is None else to_device(torch.from_numpy(np.asarray(azp, np.int32).reshape(-1, 1)), device),
         "bias": _bias(problem, "float32", device),
     }
 

@@ -135,12 +135,19 @@ def gate_wall(device: str, workers: str, timeout: float) -> tuple[list[dict], st
         cpu_rows = [r for r in json.loads((RESULTS / "cpu.json").read_text()).get("rows", [])
                     if r["name"].startswith("gate wall time") and r.get("ok")]
     cpu_s = cpu_rows[0]["value"] if cpu_rows else None
+    resolved = ""
+    if workers == "auto":
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        from cases.cli import auto_workers
+
+        resolved = f" ({auto_workers(device, 'auto')} workers)"
     with tempfile.TemporaryDirectory() as cache:
         env = {"TRITON_CACHE_DIR": cache}
         for label in ("cold Triton cache", "warm Triton cache"):
             seconds, code, summary, shown = _gate(device, workers, timeout, env)
             ratio = cpu_s / seconds if cpu_s else None
-            rows.append({"name": f"gate wall time, bundled kernels, {device}, -n {workers}, {label}",
+            rows.append({"name": f"gate wall time, bundled kernels, {device}, -n {workers}{resolved}, {label}",
                          "value": seconds, "unit": "s", "goal": "<= 180 s, >= 5x the CPU gate",
                          "ok": code == 0 and seconds <= 180 and ratio is not None and ratio >= 5,
                          "detail": f"exit {code}; {summary}; "
@@ -166,7 +173,7 @@ def measure(device: str, timeout: float, only: list[str] | None = None, previous
         print(f"done: {cmd}", file=sys.stderr)
     if not only or "gate" in only:
         rows = [r for r in rows if not r["command"].startswith("qkcheck")]
-        got, cmd = gate_wall(device, "2" if device == "cpu" else str(min(16, os.cpu_count() or 4)), timeout)
+        got, cmd = gate_wall(device, "2" if device == "cpu" else "auto", timeout)
         rows += [{**r, "command": cmd} for r in got]
     return {"device": device, "machine": machine(device), "measured": time.strftime("%Y-%m-%d"), "rows": rows}
 

@@ -77,6 +77,13 @@ def assign_worker_gpu(device: str, worker_id: str | None) -> int | None:
     return index
 
 
+def gpu_count(device: str) -> int:
+    """How many GPUs of ``device`` (cuda or xpu) this process sees; 0 on cpu."""
+    if device not in ("cuda", "xpu"):
+        return 0
+    return int(getattr(_torch(), device).device_count())
+
+
 def interpreted() -> bool:
     """True when Triton kernels run under the CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET") == "1"

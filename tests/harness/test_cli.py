@@ -108,3 +108,34 @@ def test_fuzz_skips_draws_it_already_checked(tmp_path):
     assert m, out[-3000:]
     cases, drawn, repeats = map(int, m.groups())
     assert cases == drawn > 20 and repeats >= 1  # one case per draw on the CPU; several hypothesis runs
+
+
+@pytest.mark.parametrize("device, isolate, cores, gpus, expected", [
+    ("cpu", "auto", 16, 0, "auto"),  # interpreter, no isolation: xdist's own auto
+    ("cuda", "off", 16, 1, "auto"),
+    ("cpu", "on", 16, 0, "8"),  # isolated cases: two processes per worker
+    ("cpu", "on", 2, 0, "1"),
+    ("cuda", "auto", 16, 1, "8"),
+    ("cuda", "auto", 128, 1, "8"),  # at most 8 per GPU
+    ("cuda", "auto", 128, 4, "32"),
+    ("auto", "auto", 32, 2, "16"),
+])
+def test_n_auto_takes_half_the_cores_when_cases_run_isolated(monkeypatch, device, isolate, cores, gpus, expected):
+    from cases import cli
+    from kernels import device as _device
+
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(_device, "resolve", lambda requested: "cuda" if requested in ("cuda", "auto") else requested)
+    monkeypatch.setattr(_device, "gpu_count", lambda dev: gpus)
+    assert cli.auto_workers(device, isolate) == expected
+
+
+def test_n_auto_leaves_device_errors_to_the_run(monkeypatch):
+    from cases import cli
+    from kernels import device as _device
+
+    def unavailable(requested):
+        raise ValueError("device='cuda' was requested but torch sees no CUDA/ROCm GPU")
+
+    monkeypatch.setattr(_device, "resolve", unavailable)
+    assert cli.auto_workers("cuda", "auto") == "auto"

@@ -273,10 +273,30 @@ def record(config: pytest.Config, result) -> None:
     from cases.case import Case
 
     if result.status == "fail":
-        out = Path(config.getoption("--failures-dir"))
-        path = Case.from_dict(result.case).save(out / f"{result.case_id}.json")
+        path = Case.from_dict(result.case).save(failure_path(config, result.case_id))
         result.replay = f"qkcheck replay {path} --kernels {result.kernel}"
     config.qkcheck_results.append(result.to_dict())
+
+
+def failure_path(config: pytest.Config, case_id: str, kind: str = "") -> Path:
+    """Where a failing case with id ``case_id`` is saved (``--failures-dir``); ``kind`` "found":
+    the fuzzer's unshrunk case, saved under its own name until the shrunk one replaces it."""
+    return Path(config.getoption("--failures-dir")) / f"{case_id}{'.' + kind if kind else ''}.json"
+
+
+def save_found(config: pytest.Config, case, kernel: str, seconds: float) -> Path:
+    """Save a failing case the moment the fuzzer finds it, before shrinking, and say so on the
+    terminal at once (a run killed while shrinking still leaves a replayable case; xdist workers
+    have no terminal of their own, so there only the file). The caller removes the file when the
+    shrunk case is saved."""
+    path = case.save(failure_path(config, case.id, "found"))
+    line = f"qkcheck fuzz: {kernel}: failure found {seconds:.1f} s into the fuzz, saved as found: {path}; shrinking"
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    if _worker_id(config) is None and tr is not None and capman is not None:
+        with capman.global_and_fixture_disabled():
+            tr.write_line(line)
+    return path
 
 
 def _worker_id(config) -> str | None:

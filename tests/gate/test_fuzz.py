@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from cases.case import REGIMES, CaseError
 from cases.ops import op_spec
-from cases.plugin import execute, fuzz_siblings, fuzz_streams, record, selected_adapters
+from cases.plugin import execute, fuzz_siblings, fuzz_streams, record, save_found, selected_adapters
 from cases.strategies import from_adapter
 
 BATCH = 20  # examples per hypothesis run; runs repeat with new seeds until the budget is spent
@@ -85,13 +85,16 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     def fail(summary: str):  # one raise site: hypothesis tells failures apart by where they are raised
         raise AssertionError(summary)
 
+    def shrink_spent() -> bool:
+        return "found" in failing and bool(shrink_budget) and time.monotonic() >= failing["found"] + shrink_budget
+
     @settings(max_examples=BATCH, deadline=None, database=None, derandomize=False,
               phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
     @given(case=from_adapter(fuzz_adapter))
     def explore(case):
         if time.monotonic() >= deadline:  # the budget is spent: finish the batch without running
             return
-        if "found" in failing and shrink_budget and time.monotonic() >= failing["found"] + shrink_budget:
+        if shrink_spent():
             # the shrink budget is spent: candidates stop running and the smallest failure so far
             # stands; when hypothesis replays that draw it fails again without running
             if case.id in failing["draws"]:
@@ -109,6 +112,8 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
         for index, member in enumerate(members):
             if member is not case and time.monotonic() >= deadline:
                 return
+            if member is not case and shrink_spent():  # between a shrink candidate's members too
+                return
             result = execute(pytestconfig, member, fuzz_adapter, diagnose_failures=False)
             checked["n"] += 1
             if checked["n"] == 1:  # start-up (case-runner process, imports, first compile) ends here
@@ -117,8 +122,10 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
                 failing["case"] = member
                 failing.setdefault("draws", {})[case.id] = result.summary()
                 failing.setdefault("index", index)
-                failing.setdefault("found", time.monotonic())
-                failing.setdefault("found_n", checked["n"])
+                if "found" not in failing:
+                    failing["found"] = time.monotonic()
+                    failing["found_n"] = checked["n"]
+                    failing["saved"] = save_found(pytestconfig, member, fuzz_adapter.name, failing["found"] - started)
                 fail(result.summary())
         if "index" not in failing:  # every member ran (the deadline returns above) and passed
             passed.add(case.id)
@@ -139,15 +146,19 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
         except (AssertionError, ExceptionGroup):  # a group: hypothesis saw the failure more than once
             if "case" not in failing:
                 raise
-            case = failing["case"]  # the failing member of the last failing example: the shrunk one
-            shrunk = time.monotonic() - started
-            result = execute(pytestconfig, case, fuzz_adapter)  # again, diagnosed
-            record(pytestconfig, result)
-            stats("fail")
-            found, now = failing["found"] - started, time.monotonic() - started
-            pytest.fail(f"fuzz found a failure after {failing['found_n']} cases, {found:.1f} s into the fuzz "
-                        f"(shrunk in {checked['n'] - failing['found_n']} more cases by {shrunk:.1f} s, "
-                        f"diagnosed and saved at {now:.1f} s):\n{result.summary()}", pytrace=False)
+            break
         batch += 1
+    if "case" in failing:  # reported outside the except block: no chained hypothesis traceback
+        case = failing["case"]  # the failing member of the last failing example: the shrunk one
+        shrunk = time.monotonic() - started
+        result = execute(pytestconfig, case, fuzz_adapter)  # again, diagnosed
+        record(pytestconfig, result)
+        if result.status == "fail":  # saved: it replaces the case saved as found
+            failing["saved"].unlink(missing_ok=True)
+        stats("fail")
+        found, now = failing["found"] - started, time.monotonic() - started
+        pytest.fail(f"fuzz found a failure after {failing['found_n']} cases, {found:.1f} s into the fuzz "
+                    f"(shrunk in {checked['n'] - failing['found_n']} more cases by {shrunk:.1f} s, "
+                    f"diagnosed and saved at {now:.1f} s):\n{result.summary()}", pytrace=False)
     stats("pass")
     print(f"fuzz {fuzz_adapter.name}: {checked['n']} cases in {budget:.0f}s budget, no failure")

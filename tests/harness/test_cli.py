@@ -61,8 +61,14 @@ def test_fuzz_finds_seed_003_shrinks_it_and_the_replay_reproduces(tmp_path):
     r = qkcheck("fuzz", "--kernels", "zoo:scale_group_spanning", "--budget", "60s", "--device", "cpu",
                 "--failures-dir", str(fails), "--results", str(tmp_path / "r.jsonl"))
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    # the failure is announced and saved the moment it is found, before shrinking ...
+    found = re.search(r"qkcheck fuzz: zoo:scale_group_spanning\S*: failure found [\d.]+ s into the fuzz, "
+                      r"saved as found: (\S+); shrinking", r.stdout)
+    assert found, r.stdout[-3000:]
     saved = sorted(fails.glob("*.json"))
+    # ... and replaced by the shrunk case: one failure, one file
     assert len(saved) == 1
+    assert not Path(found.group(1)).exists()
     case = json.loads(saved[0].read_text())
     # minimal: two groups of the smallest size in one tile, one row
     assert case["shape"]["m"] == 1 and case["shape"]["k"] == 2 * case["params"]["group_size"]
@@ -87,6 +93,31 @@ def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_pa
     shrink_cases = int(m.group(2))
     assert (shrink_cases == 0) if shrink_budget != "0" else (shrink_cases > 0)
     assert len(list(fails.glob("*.json"))) == 1
+
+
+def test_a_run_killed_while_shrinking_leaves_the_case_it_found(tmp_path):
+    """The failing case is saved when found: killing the run during shrinking (no shrink budget)
+    still leaves a case file, and replaying it reproduces the failure."""
+    fails = tmp_path / "failures"
+    cmd = [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", "zoo:api_misbinding", "--budget", "120s",
+           "--device", "cpu", "--failures-dir", str(fails), "--shrink-budget", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            m = re.search(r"failure found [\d.]+ s into the fuzz, saved as found: (\S+); shrinking", line)
+            if m:
+                break
+        else:
+            pytest.fail("no 'failure found' line: " + "".join(seen)[-3000:])
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    found = Path(m.group(1))
+    assert found.exists() and found.parent == fails and found.name.endswith(".found.json")
+    replay = qkcheck("replay", str(found), "--kernels", "zoo:api_misbinding", "--device", "cpu")
+    assert replay.returncode == 1, replay.stdout[-2000:]
 
 
 TORCH_W4A16 = GOOD_W4A16 + """

@@ -1,6 +1,7 @@
 """Time to detection: for each zoo entry, ``qkcheck fuzz`` from a cold start (a fresh process:
 imports, interpreter probes, first compiles included) until it exits with the failure found,
-shrunk and diagnosed. Median over several fuzz seeds.
+shrunk and diagnosed. Median over several fuzz seeds. The detail also gives, per seed, when the
+fuzzer saved and announced the failing case it found, before shrinking it.
 
 On a GPU each seed runs twice, each time in a fresh process: first with an empty Triton cache
 (``TRITON_CACHE_DIR`` a new directory: every kernel variant the run draws is compiled, 0.1-0.5 s
@@ -43,9 +44,15 @@ def detect(entry: str, device: str, seed: int, budget: str, shrink_budget: str |
         if shrink_budget is not None:
             cmd += ["--shrink-budget", shrink_budget]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+        saved_at, lines = None, []
+        with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) as proc:
+            for line in proc.stdout:  # the fuzzer announces a failing case when it saves it, before shrinking
+                if saved_at is None and "failure found" in line and "saved as found" in line:
+                    saved_at = time.perf_counter() - t0
+                lines.append(line)
         seconds = time.perf_counter() - t0
-    out = proc.stdout + proc.stderr
+    out = "".join(lines)
     m = re.search(r"fuzz found a failure after (\d+) cases, ([\d.]+) s into the fuzz "
                   r"\(shrunk in (\d+) more cases by ([\d.]+) s, diagnosed and saved at ([\d.]+) s\)", out)
     # the fuzz's own clock: first failure found at found_s, shrunk by shrunk_s, diagnosed and saved
@@ -55,7 +62,7 @@ def detect(entry: str, device: str, seed: int, budget: str, shrink_budget: str |
             "cases": int(m.group(1)) if m else None, "exit": proc.returncode,
             "found_s": float(m.group(2)) if m else None, "shrink_cases": int(m.group(3)) if m else None,
             "shrunk_s": float(m.group(4)) if m else None, "fuzz_s": float(m.group(5)) if m else None,
-            "tail": "" if m else out[-400:]}
+            "saved_at": saved_at, "tail": "" if m else out[-400:]}
 
 
 def _round(a, b=0.0):
@@ -112,6 +119,8 @@ def _row(entry: str, args, label: str, runs: list[dict], goal: float) -> dict:
             "value": med, "unit": "s", "goal": f"<= {goal:g} s", "ok": med <= goal,
             "detail": f"cases to first failure: {[r['cases'] for r in runs]}; "
                       f"per-seed seconds: {[round(r['seconds'], 1) for r in runs]}; "
+                      f"first failing case saved and announced (before shrinking) at "
+                      f"{[_round(r['saved_at']) for r in runs]} s after process start; "
                       f"of which outside the fuzz loop (start-up, collection, exit): "
                       f"{[_round(r['seconds'], r['fuzz_s']) for r in runs]}, "
                       f"fuzzing to the first failure: {[_round(r['found_s']) for r in runs]}, "

@@ -48,9 +48,6 @@ def _run_options(p: argparse.ArgumentParser, *, budget: bool) -> None:
                        help="cases per drawn case: it and N-1 siblings (other seeds/regimes/row counts; default 64 on a GPU, "
                             "1 on the CPU)")
         p.add_argument("--fuzz-streams", default=None, help="fuzz streams per kernel (default: one per -n worker)")
-        p.add_argument("--fuzz-prewarm", default=None,
-                       help="helper processes that run the draws a fuzz stream reaches next, so their kernels are "
-                            "compiled ahead (default: up to 4 on a GPU without -n; 0 = off)")
         p.add_argument("--shrink-budget", default=None,
                        help="time spent shrinking a failure before the smallest one found is reported "
                             "(default 2s on a GPU, none on the CPU; 0 = none)")
@@ -91,10 +88,9 @@ def _pytest(suite: str, args) -> int:
         argv += ["--kernels", spec]
     for op in args.op or []:
         argv += ["--op", op]
-    for opt in ("report", "results", "shard", "budget", "fuzz_seed", "fuzz_siblings", "fuzz_streams", "fuzz_prewarm",
-                "shrink_budget"):
+    for opt in ("report", "results", "shard", "budget", "fuzz_seed", "fuzz_siblings", "fuzz_streams", "shrink_budget"):
         value = getattr(args, opt, None)
-        if value is not None and value != "":
+        if value:
             argv += [f"--{opt.replace('_', '-')}", str(value)]
     workers = auto_workers(args.device, args.isolate) if args.workers == "auto" else args.workers
     if workers:

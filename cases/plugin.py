@@ -7,7 +7,6 @@ code 4 from pytest; the CLI maps it to 2).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import zlib
@@ -38,11 +37,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "candidate may compile a new kernel variant; none on the CPU; 0 = none)")
     group.addoption("--fuzz-streams", type=int, default=None, metavar="N",
                     help="independent fuzz streams per kernel (default: one per xdist worker, else 1)")
-    group.addoption("--fuzz-prewarm", type=int, default=None, metavar="N",
-                    help="helper case runners that run the fuzz draws a stream will reach next, so their "
-                         "kernel variants are compiled when it gets there (default: on a GPU with cases "
-                         f"isolated and no -n, {MAX_PREWARM_HELPERS} or a quarter of the CPU cores if fewer; "
-                         "else 0)")
     group.addoption("--isolate", default="auto", choices=("auto", "on", "off"),
                     help="run cases in a child process so a crash or hang fails only that case: "
                          "auto = on for cuda/xpu, off for cpu")
@@ -95,9 +89,6 @@ def pytest_configure(config: pytest.Config) -> None:
                                         else (None if config.qkcheck_device == "cpu" else GPU_SHRINK_BUDGET_S)) or None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    prewarm = config.getoption("--fuzz-prewarm")
-    if prewarm is not None and prewarm < 0:
-        raise pytest.UsageError(f"--fuzz-prewarm {prewarm} must be >= 0 (e.g. --fuzz-prewarm 4; 0 = off)")
     for option in ("--fuzz-siblings", "--fuzz-streams"):
         value = config.getoption(option)
         if value is not None and value < 1:
@@ -170,8 +161,6 @@ GPU_SIBLINGS = 64
 # shrinking on a GPU: a candidate of a new shape or config compiles a kernel variant (0.1-0.5 s each),
 # so shrinking is bounded there; the failing case is saved either way, shrunk as far as time allowed
 GPU_SHRINK_BUDGET_S = 2.0
-# helper case runners compiling ahead of a fuzz stream; each is a process with its own device context
-MAX_PREWARM_HELPERS = 4
 
 
 def fuzz_siblings(config: pytest.Config) -> int:
@@ -182,21 +171,6 @@ def fuzz_siblings(config: pytest.Config) -> int:
     if given:
         return given
     return 1 if config.qkcheck_device == "cpu" else GPU_SIBLINGS
-
-
-def prewarm_helpers(config: pytest.Config) -> int:
-    """Helper case runners compiling ahead of a fuzz stream (:mod:`cases.prewarm`): --fuzz-prewarm,
-    else, where kernels compile (not the CPU interpreter), cases run isolated and this process is
-    not an xdist worker (workers already compile in parallel), MAX_PREWARM_HELPERS or a quarter of
-    the CPU cores if fewer; else 0. Needs isolated cases: the helpers are case-runner processes."""
-    given = config.getoption("--fuzz-prewarm")
-    if not isolated(config):
-        return 0
-    if given is not None:
-        return given
-    if config.qkcheck_device == "cpu" or _worker_id(config) is not None:
-        return 0
-    return max(1, min(MAX_PREWARM_HELPERS, (os.cpu_count() or 2) // 4))
 
 
 def fuzz_streams(config: pytest.Config) -> int:
@@ -238,16 +212,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             f"qkcheck fuzz {kernel}: {cases} cases ({draws} drawn, {repeats} repeated draws skipped, "
             f"{len(stats)} stream(s)) in {wall:.1f} s = "
             f"{cases / max(wall, 1e-9):.0f} cases/s ({steady:.0f} cases/s after start-up)"
-            + (f"; {failed} stream(s) found a failure" if failed else "")
-            + _prewarm_summary([s["prewarm"] for s in stats if s.get("prewarm")]))
-
-
-def _prewarm_summary(prewarms: list[dict]) -> str:
-    if not prewarms:
-        return ""
-    return (f"; {sum(p['ran'] for p in prewarms)} predicted draws run ahead by "
-            f"{sum(p['helpers'] for p in prewarms)} helper(s) ({sum(p['predicted'] for p in prewarms)} "
-            "of the drawn cases were predicted)")
+            + (f"; {failed} stream(s) found a failure" if failed else ""))
 
 
 def isolated(config: pytest.Config) -> bool:

@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from cases.case import REGIMES, CaseError
 from cases.ops import op_spec
-from cases.plugin import (execute, fuzz_siblings, fuzz_streams, prewarm_helpers, record, save_found,
-                          selected_adapters)
+from cases.plugin import execute, fuzz_siblings, fuzz_streams, record, save_found, selected_adapters
 from cases.strategies import from_adapter
 
 BATCH = 20  # examples per hypothesis run; runs repeat with new seeds until the budget is spent
@@ -72,24 +71,6 @@ def siblings(case, count: int):
     return list(dict.fromkeys(out))
 
 
-SETTINGS = dict(max_examples=BATCH, deadline=None, database=None, derandomize=False,
-                suppress_health_check=list(HealthCheck))
-
-
-def predicted_draws(strategy, batch_seed: int) -> list:
-    """The cases hypothesis run ``batch_seed`` draws, in order, as long as none fails: its generate
-    phase does not depend on what the test does with them (tests/harness checks this)."""
-    out = []
-
-    @settings(**SETTINGS, phases=(Phase.generate,))
-    @given(case=strategy)
-    def dry(case):
-        out.append(case)
-
-    seed(batch_seed)(dry)()
-    return out
-
-
 def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     budget = pytestconfig.qkcheck_budget
     streams = fuzz_streams(pytestconfig)
@@ -104,27 +85,12 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     def fail(summary: str):  # one raise site: hypothesis tells failures apart by where they are raised
         raise AssertionError(summary)
 
-    first = pytestconfig.getoption("--fuzz-seed") * SEED_STRIDE
-    strategy = from_adapter(fuzz_adapter)
-
-    def batch_seed(batch: int) -> int:
-        return first + batch * streams + fuzz_stream
-
-    prewarm = None
-    helpers = prewarm_helpers(pytestconfig)
-    if helpers:
-        from cases.prewarm import Prewarmer
-
-        prewarm = Prewarmer(pytestconfig.qkcheck_kernel_specs, pytestconfig.qkcheck_device, fuzz_adapter,
-                            lambda batch: predicted_draws(strategy, batch_seed(batch)), helpers=helpers,
-                            timeout=pytestconfig.qkcheck_case_timeout)
-    request.addfinalizer(lambda: prewarm and prewarm.close())
-
     def shrink_spent() -> bool:
         return "found" in failing and bool(shrink_budget) and time.monotonic() >= failing["found"] + shrink_budget
 
-    @settings(**SETTINGS, phases=(Phase.generate, Phase.shrink))
-    @given(case=strategy)
+    @settings(max_examples=BATCH, deadline=None, database=None, derandomize=False,
+              phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
+    @given(case=from_adapter(fuzz_adapter))
     def explore(case):
         if time.monotonic() >= deadline:  # the budget is spent: finish the batch without running
             return
@@ -140,8 +106,6 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
             checked["repeats"] += 1
             return
         checked["draws"] += 1
-        if prewarm is not None:
-            prewarm.reached(case)
         members = siblings(case, per_draw)
         if "index" in failing:  # shrinking: a candidate runs as far as the first failure needed
             members = members[:failing["index"] + 1]
@@ -159,8 +123,6 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
                 failing.setdefault("draws", {})[case.id] = result.summary()
                 failing.setdefault("index", index)
                 if "found" not in failing:
-                    if prewarm is not None:  # shrinking draws other cases: the helpers' work is done
-                        prewarm.close()
                     failing["found"] = time.monotonic()
                     failing["found_n"] = checked["n"]
                     failing["saved"] = save_found(pytestconfig, member, fuzz_adapter.name, failing["found"] - started)
@@ -173,16 +135,14 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
         request.node.user_properties.append(("qkcheck_fuzz", {
             "kernel": fuzz_adapter.name, "stream": fuzz_stream, "cases": checked["n"], "draws": checked["draws"],
             "repeats": checked["repeats"],
-            "prewarm": None if prewarm is None else {"helpers": helpers, "ran": prewarm.ran, "predicted": prewarm.hits},
             "seconds": round(now - started, 3), "outcome": outcome,
             "after_first": round(now - checked.get("first", now), 3)}))
 
     batch = 0
+    first = pytestconfig.getoption("--fuzz-seed") * SEED_STRIDE
     while time.monotonic() < deadline:
-        if prewarm is not None:
-            prewarm.batch_started(batch)
         try:
-            seed(batch_seed(batch))(explore)()
+            seed(first + batch * streams + fuzz_stream)(explore)()
         except (AssertionError, ExceptionGroup):  # a group: hypothesis saw the failure more than once
             if "case" not in failing:
                 raise

@@ -63,6 +63,7 @@ import triton.language as tl
 
 from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from kernels.triton.config import ListConfig
+from kernels.triton.tiles import output_tile, split_k_tiles
 from oracle.formats import FORMATS, FloatFormat, Specials
 from oracle.packing import NIBBLES_K_ACTIVATION, Packing
 from oracle.schemes import get_scheme
@@ -256,31 +257,14 @@ def _mxfp4_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-
-    # grouped ordering: GROUP_M tiles along M share an N column before moving on
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-    pid_n = (pid % pids_per_group) // group_rows
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    _, _, offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     HALF_K: tl.constexpr = BLOCK_K // 2  # packed bytes per K tile
     GROUPS_K: tl.constexpr = BLOCK_K // SCALE_BLOCK  # scale blocks per K tile
 
     # this split's contiguous run of K tiles
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    tile_begin = pid_k * tiles_per_split
-    tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
+    tile_begin, tile_end = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(tile_begin, tile_end):

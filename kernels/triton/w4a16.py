@@ -69,6 +69,7 @@ import triton.language as tl
 
 from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from kernels.triton.config import ListConfig
+from kernels.triton.tiles import output_tile, split_k_tiles
 from oracle.packing import AWQ_QWEIGHT, AWQ_QZEROS, GPTQ_QWEIGHT, GPTQ_QZEROS, NIBBLES_K_WEIGHT, Packing
 
 __all__ = [
@@ -723,26 +724,10 @@ def _w4a16_kernel(
     """One output tile x one K split: the dot or GEMV main loop, then the fused split-K epilogue."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-
-    # grouped ordering: GROUP_M tiles along M share an N column before moving on
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-    pid_n = (pid % pids_per_group) // group_rows
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    _, pid_n, offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     # this split's contiguous run of K tiles (possibly none)
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    tile_begin = pid_k * tiles_per_split
-    tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
+    tile_begin, tile_end = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
 
     if DOT:
         acc = _dot_accumulate(
@@ -757,7 +742,7 @@ def _w4a16_kernel(
             QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
             HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, SCALE_PATH, WORD_ROW_GROUPS)
 
-    _split_k_epilogue(acc, offs_m, offs_n, mask_m, mask_n, pid, pid_k,
+    _split_k_epilogue(acc, offs_m, offs_n, mask_m, mask_n, pid, pid_k,  # pid: the output tile's counter
                       ws_ptr, stride_ws, stride_wm, stride_wn, counter_ptr,
                       bias_ptr, out_ptr, stride_om, stride_on, HAS_BIAS, SPLIT_K)
 

@@ -22,6 +22,7 @@ from kernels import backends
 from kernels.adapters import KernelAdapter
 from kernels.bundled import W4A16, _w4a16_default
 from kernels.packers import torch_dtype
+from kernels.triton.tiles import output_tile, split_k_tiles
 from kernels.triton.w4a16 import (
     W4A16Config, _codes_as_f32, _field_shifts, _tile_scales_and_zeros, _unpacked_codes_as_f32, w4a16_gemm,
 )
@@ -44,28 +45,11 @@ def _w4a16_kernel_first_group_scale(
     GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
     SUB_DOTS: tl.constexpr, SCALE_PATH: tl.constexpr, TILE_GROUPS: tl.constexpr, TILE_GROUP_ROWS: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-
-    # grouped ordering: GROUP_M tiles along M share an N column before moving on
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-    pid_n = (pid % pids_per_group) // group_rows
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
-    mask_n = offs_n < N
+    _, pid_n, offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
 
     # this split's contiguous run of K tiles
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
-    tile_begin = pid_k * tiles_per_split
-    tile_end = tl.minimum(tile_begin + tiles_per_split, k_tiles)
+    tile_begin, tile_end = split_k_tiles(K, pid_k, BLOCK_K, SPLIT_K)
 
     # packed weight words are loaded once each, in their own shape: [BLOCK_K / P, BLOCK_N] words
     # when P codes share a word along K, [BLOCK_K, BLOCK_N / P] when along N

@@ -34,13 +34,13 @@ from kernels.triton.scaled_mm import (  # the _ helpers build the broken twin ke
     FP8_DTYPES,
     _dot_operand,
     _load_operand,
-    _tile_ids,
     ScaledMMConfig,
     block_scaled_mm,
     default_config,
     fp8_w8a16_gemm,
     scaled_mm,
 )
+from kernels.triton.tiles import output_tile
 from oracle import gemm as oracle_gemm
 from oracle.compare import compare
 from oracle.formats import get_format
@@ -593,11 +593,7 @@ def _first_group_scale_kernel():
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr,
     ):
-        pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_m = offs_m < M
-        mask_n = offs_n < N
+        _, _, offs_m, offs_n, mask_m, mask_n = output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for tile in range(0, tl.cdiv(K, BLOCK_K)):
             group = (tile * BLOCK_K) // GROUP_K  # BUG: the first group of the tile, for every sub-tile

@@ -69,14 +69,16 @@ def auto_workers(device: str, isolate: str) -> str:
 
     if isolate == "off" or (isolate == "auto" and device == "cpu"):
         return "auto"
+    half = max(1, (os.cpu_count() or 2) // 2)
+    if device in ("cuda", "xpu") and half <= AUTO_WORKERS_PER_GPU:
+        return str(half)  # the per-GPU cap cannot bind: no GPU count needed (nor torch in this process)
     try:
         dev = _device.resolve(device)
     except ValueError:  # the run itself reports the device error
         return "auto"
     if dev == "cpu" and isolate != "on":
         return "auto"
-    cores = os.cpu_count() or 2
-    return str(max(1, min(cores // 2, AUTO_WORKERS_PER_GPU * max(1, _device.gpu_count(dev)))))
+    return str(min(half, AUTO_WORKERS_PER_GPU * max(1, _device.gpu_count(dev))))
 
 
 def _pytest(suite: str, args) -> int:

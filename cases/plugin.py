@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -77,7 +78,16 @@ def pytest_configure(config: pytest.Config) -> None:
         config.qkcheck_kernel_specs = config.getoption("--kernels") or ["bundled"]
         config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
         _start_runner_early(config)
-        config.qkcheck_device = _device.activate(config.getoption("--device"))
+        if _xdist_controller(config):
+            # the workers resolve the device and run every case; this process starts them and
+            # merges their results (their run information too). It checks the device too, for a
+            # clear error, but in a thread joined only once the workers are starting: importing
+            # torch and probing the device (~2 s on a GPU host) then overlaps their start-up
+            _device.check_name(config.getoption("--device"))
+            config.qkcheck_device = None
+            config._qkcheck_device_check = _DeviceCheck(config.getoption("--device"))
+        else:
+            config.qkcheck_device = _device.activate(config.getoption("--device"))
         runner = getattr(config, "_qkcheck_isolated", None)
         if runner is not None:  # started early with the device as requested: record the resolved one
             runner.device = config.qkcheck_device
@@ -99,10 +109,44 @@ def pytest_configure(config: pytest.Config) -> None:
     config.qkcheck_started = time.time()
 
 
+class _DeviceCheck(threading.Thread):
+    """Resolves the requested device in the background (``error``: why it is unavailable)."""
+
+    def __init__(self, requested: str):
+        super().__init__(daemon=True, name="qkcheck-device-check")
+        self.requested, self.error = requested, None
+        self.start()
+
+    def run(self) -> None:
+        from kernels import device as _device
+
+        try:
+            _device.resolve(self.requested)
+        except ValueError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # e.g. torch failing to import: the same error reaches every worker
+            self.error = f"{type(exc).__name__}: {exc}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    """On an xdist controller (its workers are starting by now): the device check's verdict."""
+    check = getattr(session.config, "_qkcheck_device_check", None)
+    if check is not None:
+        check.join()
+        if check.error:
+            raise pytest.UsageError(check.error)
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    """This process hands the tests to pytest-xdist workers (it runs none itself)."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def _runs_gate_suites(config: pytest.Config) -> bool:
     """This process runs the gate or fuzz suites itself (not an xdist controller, whose workers
     run them, and not a run of other tests)."""
-    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+    if _xdist_controller(config):
         return False
     suites = Path(__file__).resolve().parent.parent / "tests" / "gate"
     args = [Path(str(a).split("::")[0]).resolve() for a in config.args]
@@ -303,13 +347,14 @@ def _worker_id(config) -> str | None:
     return getattr(config, "workerinput", {}).get("workerid")
 
 
-def _run_info(config) -> dict:
+def _device_info(config) -> dict:
+    """What ran the cases: device, GPU index, platform, native FP8 variant, versions, probes."""
     from kernels import device as _device
     from kernels import probes
 
     dev = config.qkcheck_device
-    info = {"device": dev, "gpu_index": getattr(config, "qkcheck_gpu_index", None), "platform": _device.platform_name(dev), "native_fp8": _device.native_fp8_format(dev),
-            "started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs, "shard": config.getoption("--shard")}
+    info = {"device": dev, "gpu_index": getattr(config, "qkcheck_gpu_index", None),
+            "platform": _device.platform_name(dev), "native_fp8": _device.native_fp8_format(dev)}
     try:
         import torch
         import triton
@@ -321,6 +366,26 @@ def _run_info(config) -> dict:
     return info
 
 
+def _run_info(config, worker_infos: list[dict]) -> dict:
+    """The results file's run line. An xdist controller runs no case and has no device of its
+    own: it takes its workers' (the first one's; a worker's GPU index is not the run's)."""
+    if config.qkcheck_device is None and worker_infos:
+        info = {**worker_infos[0], "gpu_index": None}
+    else:
+        if config.qkcheck_device is None:  # no worker reported (none ran): resolve it here
+            from kernels import device as _device
+
+            try:
+                config.qkcheck_device = _device.activate(config.getoption("--device"))
+            except ValueError as exc:
+                return {"device": config.getoption("--device"), "probe_error": str(exc),
+                        "started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs,
+                        "shard": config.getoption("--shard")}
+        info = _device_info(config)
+    return {**info, "started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs,
+            "shard": config.getoption("--shard")}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     results_opt, report = config.getoption("--results"), config.getoption("--report")
@@ -328,21 +393,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
         return
     results_path = Path(results_opt or (Path(report).with_suffix(".jsonl")))
     worker = _worker_id(config)
-    if worker is not None:  # each worker writes its own part; the controller merges
+    if worker is not None:  # each worker writes its own part and its device information; the controller merges
         part = results_path.with_name(results_path.name + f".{worker}.part")
         part.parent.mkdir(parents=True, exist_ok=True)
         with part.open("w") as f:
             for r in config.qkcheck_results:
                 f.write(json.dumps(r) + "\n")
+        part.with_suffix(".info").write_text(json.dumps(_device_info(config)))
         return
     from reports.store import write_results
 
-    parts = sorted(results_path.parent.glob(results_path.name + ".*.part")) if results_path.parent.exists() else []
+    def worker_files(suffix: str) -> list[Path]:
+        return sorted(results_path.parent.glob(results_path.name + f".*{suffix}")) if results_path.parent.exists() else []
+
     records = list(config.qkcheck_results)
-    for part in parts:
+    for part in worker_files(".part"):
         records += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
         part.unlink()
-    info = _run_info(config)
+    worker_infos = []
+    for path in worker_files(".info"):
+        worker_infos.append(json.loads(path.read_text()))
+        path.unlink()
+    info = _run_info(config, worker_infos)
     info["finished"] = time.time()
     write_results(results_path, records, info)
     if report:

@@ -22,13 +22,18 @@ def _torch():
     return torch
 
 
-def resolve(requested: str) -> str:
-    """Map ``auto|cpu|cuda|xpu`` to a concrete device, raising if it is not available."""
+def check_name(requested: str) -> None:
+    """Raise unless ``requested`` is one of DEVICES (no torch needed)."""
     if requested not in DEVICES:
         raise ValueError(
             f"device={requested!r} is not a device qkcheck knows (allowed: {', '.join(DEVICES)}); "
             "pass --device auto to let qkcheck pick"
         )
+
+
+def resolve(requested: str) -> str:
+    """Map ``auto|cpu|cuda|xpu`` to a concrete device, raising if it is not available."""
+    check_name(requested)
     torch = _torch()
     has_xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
     if requested == "auto":

@@ -28,11 +28,26 @@ def test_replay_of_the_seed_003_case_fails_on_the_zoo_kernel_and_passes_on_the_b
     assert good.returncode == 0 and ": PASS" in good.stdout, good.stdout + good.stderr
 
 
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+NEEDS_NO_GPU = pytest.mark.skipif(_has_gpu(), reason="checks the error for a GPU this machine has")
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
         pytest.param(["gate", "--kernels", "zoo:nope", "--device", "cpu"], "zoo:nope: unknown kernel", id="kernel"),
         pytest.param(["gate", "--device", "tpu"], "device='tpu' is not a device", id="device"),
+        pytest.param(["gate", "--device", "tpu", "-n", "2"], "device='tpu' is not a device", id="device-xdist"),
+        pytest.param(["gate", "--device", "cuda", "--kernels", "bundled:w4a16_gemm"],
+                     "device='cuda' was requested but torch sees no", id="no-gpu", marks=NEEDS_NO_GPU),
+        # under xdist the controller checks the device while its workers start: the same one line
+        pytest.param(["gate", "--device", "cuda", "-n", "2", "--kernels", "bundled:w4a16_gemm"],
+                     "device='cuda' was requested but torch sees no", id="no-gpu-xdist", marks=NEEDS_NO_GPU),
         pytest.param(["gate", "--shard", "3/2", "--device", "cpu"], "--shard '3/2' must be i/n", id="shard"),
         pytest.param(["fuzz", "--budget", "soon", "--device", "cpu"], "--budget 'soon' is not a duration", id="budget"),
         pytest.param(["fuzz", "--shrink-budget", "briefly", "--device", "cpu"],
@@ -169,4 +184,22 @@ def test_n_auto_leaves_device_errors_to_the_run(monkeypatch):
         raise ValueError("device='cuda' was requested but torch sees no CUDA/ROCm GPU")
 
     monkeypatch.setattr(_device, "resolve", unavailable)
-    assert cli.auto_workers("cuda", "auto") == "auto"
+    assert cli.auto_workers("auto", "auto") == "auto"
+
+
+def test_n_auto_counts_gpus_only_when_the_cap_can_bind(monkeypatch):
+    """With --device cuda and at most 16 cores the per-GPU cap cannot bind: -n auto is decided
+    without torch (the controller process then never imports it)."""
+    from cases import cli
+    from kernels import device as _device
+
+    def must_not_run(*args):
+        raise AssertionError("the device was resolved")
+
+    monkeypatch.setattr(_device, "resolve", must_not_run)
+    monkeypatch.setattr(_device, "gpu_count", must_not_run)
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 16)
+    assert cli.auto_workers("cuda", "auto") == "8"
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 64)
+    with pytest.raises(AssertionError, match="resolved"):
+        cli.auto_workers("cuda", "auto")

@@ -1,6 +1,7 @@
 """The fuzzer: hypothesis explores each selected kernel's case space within ``--budget``; a
-failure is shrunk to a minimal case, saved as a replayable case file and printed with its
-one-line replay command.
+failure is saved the moment it is found (``<case>.found.json``), then shrunk to a minimal case,
+saved as a replayable case file (replacing the found one) and printed with its one-line replay
+command.
 
 Throughput: every drawn case runs with ``--fuzz-siblings`` cases in all: itself and siblings (the
 same params and config with other seeds, input regimes and row counts of the same compiled kernel
@@ -110,10 +111,8 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
         if "index" in failing:  # shrinking: a candidate runs as far as the first failure needed
             members = members[:failing["index"] + 1]
         for index, member in enumerate(members):
-            if member is not case and time.monotonic() >= deadline:
-                return
-            if member is not case and shrink_spent():  # between a shrink candidate's members too
-                return
+            if member is not case and (time.monotonic() >= deadline or shrink_spent()):
+                return  # budgets are checked between a draw's (or shrink candidate's) members too
             result = execute(pytestconfig, member, fuzz_adapter, diagnose_failures=False)
             checked["n"] += 1
             if checked["n"] == 1:  # start-up (case-runner process, imports, first compile) ends here

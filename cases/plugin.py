@@ -369,21 +369,18 @@ def _device_info(config) -> dict:
 def _run_info(config, worker_infos: list[dict]) -> dict:
     """The results file's run line. An xdist controller runs no case and has no device of its
     own: it takes its workers' (the first one's; a worker's GPU index is not the run's)."""
+    run = {"started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs,
+           "shard": config.getoption("--shard")}
     if config.qkcheck_device is None and worker_infos:
-        info = {**worker_infos[0], "gpu_index": None}
-    else:
-        if config.qkcheck_device is None:  # no worker reported (none ran): resolve it here
-            from kernels import device as _device
+        return {**worker_infos[0], "gpu_index": None, **run}
+    if config.qkcheck_device is None:  # no worker reported (none ran): resolve it here
+        from kernels import device as _device
 
-            try:
-                config.qkcheck_device = _device.activate(config.getoption("--device"))
-            except ValueError as exc:
-                return {"device": config.getoption("--device"), "probe_error": str(exc),
-                        "started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs,
-                        "shard": config.getoption("--shard")}
-        info = _device_info(config)
-    return {**info, "started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs,
-            "shard": config.getoption("--shard")}
+        try:
+            config.qkcheck_device = _device.activate(config.getoption("--device"))
+        except ValueError as exc:
+            return {"device": config.getoption("--device"), "probe_error": str(exc), **run}
+    return {**_device_info(config), **run}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:

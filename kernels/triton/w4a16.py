@@ -526,7 +526,7 @@ def _gemv_word_tile(qw_ptr, s_ptr, z_ptr, tile, offs_n, mask_n, K, GROUP_SIZE, s
 
 @triton.jit
 def _gemv_accumulate(
-    x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, pid_n, tile_begin, tile_end,
+    x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, pid_n, tile_begin, tile_end,
     N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
     QW_PER_K: tl.constexpr, QW_PER_N: tl.constexpr, QW_FIELD_CODE: tl.constexpr, QW_BITS: tl.constexpr,
     Z_PER_G: tl.constexpr, Z_PER_N: tl.constexpr, Z_FIELD_CODE: tl.constexpr, Z_BITS: tl.constexpr,
@@ -554,8 +554,6 @@ def _gemv_accumulate(
         # tile; no per-field reduction across threads inside the loop
         P: tl.constexpr = QW_PER_K
         QW_ROWS: tl.constexpr = BLOCK_K // P
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
         acc2 = tl.zeros((QW_ROWS, BLOCK_N), dtype=tl.float32)
         for tile in range(tile_begin, tile_end):
             offs_r, words, s, z = _gemv_word_tile(
@@ -588,8 +586,6 @@ def _gemv_accumulate(
     elif QW_PER_N == 1:
         P: tl.constexpr = QW_PER_K
         QW_ROWS: tl.constexpr = BLOCK_K // P
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for tile in range(tile_begin, tile_end):
             offs_r, words, s, z = _gemv_word_tile(
@@ -737,7 +733,7 @@ def _w4a16_kernel(
             HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, SUB_DOTS, SCALE_PATH, TILE_GROUPS, TILE_GROUP_ROWS)
     else:
         acc = _gemv_accumulate(
-            x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, pid_n, tile_begin, tile_end,
+            x_ptr, qw_ptr, s_ptr, z_ptr, offs_m, mask_m, offs_n, mask_n, pid_n, tile_begin, tile_end,
             N, K, GROUP_SIZE, stride_xm, stride_xk, stride_qr, stride_qc, stride_sg, stride_sn, stride_zg, stride_zc,
             QW_PER_K, QW_PER_N, QW_FIELD_CODE, QW_BITS, Z_PER_G, Z_PER_N, Z_FIELD_CODE, Z_BITS,
             HAS_ZEROS, SYM_ZERO, BLOCK_M, BLOCK_N, BLOCK_K, SCALE_PATH, WORD_ROW_GROUPS)

@@ -23,9 +23,11 @@ def _w4a16(draw, adapter) -> Case:
     layout = draw(st.sampled_from(tuple(adapter.layouts or spec.params["layout"])))
     group_size = draw(st.sampled_from((32, 64, 128, -1)))
     g = 32 if group_size == -1 else group_size
-    groups = draw(st.integers(1, 4 if g >= 64 else 6))
-    k = g * groups
     relation = draw(st.sampled_from(("gt", "eq", "lt")))
+    # BLOCK_K larger than the group only means a tile spanning groups when K has two or more
+    # (with one group the tile is merely wider than K): "gt" draws at least two
+    groups = draw(st.integers(2 if relation == "gt" and group_size != -1 else 1, 4 if g >= 64 else 6))
+    k = g * groups
     g_eff = k if group_size == -1 else g
     bk = {"lt": g_eff // 2, "eq": g_eff, "gt": g_eff * 2}[relation]
     bk = min(max(bk, 16), max(tun["block_k"]))

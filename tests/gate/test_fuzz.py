@@ -72,6 +72,13 @@ def siblings(case, count: int):
     return list(dict.fromkeys(out))
 
 
+def _variant(case) -> tuple:
+    """What a case's compiled kernel variants depend on, as far as the case says: its params and
+    config (siblings share both), and its shape where the config is the kernel's default (chosen
+    from the shape)."""
+    return case.op, case.params, case.config or case.shape
+
+
 def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     budget = pytestconfig.qkcheck_budget
     streams = fuzz_streams(pytestconfig)
@@ -80,14 +87,25 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
     started = time.monotonic()
     deadline = started + budget
     failing: dict = {}
-    checked = {"n": 0, "draws": 0, "repeats": 0}
+    checked = {"n": 0, "draws": 0, "repeats": 0, "untried": 0}
     passed: set[str] = set()  # ids of drawn cases whose members all ran and passed
+    # seconds the first case of each kernel variant (params and config) took in this process: its
+    # compile included, so the most any one took is what a new variant may cost
+    first_runs: dict[tuple, float] = {}
 
     def fail(summary: str):  # one raise site: hypothesis tells failures apart by where they are raised
         raise AssertionError(summary)
 
     def shrink_spent() -> bool:
         return "found" in failing and bool(shrink_budget) and time.monotonic() >= failing["found"] + shrink_budget
+
+    def unaffordable(case) -> bool:
+        """While shrinking under a budget: whether ``case`` is of a kernel variant this process has
+        not run, and compiling one (as long as the longest first run so far) would end past the
+        budget. Such candidates are not tried, so shrinking ends within its budget."""
+        if "found" not in failing or not shrink_budget or _variant(case) in first_runs:
+            return False
+        return time.monotonic() + max(first_runs.values(), default=0.0) >= failing["found"] + shrink_budget
 
     @settings(max_examples=BATCH, deadline=None, database=None, derandomize=False,
               phases=(Phase.generate, Phase.shrink), suppress_health_check=list(HealthCheck))
@@ -106,14 +124,20 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
             # mutations repeat), and a case's siblings derive from it: the same cases, already checked
             checked["repeats"] += 1
             return
+        if unaffordable(case):  # not tried: hypothesis takes it as not failing and tries others
+            checked["untried"] += 1
+            return
         checked["draws"] += 1
+        variant = _variant(case)
         members = siblings(case, per_draw)
         if "index" in failing:  # shrinking: a candidate runs as far as the first failure needed
             members = members[:failing["index"] + 1]
         for index, member in enumerate(members):
             if member is not case and (time.monotonic() >= deadline or shrink_spent()):
                 return  # budgets are checked between a draw's (or shrink candidate's) members too
+            began = time.monotonic()
             result = execute(pytestconfig, member, fuzz_adapter, diagnose_failures=False)
+            first_runs.setdefault(variant, time.monotonic() - began)
             checked["n"] += 1
             if checked["n"] == 1:  # start-up (case-runner process, imports, first compile) ends here
                 checked["first"] = time.monotonic()
@@ -133,7 +157,7 @@ def test_fuzz(fuzz_adapter, fuzz_stream, device, pytestconfig, request):
         now = time.monotonic()
         request.node.user_properties.append(("qkcheck_fuzz", {
             "kernel": fuzz_adapter.name, "stream": fuzz_stream, "cases": checked["n"], "draws": checked["draws"],
-            "repeats": checked["repeats"],
+            "repeats": checked["repeats"], "untried": checked["untried"],
             "seconds": round(now - started, 3), "outcome": outcome,
             "after_first": round(now - checked.get("first", now), 3)}))
 

@@ -110,6 +110,27 @@ def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_pa
     assert len(list(fails.glob("*.json"))) == 1
 
 
+@pytest.mark.parametrize("shrink_budget", ["1s", "0"])
+def test_shrink_candidates_whose_compile_the_budget_cannot_pay_for_are_not_tried(tmp_path, shrink_budget):
+    """Under a shrink budget, a candidate of a kernel variant (params and config) not yet run in
+    the process is not tried once the time left is less than the longest first run of a variant so
+    far (its compile, on a GPU); the summary counts them. Without a budget every candidate runs."""
+    fails = tmp_path / "failures"
+    r = qkcheck("fuzz", "--kernels", "zoo:silent_emulation", "--budget", "60s", "--device", "cpu",
+                "--failures-dir", str(fails), "--shrink-budget", shrink_budget)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    m = re.search(r"(\d+) shrink candidate\(s\) of kernel variants not yet compiled left untried", out)
+    if shrink_budget == "0":
+        assert m is None, out[-3000:]
+    else:
+        assert m and int(m.group(1)) > 0, out[-3000:]
+    saved = list(fails.glob("*.json"))
+    assert len(saved) == 1
+    replay = qkcheck("replay", str(saved[0]), "--kernels", "zoo:silent_emulation", "--device", "cpu")
+    assert replay.returncode == 1, replay.stdout[-2000:]
+
+
 def test_a_run_killed_while_shrinking_leaves_the_case_it_found(tmp_path):
     """The failing case is saved when found: killing the run during shrinking (no shrink budget)
     still leaves a case file, and replaying it reproduces the failure."""

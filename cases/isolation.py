@@ -95,6 +95,19 @@ def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) ->
             validate_adapter(a)
             adapters[a.name] = a
     conn.send(("ready", None))
+    # idle until the parent's first case: pay now for one-time costs that case would otherwise
+    # carry (a case that arrives meanwhile waits only for the rest of them)
+    if any(a.custom_op for a in adapters.values()) and not conn.poll(0):
+        # the first call of a torch.library custom op imports torch._dynamo (torch disables dynamo
+        # around the op's implementation): 1.5-5 s
+        import torch._dynamo  # noqa: F401
+    if any(a.triton for a in adapters.values()) and not conn.poll(0):
+        from kernels.triton import warmup
+
+        try:
+            warmup.first_compile(device)  # the compiler back end's set-up (~1.7 s on an H100 host)
+        except Exception:  # noqa: BLE001 - only a head start: the cases meet and report any such error
+            pass
     while True:
         try:
             msg = conn.recv()

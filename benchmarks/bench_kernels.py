@@ -408,7 +408,29 @@ def bench_w4a16(torch, timer: Timer, device: str, bandwidth: float, sizes: Sizes
         if notes:
             detail += "; " + "; ".join(notes)
         rows.append(row(name, frac * 100, "%", goal, frac >= GOAL_W4A16_FLOOR, detail))
+        rows.append(dense_reference(torch, timer, device, bandwidth, M, N, K // 4, gen, n_copies))
     return rows
+
+
+def dense_reference(torch, timer: Timer, device: str, bandwidth: float, M: int, N: int, K: int, gen,
+                    n_copies: int) -> dict:
+    """For scale: torch's fp16 matmul (the vendor library) over the same bytes of weights as the
+    W4A16 row (an fp16 ``[N, K]`` weight with K a quarter of the W4A16 K: 4 bits against 16), timed
+    the same way (CUDA graph, rotating weight copies): the fraction of the memory floor a dense
+    decode GEMM reaches at this size."""
+    w = torch.randn((N, K), generator=gen).to(torch.float16).to(device)
+    copies = [w] + [w.clone() for _ in range(n_copies - 1)]
+    x = torch.randn((M, K), generator=gen).to(torch.float16).to(device)
+    nbytes = w.numel() * 2 + x.numel() * 2 + M * N * 2
+    floor_ms = nbytes / bandwidth * 1e3
+    name = (f"for scale: torch fp16 matmul M={M} N={N} K={K} (the W4A16 row's weight bytes): "
+            "fraction of memory floor (GPU time, CUDA graph)")
+    gpu_ms, why = timer.graph_ms([lambda i=i: x @ copies[i].t() for i in range(n_copies)])
+    if gpu_ms is None:
+        return row(name, float("nan"), "%", None, True, why)
+    return row(name, floor_ms / gpu_ms * 100, "%", None, True,
+               f"GPU {gpu_ms * 1e3:.1f} us; floor {floor_ms * 1e3:.1f} us = {nbytes / 1e6:.2f} MB at "
+               f"{bandwidth / 1e9:.0f} GB/s; {n_copies} rotating weight copies")
 
 
 # ---------------------------------------------------------------------------------------------

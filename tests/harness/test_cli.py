@@ -94,15 +94,21 @@ def test_fuzz_finds_seed_003_shrinks_it_and_the_replay_reproduces(tmp_path):
     assert fixed.returncode == 0, fixed.stdout
 
 
+def _fuzz_to_a_failure(kernels: str, fails: Path, shrink_budget: str) -> str:
+    """``qkcheck fuzz`` on the CPU until it finds (and reports) a failure: its output."""
+    r = qkcheck("fuzz", "--kernels", kernels, "--budget", "60s", "--device", "cpu",
+                "--failures-dir", str(fails), "--shrink-budget", shrink_budget)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("shrink_budget", ["0.001s", "0"])
 def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_path, shrink_budget):
     """A spent shrink budget stops candidates from running: the first failing case is reported and
     saved as found (no shrink cases); with no budget (0) the same failure is shrunk further."""
     fails = tmp_path / "failures"
-    r = qkcheck("fuzz", "--kernels", "zoo:api_misbinding", "--budget", "60s", "--device", "cpu",
-                "--failures-dir", str(fails), "--shrink-budget", shrink_budget)
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out[-3000:]
+    out = _fuzz_to_a_failure("zoo:api_misbinding", fails, shrink_budget)
     m = re.search(r"fuzz found a failure after (\d+) cases, [\d.]+ s into the fuzz \(shrunk in (\d+) more cases", out)
     assert m, out[-3000:]
     shrink_cases = int(m.group(2))
@@ -116,10 +122,7 @@ def test_shrink_candidates_whose_compile_the_budget_cannot_pay_for_are_not_tried
     the process is not tried once the time left is less than the longest first run of a variant so
     far (its compile, on a GPU); the summary counts them. Without a budget every candidate runs."""
     fails = tmp_path / "failures"
-    r = qkcheck("fuzz", "--kernels", "zoo:silent_emulation", "--budget", "60s", "--device", "cpu",
-                "--failures-dir", str(fails), "--shrink-budget", shrink_budget)
-    out = r.stdout + r.stderr
-    assert r.returncode == 1, out[-3000:]
+    out = _fuzz_to_a_failure("zoo:silent_emulation", fails, shrink_budget)
     m = re.search(r"(\d+) shrink candidate\(s\) of kernel variants not yet compiled left untried", out)
     if shrink_budget == "0":
         assert m is None, out[-3000:]

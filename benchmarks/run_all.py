@@ -3,6 +3,7 @@
     python benchmarks/run_all.py                 # CPU set, here; results -> benchmarks/results/cpu.json
     python benchmarks/run_all.py --device cuda   # GPU set, on a GPU host -> benchmarks/results/cuda.json
     python benchmarks/run_all.py --table-only    # rebuild BENCHMARKS.md from the saved results
+    python benchmarks/run_all.py --device cuda --save-as cuda-h200   # another GPU model: its own file
 
 Each run measures its set side by side in one process tree and saves the rows (with the command
 that produced each and the machine it ran on) as JSON under ``benchmarks/results/``; BENCHMARKS.md
@@ -213,15 +214,22 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--table-only", action="store_true", help="only rebuild BENCHMARKS.md from saved results")
     parser.add_argument("--timeout", type=float, default=1200, help="per-script limit in seconds")
+    parser.add_argument("--save-as", default=None, metavar="NAME",
+                        help="save under benchmarks/results/NAME.json (default: the device's name); one file per "
+                             "machine keeps each row next to the machine that measured it")
     parser.add_argument("--only", default=None,
                         help="comma-separated scripts to re-run (e.g. bench_oracle,gate); the other saved rows are kept")
     args = parser.parse_args(argv)
     if not args.table_only:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        saved = RESULTS / f"{args.device}.json"
+        saved = RESULTS / f"{args.save_as or args.device}.json"
         previous = json.loads(saved.read_text()) if saved.exists() else None
+        if previous is not None and args.only and previous.get("machine") != machine(args.device):
+            print(f"run_all: {saved} holds rows of another machine ({previous.get('machine')}); "
+                  f"pass --save-as NAME to keep this machine's rows apart", file=sys.stderr)
+            return 2
         data = measure(args.device, args.timeout, args.only.split(",") if args.only else None, previous)
-        (RESULTS / f"{args.device}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+        saved.write_text(json.dumps(data, indent=2, default=str) + "\n")
     TABLE.write_text(render_table())
     print(f"wrote {TABLE}")
     return 0

@@ -442,23 +442,25 @@ def test_named_edge_case_encodes_as_specified(name, x, saturate, code, why):
 def test_float64_input_is_rounded_once_where_ml_dtypes_and_torch_round_twice():
     """nextafter(1.0625, 2) is just above the e4m3fn tie between 1.0 and 1.125, so RNE gives
     1.125 (0x39); ml_dtypes and torch first round it to float32 (exactly 1.0625, the tie) and
-    then to even 1.0 (0x38). The oracle rounds the exact value."""
+    then to even 1.0 (0x38). The oracle rounds the exact value. ml_dtypes builds differ (seen:
+    0.7.0 builds giving each): the library gives the double-rounded code or the oracle's, nothing else."""
     fmt = FORMATS["float8_e4m3fn"]
     x = np.array([np.nextafter(1.0625, 2.0)])
     assert fmt.encode(x, saturate=False)[0] == 0x39
-    assert ml_encode(fmt, x)[0] == 0x38
+    assert ml_encode(fmt, x)[0] in (0x38, 0x39)
     assert torch_encode(fmt, x)[0] == 0x38
 
 
 def test_float32_subnormal_above_e8m0_min_rounds_to_nearest_unlike_the_libraries():
     """2**-127 is a float32 subnormal. Just below the tie 1.5 * 2**-127 the nearest E8M0 value is
     2**-127 (0x00); ml_dtypes and torch give 2**-126 (0x01) for every float32 subnormal above
-    2**-127. Above the tie all agree."""
+    2**-127 (some ml_dtypes builds round these to nearest too, like the oracle). Above the tie all
+    agree."""
     fmt = FORMATS["float8_e8m0fnu"]
     below_tie = np.nextafter(np.float32(float.fromhex("0x1.8p-127")), np.float32(0))
     x = np.array([below_tie, float.fromhex("0x1.4p-127"), float.fromhex("0x1.8p-127")], dtype=np.float32)
     np.testing.assert_array_equal(fmt.encode(x, saturate=False), [0x00, 0x00, 0x01])
-    np.testing.assert_array_equal(ml_encode(fmt, x), [0x01, 0x01, 0x01])
+    assert ml_encode(fmt, x).tolist() in ([0x01, 0x01, 0x01], [0x00, 0x00, 0x01])
     np.testing.assert_array_equal(torch_encode(fmt, x), [0x01, 0x01, 0x01])
 
 

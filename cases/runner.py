@@ -82,24 +82,96 @@ class Result:
         return "\n".join(lines)
 
 
-def _poisoned(t):
-    """``t`` copied into the middle of a larger buffer full of poison (NaN for floats, all-ones
-    for ints), with padded rows: any read outside the view returns poison."""
+REGION_ALIGN = 512  # bytes: where each input's region starts in the shared buffer (the allocator's alignment)
+
+
+def _poison_bytes(dtype) -> np.ndarray:
+    """One element of poison for ``dtype`` as bytes: NaN for floats, all-ones for integers."""
     import torch
 
-    if t is None:
-        return None
-    fill = float("nan") if t.is_floating_point() else -1
+    fill = float("nan") if dtype.is_floating_point else -1
+    return torch.full((1,), fill, dtype=dtype).view(torch.uint8).numpy().copy()
+
+
+def _poison_geometry(t) -> tuple[int, tuple, tuple]:
+    """(elements in the poisoned region, view shape, view strides) for input ``t``: a 2-D input's
+    rows are padded (a read past a row's end returns poison), any other lies between two pads."""
     if t.dim() == 2:
         rows, cols = t.shape
-        buf = torch.full((POISON_PAD * 2 + rows * (cols + POISON_PAD),), fill, dtype=t.dtype, device=t.device)
-        view = buf[POISON_PAD:POISON_PAD + rows * (cols + POISON_PAD)].view(rows, cols + POISON_PAD)[:, :cols]
-    else:
-        n = t.numel()
-        buf = torch.full((n + 2 * POISON_PAD,), fill, dtype=t.dtype, device=t.device)
-        view = buf[POISON_PAD:POISON_PAD + n].view(t.shape)
-    view.copy_(t)
-    return view
+        return POISON_PAD * 2 + rows * (cols + POISON_PAD), (rows, cols), (cols + POISON_PAD, 1)
+    strides, step = [], 1
+    for size in reversed(t.shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return t.numel() + 2 * POISON_PAD, tuple(t.shape), tuple(reversed(strides))
+
+
+class PoisonedInputs:
+    """A case's inputs copied into views inside poison (NaN for floats, all-ones for integers):
+    padding on each side of every input and between the rows of 2-D ones, so a read outside a view
+    returns poison. The inputs of one device share one byte buffer (each in its own region), built
+    with one host-to-device copy of the poison image; one snapshot of that buffer serves the
+    inputs-unchanged check, which then costs one comparison on the device for all of them."""
+
+    def __init__(self, clean: dict):
+        import torch
+
+        from kernels.packers import to_device
+
+        self.views: dict = {k: None for k in clean}
+        self.regions: dict = {}  # name -> (device, byte start, byte end)
+        self.buffers: dict = {}  # device -> (buffer, snapshot)
+        by_device: dict = {}
+        for name, t in clean.items():
+            if t is not None:
+                by_device.setdefault(t.device, []).append(name)
+        for device, names in by_device.items():
+            layout, end = [], 0
+            for name in names:
+                t = clean[name]
+                count, shape, strides = _poison_geometry(t)
+                start = -(-end // REGION_ALIGN) * REGION_ALIGN
+                end = start + count * t.element_size()
+                layout.append((name, start, end, count, shape, strides))
+            image = np.empty(max(end, 1), dtype=np.uint8)
+            for name, start, stop, count, _, _ in layout:
+                image[start:stop] = np.tile(_poison_bytes(clean[name].dtype), count)
+            buf = to_device(torch.from_numpy(image), str(device))
+            for name, start, stop, count, shape, strides in layout:
+                t = clean[name]
+                region = buf[start:stop].view(t.dtype)
+                view = region.as_strided(shape, strides, region.storage_offset() + POISON_PAD)
+                view.copy_(t)
+                self.views[name] = view
+                self.regions[name] = (device, start, stop)
+            self.buffers[device] = (buf, buf.clone())
+
+    def changed_flag(self):
+        """Whether any byte of the inputs' buffers (views and their poison) changed since they were
+        made: computed on the device and queued for a host copy (read it after a synchronization)."""
+        import torch
+
+        if not self.buffers:
+            return None
+        flags = [(buf != snap).any() for buf, snap in self.buffers.values()]
+        return _host_copy(flags[0] if len(flags) == 1 else torch.stack(flags).any())
+
+    def changed(self, flag) -> tuple[list[str], list[str]]:
+        """After a synchronization: (inputs whose values changed, inputs whose poison around the
+        view changed: writes outside the input, out of bounds)."""
+        if flag is None or not bool(flag):
+            return [], []
+        values, padding = [], []
+        for name, (device, start, stop) in self.regions.items():
+            buf, snap = self.buffers[device]
+            view = self.views[name]
+            before = snap[start:stop].view(view.dtype).as_strided(tuple(view.shape), view.stride(),
+                                                                  view.storage_offset())
+            if not torch_equal_bits(view, before):
+                values.append(name)
+            elif not torch_equal_bits(buf[start:stop], snap[start:stop]):
+                padding.append(name)
+        return values, padding
 
 
 # NaN bit patterns with a payload no arithmetic produces (canonical NaNs are 0x7E00 / 0x7FC0.. )
@@ -202,30 +274,12 @@ def torch_equal_bits(a, b) -> bool:
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 
-def _differ_flags(pairs: dict):
-    """``(names, flags)`` for ``pairs`` (name -> (a, b), same shapes and dtypes): whether they differ
-    in any bit, one bool per pair computed on the device and queued for one host copy (read it
-    with :func:`_fetch_flags`)."""
+def _wait(device: str) -> None:
+    """Wait for the device: every launch and host copy queued on the current stream completes."""
     import torch
 
-    if not pairs:
-        return [], None
-    flags = [(a.contiguous().reshape(-1).view(torch.uint8) != b.contiguous().reshape(-1).view(torch.uint8)).any()
-             for a, b in pairs.values()]
-    return list(pairs), _host_copy(torch.stack(flags))
-
-
-def _fetch_flags(flags, device: str) -> list:
-    """The names whose flag is set, after waiting for the device (this also completes every host
-    copy queued before it on the current stream)."""
-    import torch
-
-    names, host = flags
     if device == "cuda":
         torch.cuda.current_stream().synchronize()
-    if host is None:
-        return []
-    return [name for name, differs in zip(names, host.tolist()) if differs]
 
 
 def _host_copy(t):
@@ -479,8 +533,8 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
 
     t0 = time.perf_counter()
     clean = adapter.pack(problem, p, device)
-    tensors = {k: _poisoned(v) for k, v in clean.items()}
-    snapshot = {k: (None if v is None else v.clone()) for k, v in tensors.items()}
+    inputs = PoisonedInputs(clean)
+    tensors = dict(inputs.views)
     out_buffer = new_output = None
     if adapter.out_param:
         from kernels.packers import torch_dtype
@@ -514,7 +568,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         out = out_buffer.view
     outs = as_outputs(out)
     host_outs = [_host_copy(o) for o in outs]  # taken now: a repeat run may reuse the output's memory
-    changed_flags = _differ_flags({k: (v, snapshot[k]) for k, v in tensors.items() if v is not None and k in snapshot})
+    changed_flag = inputs.changed_flag()
     host_again = repeat_error = None
     if adapter.deterministic:
         try:
@@ -525,7 +579,8 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
             repeat_error = traceback.format_exception_only(type(exc), exc)[-1].strip()
         else:
             host_again = [_host_copy(o) for o in as_outputs(again)]
-    changed = _fetch_flags(changed_flags, device)  # waits for the device: every launch and copy above
+    _wait(device)  # every launch and copy above
+    changed, around = inputs.changed(changed_flag)
     tick("kernel", t0)
 
     t0 = time.perf_counter()
@@ -536,8 +591,10 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     if out_buffer is not None:
         found = out_buffer.problems()
         res.checks.append(Check("output_memory", FAIL if found else PASS, "; ".join(found)))
-    res.checks.append(Check("inputs_unchanged", FAIL if changed else PASS,
-                            f"the kernel wrote into its inputs: {', '.join(changed)}" if changed else ""))
+    wrote = ([f"the kernel wrote into its inputs: {', '.join(changed)}"] if changed else []) + (
+        [f"the kernel wrote outside its inputs, into the poison around {', '.join(around)} (out-of-bounds writes)"]
+        if around else [])
+    res.checks.append(Check("inputs_unchanged", FAIL if wrote else PASS, "; ".join(wrote)))
     if adapter.deterministic:
         same = repeat_error is None and _bits_equal(host_again, host_outs)
         res.checks.append(Check("determinism", PASS if same else FAIL,

@@ -217,3 +217,41 @@ def test_accumulating_into_the_given_output_is_caught():
 
     failed = _failed(run_case(CASE, _out_adapter(call), "cpu"))
     assert "numerics" in failed
+
+
+def test_writing_past_an_input_into_its_poison_fails():
+    """A write outside every input view (into the poison padding after a row of ``x``) is an
+    out-of-bounds write: it fails inputs_unchanged and names the input it hit."""
+    def call(t, p, c):
+        out = torch_w4a16(t, p, c)
+        x = t["x"]
+        wide = torch.as_strided(x, (x.shape[0], x.shape[1] + 1), x.stride())
+        wide[0, -1] = 0.0  # the first padding element after row 0
+        return out
+
+    detail = _failed(run_case(CASE, _adapter(call), "cpu"))["inputs_unchanged"]
+    assert "wrote outside its inputs, into the poison around x (out-of-bounds writes)" in detail
+    assert "wrote into its inputs" not in detail
+
+
+def test_inputs_sit_in_poison_with_their_own_geometry():
+    """Each input view keeps its shape and dtype, rows are padded with poison, and views of
+    different dtypes share one buffer without overlapping."""
+    from cases.runner import POISON_PAD, PoisonedInputs
+
+    clean = {"a": torch.arange(6, dtype=torch.float16).reshape(2, 3), "b": torch.arange(5, dtype=torch.int32),
+             "c": torch.ones(2, 2, 2, dtype=torch.float8_e4m3fn), "none": None}
+    inputs = PoisonedInputs(clean)
+    v = inputs.views
+    assert v["none"] is None
+    for name in ("a", "b", "c"):
+        assert v[name].dtype == clean[name].dtype and v[name].shape == clean[name].shape
+        assert torch.equal(v[name].view(torch.uint8), clean[name].contiguous().view(torch.uint8))
+    assert v["a"].stride() == (3 + POISON_PAD, 1)
+    row_end = torch.as_strided(v["a"], (2, 4), v["a"].stride())[:, 3]
+    assert torch.isnan(row_end.float()).all()
+    past_b = torch.as_strided(v["b"], (6,), (1,))[5]
+    assert int(past_b) == -1
+    assert inputs.changed(inputs.changed_flag()) == ([], [])
+    v["b"][1] = 7
+    assert inputs.changed(inputs.changed_flag()) == (["b"], [])

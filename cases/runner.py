@@ -346,23 +346,43 @@ def fake_metadata(adapter, tensors, params, config, out_template=None):
     return cache[key]
 
 
-def _fake_like(mode, t):
-    """A fake tensor with ``t``'s metadata. A tensor at offset 0 of its storage is made by the
-    fake mode's own factory (``empty_strided``: same shape, strides, dtype and device), several
-    times cheaper than converting it with ``from_tensor``; others (views into a larger buffer)
-    are converted."""
+FAKE_INPUTS_KEPT = 256  # fake inputs kept per adapter, by metadata, for later fake calls
+
+
+def _fake_state(adapter):
+    """One fake tensor mode per adapter, and the fake inputs made in it (by metadata): siblings of
+    a fuzz case share most of their inputs' metadata (often all but the activations' row count),
+    so a later fake call makes only the fake inputs it has not seen."""
+    state = _adapter_cache(adapter, "_qkcheck_fake_mode")
+    if not state:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        state["mode"], state["inputs"] = FakeTensorMode(allow_non_fake_inputs=False), {}
+    return state["mode"], state["inputs"]
+
+
+def _fake_like(mode, made: dict, t):
+    """A fake tensor with ``t``'s metadata (inside ``mode``). A tensor at offset 0 of its storage
+    is made by the fake mode's own factory (``empty_strided``: same shape, strides, dtype and
+    device), several times cheaper than converting it with ``from_tensor``, and kept in ``made``
+    for the next call; others (views into a larger buffer) are converted."""
     import torch
 
-    if t.storage_offset() == 0:
-        return torch.empty_strided(tuple(t.shape), t.stride(), dtype=t.dtype, device=t.device)
-    return mode.from_tensor(t)
+    if t.storage_offset() != 0:
+        return mode.from_tensor(t)
+    key = _meta_key(t)
+    fake = made.get(key)
+    if fake is None or _meta_key(fake) != key:  # new, or a fake implementation changed its metadata
+        if len(made) >= FAKE_INPUTS_KEPT:
+            made.clear()
+        fake = made[key] = torch.empty_strided(tuple(t.shape), t.stride(), dtype=t.dtype, device=t.device)
+    return fake
 
 
 def _fake_metadata(adapter, tensors, params, config, out_template=None):
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
-        fake = {k: (None if v is None else _fake_like(mode, v)) for k, v in tensors.items()}
+    mode, made = _fake_state(adapter)
+    with mode:
+        fake = {k: (None if v is None else _fake_like(mode, made, v)) for k, v in tensors.items()}
         if adapter.out_param and out_template is not None:
             fake[adapter.out_param] = mode.from_tensor(out_template)
         out = adapter.call(fake, params, config)

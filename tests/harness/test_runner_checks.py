@@ -255,3 +255,25 @@ def test_inputs_sit_in_poison_with_their_own_geometry():
     assert inputs.changed(inputs.changed_flag()) == ([], [])
     v["b"][1] = 7
     assert inputs.changed(inputs.changed_flag()) == (["b"], [])
+
+
+def test_fake_vs_real_on_siblings_of_other_row_counts():
+    """One fake mode serves an adapter's calls and keeps the fake inputs it made: siblings with
+    another row count still get their own output shape from the fake, and a fake that is wrong
+    only for some row counts is caught on those."""
+    lib = torch.library.Library("qkcheck_test_rows", "FRAGMENT")
+    lib.define("rows(Tensor x) -> Tensor")
+    lib.impl("rows", lambda x: x[:, :16].clone(), "CompositeExplicitAutograd")
+    torch.library.register_fake("qkcheck_test_rows::rows",
+                                lambda x: x.new_empty((x.shape[0] if x.shape[0] != 5 else 4, 16)), lib=lib)
+
+    def call(t, p, c):
+        return torch.ops.qkcheck_test_rows.rows(t["x"])
+
+    adapter = _adapter(call, custom_op="qkcheck_test_rows::rows")
+    checks = {}
+    for m in (3, 4, 5, 3):
+        r = run_case(CASE.replace(shape={"m": m, "n": 16, "k": 64}), adapter, "cpu")
+        checks[m] = {c.name: (c.outcome, c.detail) for c in r.checks}["fake_vs_real"]
+    assert checks[3][0] == "pass" and checks[4][0] == "pass"
+    assert checks[5][0] == "fail" and "fake says shape [4, 16]" in checks[5][1] and "real gives shape [5, 16]" in checks[5][1]

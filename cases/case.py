@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -74,13 +75,13 @@ class Case:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    @property
+    @cached_property  # a case is frozen: computed once (the fuzzer asks for ids many times)
     def digest(self) -> str:
         d = self.to_dict()
         d.pop("why", None)
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
-    @property
+    @cached_property
     def id(self) -> str:
         """Readable and stable: op, shape, the params that vary, config, regime, seed, digest."""
         from cases.ops import op_spec

@@ -85,12 +85,26 @@ class Result:
 REGION_ALIGN = 512  # bytes: where each input's region starts in the shared buffer (the allocator's alignment)
 
 
+_POISON_BYTES: dict = {}
+
+
 def _poison_bytes(dtype) -> np.ndarray:
     """One element of poison for ``dtype`` as bytes: NaN for floats, all-ones for integers."""
     import torch
 
-    fill = float("nan") if dtype.is_floating_point else -1
-    return torch.full((1,), fill, dtype=dtype).view(torch.uint8).numpy().copy()
+    if dtype not in _POISON_BYTES:
+        fill = float("nan") if dtype.is_floating_point else -1
+        _POISON_BYTES[dtype] = torch.full((1,), fill, dtype=dtype).view(torch.uint8).numpy().copy()
+    return _POISON_BYTES[dtype]
+
+
+def _fill_poison(region: np.ndarray, dtype) -> None:
+    """Fill a byte region with ``dtype``'s poison, element after element."""
+    pattern = _poison_bytes(dtype)
+    if pattern.size in (1, 2, 4, 8):
+        region.view(f"<u{pattern.size}")[:] = int.from_bytes(pattern.tobytes(), "little")
+    else:
+        region[:] = np.tile(pattern, region.size // pattern.size)
 
 
 def _poison_geometry(t) -> tuple[int, tuple, tuple]:
@@ -135,7 +149,7 @@ class PoisonedInputs:
                 layout.append((name, start, end, count, shape, strides))
             image = np.empty(max(end, 1), dtype=np.uint8)
             for name, start, stop, count, _, _ in layout:
-                image[start:stop] = np.tile(_poison_bytes(clean[name].dtype), count)
+                _fill_poison(image[start:stop], clean[name].dtype)
             buf = to_device(torch.from_numpy(image), str(device))
             for name, start, stop, count, shape, strides in layout:
                 t = clean[name]

@@ -215,19 +215,17 @@ def pack(values, packing: Packing) -> np.ndarray:
     mask = (1 << bits) - 1
 
     nwords = length // per_word
-    split = values.shape[:axis] + (nwords, per_word) + values.shape[axis + 1:]
-    grouped = values.reshape(split)
-    # units laid out [..., nwords, units_per_word, ...]: unit u of word w, little-endian
-    units_shape = values.shape[:axis] + (nwords, units_per_word) + values.shape[axis + 1:]
-    units = np.zeros(units_shape, dtype=udt)
-    for field, element in enumerate(packing.field_order):
-        u, shift = divmod(field, fields_per_unit)
-        part = grouped[_split_index(values.ndim, axis, element)].astype(udt)  # wraps negatives
-        if bits != unit_bits:
-            part &= udt.type(mask)
-            if shift:
-                part <<= udt.type(shift * bits)
-        units[_split_index(values.ndim, axis, u)] |= part
+    # [..., nwords, per_word, ...] with the per-word group in field order, then split into
+    # (units_per_word, fields_per_unit): field f lands in unit f // fields_per_unit at shift
+    # (f % fields_per_unit) * bits
+    grouped = values.reshape(values.shape[:axis] + (nwords, per_word) + values.shape[axis + 1:])
+    fields = np.take(grouped, packing.field_order, axis=axis + 1).astype(udt)  # wraps negatives
+    fields = fields.reshape(values.shape[:axis] + (nwords, units_per_word, fields_per_unit) + values.shape[axis + 1:])
+    if bits != unit_bits:
+        fields &= udt.type(mask)
+        shifts = (np.arange(fields_per_unit, dtype=udt) * bits).reshape((fields_per_unit,) + (1,) * (values.ndim - axis - 1))
+        fields <<= shifts
+    units = np.bitwise_or.reduce(fields, axis=axis + 2)  # the fields of a unit do not overlap
     # bring units_per_word last so the units of one word are contiguous, then read them as words
     units = np.ascontiguousarray(np.moveaxis(units, axis + 1, -1))
     words = units.view(packing.word_dtype.newbyteorder("<"))[..., 0]

@@ -181,21 +181,24 @@ def measure(device: str, timeout: float, only: list[str] | None = None, previous
     """Run the device's set (or only the scripts named in ``only``, keeping the other rows of
     ``previous``) and return the saved-results record."""
     rows = []
+    today = time.strftime("%Y-%m-%d")
     todo = CPU_SET if device == "cpu" else GPU_SET
     if only:
         todo = [a for a in todo if Path(a[0]).stem in only]
         keep = {Path(a[0]).stem for a in (CPU_SET if device == "cpu" else GPU_SET)} - set(only)
-        rows = [r for r in (previous or {}).get("rows", [])
+        earlier = (previous or {}).get("measured")
+        # kept rows keep the date they were measured on (rows saved before rows had dates: the file's)
+        rows = [{"measured": earlier, **r} for r in (previous or {}).get("rows", [])
                 if Path(r["command"].split()[1]).stem in keep or r["command"].startswith("qkcheck")]
     for args in todo:
         got, cmd = run_script(args, timeout)
-        rows += [{**r, "command": cmd} for r in got]
+        rows += [{**r, "command": cmd, "measured": today} for r in got]
         print(f"done: {cmd}", file=sys.stderr)
     if not only or "gate" in only:
         rows = [r for r in rows if not r["command"].startswith("qkcheck")]
         got, cmd = gate_wall(device, "2" if device == "cpu" else "auto", timeout)
-        rows += [{**r, "command": cmd} for r in got]
-    return {"device": device, "machine": machine(device), "measured": time.strftime("%Y-%m-%d"), "rows": rows}
+        rows += [{**r, "command": cmd, "measured": today} for r in got]
+    return {"device": device, "machine": machine(device), "measured": today, "rows": rows}
 
 
 def _fmt(v) -> str:
@@ -219,6 +222,8 @@ def render_table() -> str:
         for r in data["rows"]:
             met = "yes" if r["ok"] else "**no**"
             detail = str(r.get("detail", "")).replace("|", "/")
+            if r.get("measured") and r["measured"] != data["measured"]:
+                detail = f"(measured {r['measured']}) {detail}"
             lines.append(f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {r['goal'] or '-'} | {met} | {detail} | "
                          f"`{r['command']}` |")
         lines.append("")

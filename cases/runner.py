@@ -107,17 +107,20 @@ def _fill_poison(region: np.ndarray, dtype) -> None:
         region[:] = np.tile(pattern, region.size // pattern.size)
 
 
-def _poison_geometry(t) -> tuple[int, tuple, tuple]:
-    """(elements in the poisoned region, view shape, view strides) for input ``t``: a 2-D input's
-    rows are padded (a read past a row's end returns poison), any other lies between two pads."""
-    if t.dim() == 2:
-        rows, cols = t.shape
-        return POISON_PAD * 2 + rows * (cols + POISON_PAD), (rows, cols), (cols + POISON_PAD, 1)
-    strides, step = [], 1
-    for size in reversed(t.shape):
-        strides.append(step)
-        step *= max(size, 1)
-    return t.numel() + 2 * POISON_PAD, tuple(t.shape), tuple(reversed(strides))
+def _padded_length(shape) -> int:
+    """Elements of the buffer that :func:`_padded_view` places a tensor of ``shape`` in."""
+    if len(shape) == 2:
+        return POISON_PAD * 2 + shape[0] * (shape[1] + POISON_PAD)
+    return int(np.prod(shape, dtype=np.int64)) + 2 * POISON_PAD
+
+
+def _padded_view(flat, shape):
+    """A view of ``shape`` inside the 1-D ``flat`` (``_padded_length(shape)`` elements): POISON_PAD
+    elements before and after it, and a 2-D view's rows padded by POISON_PAD elements each."""
+    if len(shape) == 2:
+        rows, cols = shape
+        return flat[POISON_PAD:POISON_PAD + rows * (cols + POISON_PAD)].view(rows, cols + POISON_PAD)[:, :cols]
+    return flat[POISON_PAD:flat.numel() - POISON_PAD].view(shape)
 
 
 class PoisonedInputs:
@@ -140,48 +143,38 @@ class PoisonedInputs:
             if t is not None:
                 by_device.setdefault(t.device, []).append(name)
         for device, names in by_device.items():
-            layout, end = [], 0
+            end = 0
             for name in names:
                 t = clean[name]
-                count, shape, strides = _poison_geometry(t)
                 start = -(-end // REGION_ALIGN) * REGION_ALIGN
-                end = start + count * t.element_size()
-                layout.append((name, start, end, count, shape, strides))
+                end = start + _padded_length(tuple(t.shape)) * t.element_size()
+                self.regions[name] = (device, start, end)
             image = np.empty(max(end, 1), dtype=np.uint8)
-            for name, start, stop, count, _, _ in layout:
+            for name in names:
+                _, start, stop = self.regions[name]
                 _fill_poison(image[start:stop], clean[name].dtype)
             buf = to_device(torch.from_numpy(image), str(device))
-            for name, start, stop, count, shape, strides in layout:
-                t = clean[name]
-                region = buf[start:stop].view(t.dtype)
-                view = region.as_strided(shape, strides, region.storage_offset() + POISON_PAD)
-                view.copy_(t)
-                self.views[name] = view
-                self.regions[name] = (device, start, stop)
+            for name in names:
+                _, start, stop = self.regions[name]
+                self.views[name] = _padded_view(buf[start:stop].view(clean[name].dtype), tuple(clean[name].shape))
+                self.views[name].copy_(clean[name])
             self.buffers[device] = (buf, buf.clone())
 
     def changed_flag(self):
         """Whether any byte of the inputs' buffers (views and their poison) changed since they were
         made: computed on the device and queued for a host copy (read it after a synchronization)."""
-        import torch
-
-        if not self.buffers:
-            return None
-        flags = [(buf != snap).any() for buf, snap in self.buffers.values()]
-        return _host_copy(flags[0] if len(flags) == 1 else torch.stack(flags).any())
+        return [_host_copy((buf != snap).any()) for buf, snap in self.buffers.values()]
 
     def changed(self, flag) -> tuple[list[str], list[str]]:
         """After a synchronization: (inputs whose values changed, inputs whose poison around the
         view changed: writes outside the input, out of bounds)."""
-        if flag is None or not bool(flag):
+        if not any(bool(f) for f in flag):
             return [], []
         values, padding = [], []
         for name, (device, start, stop) in self.regions.items():
             buf, snap = self.buffers[device]
             view = self.views[name]
-            before = snap[start:stop].view(view.dtype).as_strided(tuple(view.shape), view.stride(),
-                                                                  view.storage_offset())
-            if not torch_equal_bits(view, before):
+            if not torch_equal_bits(view, _padded_view(snap[start:stop].view(view.dtype), tuple(view.shape))):
                 values.append(name)
             elif not torch_equal_bits(buf[start:stop], snap[start:stop]):
                 padding.append(name)
@@ -204,8 +197,7 @@ class OutputBuffer:
 
         self.shape = tuple(shape)
         rows, cols = (self.shape if len(self.shape) == 2 else (1, int(np.prod(self.shape))))
-        width = cols + POISON_PAD
-        self.buf = torch.empty(POISON_PAD * 2 + rows * width, dtype=dtype, device=device)
+        self.buf = torch.empty(_padded_length((rows, cols)), dtype=dtype, device=device)
         raw = self.buf.view(torch.uint8)
         size = self.buf.element_size()
         if size in SENTINEL_BITS and self.buf.is_floating_point():
@@ -216,10 +208,10 @@ class OutputBuffer:
         else:
             raw.fill_(SENTINEL_BYTE)
         self.pristine = raw.clone()
-        inner = self.buf[POISON_PAD:POISON_PAD + rows * width].view(rows, width)[:, :cols]
+        inner = _padded_view(self.buf, (rows, cols))
         self.view = inner.reshape(self.shape) if len(self.shape) != 2 else inner
         mask = torch.ones(self.buf.numel(), dtype=torch.bool, device=device)
-        mask[POISON_PAD:POISON_PAD + rows * width].view(rows, width)[:, :cols] = False
+        _padded_view(mask, (rows, cols))[:] = False
         self.canary = mask
 
     def problems(self) -> list[str]:

@@ -115,12 +115,12 @@ def _padded_length(shape) -> int:
 
 
 def _padded_view(flat, shape):
-    """A view of ``shape`` inside the 1-D ``flat`` (``_padded_length(shape)`` elements): POISON_PAD
+    """A view of ``shape`` inside the 1-D ``flat`` (at least ``_padded_length(shape)`` elements): POISON_PAD
     elements before and after it, and a 2-D view's rows padded by POISON_PAD elements each."""
     if len(shape) == 2:
         rows, cols = shape
         return flat[POISON_PAD:POISON_PAD + rows * (cols + POISON_PAD)].view(rows, cols + POISON_PAD)[:, :cols]
-    return flat[POISON_PAD:flat.numel() - POISON_PAD].view(shape)
+    return flat[POISON_PAD:_padded_length(shape) - POISON_PAD].view(shape)
 
 
 class PoisonedInputs:

@@ -7,6 +7,7 @@ code 4 from pytest; the CLI maps it to 2).
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -84,6 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
             # clear error, but in a thread joined only once the workers are starting: importing
             # torch and probing the device (~2 s on a GPU host) then overlaps their start-up
             _device.check_name(config.getoption("--device"))
+            config.qkcheck_worker_threads = share_cpu_threads(int(config.option.numprocesses))
             config.qkcheck_device = None
             config._qkcheck_device_check = _DeviceCheck(config.getoption("--device"))
         else:
@@ -141,6 +143,24 @@ def pytest_collection(session: pytest.Session) -> None:
 def _xdist_controller(config: pytest.Config) -> bool:
     """This process hands the tests to pytest-xdist workers (it runs none itself)."""
     return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def share_cpu_threads(workers: int, environ=os.environ) -> int | None:
+    """Give each of ``workers`` xdist workers (and the case-runner child each may start) an equal
+    share of this machine's cores for the thread pools of torch and NumPy's BLAS: sets
+    ``OMP_NUM_THREADS`` to cores // workers (at least 1) in ``environ``, which the workers inherit.
+    Left alone where any of THREAD_VARIABLES is set already (the user's choice wins). Without it
+    every worker sizes its pools for the whole machine, and N workers' spinning pool threads
+    contend for the same cores. Returns the threads per worker set, or None where left alone."""
+    if workers < 2 or any(v in environ for v in THREAD_VARIABLES):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    environ["OMP_NUM_THREADS"] = str(threads)
+    return threads
 
 
 def _runs_gate_suites(config: pytest.Config) -> bool:

@@ -85,26 +85,13 @@ class Result:
 REGION_ALIGN = 512  # bytes: where each input's region starts in the shared buffer (the allocator's alignment)
 
 
-_POISON_BYTES: dict = {}
-
-
-def _poison_bytes(dtype) -> np.ndarray:
-    """One element of poison for ``dtype`` as bytes: NaN for floats, all-ones for integers."""
-    import torch
-
-    if dtype not in _POISON_BYTES:
-        fill = float("nan") if dtype.is_floating_point else -1
-        _POISON_BYTES[dtype] = torch.full((1,), fill, dtype=dtype).view(torch.uint8).numpy().copy()
-    return _POISON_BYTES[dtype]
-
-
-def _fill_poison(region: np.ndarray, dtype) -> None:
-    """Fill a byte region with ``dtype``'s poison, element after element."""
-    pattern = _poison_bytes(dtype)
-    if pattern.size in (1, 2, 4, 8):
-        region.view(f"<u{pattern.size}")[:] = int.from_bytes(pattern.tobytes(), "little")
+def _fill_poison(region, dtype) -> None:
+    """Fill a byte region of a device buffer with ``dtype``'s poison, on the device: NaN for
+    floats, all-ones for integers."""
+    if dtype.is_floating_point:
+        region.view(dtype).fill_(float("nan"))
     else:
-        region[:] = np.tile(pattern, region.size // pattern.size)
+        region.fill_(255)
 
 
 def _padded_length(shape) -> int:
@@ -126,14 +113,14 @@ def _padded_view(flat, shape):
 class PoisonedInputs:
     """A case's inputs copied into views inside poison (NaN for floats, all-ones for integers):
     padding on each side of every input and between the rows of 2-D ones, so a read outside a view
-    returns poison. The inputs of one device share one byte buffer (each in its own region), built
-    with one host-to-device copy of the poison image; one snapshot of that buffer serves the
-    inputs-unchanged check, which then costs one comparison on the device for all of them."""
+    returns poison. The inputs of one device share one byte buffer (each in its own region),
+    allocated and poisoned on that device (no host image, no pinned copy); one snapshot of that
+    buffer serves the inputs-unchanged check, which then costs one comparison on the device for all
+    of them. Bytes between regions are left as allocated: the snapshot is taken after the fill, so
+    they only have to stay unchanged like the rest."""
 
     def __init__(self, clean: dict):
         import torch
-
-        from kernels.packers import to_device
 
         self.views: dict = {k: None for k in clean}
         self.regions: dict = {}  # name -> (device, byte start, byte end)
@@ -149,11 +136,10 @@ class PoisonedInputs:
                 start = -(-end // REGION_ALIGN) * REGION_ALIGN
                 end = start + _padded_length(tuple(t.shape)) * t.element_size()
                 self.regions[name] = (device, start, end)
-            image = np.empty(max(end, 1), dtype=np.uint8)
+            buf = torch.empty(max(end, 1), dtype=torch.uint8, device=device)
             for name in names:
                 _, start, stop = self.regions[name]
-                _fill_poison(image[start:stop], clean[name].dtype)
-            buf = to_device(torch.from_numpy(image), str(device))
+                _fill_poison(buf[start:stop], clean[name].dtype)
             for name in names:
                 _, start, stop = self.regions[name]
                 self.views[name] = _padded_view(buf[start:stop].view(clean[name].dtype), tuple(clean[name].shape))

@@ -85,7 +85,7 @@ def pytest_configure(config: pytest.Config) -> None:
             # clear error, but in a thread joined only once the workers are starting: importing
             # torch and probing the device (~2 s on a GPU host) then overlaps their start-up
             _device.check_name(config.getoption("--device"))
-            config.qkcheck_worker_threads = share_cpu_threads(int(config.option.numprocesses))
+            share_cpu_threads(int(config.option.numprocesses))
             config.qkcheck_device = None
             config._qkcheck_device_check = _DeviceCheck(config.getoption("--device"))
         else:
@@ -148,6 +148,11 @@ def _xdist_controller(config: pytest.Config) -> bool:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def share_cpu_threads(workers: int, environ=os.environ) -> int | None:
     """Give each of ``workers`` xdist workers (and the case-runner child each may start) an equal
     share of this machine's cores for the thread pools of torch and NumPy's BLAS: sets
@@ -157,8 +162,7 @@ def share_cpu_threads(workers: int, environ=os.environ) -> int | None:
     contend for the same cores. Returns the threads per worker set, or None where left alone."""
     if workers < 2 or any(v in environ for v in THREAD_VARIABLES):
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
+    threads = max(1, usable_cores() // workers)
     environ["OMP_NUM_THREADS"] = str(threads)
     return threads
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cases.plugin import THREAD_VARIABLES, share_cpu_threads
+from cases.plugin import THREAD_VARIABLES, share_cpu_threads, usable_cores
 
 ROOT = Path(__file__).resolve().parents[2]
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = usable_cores()
 
 
 def test_two_or_more_workers_each_get_their_share_of_the_cores():

@@ -10,7 +10,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["cases.plugin"]
+pytest_plugins = ["qkcheck.cases.plugin"]
 
 settings.register_profile(
     "ci", derandomize=True, deadline=None, max_examples=25, print_blob=True,

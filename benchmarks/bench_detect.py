@@ -40,7 +40,7 @@ def detect(entry: str, device: str, seed: int, budget: str, shrink_budget: str |
     if cache_dir is not None:
         env["TRITON_CACHE_DIR"] = cache_dir
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", f"zoo:{entry}", "--device", device,
+        cmd = [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--kernels", f"zoo:{entry}", "--device", device,
                "--budget", budget, "--fuzz-seed", str(seed), "--failures-dir", tmp]
         if shrink_budget is not None:
             cmd += ["--shrink-budget", shrink_budget]
@@ -72,7 +72,7 @@ def _round(a, b=0.0):
 
 
 def main(argv=None) -> int:
-    from kernels import zoo
+    from qkcheck.kernels import zoo
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")

@@ -41,7 +41,7 @@ SUMMARY = re.compile(r"qkcheck fuzz (\S+): (\d+) cases \((\d+) drawn, \d+ repeat
 
 def fuzz_once(device: str, kernels: str, budget: str, workers: int) -> tuple[dict | None, str, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "cases.cli", "fuzz", "--device", device, "--kernels", kernels,
+        cmd = [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--device", device, "--kernels", kernels,
                "--budget", budget, "--failures-dir", tmp]
         if workers > 1:
             cmd += ["-n", str(workers)]
@@ -62,12 +62,12 @@ def bare_loop(device: str, seconds: float) -> tuple[float, int]:
     """cases/s of the bare loop (module docstring)."""
     import numpy as np
 
-    from kernels import device as _device
+    from qkcheck.kernels import device as _device
 
     _device.activate(device)
     import torch
 
-    from kernels.triton.w4a16 import W4A16Config, w4a16_gemm
+    from qkcheck.kernels.triton.w4a16 import W4A16Config, w4a16_gemm
 
     rng = np.random.default_rng(0)
     M, N, K, G = 4, 32, 128, 32
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
                         help="budget of the first (compiling) run as a multiple of --budget (default 3)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from cases.plugin import parse_duration
+    from qkcheck.cases.plugin import parse_duration
 
     budget_s = parse_duration(args.budget)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]

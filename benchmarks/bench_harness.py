@@ -27,7 +27,7 @@ def draw_cases(adapter, n: int, seed: int = 0):
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
 
-    from cases.strategies import from_adapter
+    from qkcheck.cases.strategies import from_adapter
 
     drawn = []
 
@@ -52,11 +52,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
-    from kernels import device as _device
+    from qkcheck.kernels import device as _device
 
     dev = _device.activate(args.device)
-    from cases.runner import run_case
-    from kernels.adapters import resolve
+    from qkcheck.cases.runner import run_case
+    from qkcheck.kernels.adapters import resolve
 
     adapter = resolve(args.kernels)[0]
     cases = draw_cases(adapter, args.cases)

@@ -347,7 +347,7 @@ def sweep(timer: Timer, configs, run, reference, torch):
 
 
 def bench_w4a16(torch, timer: Timer, device: str, bandwidth: float, sizes: Sizes) -> list[dict]:
-    from kernels.triton import w4a16 as w4
+    from qkcheck.kernels.triton import w4a16 as w4
 
     gen = torch.Generator().manual_seed(0)
     N = K = sizes.w4a16_nk
@@ -495,7 +495,7 @@ def torch_scaled_mm(torch, a, w, a_scale, b_scale):
 
 
 def bench_scaled_mm(torch, timer: Timer, device: str, sizes: Sizes) -> list[dict]:
-    from kernels.triton import scaled_mm as sm
+    from qkcheck.kernels.triton import scaled_mm as sm
 
     gen = torch.Generator().manual_seed(1)
     M = N = K = sizes.gemm_mnk
@@ -617,8 +617,8 @@ def expert_bytes(weights: dict) -> int:
 
 
 def bench_moe(torch, timer: Timer, device: str, bandwidth: float, sizes: Sizes) -> list[dict]:
-    from kernels import ops_moe, probes
-    from kernels.triton import moe
+    from qkcheck.kernels import ops_moe, probes
+    from qkcheck.kernels.triton import moe
 
     # under the CPU interpreter a bf16 tl.dot is wrong (kernels.probes): the diff is not meaningful there
     interpreter_caveat = probes.skip_reason(compute_dtype="bf16", fp8_output=False)
@@ -769,7 +769,7 @@ def main(argv=None) -> int:
             parser.error(f"--w4a16-nk={args.w4a16_nk} must be a multiple of 256 (at least 256)")
         sizes = dataclasses.replace(sizes, w4a16_nk=args.w4a16_nk)
 
-    from kernels import device as _device
+    from qkcheck.kernels import device as _device
 
     try:
         device = _device.activate(requested)  # sets TRITON_INTERPRET=1 for cpu before any kernel import

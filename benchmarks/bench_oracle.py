@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oracle import gemm  # noqa: E402
-from oracle.formats import FORMATS  # noqa: E402
-from oracle.schemes import dequantize, get_scheme, pack_codes, quantize, unpack_codes  # noqa: E402
+from qkcheck.oracle import gemm  # noqa: E402
+from qkcheck.oracle.formats import FORMATS  # noqa: E402
+from qkcheck.oracle.schemes import dequantize, get_scheme, pack_codes, quantize, unpack_codes  # noqa: E402
 
 SIZE = 4096
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reports.html import render_report  # noqa: E402
-from reports.store import write_results  # noqa: E402
+from qkcheck.reports.html import render_report  # noqa: E402
+from qkcheck.reports.store import write_results  # noqa: E402
 from tests.reports.synth import banded_divergence, case_dict, record  # noqa: E402
 
 GOAL_SECONDS, GOAL_MB = 10.0, 20.0

@@ -115,7 +115,7 @@ def _children_cpu_seconds() -> float:
 def _gate(device: str, workers: str, timeout: float, env: dict | None = None) -> tuple[float, int, str, str, float]:
     """(wall seconds, exit code, pytest's summary line, the command shown, CPU seconds of every
     process of the run)."""
-    args = ["-m", "cases.cli", "gate", "--device", device, "--kernels", "bundled", "-n", workers,
+    args = ["-m", "qkcheck.cases.cli", "gate", "--device", device, "--kernels", "bundled", "-n", workers,
             "--failures-dir", "out/bench-failures"]
     shown = " ".join(["qkcheck", *args[2:]])
     cpu0, t0 = _children_cpu_seconds(), time.perf_counter()
@@ -150,7 +150,7 @@ def gate_wall(device: str, workers: str, timeout: float) -> tuple[list[dict], st
     if workers == "auto":
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        from cases.cli import auto_workers
+        from qkcheck.cases.cli import auto_workers
 
         resolved = f" ({auto_workers(device, 'auto')} workers)"
     cores = os.cpu_count() or 1

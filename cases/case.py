@@ -84,7 +84,7 @@ class Case:
     @cached_property
     def id(self) -> str:
         """Readable and stable: op, shape, the params that vary, config, regime, seed, digest."""
-        from cases.ops import op_spec
+        from qkcheck.cases.ops import op_spec
 
         dims = self.dims
         shape = "".join(f"{k}{dims[k]}" for k in op_spec(self.op).shape_keys)
@@ -143,7 +143,7 @@ class Case:
         return path
 
     def validate(self) -> None:
-        from cases.ops import op_spec
+        from qkcheck.cases.ops import op_spec
 
         if self.regime not in REGIMES:
             raise CaseError(f"regime={self.regime!r} is not an input regime (allowed: {', '.join(REGIMES)})")

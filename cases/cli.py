@@ -15,8 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SUITES = ROOT / "tests" / "gate"
+SUITES = Path(__file__).resolve().parent / "suites"  # shipped in the package: runs from any directory
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
@@ -65,7 +64,7 @@ def auto_workers(device: str, isolate: str) -> str:
     """What ``-n auto`` means: with cases isolated (GPUs by default, or ``--isolate on``) half the
     CPU cores, at most AUTO_WORKERS_PER_GPU per GPU and at least one; otherwise pytest-xdist's
     own ``auto`` (one worker per core)."""
-    from kernels import device as _device
+    from qkcheck.kernels import device as _device
 
     if isolate == "off" or (isolate == "auto" and device == "cpu"):
         return "auto"
@@ -84,16 +83,22 @@ def auto_workers(device: str, isolate: str) -> str:
 def _pytest(suite: str, args) -> int:
     import pytest
 
-    argv = [str(SUITES / suite), f"--rootdir={ROOT}", "-p", "no:cacheprovider", "-q", "--device", args.device,
-            "--failures-dir", args.failures_dir, "--isolate", args.isolate, "--case-timeout", args.case_timeout]
+    # the suites' own pytest.ini makes their folder the rootdir: a project's ini files, addopts
+    # and conftests around the current directory stay out of the run
+    argv = [str(SUITES / suite), "-c", str(SUITES / "pytest.ini"), f"--rootdir={SUITES}", "--import-mode=importlib",
+            "-p", "qkcheck.cases.plugin", "-p", "no:cacheprovider", "-q", "--qkcheck-device", args.device,
+            "--qkcheck-failures-dir", str(Path(args.failures_dir).resolve()), "--qkcheck-isolate", args.isolate,
+            "--qkcheck-case-timeout", args.case_timeout]
     for spec in args.kernels or ["bundled"]:
-        argv += ["--kernels", spec]
+        argv += ["--qkcheck-kernels", _absolute_if_file(spec)]
     for op in args.op or []:
-        argv += ["--op", op]
+        argv += ["--qkcheck-op", op]
     for opt in ("report", "results", "shard", "budget", "fuzz_seed", "fuzz_siblings", "fuzz_streams", "shrink_budget"):
         value = getattr(args, opt, None)
         if value:
-            argv += [f"--{opt.replace('_', '-')}", str(value)]
+            if opt in ("report", "results"):
+                value = Path(value).resolve()
+            argv += [f"--qkcheck-{opt.replace('_', '-')}", str(value)]
     workers = auto_workers(args.device, args.isolate) if args.workers == "auto" else args.workers
     if workers:
         # loadgroup: the gate's cases that share compiled kernel variants go to one worker
@@ -109,16 +114,22 @@ def _pytest(suite: str, args) -> int:
     return EXIT_USAGE
 
 
+def _absolute_if_file(spec: str) -> str:
+    """A kernel spec naming a file, made absolute (pytest runs with the suites' folder as rootdir)."""
+    path_part = spec.split("::")[0]
+    return str(Path(path_part).resolve()) + spec[len(path_part):] if path_part.endswith(".py") else spec
+
+
 def _replay(args) -> int:
-    from cases.case import Case, CaseError
-    from kernels import device as _device
-    from kernels.adapters import AdapterError
+    from qkcheck.cases.case import Case, CaseError
+    from qkcheck.kernels import device as _device
+    from qkcheck.kernels.adapters import AdapterError
 
     try:
         dev = _device.activate(args.device)
         case = Case.load(args.case)
-        from cases.ops import validate_adapter
-        from kernels.adapters import resolve
+        from qkcheck.cases.ops import validate_adapter
+        from qkcheck.kernels.adapters import resolve
 
         specs = args.kernels or ["bundled"]
         adapters = [a for s in specs for a in resolve(s)]
@@ -127,7 +138,7 @@ def _replay(args) -> int:
     except (CaseError, AdapterError, ValueError) as exc:
         print(f"qkcheck: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from cases.runner import run_case
+    from qkcheck.cases.runner import run_case
 
     adapters = [a for a in adapters if a.op == case.op]
     if not adapters:
@@ -145,7 +156,7 @@ def _replay(args) -> int:
 
 
 def _report(args) -> int:
-    from reports.html import render_report
+    from qkcheck.reports.html import render_report
 
     try:
         out = render_report([Path(p) for p in args.results], Path(args.output))
@@ -157,12 +168,12 @@ def _report(args) -> int:
 
 
 def _list(args) -> int:
-    from cases.ops import OP_SPECS
-    from kernels import device as _device
+    from qkcheck.cases.ops import OP_SPECS
+    from qkcheck.kernels import device as _device
 
     dev = _device.activate(args.device)
-    from kernels import probes
-    from kernels.adapters import available
+    from qkcheck.kernels import probes
+    from qkcheck.kernels.adapters import available
 
     print("ops:")
     for op, spec in OP_SPECS.items():

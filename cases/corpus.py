@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cases.case import Case, CaseError
+from qkcheck.cases.case import Case, CaseError
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 

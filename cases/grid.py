@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 
-from cases.case import Case
+from qkcheck.cases.case import Case
 
 
 def block_k_for(relation: str, group_size: int, k: int) -> int | None:
@@ -61,7 +61,7 @@ GRIDS = {"w4a16_gemm": _w4a16}
 
 
 def _with_families() -> None:
-    from cases import families
+    from qkcheck.cases import families
 
     GRIDS.update(families.collect("GRIDS"))
 

@@ -23,8 +23,8 @@ import threading
 import time
 from typing import Any
 
-from cases.case import Case
-from cases.runner import FAIL, CaseTimeout, Check, Result, run_case
+from qkcheck.cases.case import Case
+from qkcheck.cases.runner import FAIL, CaseTimeout, Check, Result, run_case
 
 STARTUP_TIMEOUT_S = 300.0  # a child imports torch/triton and the kernels before its first case
 
@@ -82,9 +82,9 @@ def _device_healthy(device: str) -> bool:
 
 
 def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) -> None:  # runs in the child
-    from cases.ops import validate_adapter
-    from kernels import device as _device
-    from kernels.adapters import resolve
+    from qkcheck.cases.ops import validate_adapter
+    from qkcheck.kernels import device as _device
+    from qkcheck.kernels.adapters import resolve
 
     device = _device.activate(device)
     # the GPU of the parent's xdist worker (gwN takes GPU N mod count on a multi-GPU host)
@@ -102,7 +102,7 @@ def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) ->
         # around the op's implementation): 1.5-5 s
         import torch._dynamo  # noqa: F401
     if any(a.triton for a in adapters.values()) and not conn.poll(0):
-        from kernels.triton import warmup
+        from qkcheck.kernels.triton import warmup
 
         try:
             warmup.first_compile(device)  # the compiler back end's set-up (~1.7 s on an H100 host)

@@ -49,7 +49,7 @@ class OpSpec:
     diagnose: Callable[..., list] | None = None
 
     def validate(self, case) -> None:
-        from cases.case import CaseError
+        from qkcheck.cases.case import CaseError
 
         dims, params, cfg = case.dims, case.p, case.cfg
         if set(dims) != set(self.shape_keys):
@@ -123,7 +123,7 @@ OP_SPECS: dict[str, OpSpec] = {
 
 
 def _families() -> None:
-    from cases import families
+    from qkcheck.cases import families
 
     for mod in families.modules():
         for spec in getattr(mod, "SPECS", ()):
@@ -136,7 +136,7 @@ _families()
 
 
 def op_spec(op: str) -> OpSpec:
-    from cases.case import CaseError
+    from qkcheck.cases.case import CaseError
 
     try:
         return OP_SPECS[op]
@@ -146,7 +146,7 @@ def op_spec(op: str) -> OpSpec:
 
 def validate_adapter(adapter) -> None:
     """An adapter must declare an op that exists and only layouts/tunables that op has."""
-    from kernels.adapters import AdapterError
+    from qkcheck.kernels.adapters import AdapterError
 
     if adapter.op not in OP_SPECS:
         raise AdapterError(f"adapter {adapter.name!r}: op {adapter.op!r} is unknown (allowed: {', '.join(sorted(OP_SPECS))})")

@@ -1,5 +1,16 @@
-"""pytest plugin: qkcheck's options (one group), kernel selection, sharding, results collection
-across xdist workers and CI shards, the report at the end.
+"""pytest plugin: qkcheck's options (one group, all ``--qkcheck-*``), kernel selection, the gate and
+fuzz parametrization, sharding, results collection across xdist workers and CI shards, the report.
+
+Nothing loads it unless asked: ``qkcheck gate|fuzz`` pass ``-p qkcheck.cases.plugin``; a project's
+own suite names it (``pytest_plugins = ["qkcheck.cases.plugin"]`` in a conftest, or
+``pytest -p qkcheck.cases.plugin``). A plain pytest run in an environment with qkcheck installed
+gets no option, fixture, marker or device selection from it.
+
+In a suite that loads it, a test function asking for ``adapter, gate_case`` is parametrized over
+the gate's cases (corpus + grid) of the selected adapters, and one asking for
+``fuzz_adapter, fuzz_stream`` over fuzz streams; the adapters come from a
+``@pytest.mark.qkcheck(kernels=[...])`` marker on the test (or its module), else from
+``--qkcheck-kernels`` (default ``bundled``). ``check_gate_case`` / ``check_fuzz_stream`` run them.
 
 Options are parsed and checked at configure time; bad values raise ``pytest.UsageError`` (exit
 code 4 from pytest; the CLI maps it to 2).
@@ -16,35 +27,38 @@ from pathlib import Path
 
 import pytest
 
+SUITES = Path(__file__).resolve().parent / "suites"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qkcheck", "qkcheck: quantized-kernel correctness harness")
-    group.addoption("--device", default="auto", metavar="auto|cpu|cuda|xpu",
+    group.addoption("--qkcheck-device", default="auto", metavar="auto|cpu|cuda|xpu",
                     help="where kernels run: auto = cuda if available, then xpu, else cpu (Triton interpreter)")
-    group.addoption("--kernels", action="append", default=None, metavar="SPEC",
+    group.addoption("--qkcheck-kernels", action="append", default=None, metavar="SPEC",
                     help="kernels to check (repeatable): bundled (default), zoo, zoo:<name>, bundled:<name>, "
                          "a .py file defining ADAPTERS, or a module path")
-    group.addoption("--op", action="append", default=None, metavar="OP", help="only cases of this op (repeatable)")
-    group.addoption("--budget", default="60s", metavar="DURATION", help="fuzz time budget per kernel, e.g. 30s, 5m")
-    group.addoption("--report", default=None, metavar="PATH", help="write the HTML report here at the end")
-    group.addoption("--results", default=None, metavar="PATH", help="write results as JSON lines here")
-    group.addoption("--shard", default=None, metavar="i/n", help="run only shard i of n (1-based) of the case list")
-    group.addoption("--fuzz-seed", type=int, default=0, metavar="N",
+    group.addoption("--qkcheck-op", action="append", default=None, metavar="OP", help="only cases of this op (repeatable)")
+    group.addoption("--qkcheck-budget", default="60s", metavar="DURATION", help="fuzz time budget per kernel, e.g. 30s, 5m")
+    group.addoption("--qkcheck-report", default=None, metavar="PATH", help="write the HTML report here at the end")
+    group.addoption("--qkcheck-results", default=None, metavar="PATH", help="write results as JSON lines here")
+    group.addoption("--qkcheck-shard", default=None, metavar="i/n", help="run only shard i of n (1-based) of the case list")
+    group.addoption("--qkcheck-fuzz-seed", type=int, default=0, metavar="N",
                     help="first hypothesis seed of the fuzzer (runs are reproducible per seed)")
-    group.addoption("--fuzz-siblings", type=int, default=None, metavar="N",
+    group.addoption("--qkcheck-fuzz-siblings", type=int, default=None, metavar="N",
                     help="cases run per drawn fuzz case: the case and N-1 data siblings (other seeds and "
                          f"regimes; default {GPU_SIBLINGS} on a GPU, 1 on the CPU interpreter)")
-    group.addoption("--shrink-budget", default=None, metavar="DURATION",
+    group.addoption("--qkcheck-shrink-budget", default=None, metavar="DURATION",
                     help="time the fuzzer spends shrinking a failure before it reports the smallest failing "
                          f"case found so far (default {GPU_SHRINK_BUDGET_S:g}s on a GPU, where each shrink "
                          "candidate may compile a new kernel variant; none on the CPU; 0 = none)")
-    group.addoption("--fuzz-streams", type=int, default=None, metavar="N",
+    group.addoption("--qkcheck-fuzz-streams", type=int, default=None, metavar="N",
                     help="independent fuzz streams per kernel (default: one per xdist worker, else 1)")
-    group.addoption("--isolate", default="auto", choices=("auto", "on", "off"),
+    group.addoption("--qkcheck-isolate", default="auto", choices=("auto", "on", "off"),
                     help="run cases in a child process so a crash or hang fails only that case: "
                          "auto = on for cuda/xpu, off for cpu")
-    group.addoption("--case-timeout", default="300s", metavar="DURATION",
+    group.addoption("--qkcheck-case-timeout", default="300s", metavar="DURATION",
                     help="per-case time limit; a case past it fails as a hang (0 = none)")
-    group.addoption("--failures-dir", default="out/failures", metavar="DIR",
+    group.addoption("--qkcheck-failures-dir", default="out/failures", metavar="DIR",
                     help="where failing and shrunk cases are saved as replayable JSON files")
 
 
@@ -73,40 +87,45 @@ def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from kernels import device as _device
+    from qkcheck.kernels import device as _device
+
+    config.addinivalue_line("markers", "qkcheck(kernels=[...]): the kernel specs (or adapters) a qkcheck "
+                                       "gate/fuzz test runs, instead of --qkcheck-kernels")
+    config.addinivalue_line("markers", "unused: a placeholder parameter set with nothing to check "
+                                       "(deselected at collection)")
 
     try:
-        config.qkcheck_kernel_specs = config.getoption("--kernels") or ["bundled"]
-        config.qkcheck_case_timeout = parse_duration(config.getoption("--case-timeout"), "--case-timeout") or None
+        config.qkcheck_kernel_specs = config.getoption("--qkcheck-kernels") or ["bundled"]
+        config.qkcheck_case_timeout = parse_duration(config.getoption("--qkcheck-case-timeout"), "--case-timeout") or None
         _start_runner_early(config)
         if _xdist_controller(config):
             # the workers resolve the device and run every case; this process starts them and
             # merges their results (their run information too). It checks the device too, for a
             # clear error, but in a thread joined only once the workers are starting: importing
             # torch and probing the device (~2 s on a GPU host) then overlaps their start-up
-            _device.check_name(config.getoption("--device"))
+            _device.check_name(config.getoption("--qkcheck-device"))
             share_cpu_threads(int(config.option.numprocesses))
             config.qkcheck_device = None
-            config._qkcheck_device_check = _DeviceCheck(config.getoption("--device"))
+            config._qkcheck_device_check = _DeviceCheck(config.getoption("--qkcheck-device"))
         else:
-            config.qkcheck_device = _device.activate(config.getoption("--device"))
+            config.qkcheck_device = _device.activate(config.getoption("--qkcheck-device"))
         runner = getattr(config, "_qkcheck_isolated", None)
         if runner is not None:  # started early with the device as requested: record the resolved one
             runner.device = config.qkcheck_device
         config.qkcheck_gpu_index = _device.assign_worker_gpu(config.qkcheck_device, _worker_id(config))
-        config.qkcheck_budget = parse_duration(config.getoption("--budget"))
-        config.qkcheck_shard = parse_shard(config.getoption("--shard"))
-        shrink = config.getoption("--shrink-budget")
+        config.qkcheck_budget = parse_duration(config.getoption("--qkcheck-budget"))
+        config.qkcheck_shard = parse_shard(config.getoption("--qkcheck-shard"))
+        shrink = config.getoption("--qkcheck-shrink-budget")
         config.qkcheck_shrink_budget = (parse_duration(shrink, "--shrink-budget") if shrink is not None
                                         else (None if config.qkcheck_device == "cpu" else GPU_SHRINK_BUDGET_S)) or None
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     for option in ("--fuzz-siblings", "--fuzz-streams"):
-        value = config.getoption(option)
+        value = config.getoption("--qkcheck" + option[1:])
         if value is not None and value < 1:
             raise pytest.UsageError(f"{option} {value} must be >= 1 (e.g. {option} 4)")
     config.qkcheck_fuzz_stats = []
-    config.qkcheck_ops = config.getoption("--op")
+    config.qkcheck_ops = config.getoption("--qkcheck-op")
     config.qkcheck_results = []
     config.qkcheck_started = time.time()
 
@@ -120,7 +139,7 @@ class _DeviceCheck(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        from kernels import device as _device
+        from qkcheck.kernels import device as _device
 
         try:
             _device.resolve(self.requested)
@@ -172,9 +191,8 @@ def _runs_gate_suites(config: pytest.Config) -> bool:
     run them, and not a run of other tests)."""
     if _xdist_controller(config):
         return False
-    suites = Path(__file__).resolve().parent.parent / "tests" / "gate"
     args = [Path(str(a).split("::")[0]).resolve() for a in config.args]
-    return bool(args) and all(a == suites or suites in a.parents for a in args)
+    return bool(args) and all(a == SUITES or SUITES in a.parents for a in args)
 
 
 def _start_runner_early(config: pytest.Config) -> None:
@@ -182,25 +200,27 @@ def _start_runner_early(config: pytest.Config) -> None:
     options already say cases will run isolated (--isolate on, or auto with --device cuda/xpu):
     the child's imports, device set-up and kernel registrations then overlap this process's own
     start-up and collection instead of following them. Other runs start it at collection end."""
-    mode, requested = config.getoption("--isolate"), config.getoption("--device")
+    mode, requested = config.getoption("--qkcheck-isolate"), config.getoption("--qkcheck-device")
     if (mode == "on" or (mode == "auto" and requested in ("cuda", "xpu"))) and _runs_gate_suites(config):
         _isolated_runner(config, requested).prestart()
 
 
-def selected_adapters(config: pytest.Config):
-    """The adapters named by --kernels, validated (a UsageError names the bad spec)."""
-    if not hasattr(config, "_qkcheck_adapters"):
-        from cases.ops import validate_adapter
-        from kernels.adapters import AdapterError, KernelsUnavailable, resolve
+def selected_adapters(config: pytest.Config, specs=None):
+    """The adapters named by ``specs`` (default: --qkcheck-kernels), validated (a UsageError names
+    the bad spec). A spec is a string (see ``qkcheck.kernels.adapters.resolve``) or an adapter."""
+    specs = tuple(config.qkcheck_kernel_specs if specs is None else specs)
+    cache = config.__dict__.setdefault("_qkcheck_adapters", {})
+    if specs not in cache:
+        from qkcheck.cases.ops import validate_adapter
+        from qkcheck.kernels.adapters import AdapterError, KernelAdapter, KernelsUnavailable, resolve
 
-        adapters = []
-        config.qkcheck_unavailable = []  # (spec, reason): reported as skipped, never silently dropped
+        adapters, missing = [], []  # missing: (spec, reason), reported as skipped, never silently dropped
         try:
-            for spec in config.qkcheck_kernel_specs:
+            for spec in specs:
                 try:
-                    found = resolve(spec)
+                    found = [spec] if isinstance(spec, KernelAdapter) else resolve(spec)
                 except KernelsUnavailable as exc:
-                    config.qkcheck_unavailable.append((spec, exc.reason))
+                    missing.append((spec, exc.reason))
                     continue
                 for a in found:
                     validate_adapter(a)
@@ -209,20 +229,130 @@ def selected_adapters(config: pytest.Config):
             raise pytest.UsageError(str(exc)) from None
         ops = config.qkcheck_ops
         if ops:
-            from cases.ops import OP_SPECS
+            from qkcheck.cases.ops import OP_SPECS
 
             unknown = sorted(set(ops) - set(OP_SPECS))
             if unknown:
                 raise pytest.UsageError(f"--op {unknown[0]}: unknown op (allowed: {', '.join(sorted(OP_SPECS))})")
             adapters = [a for a in adapters if a.op in ops]
-        config._qkcheck_adapters = adapters
-    return config._qkcheck_adapters
+        cache[specs] = (adapters, missing)
+    return cache[specs][0]
 
 
-def unavailable(config: pytest.Config) -> list[tuple[str, str]]:
-    """Kernel specs that name kernels that cannot run here, with the reason (after selection)."""
-    selected_adapters(config)
-    return config.qkcheck_unavailable
+def _specs_of(metafunc) -> list | None:
+    """The kernel specs of a ``qkcheck(kernels=...)`` marker on the test or its module, if any."""
+    marker = metafunc.definition.get_closest_marker("qkcheck")
+    if marker is None:
+        return None
+    kernels = marker.kwargs.get("kernels", marker.args[0] if marker.args else None)
+    if kernels is None or isinstance(kernels, (str, bytes)) or not hasattr(kernels, "__iter__"):
+        kernels = [kernels]
+    if not kernels or any(k is None for k in kernels):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.qkcheck(kernels=...) needs a "
+                                f"list of kernel specs or adapters (got {marker.kwargs or marker.args!r})")
+    return list(kernels)
+
+
+def gate_params(config: pytest.Config, specs=None) -> list:
+    """The gate's cases as pytest params: for each selected adapter, the corpus cases of its op
+    then its grid, distinct, as the adapter runs them, in this shard."""
+    from qkcheck.cases.corpus import load_corpus
+    from qkcheck.cases.grid import grid
+
+    corpus = load_corpus()
+    params = []
+    for adapter in selected_adapters(config, specs):
+        cases = [for_adapter(adapter, c) for c in [c for c in corpus if c.op == adapter.op] + grid(adapter)]
+        for case in dict.fromkeys(cases):  # distinct, in order
+            if supports(adapter, case) and in_shard(case.id, config.qkcheck_shard):
+                params.append(pytest.param(adapter, case, id=f"{adapter.name}::{case.id}",
+                                           marks=pytest.mark.xdist_group(compile_group(adapter, case))))
+    return params
+
+
+def pytest_generate_tests(metafunc) -> None:
+    names, config = metafunc.fixturenames, metafunc.config
+    placeholder = [pytest.param(None, None, marks=pytest.mark.unused)]
+    if "unavailable_spec" in names:
+        specs = _specs_of(metafunc)
+        selected_adapters(config, specs)
+        items = config._qkcheck_adapters[tuple(config.qkcheck_kernel_specs if specs is None else specs)][1]
+        metafunc.parametrize("unavailable_spec,reason", items or placeholder,
+                             ids=[str(s) for s, _ in items] or ["none"])
+    elif "gate_case" in names:
+        metafunc.parametrize("adapter,gate_case", gate_params(config, _specs_of(metafunc)) or placeholder)
+    elif "fuzz_adapter" in names:
+        streams = fuzz_streams(config)
+        params = [pytest.param(a, s, id=a.name if streams == 1 else f"{a.name}-stream{s}")
+                  for a in selected_adapters(config, _specs_of(metafunc)) for s in range(streams)]
+        metafunc.parametrize("fuzz_adapter,fuzz_stream", params or placeholder)
+
+
+def supports(adapter, case) -> bool:
+    layout = case.p.get("layout")
+    if adapter.layouts and layout is not None and layout not in adapter.layouts:
+        return False
+    return all(k in adapter.tunables and v in adapter.tunables[k] for k, v in case.config)
+
+
+def for_adapter(adapter, case):
+    """The case as this adapter runs it: a kernel without tunables runs it with no config."""
+    return case if adapter.tunables or not case.config else case.replace(config={})
+
+
+def compile_group(adapter, case) -> str:
+    """Cases that share a kernel, its params and its config share compiled kernel variants (the
+    shape changes no constexpr but a few of Triton's integer specializations): under
+    ``--dist loadgroup`` (the CLI's choice with ``-n``) such a group runs on one xdist worker, so a
+    variant is compiled once per run instead of once per worker."""
+    return f"{adapter.name}|{sorted(case.p.items())}|{sorted(case.cfg.items())}"
+
+
+@pytest.fixture(scope="session")
+def qkcheck_device(pytestconfig: pytest.Config) -> str:
+    """The concrete device kernels run on: 'cpu' (interpreter), 'cuda' or 'xpu'."""
+    return pytestconfig.qkcheck_device
+
+
+def check_gate_case(config: pytest.Config, adapter, case) -> None:
+    """Run one gate case, record it, and turn its status into the test's outcome."""
+    result = execute(config, case, adapter)
+    record(config, result)
+    if result.status == "skip":
+        pytest.skip(result.skip_reason)
+    if result.status == "fail":
+        pytest.fail(result.summary(), pytrace=False)
+
+
+def check_fuzz_stream(config: pytest.Config, request, adapter, stream: int) -> None:
+    """Run one fuzz stream of ``adapter`` (``qkcheck.cases.fuzz``) within the options' budgets; a
+    failure is saved when found, shrunk, diagnosed, recorded and fails the test."""
+    from qkcheck.cases.fuzz import fuzz_adapter
+
+    found_file: list[Path] = []
+
+    def on_found(case, seconds: float) -> None:
+        found_file.append(save_found(config, case, adapter.name, seconds))
+
+    def run(case, a, *, diagnose_failures=True):
+        return execute(config, case, a, diagnose_failures=diagnose_failures)
+
+    out = fuzz_adapter(adapter, run, budget=config.qkcheck_budget, stream=stream, streams=fuzz_streams(config),
+                       siblings_per_draw=fuzz_siblings(config), shrink_budget=config.qkcheck_shrink_budget,
+                       first_seed=config.getoption("--qkcheck-fuzz-seed"), on_found=on_found)
+    request.node.user_properties.append(("qkcheck_fuzz", out.stats()))
+    if out.failure is None:
+        print(f"fuzz {adapter.name}: {out.cases} cases in {config.qkcheck_budget:.0f}s budget, no failure")
+        return
+    shrunk = out.seconds
+    result = execute(config, out.failure, adapter)  # again, diagnosed
+    record(config, result)
+    if result.status == "fail":  # saved: it replaces the case saved as found
+        for path in found_file:
+            path.unlink(missing_ok=True)
+    pytest.fail(f"fuzz found a failure after {out.found_after_cases} cases, {out.found_at:.1f} s into the fuzz "
+                f"(shrunk in {out.cases - out.found_after_cases} more cases by {shrunk:.1f} s):\n"
+                f"{result.summary()}", pytrace=False)
 
 
 GPU_SIBLINGS = 64
@@ -235,7 +365,7 @@ def fuzz_siblings(config: pytest.Config) -> int:
     """Cases per drawn fuzz case: --fuzz-siblings, else GPU_SIBLINGS on a GPU (one draw and one
     compile of its kernel variants serve that many cases) and 1 under the CPU interpreter (its kernel time dominates; more distinct draws
     explore more within a budget)."""
-    given = config.getoption("--fuzz-siblings")
+    given = config.getoption("--qkcheck-fuzz-siblings")
     if given:
         return given
     return 1 if config.qkcheck_device == "cpu" else GPU_SIBLINGS
@@ -244,7 +374,7 @@ def fuzz_siblings(config: pytest.Config) -> int:
 def fuzz_streams(config: pytest.Config) -> int:
     """Fuzz streams per kernel: --fuzz-streams, else the xdist worker count (identical on every
     worker, so every worker collects the same items), else 1."""
-    given = config.getoption("--fuzz-streams")
+    given = config.getoption("--qkcheck-fuzz-streams")
     if given:
         return given
     return int(getattr(config, "workerinput", {}).get("workercount", 1))
@@ -287,14 +417,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 
 
 def isolated(config: pytest.Config) -> bool:
-    mode = config.getoption("--isolate")
+    mode = config.getoption("--qkcheck-isolate")
     return mode == "on" or (mode == "auto" and config.qkcheck_device != "cpu")
 
 
 def _isolated_runner(config: pytest.Config, device: str | None = None):
     """This process's case runner, created on first use (``device``: as requested, before it is
     resolved; default the resolved one)."""
-    from cases import isolation
+    from qkcheck.cases import isolation
 
     runner = getattr(config, "_qkcheck_isolated", None)
     if runner is None:
@@ -317,7 +447,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def execute(config: pytest.Config, case, adapter, *, diagnose_failures: bool = True):
     """Run one case the way the options say: in process or in the isolated case runner, with
     the per-case time limit. Never raises for a kernel's failure."""
-    from cases import isolation
+    from qkcheck.cases import isolation
 
     device, timeout = config.qkcheck_device, config.qkcheck_case_timeout
     if not isolated(config):
@@ -341,7 +471,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def record(config: pytest.Config, result) -> None:
     """Keep a result for the results file; save failing cases as replayable files."""
-    from cases.case import Case
+    from qkcheck.cases.case import Case
 
     if result.status == "fail":
         path = Case.from_dict(result.case).save(failure_path(config, result.case_id))
@@ -352,7 +482,7 @@ def record(config: pytest.Config, result) -> None:
 def failure_path(config: pytest.Config, case_id: str, kind: str = "") -> Path:
     """Where a failing case with id ``case_id`` is saved (``--failures-dir``); ``kind`` "found":
     the fuzzer's unshrunk case, saved under its own name until the shrunk one replaces it."""
-    return Path(config.getoption("--failures-dir")) / f"{case_id}{'.' + kind if kind else ''}.json"
+    return Path(config.getoption("--qkcheck-failures-dir")) / f"{case_id}{'.' + kind if kind else ''}.json"
 
 
 def save_found(config: pytest.Config, case, kernel: str, seconds: float) -> Path:
@@ -376,8 +506,8 @@ def _worker_id(config) -> str | None:
 
 def _device_info(config) -> dict:
     """What ran the cases: device, GPU index, platform, native FP8 variant, versions, probes."""
-    from kernels import device as _device
-    from kernels import probes
+    from qkcheck.kernels import device as _device
+    from qkcheck.kernels import probes
 
     dev = config.qkcheck_device
     info = {"device": dev, "gpu_index": getattr(config, "qkcheck_gpu_index", None),
@@ -397,22 +527,22 @@ def _run_info(config, worker_infos: list[dict]) -> dict:
     """The results file's run line. An xdist controller runs no case and has no device of its
     own: it takes its workers' (the first one's; a worker's GPU index is not the run's)."""
     run = {"started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs,
-           "shard": config.getoption("--shard")}
+           "shard": config.getoption("--qkcheck-shard")}
     if config.qkcheck_device is None and worker_infos:
         return {**worker_infos[0], "gpu_index": None, **run}
     if config.qkcheck_device is None:  # no worker reported (none ran): resolve it here
-        from kernels import device as _device
+        from qkcheck.kernels import device as _device
 
         try:
-            config.qkcheck_device = _device.activate(config.getoption("--device"))
+            config.qkcheck_device = _device.activate(config.getoption("--qkcheck-device"))
         except ValueError as exc:
-            return {"device": config.getoption("--device"), "probe_error": str(exc), **run}
+            return {"device": config.getoption("--qkcheck-device"), "probe_error": str(exc), **run}
     return {**_device_info(config), **run}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
-    results_opt, report = config.getoption("--results"), config.getoption("--report")
+    results_opt, report = config.getoption("--qkcheck-results"), config.getoption("--qkcheck-report")
     if not results_opt and not report:
         return
     results_path = Path(results_opt or (Path(report).with_suffix(".jsonl")))
@@ -425,7 +555,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
                 f.write(json.dumps(r) + "\n")
         part.with_suffix(".info").write_text(json.dumps(_device_info(config)))
         return
-    from reports.store import write_results
+    from qkcheck.reports.store import write_results
 
     def worker_files(suffix: str) -> list[Path]:
         return sorted(results_path.parent.glob(results_path.name + f".*{suffix}")) if results_path.parent.exists() else []
@@ -442,7 +572,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     info["finished"] = time.time()
     write_results(results_path, records, info)
     if report:
-        from reports.html import render_report
+        from qkcheck.reports.html import render_report
 
         render_report([results_path], Path(report))
         tr = config.pluginmanager.get_plugin("terminalreporter")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from oracle.numerics import round_to
+from qkcheck.oracle.numerics import round_to
 
 
 def _w4a16(case) -> dict:
@@ -63,7 +63,7 @@ MATERIALIZERS = {"w4a16_gemm": _w4a16}
 
 
 def _with_families() -> None:
-    from cases import families
+    from qkcheck.cases import families
 
     MATERIALIZERS.update(families.collect("MATERIALIZERS"))
 

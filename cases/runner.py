@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from cases.case import Case
-from cases.ops import op_spec
-from cases.regimes import materialize
-from oracle.compare import Divergence, compare
-from oracle.diagnosis import diagnose
-from oracle.references import expect, reference
+from qkcheck.cases.case import Case
+from qkcheck.cases.ops import op_spec
+from qkcheck.cases.regimes import materialize
+from qkcheck.oracle.compare import Divergence, compare
+from qkcheck.oracle.diagnosis import diagnose
+from qkcheck.oracle.references import expect, reference
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 POISON_PAD = 7  # elements of poison on each side of, and between the rows of, every input view
@@ -234,8 +234,8 @@ def skip_reason(case: Case, device: str, adapter=None) -> str | None:
     """Why this case cannot be checked on this device (an interpreter defect), or None."""
     if device != "cpu" or (adapter is not None and not adapter.triton):
         return None
-    from cases.ops import op_spec
-    from kernels import probes
+    from qkcheck.cases.ops import op_spec
+    from qkcheck.kernels import probes
 
     spec = op_spec(case.op)
     p = case.p
@@ -297,7 +297,7 @@ class _Run:
         self.new_output = new_output  # () -> OutputBuffer, for kernels that write into a given output
 
     def __call__(self, tensors=None):
-        from kernels import backends
+        from qkcheck.kernels import backends
 
         tensors = tensors or self.tensors
         buffer = None
@@ -446,7 +446,7 @@ def _describe_meta(meta) -> str:
 
 def _expect(spec, problem, exp_kwargs):
     if spec.kind == "quant":
-        from oracle.quant_ops import expect_quant
+        from qkcheck.oracle.quant_ops import expect_quant
 
         return expect_quant(spec.op, problem)
     return expect(spec.op, problem, **exp_kwargs)
@@ -455,7 +455,7 @@ def _expect(spec, problem, exp_kwargs):
 def canonical_quant_outputs(outs, params) -> tuple[np.ndarray, np.ndarray | None]:
     """Codes (canonical [M, K] integer codes / bit patterns) and scales of a quant op's outputs
     stored the plain way: codes in the requested dtype, one per element; float or uint8 scales."""
-    from oracle.quant_ops import codes_from_output
+    from qkcheck.oracle.quant_ops import codes_from_output
 
     codes = codes_from_output(_raw_numpy(outs[0]), _dtype_name(outs[0].dtype), params["quant_dtype"])
     scales = None if len(outs) < 2 else _scales_numpy(outs[1], _dtype_name(outs[1].dtype))
@@ -465,7 +465,7 @@ def canonical_quant_outputs(outs, params) -> tuple[np.ndarray, np.ndarray | None
 def _numerics(spec, case, problem, expectation, outs, res, adapter):
     """The numerics check for the op's kind; returns (divergence or None, actual values)."""
     if spec.kind == "quant":
-        from oracle.quant_ops import compare_quant
+        from qkcheck.oracle.quant_ops import compare_quant
 
         promised = spec.outputs(case.dims, case.p)
         if len(outs) != len(promised) or any(_dtype_name(o.dtype) != w.dtype for o, w in zip(outs, promised)):
@@ -549,7 +549,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     tensors = dict(inputs.views)
     out_buffer = new_output = None
     if adapter.out_param:
-        from kernels.packers import torch_dtype
+        from qkcheck.kernels.packers import torch_dtype
 
         want = spec.outputs(case.dims, p)[0]
 
@@ -639,7 +639,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     if div is not None:
         res.divergence = div.to_dict()
         if diagnose_failures and spec.kind == "quant":
-            from oracle.quant_ops import diagnose_quant
+            from qkcheck.oracle.quant_ops import diagnose_quant
 
             res.diagnosis = [asdict(f) for f in diagnose_quant(case.op, problem, actual)]
         elif diagnose_failures and spec.kind == "gemm":

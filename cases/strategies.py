@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from cases.case import REGIMES, Case
-from cases.ops import OP_SPECS
+from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.ops import OP_SPECS
 
 
 def _near(base: int, step: int) -> st.SearchStrategy[int]:
@@ -63,7 +63,7 @@ STRATEGIES = {"w4a16_gemm": _w4a16}
 
 
 def _with_families() -> None:
-    from cases import families
+    from qkcheck.cases import families
 
     STRATEGIES.update(families.collect("STRATEGIES"))
 

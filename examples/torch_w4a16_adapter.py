@@ -5,9 +5,9 @@ your kernel. Run:  qkcheck gate --kernels examples/torch_w4a16_adapter.py
 """
 import torch
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.packers import torch_dtype, w4a16_inputs
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.packers import torch_dtype, w4a16_inputs
 
 
 def my_w4a16(x, qweight, scales, qzeros, group_size, bias=None, out_dtype=torch.float16):

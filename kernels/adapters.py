@@ -110,14 +110,14 @@ def _load_file(path: Path) -> list[KernelAdapter]:
 
 def available() -> dict[str, KernelAdapter]:
     """Every kernel qkcheck ships: bundled and zoo, by name."""
-    from kernels import bundled, zoo
+    from qkcheck.kernels import bundled, zoo
 
     return {a.name: a for a in (*bundled.adapters(), *zoo.adapters())}
 
 
 def resolve(spec: str) -> list[KernelAdapter]:
     """Adapters named by one ``--kernels`` value (see the module docstring)."""
-    from kernels import bundled, engines, zoo
+    from qkcheck.kernels import bundled, engines, zoo
 
     spec = engines.ENGINES.get(spec, spec)  # "vllm", "aiter": the engines' adapter modules
     if spec == "bundled":

@@ -2,9 +2,9 @@
 op, so fake-vs-real metadata is checked, and records the backend that ran."""
 from __future__ import annotations
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.packers import torch_dtype, w4a16_inputs
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.packers import torch_dtype, w4a16_inputs
 
 
 def _w4a16_pack(problem, params, device):
@@ -14,11 +14,11 @@ def _w4a16_pack(problem, params, device):
 def _w4a16_call(t, params, config):
     import torch
 
-    from kernels import ops  # registers qkcheck::w4a16_gemm
+    from qkcheck.kernels import ops  # registers qkcheck::w4a16_gemm
 
     cfg = None
     if config:
-        from kernels.triton.w4a16 import W4A16Config
+        from qkcheck.kernels.triton.w4a16 import W4A16Config
 
         cfg = W4A16Config(**config).as_list()
     backends.record(backends.NATIVE)
@@ -31,7 +31,7 @@ def _w4a16_call(t, params, config):
 def _w4a16_default(dims, params):
     import dataclasses
 
-    from kernels.triton.w4a16 import default_config
+    from qkcheck.kernels.triton.w4a16 import default_config
 
     return dataclasses.asdict(default_config(dims["m"], dims["n"], dims["k"], params["group_size"]))
 
@@ -52,6 +52,6 @@ W4A16 = KernelAdapter(
 
 
 def adapters() -> tuple[KernelAdapter, ...]:
-    from kernels import bundled_ops
+    from qkcheck.kernels import bundled_ops
 
     return (W4A16, *bundled_ops.adapters())

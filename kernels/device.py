@@ -13,7 +13,7 @@ import sys
 DEVICES = ("auto", "cpu", "cuda", "xpu")
 
 # modules whose import decorates Triton kernels; activate() checks none is loaded yet
-_KERNEL_MODULE_PREFIXES = ("kernels.triton", "kernels.zoo.")
+_KERNEL_MODULE_PREFIXES = ("qkcheck.kernels.triton", "qkcheck.kernels.zoo.")
 
 
 def _torch():

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kernels import backends
+from qkcheck.kernels import backends
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ _MX_DOT_ARCHS = ("gfx950",)
 
 def platform(device: str) -> Platform:
     """The capabilities of ``device`` ('cpu' = the Triton interpreter)."""
-    from kernels import device as _device
+    from qkcheck.kernels import device as _device
 
     arch = _device.gpu_arch(device) if device != "cpu" else None
     caps = {"triton", "mx"}

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.checks import dtype_name as _dtype_name
+from qkcheck.kernels.checks import dtype_name as _dtype_name
 
 __all__ = ["SCHEMES", "WEIGHT_LAYOUTS", "WeightScheme", "prepare_weights"]
 

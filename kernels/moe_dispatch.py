@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import torch
 
-from kernels import backends, dispatch
-from kernels import ops_moe
-from kernels.ops_moe import expert_weights
-from kernels.triton import moe as _moe
-from kernels.triton import quant as _quant
+from qkcheck.kernels import backends, dispatch
+from qkcheck.kernels import ops_moe
+from qkcheck.kernels.ops_moe import expert_weights
+from qkcheck.kernels.triton import moe as _moe
+from qkcheck.kernels.triton import quant as _quant
 
 __all__ = [
     "EXPECTED_NATIVE",

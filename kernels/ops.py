@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from kernels.triton import w4a16 as _w4a16
+from qkcheck.kernels.triton import w4a16 as _w4a16
 
 __all__ = ["RegisteredOp", "registered_ops", "w4a16_gemm"]
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import backends
-from kernels.ops import RegisteredOp
-from kernels.triton import moe as _moe
+from qkcheck.kernels import backends
+from qkcheck.kernels.ops import RegisteredOp
+from qkcheck.kernels.triton import moe as _moe
 
 __all__ = [
     "expert_weights",

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ops import NAMESPACE, RegisteredOp
-from kernels.triton import mxfp4 as _mxfp4
+from qkcheck.kernels.ops import NAMESPACE, RegisteredOp
+from qkcheck.kernels.triton import mxfp4 as _mxfp4
 
 __all__ = ["mxfp4_gemm", "registered_ops"]
 

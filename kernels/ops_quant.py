@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ops import NAMESPACE, RegisteredOp
-from kernels.triton import quant as _q
+from qkcheck.kernels.ops import NAMESPACE, RegisteredOp
+from qkcheck.kernels.triton import quant as _q
 
 __all__ = [
     "REGISTERED",

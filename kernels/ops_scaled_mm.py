@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.ops import RegisteredOp
-from kernels.triton import scaled_mm as _sm
+from qkcheck.kernels.ops import RegisteredOp
+from qkcheck.kernels.triton import scaled_mm as _sm
 
 __all__ = ["block_scaled_mm", "fp8_w8a16_gemm", "registered_ops", "scaled_mm"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from oracle.packing import pack
+from qkcheck.oracle.packing import pack
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32,
@@ -47,7 +47,7 @@ def w4a16_inputs(problem, *, layout: str, act_dtype: str, device: str) -> dict[s
     problem: ``x [M,K]``, ``q [K,N]`` uint4 codes, ``scales [K/G,N]``, ``zeros [K/G,N] | None``,
     ``bias [N] | None`` (``oracle.references``). Scales and bias are given in ``act_dtype``.
     """
-    from kernels.triton.w4a16 import LAYOUTS
+    from qkcheck.kernels.triton.w4a16 import LAYOUTS
 
     rec = LAYOUTS[layout]
     q = np.asarray(problem["q"]).astype(np.uint8)

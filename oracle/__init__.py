@@ -1,6 +1,6 @@
 """The truth: pure-NumPy formats, quantization schemes, references, error bounds, the one
 comparison engine and the diagnosis catalogue. Never imports torch or triton (a test checks)."""
 
-from oracle.compare import Divergence, compare  # noqa: E402
+from qkcheck.oracle.compare import Divergence, compare  # noqa: E402
 
 __all__ = ["Divergence", "compare"]

@@ -97,8 +97,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from oracle.formats import FORMATS
-from oracle.numerics import WIDE_FLOATS, round_to, wide_float
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.numerics import WIDE_FLOATS, round_to, wide_float
 
 U32 = wide_float("float32").unit_roundoff
 ETA32 = wide_float("float32").min_subnormal

@@ -28,10 +28,10 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from oracle.compare import compare
-from oracle.formats import FORMATS
-from oracle.numerics import round_to, wide_float
-from oracle.references import Expectation, expect
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.numerics import round_to, wide_float
+from qkcheck.oracle.references import Expectation, expect
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from oracle import gemm
-from oracle.formats import FORMATS
-from oracle.numerics import round_to
-from oracle.references import reference
+from qkcheck.oracle import gemm
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.numerics import round_to
+from qkcheck.oracle.references import reference
 
 STYLES = ("exact", "random", "coherent")
 EXACT_DTYPES = ("float16", "bfloat16")

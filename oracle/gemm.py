@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from oracle.errors import as_2d, check_group_size, check_shape
-from oracle.formats import FORMATS
+from qkcheck.oracle.errors import as_2d, check_group_size, check_shape
+from qkcheck.oracle.formats import FORMATS
 
 UINT4_SYMMETRIC_ZERO = 8  # "uint4b8": codes 0..15 with the implicit zero point 8
 

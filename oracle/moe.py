@@ -158,11 +158,11 @@ from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
-from oracle.bounds import U32, gamma
-from oracle.compare import compare
-from oracle.formats import FORMATS, FloatFormat
-from oracle.numerics import wide_float
-from oracle.schemes import Scheme, dequantize, get_scheme, quantize
+from qkcheck.oracle.bounds import U32, gamma
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.formats import FORMATS, FloatFormat
+from qkcheck.oracle.numerics import wide_float
+from qkcheck.oracle.schemes import Scheme, dequantize, get_scheme, quantize
 
 __all__ = [
     "Routing",

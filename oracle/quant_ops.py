@@ -90,11 +90,11 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
-from oracle.compare import Divergence, compare
-from oracle.diagnosis import Finding
-from oracle.formats import FORMATS, FloatFormat, IntFormat
-from oracle.numerics import WIDE_FLOATS
-from oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme, quantize
+from qkcheck.oracle.compare import Divergence, compare
+from qkcheck.oracle.diagnosis import Finding
+from qkcheck.oracle.formats import FORMATS, FloatFormat, IntFormat
+from qkcheck.oracle.numerics import WIDE_FLOATS
+from qkcheck.oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme, quantize
 
 __all__ = [
     "QuantExpectation",

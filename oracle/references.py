@@ -45,8 +45,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from oracle import gemm, moe
-from oracle.bounds import (
+from qkcheck.oracle import gemm, moe
+from qkcheck.oracle.bounds import (
     INT32_LIMIT,
     check_compute_dtype,
     dot_bound,
@@ -54,8 +54,8 @@ from oracle.bounds import (
     gemm_bound,
     int8_epilogue_bound,
 )
-from oracle.formats import FORMATS
-from oracle.numerics import WIDE_FLOATS, round_to, wide_float
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.numerics import WIDE_FLOATS, round_to, wide_float
 
 Problem = Mapping[str, object]
 WIDE = tuple(WIDE_FLOATS)

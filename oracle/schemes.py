@@ -88,8 +88,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from oracle.formats import FORMATS, FloatFormat, IntFormat
-from oracle.packing import (
+from qkcheck.oracle.formats import FORMATS, FloatFormat, IntFormat
+from qkcheck.oracle.packing import (
     AWQ_QWEIGHT,
     AWQ_QZEROS,
     GPTQ_QWEIGHT,

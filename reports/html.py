@@ -29,7 +29,7 @@ from typing import Any
 
 import jinja2
 
-from reports.store import load_results
+from qkcheck.reports.store import load_results
 
 TEMPLATES = Path(__file__).with_name("templates")
 DETAIL_LIMIT = 50  # failures shown in full (heatmaps, profiles); the rest as a table

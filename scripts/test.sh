@@ -4,4 +4,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup.sh"
 cd "$root"
-exec "$venv/bin/python" -m pytest -n "${QKCHECK_WORKERS:-2}" --budget "${QKCHECK_FUZZ_BUDGET:-20s}" "$@"
+exec "$venv/bin/python" -m pytest -n "${QKCHECK_WORKERS:-2}" --qkcheck-budget "${QKCHECK_FUZZ_BUDGET:-20s}" "$@"

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from kernels import device
+from qkcheck.kernels import device
 
 
 def test_auto_on_a_machine_without_gpu_is_cpu_and_interprets(device):
@@ -27,7 +27,7 @@ def test_cpu_native_fp8_is_ocp_fn():
 
 
 def test_switching_mode_after_kernels_are_decorated_is_refused(monkeypatch):
-    import kernels.zoo.scale_group_spanning  # noqa: F401  (decorated under the interpreter here)
+    import qkcheck.kernels.zoo.scale_group_spanning  # noqa: F401  (decorated under the interpreter here)
 
     monkeypatch.setattr(device, "resolve", lambda requested: "cuda")
     with pytest.raises(RuntimeError, match=r"kernels\.(triton|zoo)\..*select the device before importing kernels"):
@@ -37,7 +37,7 @@ def test_switching_mode_after_kernels_are_decorated_is_refused(monkeypatch):
 def test_xdist_workers_spread_over_the_gpus_of_a_host(monkeypatch):
     import torch
 
-    from kernels import device as dev
+    from qkcheck.kernels import device as dev
 
     taken = []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

@@ -13,7 +13,7 @@ from functools import cache
 
 @cache
 def modules() -> tuple:
-    import cases.ops  # noqa: F401 — the op registry first: it takes every family's SPECS in when it loads
+    import qkcheck.cases.ops  # noqa: F401 — the op registry first: it takes every family's SPECS in when it loads
 
     return tuple(importlib.import_module(f"{__name__}.{m.name}")
                  for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name) if not m.name.startswith("_"))
@@ -33,4 +33,4 @@ def collect(attr: str) -> dict:
 # A family module imported on its own (``import cases.families.moe``) runs this package first:
 # load the op registry now, so it takes in every family (that one included) before the module's
 # own body runs, instead of scanning a half-imported module.
-import cases.ops  # noqa: E402,F401
+import qkcheck.cases.ops  # noqa: E402,F401

@@ -49,10 +49,10 @@ import os
 import numpy as np
 from hypothesis import strategies as st
 
-from cases.case import Case
-from cases.ops import OpSpec, Output
-from oracle.formats import get_format
-from oracle.numerics import round_to
+from qkcheck.cases.case import Case
+from qkcheck.cases.ops import OpSpec, Output
+from qkcheck.oracle.formats import get_format
+from qkcheck.oracle.numerics import round_to
 
 OP = "fused_moe"
 SCHEME_VALUES = ("dense", "w4a16", "w_mxfp4", "w_mxfp4_a_mxfp4", "fp8_block")
@@ -160,7 +160,7 @@ SPECS = [
 
 
 def _diagnose(problem, actual, *, compute_dtype, out_dtype, context):
-    from oracle.moe import diagnose_moe
+    from qkcheck.oracle.moe import diagnose_moe
 
     return diagnose_moe(problem, actual, compute_dtype=compute_dtype, out_dtype=out_dtype, context=context)
 
@@ -172,7 +172,7 @@ def fp8_runs_here() -> bool:
     """False under a Triton interpreter whose float32 -> fp8 conversion is defective."""
     if os.environ.get("TRITON_INTERPRET") != "1":
         return True
-    from kernels import probes
+    from qkcheck.kernels import probes
 
     return probes.skip_reason(compute_dtype="float32", fp8_output=True) is None
 
@@ -357,8 +357,8 @@ def _x(rng, T, H, regime, act):
 
 def materialize(case) -> dict:
     """The canonical ``oracle.moe`` problem of a case (module docstring)."""
-    from kernels.bundled_ops.moe import fp8_block
-    from kernels.moe_dispatch import activation_quant
+    from qkcheck.kernels.bundled_ops.moe import fp8_block
+    from qkcheck.kernels.moe_dispatch import activation_quant
 
     d, p = case.dims, case.p
     T, H, I, E, k = d["t"], d["h"], d["i"], d["e"], p["top_k"]

@@ -27,12 +27,12 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from cases.case import REGIMES, Case
-from cases.ops import OpSpec, Output
-from oracle.exact import exact_problem
-from oracle.gemm import MX_BLOCK
-from oracle.numerics import round_to
-from oracle.schemes import get_scheme, quantize
+from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.ops import OpSpec, Output
+from qkcheck.oracle.exact import exact_problem
+from qkcheck.oracle.gemm import MX_BLOCK
+from qkcheck.oracle.numerics import round_to
+from qkcheck.oracle.schemes import get_scheme, quantize
 
 OP = "mxfp4_gemm"
 ACTS = ("a16", "mxfp4")

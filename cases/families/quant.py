@@ -57,13 +57,13 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from cases.case import REGIMES, Case
-from cases.ops import OpSpec, Output
-from oracle.formats import FORMATS, IntFormat
-from oracle.numerics import round_to
-from oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
-from oracle.quant_ops import exact_quant_inputs
-from oracle.schemes import NVFP4_GLOBAL_DIVISOR, get_scheme
+from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.ops import OpSpec, Output
+from qkcheck.oracle.formats import FORMATS, IntFormat
+from qkcheck.oracle.numerics import round_to
+from qkcheck.oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
+from qkcheck.oracle.quant_ops import exact_quant_inputs
+from qkcheck.oracle.schemes import NVFP4_GLOBAL_DIVISOR, get_scheme
 
 QUANT_DTYPES = ("int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2")
 IN_DTYPES = ("float16", "bfloat16", "float32")

@@ -30,11 +30,11 @@ import itertools
 import numpy as np
 from hypothesis import strategies as st
 
-from cases.case import REGIMES, Case
-from cases.ops import OpSpec
-from oracle.exact import exact_problem
-from oracle.formats import FORMATS
-from oracle.numerics import round_to
+from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.ops import OpSpec
+from qkcheck.oracle.exact import exact_problem
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.numerics import round_to
 
 FP8 = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz")
 QUANT = ("int8",) + FP8

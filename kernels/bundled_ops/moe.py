@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.adapters import KernelAdapter
-from kernels.packers import to_device, torch_dtype
-from oracle.formats import get_format
-from oracle.packing import pack as pack_codes
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.packers import to_device, torch_dtype
+from qkcheck.oracle.formats import get_format
+from qkcheck.oracle.packing import pack as pack_codes
 
 GROUP_SIZE = 32  # w4a16 expert group size along K
 MX_BLOCK = 32
@@ -128,7 +128,7 @@ def pack(problem, params, device) -> dict:
     """The dispatcher's tensors from a canonical ``fused_moe`` problem (module docstring)."""
     import torch
 
-    from kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
+    from qkcheck.kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
 
     scheme, act = params["scheme"], torch_dtype(params["act_dtype"])
     experts = local_experts(problem)
@@ -184,7 +184,7 @@ def grouping(params, e: int) -> tuple[int | None, int | None]:
 def config_list(config) -> list[int] | None:
     if not config:
         return None
-    from kernels.triton.moe import MoEConfig
+    from qkcheck.kernels.triton.moe import MoEConfig
 
     return MoEConfig(block_m=config["block_m"], block_n=config["block_n"], block_k=config["block_k"],
                      fuse_activation=bool(config.get("fuse_activation", 1))).as_list()
@@ -220,7 +220,7 @@ def _intermediate(t, params) -> int:
 
 
 def default_config(dims, params) -> dict:
-    from kernels.triton.moe import default_config as moe_default
+    from qkcheck.kernels.triton.moe import default_config as moe_default
 
     e_local = max(1, dims["e"] // 2) if params["ep"] else dims["e"]
     c = moe_default(dims["t"], params["top_k"], dims["h"], dims["i"], e_local)
@@ -229,13 +229,13 @@ def default_config(dims, params) -> dict:
 
 def expected_backend(params, device) -> str | None:
     """The declared expectation for the case's scheme on ``device`` (kernels.moe_dispatch)."""
-    from kernels import moe_dispatch
+    from qkcheck.kernels import moe_dispatch
 
     return moe_dispatch.expected_backend(params["scheme"], device)
 
 
 def _call_dispatcher(t, params, config):
-    from kernels import moe_dispatch
+    from qkcheck.kernels import moe_dispatch
 
     return make_call(moe_dispatch.fused_moe)(t, params, config)
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.packers import float_tensor, to_device, torch_dtype
-from oracle.packing import pack
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.packers import float_tensor, to_device, torch_dtype
+from qkcheck.oracle.packing import pack
 
 TUNABLES = {"block_m": (16, 32, 64, 128), "block_n": (16, 32, 64, 128), "block_k": (32, 64, 128, 256),
             "split_k": (1, 2, 4), "group_m": (1, 4, 8)}
@@ -35,7 +35,7 @@ def _scale_codes(values, device):
 def mxfp4_inputs(problem, params, device) -> dict:
     """x_or_a, w, w_scale, a_scale, bias for ``kernels.triton.mxfp4.mxfp4_gemm`` from the
     canonical problem (``oracle.references``' ``mxfp4_gemm`` keys)."""
-    from kernels.triton.mxfp4 import ACT_PACKING, WEIGHT_PACKING
+    from qkcheck.kernels.triton.mxfp4 import ACT_PACKING, WEIGHT_PACKING
 
     act = problem["act"]
     if act != params["act"]:
@@ -60,7 +60,7 @@ def config_list(config) -> list[int] | None:
     """A case config (block_m, block_n, block_k[, split_k, group_m]) as the op's ``int[]``."""
     if not config:
         return None
-    from kernels.triton.mxfp4 import MXFP4Config
+    from qkcheck.kernels.triton.mxfp4 import MXFP4Config
 
     return MXFP4Config(**config).as_list()
 
@@ -73,7 +73,7 @@ def compute_dtype(params):
 def _call(t, params, config):
     import torch
 
-    from kernels import ops_mxfp4  # noqa: F401 — registers qkcheck::mxfp4_gemm
+    from qkcheck.kernels import ops_mxfp4  # noqa: F401 — registers qkcheck::mxfp4_gemm
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.mxfp4_gemm(
@@ -85,7 +85,7 @@ def _call(t, params, config):
 
 def default_tiles(dims, params) -> dict:
     """The tiles the launcher picks for this shape (``kernels.triton.mxfp4.default_config``)."""
-    from kernels.triton.mxfp4 import default_config
+    from qkcheck.kernels.triton.mxfp4 import default_config
 
     cfg = default_config(dims["m"], dims["n"], dims["k"])
     return {"block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": cfg.block_k, "split_k": cfg.split_k,

@@ -17,9 +17,9 @@ import dataclasses
 
 import numpy as np
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.packers import float_tensor
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.packers import float_tensor
 
 
 def _torch_quant_dtype(name: str):
@@ -66,7 +66,7 @@ def _config_list(cls, config):
 
 def _default(op: str):
     def default_config(dims, params) -> dict:
-        from kernels.triton import quant as Q
+        from qkcheck.kernels.triton import quant as Q
 
         q = params.get("quant_dtype")
         cfg = Q.default_config(op, dims["m"], dims["k"], quant_dtype=None if q is None else _torch_quant_dtype(q),
@@ -102,8 +102,8 @@ def pack_nvfp4(problem, params, device):
 def call_per_token(t, params, config):
     import torch
 
-    from kernels import ops_quant  # noqa: F401 — registers qkcheck::per_token_quant
-    from kernels.triton.quant import TileConfig
+    from qkcheck.kernels import ops_quant  # noqa: F401 — registers qkcheck::per_token_quant
+    from qkcheck.kernels.triton.quant import TileConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.per_token_quant(t["x"], _torch_quant_dtype(params["quant_dtype"]),
@@ -113,8 +113,8 @@ def call_per_token(t, params, config):
 def _call_static(t, params, config):
     import torch
 
-    from kernels import ops_quant  # noqa: F401
-    from kernels.triton.quant import TileConfig
+    from qkcheck.kernels import ops_quant  # noqa: F401
+    from qkcheck.kernels.triton.quant import TileConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.static_quant(t["x"], t["scale"], _torch_quant_dtype(params["quant_dtype"]),
@@ -124,8 +124,8 @@ def _call_static(t, params, config):
 def _call_group(t, params, config):
     import torch
 
-    from kernels import ops_quant  # noqa: F401
-    from kernels.triton.quant import GroupConfig
+    from qkcheck.kernels import ops_quant  # noqa: F401
+    from qkcheck.kernels.triton.quant import GroupConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.per_token_group_quant(
@@ -136,8 +136,8 @@ def _call_group(t, params, config):
 def _call_mx(t, params, config):
     import torch
 
-    from kernels import ops_quant  # noqa: F401
-    from kernels.triton.quant import MXConfig
+    from qkcheck.kernels import ops_quant  # noqa: F401
+    from qkcheck.kernels.triton.quant import MXConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.mx_quant(t["x"], params["fmt"], params["scale_rule"], _config_list(MXConfig, config))
@@ -146,15 +146,15 @@ def _call_mx(t, params, config):
 def _call_nvfp4(t, params, config):
     import torch
 
-    from kernels import ops_quant  # noqa: F401
-    from kernels.triton.quant import NVFP4Config
+    from qkcheck.kernels import ops_quant  # noqa: F401
+    from qkcheck.kernels.triton.quant import NVFP4Config
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.nvfp4_quant(t["x"], t["global_scale"], _config_list(NVFP4Config, config))
 
 
 def _nibbles(packed: np.ndarray) -> np.ndarray:
-    from oracle.packing import NIBBLES_K_ACTIVATION, unpack
+    from qkcheck.oracle.packing import NIBBLES_K_ACTIVATION, unpack
 
     return unpack(packed, NIBBLES_K_ACTIVATION, signed=False)
 
@@ -163,9 +163,9 @@ def unpack_mx(outs, params):
     """(codes [M, K] one per element, E8M0 scale codes [M, K/32]) of an MX output: mxfp4's
     packed bytes (low nibble = even k, ``oracle.packing.NIBBLES_K_ACTIVATION``) unpacked; the
     other formats' bytes read as their element format's bit patterns (FP6 in the low 6 bits)."""
-    from oracle.formats import FORMATS
-    from oracle.quant_ops import MX_FORMATS, codes_from_output
-    from oracle.schemes import get_scheme
+    from qkcheck.oracle.formats import FORMATS
+    from qkcheck.oracle.quant_ops import MX_FORMATS, codes_from_output
+    from qkcheck.oracle.schemes import get_scheme
 
     raw, scales = (o.detach().cpu().numpy() for o in outs)
     fmt = params["fmt"]

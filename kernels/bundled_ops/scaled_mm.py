@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.packers import float_tensor, to_device, torch_dtype
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.packers import float_tensor, to_device, torch_dtype
 
 TILES = (16, 32, 64, 128)
 TUNABLES_8BIT = {"block_m": TILES, "block_n": TILES, "block_k": (32, 64, 128, 256),
@@ -66,7 +66,7 @@ def _bias(problem, dtype: str, device: str):
 def _config(config):
     if not config:
         return None
-    from kernels.triton.scaled_mm import ScaledMMConfig
+    from qkcheck.kernels.triton.scaled_mm import ScaledMMConfig
 
     return ScaledMMConfig(**config).as_list()
 
@@ -74,7 +74,7 @@ def _config(config):
 def _default(dims, params):
     import dataclasses
 
-    from kernels.triton.scaled_mm import default_config
+    from qkcheck.kernels.triton.scaled_mm import default_config
 
     return dataclasses.asdict(default_config(dims["m"], dims["n"], dims["k"]))
 
@@ -100,7 +100,7 @@ def _scaled_mm_pack(problem, params, device):
 def _scaled_mm_call(t, params, config):
     import torch
 
-    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::scaled_mm
+    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::scaled_mm
 
     b = t["b"].t() if params["b_storage"] == "nk" else t["b"]
     backends.record(backends.NATIVE)
@@ -139,7 +139,7 @@ def _block_pack(problem, params, device):
 def _block_call(t, params, config):
     import torch
 
-    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::block_scaled_mm
+    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::block_scaled_mm
 
     a_scale = t["a_scale"].t() if params["a_scale_major"] == "column" else t["a_scale"]
     backends.record(backends.NATIVE)
@@ -194,8 +194,8 @@ def _fp8_w8a16_pack(problem, params, device):
 def _fp8_w8a16_call(t, params, config):
     import torch
 
-    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
-    from kernels.loaders import prepare_weights
+    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
+    from qkcheck.kernels.loaders import prepare_weights
 
     k = t["x"].shape[1]
     weight = checkpoint_weight(t["weight"], k, params)

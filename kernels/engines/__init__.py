@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Mapping
 
-ENGINES = {"vllm": "kernels.engines.vllm", "aiter": "kernels.engines.aiter"}
+ENGINES = {"vllm": "qkcheck.kernels.engines.vllm", "aiter": "qkcheck.kernels.engines.aiter"}
 
 # adapter name -> params -> reason the case is outside the engine's API (None: supported)
 SUPPORTS: dict[str, Callable[[Mapping], str | None]] = {}
@@ -114,7 +114,7 @@ def build(specs, engine: str, install_hint: str):
     """(adapters, None) where ``engine`` imports; ([], reason) where it does not. An engine
     function that cannot be found still yields its adapter: every case of it fails, naming the
     paths tried (API drift is loud, never a silently missing kernel)."""
-    from kernels.adapters import KernelAdapter
+    from qkcheck.kernels.adapters import KernelAdapter
 
     _, reason = import_engine(engine, install_hint)
     if reason:

@@ -26,8 +26,8 @@ not confirmed), ``pertoken_quant`` (a torch reference, not a kernel), fused MoE.
 """
 from __future__ import annotations
 
-from kernels.adapters import KernelAdapter
-from kernels.engines import build, register, require_supported
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.engines import build, register, require_supported
 
 ENGINE = "aiter"
 INSTALL_HINT = "install ROCm AITER (github.com/ROCm/aiter) on a ROCm GPU runner"
@@ -57,8 +57,8 @@ def _gemm_supports(p) -> str | None:
 def _gemm_pack(problem, params, device):
     import numpy as np
 
-    from kernels.bundled_ops.scaled_mm import code_tensor, scale_arrival
-    from kernels.packers import float_tensor
+    from qkcheck.kernels.bundled_ops.scaled_mm import code_tensor, scale_arrival
+    from qkcheck.kernels.packers import float_tensor
 
     fmt = params["quant_dtype"]
     b = np.asarray(problem["b"])
@@ -92,7 +92,7 @@ def _per_token_supports(p) -> str | None:
 
 
 def _per_token_pack(problem, params, device):
-    from kernels.bundled_ops.quant import pack_x
+    from qkcheck.kernels.bundled_ops.quant import pack_x
 
     return pack_x(problem, params, device)
 
@@ -117,7 +117,7 @@ def _static_supports(p) -> str | None:
 
 
 def _static_pack(problem, params, device):
-    from kernels.bundled_ops.quant import pack_static
+    from qkcheck.kernels.bundled_ops.quant import pack_static
 
     return pack_static(problem, params, device)
 
@@ -155,7 +155,7 @@ def _mx_call(fn):
 
 
 def _mx_unpack(outs, params):
-    from kernels.bundled_ops.quant import unpack_mx
+    from qkcheck.kernels.bundled_ops.quant import unpack_mx
 
     return unpack_mx(outs, params)
 

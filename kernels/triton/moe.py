@@ -58,11 +58,11 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import dtype_name as _dtype_name, require_tensor as _require_tensor
-from kernels.triton.config import ListConfig
-from kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
-from kernels.triton.w4a16 import SYMMETRIC_ZERO, WeightLayout
-from kernels.triton.w4a16 import _container_dtype, _field_code, _per_axis
+from qkcheck.kernels.checks import dtype_name as _dtype_name, require_tensor as _require_tensor
+from qkcheck.kernels.triton.config import ListConfig
+from qkcheck.kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
+from qkcheck.kernels.triton.w4a16 import SYMMETRIC_ZERO, WeightLayout
+from qkcheck.kernels.triton.w4a16 import _container_dtype, _field_code, _per_axis
 
 __all__ = [
     "ACTIVATIONS",

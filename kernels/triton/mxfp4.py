@@ -61,12 +61,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
-from kernels.triton.config import ListConfig
-from kernels.triton.tiles import output_tile, split_k_tiles
-from oracle.formats import FORMATS, FloatFormat, Specials
-from oracle.packing import NIBBLES_K_ACTIVATION, Packing
-from oracle.schemes import get_scheme
+from qkcheck.kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
+from qkcheck.kernels.triton.config import ListConfig
+from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
+from qkcheck.oracle.formats import FORMATS, FloatFormat, Specials
+from qkcheck.oracle.packing import NIBBLES_K_ACTIVATION, Packing
+from qkcheck.oracle.schemes import get_scheme
 
 __all__ = [
     "ACT_PACKING",

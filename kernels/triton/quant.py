@@ -99,10 +99,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
-from oracle.formats import FORMATS, FloatFormat
-from oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
-from oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme
+from qkcheck.kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
+from qkcheck.oracle.formats import FORMATS, FloatFormat
+from qkcheck.oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
+from qkcheck.oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme
 
 __all__ = [
     "GroupConfig",

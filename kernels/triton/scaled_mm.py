@@ -63,10 +63,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
-from kernels.triton.config import ListConfig
-from kernels.triton.tiles import output_tile, split_k_tiles
-from oracle.formats import FloatFormat, Specials, get_format
+from qkcheck.kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
+from qkcheck.kernels.triton.config import ListConfig
+from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
+from qkcheck.oracle.formats import FloatFormat, Specials, get_format
 
 __all__ = [
     "FP8_DTYPES",

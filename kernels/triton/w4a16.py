@@ -67,10 +67,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
-from kernels.triton.config import ListConfig
-from kernels.triton.tiles import output_tile, split_k_tiles
-from oracle.packing import AWQ_QWEIGHT, AWQ_QZEROS, GPTQ_QWEIGHT, GPTQ_QZEROS, NIBBLES_K_WEIGHT, Packing
+from qkcheck.kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
+from qkcheck.kernels.triton.config import ListConfig
+from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
+from qkcheck.oracle.packing import AWQ_QWEIGHT, AWQ_QZEROS, GPTQ_QWEIGHT, GPTQ_QZEROS, NIBBLES_K_WEIGHT, Packing
 
 __all__ = [
     "LAYOUTS",

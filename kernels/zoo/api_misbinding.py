@@ -27,10 +27,10 @@ check still fails: the output is the stale buffer, not the GEMM.
 """
 from __future__ import annotations
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.bundled_ops.mxfp4 import MXFP4, config_list
-from kernels.packers import torch_dtype
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.bundled_ops.mxfp4 import MXFP4, config_list
+from qkcheck.kernels.packers import torch_dtype
 
 DEFAULT_DTYPE = "bfloat16"  # the API's dtype when neither out nor dtype is given
 
@@ -47,7 +47,7 @@ def mxfp4_gemm(x, w, w_scale, bias=None, out=None, *, x_scale=None, dtype=None, 
     """
     import torch
 
-    from kernels import ops_mxfp4  # noqa: F401 — registers qkcheck::mxfp4_gemm
+    from qkcheck.kernels import ops_mxfp4  # noqa: F401 — registers qkcheck::mxfp4_gemm
 
     if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
         raise TypeError(f"x and w must be tensors, got {type(x).__name__} and {type(w).__name__}")

@@ -18,12 +18,12 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.bundled import W4A16, _w4a16_default
-from kernels.packers import torch_dtype
-from kernels.triton.tiles import output_tile, split_k_tiles
-from kernels.triton.w4a16 import (
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.bundled import W4A16, _w4a16_default
+from qkcheck.kernels.packers import torch_dtype
+from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
+from qkcheck.kernels.triton.w4a16 import (
     W4A16Config, _codes_as_f32, _field_shifts, _tile_scales_and_zeros, _unpacked_codes_as_f32, w4a16_gemm,
 )
 

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from kernels import dispatch
-from kernels import moe_dispatch as _bundled
-from kernels.adapters import KernelAdapter
-from kernels.bundled_ops import moe as _adapter
+from qkcheck.kernels import dispatch
+from qkcheck.kernels import moe_dispatch as _bundled
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.bundled_ops import moe as _adapter
 
 OP = _bundled.OP
 # the schemes this dispatcher sends to the native kernel: W4A4 MXFP4 is missing

@@ -32,10 +32,10 @@ layers.
 """
 from __future__ import annotations
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.bundled_ops.scaled_mm import FP8_W8A16, _config, _default, checkpoint_weight
-from kernels.packers import torch_dtype
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.bundled_ops.scaled_mm import FP8_W8A16, _config, _default, checkpoint_weight
+from qkcheck.kernels.packers import torch_dtype
 
 
 def process_weights_after_loading(weight, weight_scale, *, in_features: int, out_features: int):
@@ -55,7 +55,7 @@ def process_weights_after_loading(weight, weight_scale, *, in_features: int, out
 def _call(t, params, config):
     import torch
 
-    from kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
+    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
 
     k = t["x"].shape[1]
     weight = checkpoint_weight(t["weight"], k, params)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import torch
 import triton
 
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.bundled_ops.quant import PER_TOKEN_QUANT, _config_list, _float_of, _torch_quant_dtype
-from kernels.triton import quant as _q
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.bundled_ops.quant import PER_TOKEN_QUANT, _config_list, _float_of, _torch_quant_dtype
+from qkcheck.kernels.triton import quant as _q
 
 ZOO_NAMESPACE = "qkcheck_zoo"
 HARD_CODED_FP8 = torch.float8_e4m3fn

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cases.case import Case, CaseError
+from qkcheck.cases.case import Case, CaseError
 
 BASE = dict(op="w4a16_gemm", shape={"m": 3, "n": 16, "k": 64},
             params={"group_size": 32, "zero_points": True, "layout": "gptq", "act_dtype": "float16",

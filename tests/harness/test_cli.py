@@ -17,7 +17,7 @@ CORPUS_CASE = ROOT / "cases" / "corpus" / "w4a16-block-k-spans-two-groups.json"
 
 
 def qkcheck(*args, cwd=ROOT, timeout=600):
-    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def test_replay_of_the_seed_003_case_fails_on_the_zoo_kernel_and_passes_on_the_bundled_one():
@@ -138,7 +138,7 @@ def test_a_run_killed_while_shrinking_leaves_the_case_it_found(tmp_path):
     """The failing case is saved when found: killing the run during shrinking (no shrink budget)
     still leaves a case file, and replaying it reproduces the failure."""
     fails = tmp_path / "failures"
-    cmd = [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", "zoo:api_misbinding", "--budget", "120s",
+    cmd = [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--kernels", "zoo:api_misbinding", "--budget", "120s",
            "--device", "cpu", "--failures-dir", str(fails), "--shrink-budget", "0"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -191,8 +191,8 @@ def test_fuzz_skips_draws_it_already_checked(tmp_path):
     ("auto", "auto", 32, 2, "16"),
 ])
 def test_n_auto_takes_half_the_cores_when_cases_run_isolated(monkeypatch, device, isolate, cores, gpus, expected):
-    from cases import cli
-    from kernels import device as _device
+    from qkcheck.cases import cli
+    from qkcheck.kernels import device as _device
 
     monkeypatch.setattr(cli.os, "cpu_count", lambda: cores)
     monkeypatch.setattr(_device, "resolve", lambda requested: "cuda" if requested in ("cuda", "auto") else requested)
@@ -201,8 +201,8 @@ def test_n_auto_takes_half_the_cores_when_cases_run_isolated(monkeypatch, device
 
 
 def test_n_auto_leaves_device_errors_to_the_run(monkeypatch):
-    from cases import cli
-    from kernels import device as _device
+    from qkcheck.cases import cli
+    from qkcheck.kernels import device as _device
 
     def unavailable(requested):
         raise ValueError("device='cuda' was requested but torch sees no CUDA/ROCm GPU")
@@ -214,8 +214,8 @@ def test_n_auto_leaves_device_errors_to_the_run(monkeypatch):
 def test_n_auto_counts_gpus_only_when_the_cap_can_bind(monkeypatch):
     """With --device cuda and at most 16 cores the per-GPU cap cannot bind: -n auto is decided
     without torch (the controller process then never imports it)."""
-    from cases import cli
-    from kernels import device as _device
+    from qkcheck.cases import cli
+    from qkcheck.kernels import device as _device
 
     def must_not_run(*args):
         raise AssertionError("the device was resolved")

@@ -13,12 +13,12 @@ import types
 import pytest
 import torch
 
-from cases.case import Case
-from cases.runner import FAIL, PASS, run_case
-from kernels import engines
-from kernels.adapters import KernelsUnavailable, resolve
-from kernels.engines import aiter as aiter_engine
-from kernels.engines import vllm as vllm_engine
+from qkcheck.cases.case import Case
+from qkcheck.cases.runner import FAIL, PASS, run_case
+from qkcheck.kernels import engines
+from qkcheck.kernels.adapters import KernelsUnavailable, resolve
+from qkcheck.kernels.engines import aiter as aiter_engine
+from qkcheck.kernels.engines import vllm as vllm_engine
 
 # ------------------------------------------------------------------ stand-in engine implementations
 
@@ -138,7 +138,7 @@ def test_gate_on_a_missing_engine_is_a_visible_skip_not_an_empty_pass():
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "cases.cli", "gate", "--device", "cpu", "--kernels", "vllm",
+    proc = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", "vllm",
                            "--", "-rs"], cwd=root, capture_output=True, text=True, timeout=300)
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
@@ -226,7 +226,7 @@ def test_resolve_by_module_path_under_the_stand_in(monkeypatch):
     _install(monkeypatch, _vllm_modules({"scaled_int8_quant": _per_token_int8}))
     try:
         importlib.reload(vllm_engine)
-        names = [a.name for a in resolve("kernels.engines.vllm")]
+        names = [a.name for a in resolve("qkcheck.kernels.engines.vllm")]
         assert "vllm:scaled_int8_quant" in names and vllm_engine.UNAVAILABLE is None
     finally:
         monkeypatch.undo()

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gate"))
 
-from cases.grid import grid  # noqa: E402
-from cases.ops import op_spec  # noqa: E402
-from kernels.adapters import resolve  # noqa: E402
+from qkcheck.cases.grid import grid  # noqa: E402
+from qkcheck.cases.ops import op_spec  # noqa: E402
+from qkcheck.kernels.adapters import resolve  # noqa: E402
 from test_fuzz import _same_class_rows, siblings  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def test_same_class_rows(rows):
 
 def test_fuzz_runs_one_stream_per_worker_and_sums_them(tmp_path):
     root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "-m", "cases.cli", "fuzz", "--device", "cpu", "--kernels",
+    r = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--device", "cpu", "--kernels",
                         "bundled:per_token_quant", "--budget", "4s", "-n", "2", "--fuzz-siblings", "2",
                         "--failures-dir", str(tmp_path / "f")], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

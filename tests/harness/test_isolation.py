@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cases.case import Case
-from cases.isolation import IsolatedRunner, run_in_process
-from kernels.adapters import resolve
+from qkcheck.cases.case import Case
+from qkcheck.cases.isolation import IsolatedRunner, run_in_process
+from qkcheck.kernels.adapters import resolve
 from tests.harness.torch_adapters import GOOD_W4A16
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_gate_run_goes_on_and_records_every_case(adapter_file, tmp_path):
     """Through the CLI: the crashing kernel's case fails, the good kernel's cases still run, and
     the results file holds all of them."""
     results = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "cases.cli", "gate", "--device", "cpu", "--kernels", str(adapter_file),
+    cmd = [sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", str(adapter_file),
            "--isolate", "on", "--case-timeout", "5s", "--results", str(results),
            "--shard", "1/40", "--failures-dir", str(tmp_path / "f"), "--", "-k", "test:exits or test:good"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cases.case import Case
-from cases.grid import grid
-from cases.regimes import materialize
-from cases.runner import FAIL, PASS, SKIP, run_case
-from kernels import backends, dispatch
-from kernels.adapters import resolve
+from qkcheck.cases.case import Case
+from qkcheck.cases.grid import grid
+from qkcheck.cases.regimes import materialize
+from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
+from qkcheck.kernels import backends, dispatch
+from qkcheck.kernels.adapters import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO, BUNDLED = "zoo:silent_emulation", "bundled:fused_moe"
@@ -28,7 +28,7 @@ WANT = "ran on emulation, native expected"
 
 
 def qkcheck(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -40,7 +40,7 @@ def plat(*caps):
 
 
 def test_dispatcher_picks_native_where_the_capabilities_allow_and_emulation_elsewhere():
-    from kernels import moe_dispatch as md
+    from qkcheck.kernels import moe_dispatch as md
 
     full = plat("triton", "fp8", "mx")
     for scheme in md.SCHEMES:
@@ -58,8 +58,8 @@ def test_dispatcher_picks_native_where_the_capabilities_allow_and_emulation_else
 
 
 def test_seed_001_dispatcher_differs_only_in_w4a4_on_mx_platforms():
-    from kernels import moe_dispatch as md
-    from kernels.zoo import silent_emulation as zoo
+    from qkcheck.kernels import moe_dispatch as md
+    from qkcheck.kernels.zoo import silent_emulation as zoo
 
     assert md.NATIVE_SCHEMES - zoo.NATIVE_SCHEMES == {W4A4}
     full = plat("triton", "fp8", "mx")
@@ -69,7 +69,7 @@ def test_seed_001_dispatcher_differs_only_in_w4a4_on_mx_platforms():
 
 
 def test_expectations_are_declared_as_data():
-    from kernels import moe_dispatch as md
+    from qkcheck.kernels import moe_dispatch as md
 
     declared = {e.scheme: e for e in dispatch.EXPECTATIONS if e.op == "fused_moe"}
     assert set(declared) == set(md.SCHEMES)
@@ -86,8 +86,8 @@ def test_expectations_are_declared_as_data():
 def test_torch_mx_quantization_matches_the_oracle():
     import torch
 
-    from kernels.moe_dispatch import mx_fake_quant_torch
-    from oracle.schemes import dequantize, get_scheme, quantize
+    from qkcheck.kernels.moe_dispatch import mx_fake_quant_torch
+    from qkcheck.oracle.schemes import dequantize, get_scheme, quantize
 
     rng = np.random.default_rng(0)
     v = rng.standard_normal((5, 96)) * 2.0 ** rng.integers(-6, 6, (5, 1))
@@ -124,7 +124,7 @@ def test_grid_covers_zero_token_experts_one_expert_ep_and_every_scheme():
     assert {c.regime for c in cases if c.p["scheme"] == W4A4} == {"exact", "realistic", "adversarial"}
     sparse = next(c for c in cases if c.p["routing"] == "sparse")
     problem = materialize(sparse)
-    from oracle.moe import route
+    from qkcheck.oracle.moe import route
 
     used = set(np.unique(route(problem).topk_ids).tolist())
     assert len(used) < sparse.dims["e"]  # some experts get no token
@@ -133,9 +133,9 @@ def test_grid_covers_zero_token_experts_one_expert_ep_and_every_scheme():
 def test_w4a4_exact_regime_catches_a_dispatcher_that_skips_activation_quantization(device):
     """The W4A16 MXFP4 path run on a W4A4 problem (activations left unquantized) must fail the
     exact regime; the real W4A4 path passes it."""
-    from kernels.bundled_ops import moe as bundled_moe
-    from oracle.compare import compare
-    from oracle.references import expect
+    from qkcheck.kernels.bundled_ops import moe as bundled_moe
+    from qkcheck.oracle.compare import compare
+    from qkcheck.oracle.references import expect
 
     case = next(c for c in grid(resolve(BUNDLED)[0]) if c.p["scheme"] == W4A4 and c.regime == "exact")
     problem = materialize(case)

@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cases.ops  # noqa: F401 — the op registry first (it takes the families in)
-from cases.case import REGIMES, Case
-from cases.families import mxfp4 as family
-from cases.grid import grid
-from cases.regimes import materialize
-from cases.runner import FAIL, PASS, SKIP, run_case
-from kernels.bundled_ops.mxfp4 import MXFP4
-from kernels.zoo import api_misbinding as zoo
-from oracle.exact import exact_regime_reason
-from oracle.formats import FORMATS
-from oracle.gemm import MX_BLOCK
+import qkcheck.cases.ops  # noqa: F401 — the op registry first (it takes the families in)
+from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.families import mxfp4 as family
+from qkcheck.cases.grid import grid
+from qkcheck.cases.regimes import materialize
+from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
+from qkcheck.kernels.bundled_ops.mxfp4 import MXFP4
+from qkcheck.kernels.zoo import api_misbinding as zoo
+from qkcheck.oracle.exact import exact_regime_reason
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.gemm import MX_BLOCK
 
 ROOT = Path(__file__).resolve().parents[2]
 E2M1 = FORMATS["float4_e2m1fn"]
@@ -32,7 +32,7 @@ DRIFT = "parameter 3 is 'bias' where the adapter binds 'out'"
 
 
 def qkcheck(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -207,7 +207,7 @@ def bundled_fuzz(tmp_path_factory):
     the last test: it spends its budget while the other command-line runs go on."""
     where = tmp_path_factory.mktemp("bundled-fuzz")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", "bundled:mxfp4_gemm", "--budget", "30s",
+        [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--kernels", "bundled:mxfp4_gemm", "--budget", "30s",
          "--device", "cpu", "--failures-dir", str(where / "f"), "--", "-s"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cases.grid import grid
-from cases.ops import OP_SPECS
-from cases.regimes import materialize
-from cases.runner import run_case
-from kernels.adapters import KernelAdapter, available
-from kernels.bundled_ops.quant import adapters as quant_adapters
-from oracle.numerics import round_to
-from oracle.quant_ops import expect_quant
+from qkcheck.cases.grid import grid
+from qkcheck.cases.ops import OP_SPECS
+from qkcheck.cases.regimes import materialize
+from qkcheck.cases.runner import run_case
+from qkcheck.kernels.adapters import KernelAdapter, available
+from qkcheck.kernels.bundled_ops.quant import adapters as quant_adapters
+from qkcheck.oracle.numerics import round_to
+from qkcheck.oracle.quant_ops import expect_quant
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = "zoo:wrong_output_dtype"
@@ -35,7 +35,7 @@ GRIDS = {op: grid(ADAPTERS[op]) for op in OPS}
 
 
 def qkcheck(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -108,7 +108,7 @@ def _ties_away_per_token(t, params, config):
     """A per_token_quant written in torch that rounds exact ties away from zero."""
     import torch
 
-    from kernels import backends
+    from qkcheck.kernels import backends
 
     x = t["x"].float()
     scale = torch.clamp(x.abs().amax(dim=1, keepdim=True), min=1e-10) / 127.0
@@ -177,7 +177,7 @@ def test_nvfp4_adversarial_regime_reaches_the_scale_edges():
 def _broken_adapter(op: str, bug: int) -> KernelAdapter:
     """The bundled adapter's packing and unpacking around a broken copy of the kernel
     (tests/kernels/test_quant.py), launched by the real launcher."""
-    from kernels.triton import quant as Q
+    from qkcheck.kernels.triton import quant as Q
     from tests.kernels.test_quant import broken_kernel
 
     if op == "mx_quant":
@@ -227,7 +227,7 @@ def fuzz_run(tmp_path_factory):
     """The 30 s fuzz of the zoo entry and the bundled op, started once and run alongside the gate."""
     tmp = tmp_path_factory.mktemp("fuzz")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cases.cli", "fuzz", "--kernels", ZOO, "--kernels", "bundled:per_token_quant",
+        [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--kernels", ZOO, "--kernels", "bundled:per_token_quant",
          "--budget", "30s", "--device", "cpu", "--failures-dir", str(tmp / "failures"),
          "--results", str(tmp / "r.jsonl")],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -276,7 +276,7 @@ def test_fuzz_finds_seed_002_shrinks_it_and_the_printed_replay_reproduces(fuzz_r
     # the printed command as a user runs it, and the same case on the bundled op (concurrently)
     procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for cmd in ([str(Path(sys.executable).parent / argv[0]), *argv[1:]],
-                         [sys.executable, "-m", "cases.cli", "replay", str(saved[0]), "--kernels",
+                         [sys.executable, "-m", "qkcheck.cases.cli", "replay", str(saved[0]), "--kernels",
                           "bundled:per_token_quant", "--device", "cpu"])]
     (out, err), (fixed_out, fixed_err) = (p.communicate(timeout=300) for p in procs)
     assert procs[0].returncode == 1 and WRONG in out, out + err

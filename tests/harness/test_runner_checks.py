@@ -7,14 +7,14 @@ import dataclasses
 import pytest
 import torch
 
-from cases.case import Case
-from cases.runner import run_case
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.bundled import W4A16
-from kernels.packers import torch_dtype
-from kernels.triton.w4a16 import LAYOUTS
-from oracle.packing import unpack
+from qkcheck.cases.case import Case
+from qkcheck.cases.runner import run_case
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.bundled import W4A16
+from qkcheck.kernels.packers import torch_dtype
+from qkcheck.kernels.triton.w4a16 import LAYOUTS
+from qkcheck.oracle.packing import unpack
 
 CASE = Case.make("w4a16_gemm", shape={"m": 3, "n": 16, "k": 64},
                  params={"group_size": 32, "zero_points": True, "layout": "gptq", "act_dtype": "float16",
@@ -237,7 +237,7 @@ def test_writing_past_an_input_into_its_poison_fails():
 def test_inputs_sit_in_poison_with_their_own_geometry():
     """Each input view keeps its shape and dtype, rows are padded with poison, and views of
     different dtypes share one buffer without overlapping."""
-    from cases.runner import POISON_PAD, PoisonedInputs
+    from qkcheck.cases.runner import POISON_PAD, PoisonedInputs
 
     clean = {"a": torch.arange(6, dtype=torch.float16).reshape(2, 3), "b": torch.arange(5, dtype=torch.int32),
              "c": torch.ones(2, 2, 2, dtype=torch.float8_e4m3fn), "none": None}

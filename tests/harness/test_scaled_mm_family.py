@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from cases.case import Case
-from cases.grid import grid
-from cases.runner import FAIL, PASS, SKIP, run_case
-from kernels.adapters import resolve
+from qkcheck.cases.case import Case
+from qkcheck.cases.grid import grid
+from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
+from qkcheck.kernels.adapters import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO, BUNDLED = "zoo:transposed_scales", "bundled:fp8_w8a16_gemm"
@@ -28,7 +28,7 @@ WEIGHT_SENTENCE = "is read transposed: a [N, K] layout taken for [K, N]"
 
 
 def qkcheck(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -93,7 +93,7 @@ def _failing_shard() -> tuple[str, list[Case]]:
     """The smallest shard (over 2..8 shards) of the fp8_w8a16 grid holding a square case the
     seed-004 loader gets wrong for the scale reason alone, a non-square [1, N] case (its loud
     failure), and a case it gets right."""
-    from cases.corpus import load_corpus
+    from qkcheck.cases.corpus import load_corpus
 
     cases = [c for c in load_corpus() if c.op == "fp8_w8a16_gemm"] + grid(resolve(BUNDLED)[0])  # as the gate
     best = None

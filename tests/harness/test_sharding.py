@@ -14,7 +14,7 @@ KERNEL = "examples/torch_w4a16_adapter.py"  # plain torch: the whole grid runs i
 
 
 def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "cases.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=900)
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cases.plugin import THREAD_VARIABLES, share_cpu_threads, usable_cores
+from qkcheck.cases.plugin import THREAD_VARIABLES, share_cpu_threads, usable_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 CORES = usable_cores()
@@ -44,7 +44,7 @@ def test_xdist_workers_see_the_shared_thread_count(tmp_path):
         "def test_two(): _record()\n")
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     env["PROBE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "cases.plugin", "-n", "2", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "qkcheck.cases.plugin", "-n", "2", "-p", "no:cacheprovider",
                            str(probe)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = {p.name: p.read_text() for p in tmp_path.glob("gw*")}

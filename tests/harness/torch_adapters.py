@@ -5,11 +5,11 @@ own kernels and ``ADAPTERS`` list and write the result as an adapter file (``--k
 GOOD_W4A16 = '''
 import os, time
 import torch
-from kernels import backends
-from kernels.adapters import KernelAdapter
-from kernels.bundled import W4A16
-from oracle.packing import unpack
-from kernels.triton.w4a16 import LAYOUTS
+from qkcheck.kernels import backends
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.bundled import W4A16
+from qkcheck.oracle.packing import unpack
+from qkcheck.kernels.triton.w4a16 import LAYOUTS
 
 
 def good(t, params, config):

@@ -18,8 +18,8 @@ import pytest
 import torch
 import triton
 
-from kernels.loaders import SCHEMES, prepare_weights
-from kernels.triton.scaled_mm import block_scaled_mm, fp8_w8a16_gemm, scaled_mm
+from qkcheck.kernels.loaders import SCHEMES, prepare_weights
+from qkcheck.kernels.triton.scaled_mm import block_scaled_mm, fp8_w8a16_gemm, scaled_mm
 from tests.kernels.test_scaled_mm import (
     ScaledMMConfig,
     _codes,
@@ -204,7 +204,7 @@ def test_loader_outputs_kernel_layout_scales_for_every_arrival(arrival, shape, d
 def seed_004_loader(shape: str):
     """The seed-004 loader step (kernels.zoo.transposed_scales) behind prepare_weights' signature:
     orientation from the shape and, for square weights, contiguity; weight_scale.t() always."""
-    from kernels.zoo.transposed_scales import process_weights_after_loading
+    from qkcheck.kernels.zoo.transposed_scales import process_weights_after_loading
 
     N, K = SHAPES[shape]
 

@@ -21,16 +21,16 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import backends, ops_moe
-from kernels.probes import skip_reason
-from kernels.triton import moe
-from kernels.triton.moe import ExpertWeights, MoEConfig
-from kernels.triton.w4a16 import LAYOUTS
-from oracle import moe as oracle_moe
-from oracle.compare import compare
-from oracle.formats import get_format
-from oracle.numerics import wide_float
-from oracle.packing import pack
+from qkcheck.kernels import backends, ops_moe
+from qkcheck.kernels.probes import skip_reason
+from qkcheck.kernels.triton import moe
+from qkcheck.kernels.triton.moe import ExpertWeights, MoEConfig
+from qkcheck.kernels.triton.w4a16 import LAYOUTS
+from qkcheck.oracle import moe as oracle_moe
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.formats import get_format
+from qkcheck.oracle.numerics import wide_float
+from qkcheck.oracle.packing import pack
 
 U32 = wide_float("float32").unit_roundoff
 DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}

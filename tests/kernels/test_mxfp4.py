@@ -27,14 +27,14 @@ import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import ops_mxfp4
-from kernels.probes import skip_reason
-from kernels.triton import mxfp4 as mx
-from kernels.triton.mxfp4 import MXFP4Config, default_config, mxfp4_gemm
-from oracle.compare import compare
-from oracle.formats import FORMATS
-from oracle.packing import NIBBLES_K_ACTIVATION, NIBBLES_K_WEIGHT, pack
-from oracle.schemes import QTensor, dequantize, get_scheme, pack_codes
+from qkcheck.kernels import ops_mxfp4
+from qkcheck.kernels.probes import skip_reason
+from qkcheck.kernels.triton import mxfp4 as mx
+from qkcheck.kernels.triton.mxfp4 import MXFP4Config, default_config, mxfp4_gemm
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.packing import NIBBLES_K_ACTIVATION, NIBBLES_K_WEIGHT, pack
+from qkcheck.oracle.schemes import QTensor, dequantize, get_scheme, pack_codes
 
 SCHEME = get_scheme("mxfp4")
 E2M1 = FORMATS["float4_e2m1fn"]

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import triton
 
-from kernels import probes
-from kernels.device import interpreted
+from qkcheck.kernels import probes
+from qkcheck.kernels.device import interpreted
 
 # probes known to find a defect in the Triton 3.9 interpreter (seen with 3.9.0)
 KNOWN_DEFECTIVE_IN_3_9 = ("bf16_arithmetic", "bf16_dot", "bf16_conversion", "fp8_conversion", "unchecked_oob_load")

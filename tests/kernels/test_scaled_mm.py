@@ -28,9 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import ops_scaled_mm
-from kernels.probes import interpreting, skip_reason
-from kernels.triton.scaled_mm import (  # the _ helpers build the broken twin kernel
+from qkcheck.kernels import ops_scaled_mm
+from qkcheck.kernels.probes import interpreting, skip_reason
+from qkcheck.kernels.triton.scaled_mm import (  # the _ helpers build the broken twin kernel
     FP8_DTYPES,
     _dot_operand,
     _load_operand,
@@ -40,10 +40,10 @@ from kernels.triton.scaled_mm import (  # the _ helpers build the broken twin ke
     fp8_w8a16_gemm,
     scaled_mm,
 )
-from kernels.triton.tiles import output_tile
-from oracle import gemm as oracle_gemm
-from oracle.compare import compare
-from oracle.formats import get_format
+from qkcheck.kernels.triton.tiles import output_tile
+from qkcheck.oracle import gemm as oracle_gemm
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.formats import get_format
 
 DTYPE_NAMES = {
     torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "int8",
@@ -419,7 +419,7 @@ PATH_CASES = [MMCase(d, bias=True, fp8_path=p) for d in FP8_DTYPES for p in ("na
 def test_fp8_operand_paths(case, device):
     """Both fp8 operand paths (fp8 tl.dot; bytes decoded to fp16 and an fp16 tl.dot)."""
     if case.fp8_path == "native" and device != "cpu":
-        from kernels.triton.scaled_mm import default_fp8_path
+        from qkcheck.kernels.triton.scaled_mm import default_fp8_path
 
         if default_fp8_path(case.dtype, torch.device(device)) != "native":
             pytest.skip(f"{DTYPE_NAMES[case.dtype]} has no fp8 tl.dot on this {device} device")

@@ -21,15 +21,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import ops
-from kernels.probes import skip_reason
-from kernels.triton.w4a16 import (
+from qkcheck.kernels import ops
+from qkcheck.kernels.probes import skip_reason
+from qkcheck.kernels.triton.w4a16 import (
     GEMV_MAX_BLOCK_M, LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, _split_k_epilogue, _store_tile,
     arrival_counters, default_config, gemv_scale_path, scale_path, sub_dots, w4a16_gemm, word_row_groups,
 )
-from oracle import gemm as oracle_gemm
-from oracle.compare import compare
-from oracle.packing import pack
+from qkcheck.oracle import gemm as oracle_gemm
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.packing import pack
 
 ACT_EXACT_RANGE = (-4, 4)  # integer activations, exact in fp16 and bf16
 BIAS_EXACT_RANGE = (-8, 8)
@@ -595,7 +595,7 @@ BOUND_CASES = [
 def test_within_oracle_bound(layout, group_size, block_k, split_k, dot, cancel, device):
     """The GEMV path keeps the dequantized weight in float32 (the oracle's bound assumes it rounded
     to the activation dtype); its error stays within that bound, cancellation included."""
-    from oracle.references import expect
+    from qkcheck.oracle.references import expect
 
     args, kwargs, problem = _realistic(layout, 5, 40, 256, group_size, seed=block_k + split_k, cancel=cancel)
     config = cfg(block_m=16 if dot else 8, block_k=block_k, split_k=split_k, dot=dot)
@@ -612,7 +612,7 @@ def test_factoring_the_zero_point_would_leave_the_bound():
     """Why the GEMV path factors only the scale: the fully factored ``s * (sum x*q - z * sum x)``,
     emulated in float32 on the cancellation case, leaves the oracle's bound, while
     ``s * sum x*(q - z)`` (what the kernel computes) stays inside it."""
-    from oracle.references import expect
+    from qkcheck.oracle.references import expect
 
     _, _, problem = _realistic("gptq", 4, 16, 128, -1, seed=3, cancel=True)
     x = problem["x"].astype(np.float32)
@@ -650,7 +650,7 @@ def test_split_k_is_deterministic(dot, device):
 def test_counters_are_reused_across_grids_and_grow(device, monkeypatch):
     """Many split-K launches in a row with different grids and split counts stay exact, the
     counters are all back to 0 after each, and a launch needing more counters grows the buffer."""
-    from kernels.triton import w4a16 as module
+    from qkcheck.kernels.triton import w4a16 as module
 
     monkeypatch.setattr(module, "_ARRIVAL_COUNTERS", {})
     monkeypatch.setattr(module, "_RETIRED_COUNTERS", [])
@@ -849,7 +849,7 @@ def test_default_config_dot_can_be_forced():
 
 # --- a replacement kernel (kernels.zoo) keeps its original argument list ------------------------------
 def test_replacement_kernel_keeps_original_arguments(device):
-    from kernels.zoo.scale_group_spanning import _w4a16_kernel_first_group_scale as replacement
+    from qkcheck.kernels.zoo.scale_group_spanning import _w4a16_kernel_first_group_scale as replacement
 
     ok = GemmCase("gptq", M=3, N=40, K=128, group_size=64, config=cfg(block_k=64, split_k=2), asym=True, bias=True,
                   out_dtype=torch.float32)

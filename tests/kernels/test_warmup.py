@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernels.triton import warmup
+from qkcheck.kernels.triton import warmup
 
 
 @pytest.mark.gpu

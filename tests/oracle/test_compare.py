@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oracle.compare import Divergence, compare, describe_pattern
+from qkcheck.oracle.compare import Divergence, compare, describe_pattern
 
 
 def test_equal_arrays_within_zero_bound_pass():
@@ -74,8 +74,8 @@ def test_shape_mismatch_is_refused():
 
 
 def test_compare_and_divergence_are_the_package_api():
-    from oracle import Divergence as PackageDivergence
-    from oracle import compare as package_compare
+    from qkcheck.oracle import Divergence as PackageDivergence
+    from qkcheck.oracle import compare as package_compare
 
     assert package_compare is compare and PackageDivergence is Divergence
     d = package_compare(np.array([[1.0, 2.0]]), np.array([[1.0, 3.0]]), 0.0, unit=1.0)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oracle.diagnosis import CATALOGUE, GEMMS, diagnose, hypotheses_for
-from oracle.exact import make_problem
-from oracle.formats import FORMATS
-from oracle.references import REFERENCES, expect
+from qkcheck.oracle.diagnosis import CATALOGUE, GEMMS, diagnose, hypotheses_for
+from qkcheck.oracle.exact import make_problem
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.references import REFERENCES, expect
 from tests.oracle.test_gemm_bounds import torch_impl
 
 SHAPE = dict(m=8, k=128, n=16)
@@ -112,7 +112,7 @@ def test_hypothesis_names_a_misread_input(op, params, c, misread, name, words, s
     o = "float16"
     actual = _run(op, misread(p), c, o)
     e = expect(op, p, exact=style == "exact", compute_dtype=c, out_dtype=o)
-    from oracle.compare import compare
+    from qkcheck.oracle.compare import compare
     assert compare(actual, e.expected, e.bound) is not None  # the bug is visible at all
     found = diagnose(op, p, actual, exact=style == "exact", compute_dtype=c, out_dtype=o,
                      context={"out_prefill": np.full((8, 16), 7.0)})
@@ -168,7 +168,7 @@ def test_inapplicable_rewrites_yield_nothing():
     """fnuz swap needs fp8 codes, azp needs a zero point, a per-channel axis swap needs M <= N."""
     p = _problem("scaled_mm", "random", quant_dtype="int8")
     ctx = {"_op": "scaled_mm"}
-    from oracle.diagnosis import azp_off_by_one, fn_fnuz_confused, scale_vector_on_wrong_axis
+    from qkcheck.oracle.diagnosis import azp_off_by_one, fn_fnuz_confused, scale_vector_on_wrong_axis
     assert list(fn_fnuz_confused(p, ctx)) == []
     assert list(azp_off_by_one(p, ctx)) == []
     wide = make_problem("scaled_mm", np.random.default_rng(0), m=32, k=64, n=16, style="random", per_token=False)
@@ -179,7 +179,7 @@ def _w8a16_scales_along_k(p, c: str, o: str) -> np.ndarray:
     """What an FP8 W8A16 kernel handed the per-channel scale as [N, 1] computes: the scale
     broadcast along K, w[k, n] = code[k, n] * b_scale[k], rounded to the compute dtype as the
     kernel's dequantized tile is, then x @ w in float64 and the output rounding."""
-    from oracle.numerics import round_to
+    from qkcheck.oracle.numerics import round_to
 
     codes = FORMATS[p["quant_dtype"]].decode(np.asarray(p["b"]))
     k = codes.shape[0]
@@ -203,7 +203,7 @@ def test_fp8_w8a16_scales_along_k_are_named_and_a_correct_output_is_not(quant_dt
     c, o = "float16", "float32"
     actual = _w8a16_scales_along_k(p, c, o)
     e = expect("fp8_w8a16_gemm", p, exact=style == "exact", compute_dtype=c, out_dtype=o)
-    from oracle.compare import compare
+    from qkcheck.oracle.compare import compare
     assert compare(actual, e.expected, e.bound) is not None  # the mistake is visible
     found = diagnose("fp8_w8a16_gemm", p, actual, exact=style == "exact", compute_dtype=c, out_dtype=o)
     assert [f.hypothesis for f in found] == ["scales_transposed"], [f.sentence for f in found]
@@ -221,7 +221,7 @@ def test_fp8_w8a16_scales_along_k_are_named_and_a_correct_output_is_not(quant_dt
 
 
 def test_fp8_w8a16_scales_along_k_needs_a_square_per_channel_scale():
-    from oracle.diagnosis import scales_transposed
+    from qkcheck.oracle.diagnosis import scales_transposed
 
     ctx = {"_op": "fp8_w8a16_gemm"}
     wide = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=16))

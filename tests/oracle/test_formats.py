@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from oracle.formats import FORMATS, FloatFormat, IntFormat, Specials, get_format
+from qkcheck.oracle.formats import FORMATS, FloatFormat, IntFormat, Specials, get_format
 
 FLOATS = [f for f in FORMATS.values() if isinstance(f, FloatFormat)]
 INTS = [f for f in FORMATS.values() if isinstance(f, IntFormat)]

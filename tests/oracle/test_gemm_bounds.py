@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from oracle import gemm
-from oracle.compare import compare
-from oracle.exact import exact_regime_reason, make_problem
-from oracle.references import expect
+from qkcheck.oracle import gemm
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.exact import exact_regime_reason, make_problem
+from qkcheck.oracle.references import expect
 
 TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 FP8 = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e4m3fnuz": torch.float8_e4m3fnuz,

@@ -8,9 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from oracle import gemm
-from oracle.exact import make_problem
-from oracle.references import REFERENCES, expect, reference
+from qkcheck.oracle import gemm
+from qkcheck.oracle.exact import make_problem
+from qkcheck.oracle.references import REFERENCES, expect, reference
 
 ML = {"float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
       "float8_e5m2": ml_dtypes.float8_e5m2, "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from oracle.compare import compare
-from oracle.moe import (
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.moe import (
     MAX_ROUTING_ALTERNATIVES,
     MOE_HYPOTHESES,
     diagnose_moe,

@@ -5,7 +5,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from oracle.numerics import WIDE_FLOATS, round_to, wide_float
+from qkcheck.oracle.numerics import WIDE_FLOATS, round_to, wide_float
 
 INDEPENDENT = {"float16": np.float16, "float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 

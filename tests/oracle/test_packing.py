@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from oracle.packing import (
+from qkcheck.oracle.packing import (
     AWQ_ORDER,
     AWQ_QWEIGHT,
     AWQ_QZEROS,

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from oracle.compare import Divergence
-from oracle.formats import FORMATS
-from oracle.quant_ops import (
+from qkcheck.oracle.compare import Divergence
+from qkcheck.oracle.formats import FORMATS
+from qkcheck.oracle.quant_ops import (
     CODE_REL_AMBIGUITY,
     LINEAR_QUANT_DTYPES,
     MX_FORMATS,
@@ -27,7 +27,7 @@ from oracle.quant_ops import (
     exact_quant_inputs,
     expect_quant,
 )
-from oracle.schemes import get_scheme, quantize
+from qkcheck.oracle.schemes import get_scheme, quantize
 
 FP8 = [d for d in LINEAR_QUANT_DTYPES if d != "int8"]
 TORCH_FP8 = {

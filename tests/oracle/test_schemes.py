@@ -8,9 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from oracle.formats import FORMATS, FloatFormat
-from oracle.packing import GPTQ_QWEIGHT, Packing, unpack
-from oracle.schemes import (
+from qkcheck.oracle.formats import FORMATS, FloatFormat
+from qkcheck.oracle.packing import GPTQ_QWEIGHT, Packing, unpack
+from qkcheck.oracle.schemes import (
     SCHEMES,
     QTensor,
     Scheme,

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from oracle import gemm
-from oracle.compare import compare
-from oracle.diagnosis import diagnose
-from oracle.references import expect
+from qkcheck.oracle import gemm
+from qkcheck.oracle.compare import compare
+from qkcheck.oracle.diagnosis import diagnose
+from qkcheck.oracle.references import expect
 
 
 def _problem(rng, m, k, n, g, *, asym, bias, adversarial=True):

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from oracle.compare import compare
+from qkcheck.oracle.compare import compare
 
 CHECKS = ("signature", "contract", "numerics", "inputs_unchanged", "determinism", "fake_vs_real", "backend")
 DIAGNOSIS_SENTENCE = ("the first scale group of each BLOCK_K=128 tile is applied to the whole tile "

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from reports.html import render_report
-from reports.store import write_results
+from qkcheck.reports.html import render_report
+from qkcheck.reports.store import write_results
 from tests.reports.synth import case_dict, failing_record, record, run_info
 
 pytestmark = pytest.mark.browser

@@ -7,8 +7,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from reports.html import DETAIL_LIMIT, block_k_relation, render_report, scheme_of
-from reports.store import write_results
+from qkcheck.reports.html import DETAIL_LIMIT, block_k_relation, render_report, scheme_of
+from qkcheck.reports.store import write_results
 from tests.reports.synth import (DIAGNOSIS_SENTENCE, SKIP_REASON, case_dict, failing_record, many_records, record,
                                  run_info)
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from reports.store import COLUMNS, load_results, write_results
+from qkcheck.reports.store import COLUMNS, load_results, write_results
 from tests.reports.synth import case_dict, failing_record, record, run_info
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from cases.case import Case
-from cases.corpus import CORPUS_DIR
-from cases.runner import run_case
-from kernels.adapters import available
-from reports.html import render_report
-from reports.store import write_results
+from qkcheck.cases.case import Case
+from qkcheck.cases.corpus import CORPUS_DIR
+from qkcheck.cases.runner import run_case
+from qkcheck.kernels.adapters import available
+from qkcheck.reports.html import render_report
+from qkcheck.reports.store import write_results
 from tests.reports.test_browser import DomFacts, chromium, run_chromium  # noqa: F401 — fixture reused
 
 pytestmark = pytest.mark.browser

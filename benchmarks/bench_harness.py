@@ -61,8 +61,7 @@ def main(argv=None) -> int:
     adapter = resolve(args.kernels)[0]
     cases = draw_cases(adapter, args.cases)
     if args.siblings > 1:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gate"))
-        from test_fuzz import siblings
+        from qkcheck.cases.fuzz import siblings
 
         cases = [member for case in cases for member in siblings(case, args.siblings)]
     for case in cases[:3]:  # warm-up: imports, probes, first compiles

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gate"))
-
-from qkcheck.cases.grid import grid  # noqa: E402
-from qkcheck.cases.ops import op_spec  # noqa: E402
-from qkcheck.kernels.adapters import resolve  # noqa: E402
-from test_fuzz import _same_class_rows, siblings  # noqa: E402
+from qkcheck.cases.fuzz import _same_class_rows, siblings
+from qkcheck.cases.grid import grid
+from qkcheck.cases.ops import op_spec
+from qkcheck.kernels.adapters import resolve
 
 
 def _class(rows: int) -> str:

@@ -22,10 +22,10 @@ import os
 import re
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pytest
+
 
 SUITES = Path(__file__).resolve().parent / "suites"
 
@@ -76,14 +76,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
         raise ValueError(f"--shard {text!r} must be i/n with 1 <= i <= n (e.g. 2/4)")
     return int(m.group(1)), int(m.group(2))
-
-
-def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
-    """Deterministic split of the case space: crc32 of the case id, modulo n."""
-    if shard is None:
-        return True
-    i, n = shard
-    return zlib.crc32(case_id.encode()) % n == i - 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -254,20 +246,12 @@ def _specs_of(metafunc) -> list | None:
 
 
 def gate_params(config: pytest.Config, specs=None) -> list:
-    """The gate's cases as pytest params: for each selected adapter, the corpus cases of its op
-    then its grid, distinct, as the adapter runs them, in this shard."""
-    from qkcheck.cases.corpus import load_corpus
-    from qkcheck.cases.grid import grid
+    """The gate's cases (``qkcheck.cases.gate``) of the selected adapters as pytest params."""
+    from qkcheck.cases.gate import compile_group, gate_cases
 
-    corpus = load_corpus()
-    params = []
-    for adapter in selected_adapters(config, specs):
-        cases = [for_adapter(adapter, c) for c in [c for c in corpus if c.op == adapter.op] + grid(adapter)]
-        for case in dict.fromkeys(cases):  # distinct, in order
-            if supports(adapter, case) and in_shard(case.id, config.qkcheck_shard):
-                params.append(pytest.param(adapter, case, id=f"{adapter.name}::{case.id}",
-                                           marks=pytest.mark.xdist_group(compile_group(adapter, case))))
-    return params
+    return [pytest.param(adapter, case, id=f"{adapter.name}::{case.id}",
+                         marks=pytest.mark.xdist_group(compile_group(adapter, case)))
+            for adapter in selected_adapters(config, specs) for case in gate_cases(adapter, config.qkcheck_shard)]
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -286,26 +270,6 @@ def pytest_generate_tests(metafunc) -> None:
         params = [pytest.param(a, s, id=a.name if streams == 1 else f"{a.name}-stream{s}")
                   for a in selected_adapters(config, _specs_of(metafunc)) for s in range(streams)]
         metafunc.parametrize("fuzz_adapter,fuzz_stream", params or placeholder)
-
-
-def supports(adapter, case) -> bool:
-    layout = case.p.get("layout")
-    if adapter.layouts and layout is not None and layout not in adapter.layouts:
-        return False
-    return all(k in adapter.tunables and v in adapter.tunables[k] for k, v in case.config)
-
-
-def for_adapter(adapter, case):
-    """The case as this adapter runs it: a kernel without tunables runs it with no config."""
-    return case if adapter.tunables or not case.config else case.replace(config={})
-
-
-def compile_group(adapter, case) -> str:
-    """Cases that share a kernel, its params and its config share compiled kernel variants (the
-    shape changes no constexpr but a few of Triton's integer specializations): under
-    ``--dist loadgroup`` (the CLI's choice with ``-n``) such a group runs on one xdist worker, so a
-    variant is compiled once per run instead of once per worker."""
-    return f"{adapter.name}|{sorted(case.p.items())}|{sorted(case.cfg.items())}"
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,8 @@ fi
 vpy="$venv/bin/python"
 stamp="$venv/.qkcheck-installed"
 want="$(cat "$root/pyproject.toml" "$root/scripts/setup.sh" | cksum)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$vpy" -c "import torch, triton, qkcheck_installed_marker" >/dev/null 2>&1; then
+# (from / : the checkout's own folder on sys.path would hide a missing install)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && (cd / && "$vpy" -c "import torch, triton, qkcheck.cases.cli") >/dev/null 2>&1; then
   return 0 2>/dev/null || exit 0
 fi
 pip_q=(-m pip install -q --disable-pip-version-check)
@@ -39,7 +40,4 @@ if ! "$vpy" -c "import triton" >/dev/null 2>&1; then
 fi
 echo "setup: installing qkcheck and its dependencies"
 "$vpy" "${pip_q[@]}" -e "$root[test]"
-# marker module so a later run can tell the editable install is in place
-site="$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "" > "$site/qkcheck_installed_marker.py"
 echo "$want" > "$stamp"

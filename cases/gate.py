@@ -1,0 +1,48 @@
+"""The gate's case list for one adapter: the regression corpus cases of its op, then its grid,
+distinct, in order, as the adapter runs them. Used by the pytest plugin (one test per case) and the
+scripting API (``qkcheck.gate_cases``)."""
+from __future__ import annotations
+
+import zlib
+
+from qkcheck.cases.case import Case
+
+
+def supports(adapter, case: Case) -> bool:
+    """Whether ``adapter`` takes ``case``'s layout and tile config (its declared tunables)."""
+    layout = case.p.get("layout")
+    if adapter.layouts and layout is not None and layout not in adapter.layouts:
+        return False
+    return all(k in adapter.tunables and v in adapter.tunables[k] for k, v in case.config)
+
+
+def for_adapter(adapter, case: Case) -> Case:
+    """The case as this adapter runs it: a kernel without tunables runs it with no config."""
+    return case if adapter.tunables or not case.config else case.replace(config={})
+
+
+def in_shard(case_id: str, shard: tuple[int, int] | None) -> bool:
+    """Deterministic split of the case space: crc32 of the case id, modulo n (shard i of n, 1-based)."""
+    if shard is None:
+        return True
+    i, n = shard
+    return zlib.crc32(case_id.encode()) % n == i - 1
+
+
+def gate_cases(adapter, shard: tuple[int, int] | None = None) -> list[Case]:
+    """The corpus cases of ``adapter.op`` then its grid, distinct, as the adapter runs them, the
+    ones it supports, in ``shard``."""
+    from qkcheck.cases.corpus import load_corpus
+    from qkcheck.cases.grid import grid
+
+    corpus = [c for c in load_corpus() if c.op == adapter.op]
+    cases = dict.fromkeys(for_adapter(adapter, c) for c in corpus + list(grid(adapter)))
+    return [c for c in cases if supports(adapter, c) and in_shard(c.id, shard)]
+
+
+def compile_group(adapter, case: Case) -> str:
+    """Cases that share a kernel, its params and its config share compiled kernel variants (the
+    shape changes no constexpr but a few of Triton's integer specializations): under
+    ``--dist loadgroup`` (the CLI's choice with ``-n``) such a group runs on one xdist worker, so a
+    variant is compiled once per run instead of once per worker."""
+    return f"{adapter.name}|{sorted(case.p.items())}|{sorted(case.cfg.items())}"

@@ -27,7 +27,7 @@ def draw_cases(adapter, n: int, seed: int = 0):
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
 
-    from qkcheck.cases.strategies import from_adapter
+    from qkcheck.cases.registry import from_adapter
 
     drawn = []
 

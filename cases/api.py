@@ -45,7 +45,7 @@ def resolve_kernels(specs: str | KernelAdapter | Iterable[str | KernelAdapter], 
     ``zoo:<name>``, ``bundled:<name>``, an engine name, ``path/to/adapters.py``, a module path) or
     given as adapters, each validated against its op. Activates ``device`` first (the bundled and
     zoo kernels are Triton modules)."""
-    from qkcheck.cases.ops import validate_adapter
+    from qkcheck.cases.registry import validate_adapter
     from qkcheck.kernels.adapters import resolve
 
     _activate(device)

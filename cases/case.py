@@ -3,8 +3,11 @@ exact JSON round trip. The JSON file *is* the reproducer (no pickle, no eval).
 
 A case names the op, its shape, its op parameters (scheme, layout, dtypes, bias, ...), the
 kernel config (every tunable; empty = the kernel's own default choice), the input regime and the
-seed. What values are allowed is declared per op in ``cases.ops``; ``Case.validate()`` checks
-them and every error names the field, the value, what is allowed and a fix.
+seed. What values are allowed is declared per op by its ``OpSpec`` (``cases.spec``), which builds
+and checks cases (``spec.case(...)``, ``case.validate(spec)``); every error names the field, the
+value, what is allowed and a fix. A case is a plain value: this module imports nothing of the
+project, and only ``Case.make`` / ``Case.validate()`` without a spec look the op up in the
+registry (``cases.registry``), when called.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ REGIMES = ("exact", "realistic", "adversarial")
 SCHEMA = 1
 
 
-def _freeze(d: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+def freeze(d: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """A mapping as a tuple of (key, value) pairs sorted by key (hashable, order-independent)."""
     return tuple(sorted((d or {}).items()))
 
 
@@ -41,9 +45,11 @@ class Case:
     def make(cls, op: str, *, shape: Mapping[str, int], params: Mapping[str, Any],
              config: Mapping[str, int] | None = None, regime: str = "exact", seed: int = 0,
              why: str = "") -> "Case":
-        case = cls(op, _freeze(shape), _freeze(params), _freeze(config), regime, int(seed), why)
-        case.validate()
-        return case
+        """A validated case of ``op``, its spec looked up in the registry (a family calls its own
+        ``SPEC.case(...)`` instead)."""
+        from qkcheck.cases.registry import op_spec  # at call time: the registry sits above this module
+
+        return op_spec(op).case(shape=shape, params=params, config=config, regime=regime, seed=seed, why=why)
 
     # -- views -----------------------------------------------------------------------------
     @property
@@ -83,11 +89,9 @@ class Case:
 
     @cached_property
     def id(self) -> str:
-        """Readable and stable: op, shape, the params that vary, config, regime, seed, digest."""
-        from qkcheck.cases.ops import op_spec
-
-        dims = self.dims
-        shape = "".join(f"{k}{dims[k]}" for k in op_spec(self.op).shape_keys)
+        """Readable and stable: op, shape (in its spec's order, as ``spec.case`` froze it), the
+        params, config, regime, seed, digest."""
+        shape = "".join(f"{k}{v}" for k, v in self.shape)
         params = "-".join(f"{k}={_short(v)}" for k, v in self.params)
         cfg = ("-" + "".join(f"{_abbrev(k)}{v}" for k, v in self.config)) if self.config else "-default"
         return f"{self.op}-{shape}-{params}{cfg}-{self.regime}-s{self.seed}-{self.digest}"
@@ -142,12 +146,15 @@ class Case:
         path.write_text(self.to_json())
         return path
 
-    def validate(self) -> None:
-        from qkcheck.cases.ops import op_spec
-
+    def validate(self, spec=None) -> None:
+        """Check the case against ``spec`` (an ``OpSpec``; None: its op's spec in the registry)."""
         if self.regime not in REGIMES:
             raise CaseError(f"regime={self.regime!r} is not an input regime (allowed: {', '.join(REGIMES)})")
-        op_spec(self.op).validate(self)
+        if spec is None:
+            from qkcheck.cases.registry import op_spec  # at call time: the registry sits above this module
+
+            spec = op_spec(self.op)
+        spec.validate(self)
 
 
 def _short(v: Any) -> str:

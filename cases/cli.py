@@ -128,7 +128,7 @@ def _replay(args) -> int:
     try:
         dev = _device.activate(args.device)
         case = Case.load(args.case)
-        from qkcheck.cases.ops import validate_adapter
+        from qkcheck.cases.registry import validate_adapter
         from qkcheck.kernels.adapters import resolve
 
         specs = args.kernels or ["bundled"]
@@ -168,7 +168,7 @@ def _report(args) -> int:
 
 
 def _list(args) -> int:
-    from qkcheck.cases.ops import OP_SPECS
+    from qkcheck.cases.registry import OP_SPECS
     from qkcheck.kernels import device as _device
 
     dev = _device.activate(args.device)

@@ -46,7 +46,7 @@ def siblings(case: Case, count: int) -> list[Case]:
     """``case`` and ``count - 1`` data siblings: the same params and config, other seeds (derived
     from the case's own, so a replayed example runs the same siblings) and regimes, and every other
     one another row count (M, or T for the MoE) of the same compiled kernel variants."""
-    from qkcheck.cases.ops import op_spec
+    from qkcheck.cases.registry import op_spec
 
     rows_key = op_spec(case.op).shape_keys[0]
     out = [case]
@@ -144,7 +144,7 @@ def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, 
     the smallest one hypothesis shrank to within the budgets."""
     from hypothesis import HealthCheck, Phase, given, seed, settings
 
-    from qkcheck.cases.strategies import from_adapter
+    from qkcheck.cases.registry import from_adapter
 
     started = clock()
     state = _State(deadline=started + budget, shrink_budget=shrink_budget)

@@ -33,7 +33,7 @@ def gate_cases(adapter, shard: tuple[int, int] | None = None) -> list[Case]:
     """The corpus cases of ``adapter.op`` then its grid, distinct, as the adapter runs them, the
     ones it supports, in ``shard``."""
     from qkcheck.cases.corpus import load_corpus
-    from qkcheck.cases.grid import grid
+    from qkcheck.cases.registry import grid
 
     corpus = [c for c in load_corpus() if c.op == adapter.op]
     cases = dict.fromkeys(for_adapter(adapter, c) for c in corpus + list(grid(adapter)))

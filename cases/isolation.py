@@ -82,7 +82,7 @@ def _device_healthy(device: str) -> bool:
 
 
 def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) -> None:  # runs in the child
-    from qkcheck.cases.ops import validate_adapter
+    from qkcheck.cases.registry import validate_adapter
     from qkcheck.kernels import device as _device
     from qkcheck.kernels.adapters import resolve
 

@@ -203,7 +203,7 @@ def selected_adapters(config: pytest.Config, specs=None):
     specs = tuple(config.qkcheck_kernel_specs if specs is None else specs)
     cache = config.__dict__.setdefault("_qkcheck_adapters", {})
     if specs not in cache:
-        from qkcheck.cases.ops import validate_adapter
+        from qkcheck.cases.registry import validate_adapter
         from qkcheck.kernels.adapters import AdapterError, KernelAdapter, KernelsUnavailable, resolve
 
         adapters, missing = [], []  # missing: (spec, reason), reported as skipped, never silently dropped
@@ -221,7 +221,7 @@ def selected_adapters(config: pytest.Config, specs=None):
             raise pytest.UsageError(str(exc)) from None
         ops = config.qkcheck_ops
         if ops:
-            from qkcheck.cases.ops import OP_SPECS
+            from qkcheck.cases.registry import OP_SPECS
 
             unknown = sorted(set(ops) - set(OP_SPECS))
             if unknown:

@@ -24,9 +24,8 @@ from typing import Any
 import numpy as np
 
 from qkcheck.cases.case import Case
-from qkcheck.cases.ops import op_spec
-from qkcheck.cases.regimes import materialize
-from qkcheck.oracle.compare import Divergence, compare
+from qkcheck.cases.registry import materialize, op_spec
+from qkcheck.oracle.compare import compare
 from qkcheck.oracle.diagnosis import diagnose
 from qkcheck.oracle.references import expect, reference
 
@@ -234,7 +233,6 @@ def skip_reason(case: Case, device: str, adapter=None) -> str | None:
     """Why this case cannot be checked on this device (an interpreter defect), or None."""
     if device != "cpu" or (adapter is not None and not adapter.triton):
         return None
-    from qkcheck.cases.ops import op_spec
     from qkcheck.kernels import probes
 
     spec = op_spec(case.op)
@@ -659,6 +657,3 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
 
     return finish(FAIL if res.failed_checks else PASS)
 
-
-def divergence_of(result: Result) -> Divergence | None:
-    return Divergence.from_dict(result.divergence) if result.divergence else None

@@ -50,7 +50,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import Case
-from qkcheck.cases.ops import OpSpec, Output
+from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, Output
 from qkcheck.oracle.formats import get_format
 from qkcheck.oracle.numerics import round_to
 
@@ -131,32 +131,24 @@ def _exact_fits(case):
     return None
 
 
-def _config_complete(case):
-    cfg = case.cfg
-    if cfg and not {"block_m", "block_n", "block_k"} <= set(cfg):
-        return f"config {cfg} must give block_m, block_n and block_k together (or be empty for the default)"
-    return None
-
-
 def _outputs(dims, params):
     return (Output("out", (dims["t"], dims["h"]), params["out_dtype"]),)
 
 
-SPECS = [
-    OpSpec(
-        OP,
-        shape_keys=("t", "h", "i", "e"),
-        params=PARAMS,
-        tunables=TUNABLES,
-        rules=(_dims_fit, _routing_fits, _scheme_params, _exact_fits, _config_complete),
-        kind="gemm",
-        compute_dtype=lambda p: p["act_dtype"],
-        out_dtype=lambda p: p["out_dtype"],
-        outputs=_outputs,
-        fp8_conversion=lambda p: p["scheme"] == "fp8_block",  # activations quantized to fp8 in-kernel
-        diagnose=lambda problem, actual, **kw: _diagnose(problem, actual, **kw),
-    )
-]
+SPEC = OpSpec(
+    OP,
+    shape_keys=("t", "h", "i", "e"),
+    params=PARAMS,
+    tunables=TUNABLES,
+    rules=(_dims_fit, _routing_fits, _scheme_params, _exact_fits, GEMM_CONFIG_COMPLETE),
+    kind="gemm",
+    compute_dtype=lambda p: p["act_dtype"],
+    out_dtype=lambda p: p["out_dtype"],
+    outputs=_outputs,
+    fp8_conversion=lambda p: p["scheme"] == "fp8_block",  # activations quantized to fp8 in-kernel
+    diagnose=lambda problem, actual, **kw: _diagnose(problem, actual, **kw),
+)
+SPECS = (SPEC,)
 
 
 def _diagnose(problem, actual, *, compute_dtype, out_dtype, context):
@@ -452,7 +444,7 @@ def grid(adapter) -> list[Case]:
         if scheme == "w4a16" and adapter.layouts and layout not in adapter.layouts:
             continue
         dims = {"t": 7, "h": 64, "i": 32, "e": 4, **shape}
-        cases.append(Case.make(OP, shape=dims, params={**_BASE, "scheme": scheme, **params}, config=cfg or {},
+        cases.append(SPEC.case(shape=dims, params={**_BASE, "scheme": scheme, **params}, config=cfg or {},
                                regime=regime, seed=idx))
     return cases
 
@@ -498,7 +490,7 @@ def _cases(draw, adapter) -> Case:
         block_ks = [b for b in tun["block_k"] if b <= 64 and (scheme != "fp8_block" or b >= 32)]
         config = {"block_m": draw(st.sampled_from(tun["block_m"])), "block_n": draw(st.sampled_from(tun["block_n"])),
                   "block_k": draw(st.sampled_from(block_ks)), "fuse_activation": draw(st.sampled_from(tun["fuse_activation"]))}
-    return Case.make(OP, shape=dims, params=params, config=config, regime=regime, seed=draw(st.integers(0, 2**16)))
+    return SPEC.case(shape=dims, params=params, config=config, regime=regime, seed=draw(st.integers(0, 2**16)))
 
 
 STRATEGIES = {OP: _cases}

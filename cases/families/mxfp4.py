@@ -28,7 +28,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
-from qkcheck.cases.ops import OpSpec, Output
+from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, configs_for, k_multiple_of, tunables_for
 from qkcheck.oracle.exact import exact_problem
 from qkcheck.oracle.gemm import MX_BLOCK
 from qkcheck.oracle.numerics import round_to
@@ -52,41 +52,19 @@ def _compute_dtype(params) -> str:
     return params["act_dtype"]
 
 
-def _outputs(dims, params) -> tuple[Output, ...]:
-    return (Output("out", (dims["m"], dims["n"]), params["out_dtype"]),)
-
-
-def _k_whole_blocks(case) -> str | None:
-    k = case.dims["k"]
-    if k % MX_BLOCK:
-        return (f"K={k} must be a multiple of the {MX_BLOCK}-element MX scale block (one E8M0 code per "
-                f"{MX_BLOCK} elements along K); pick K = {max(MX_BLOCK, k - k % MX_BLOCK)} or "
-                f"{k - k % MX_BLOCK + MX_BLOCK}")
-    return None
-
-
-def _config_complete(case) -> str | None:
-    cfg = case.cfg
-    if cfg and not {"block_m", "block_n", "block_k"} <= set(cfg):
-        return (f"config {cfg} must give block_m, block_n and block_k together "
-                "(or be empty for the kernel's default)")
-    return None
-
-
-SPECS = [
-    OpSpec(
-        OP,
-        shape_keys=("m", "n", "k"),
-        params={"act": ACTS, "act_dtype": FLOAT16S, "out_dtype": OUT_DTYPES, "bias": (False, True)},
-        tunables={"block_m": TILES, "block_n": TILES, "block_k": BLOCK_K, "split_k": (1, 2, 4),
-                  "group_m": (1, 4, 8)},
-        rules=(_k_whole_blocks, _config_complete),
-        kind="gemm",
-        compute_dtype=_compute_dtype,
-        out_dtype=lambda p: p["out_dtype"],
-        outputs=_outputs,
-    ),
-]
+SPEC = OpSpec(
+    OP,
+    shape_keys=("m", "n", "k"),
+    params={"act": ACTS, "act_dtype": FLOAT16S, "out_dtype": OUT_DTYPES, "bias": (False, True)},
+    tunables={"block_m": TILES, "block_n": TILES, "block_k": BLOCK_K, "split_k": (1, 2, 4),
+              "group_m": (1, 4, 8)},
+    rules=(k_multiple_of(MX_BLOCK, f"the {MX_BLOCK}-element MX scale block (one E8M0 code per {MX_BLOCK} "
+                                   "elements along K)"),
+           GEMM_CONFIG_COMPLETE),
+    kind="gemm",
+    compute_dtype=_compute_dtype,
+)  # outputs: one out [M, N] in out_dtype (the OpSpec default)
+SPECS = (SPEC,)
 
 
 # ------------------------------------------------------------------------------ materializers
@@ -214,8 +192,8 @@ def _grid(adapter) -> list[Case]:
 
     def add(m, n, k, act, act_dtype, out, bias, cfg, regime, seed, why):
         if _fits(adapter, cfg):
-            cases.append(Case.make(
-                OP, shape={"m": m, "n": n, "k": k},
+            cases.append(SPEC.case(
+                shape={"m": m, "n": n, "k": k},
                 params={"act": act, "act_dtype": act_dtype, "out_dtype": out, "bias": bias},
                 config=cfg, regime=regime, seed=seed, why=why,
             ))
@@ -246,8 +224,8 @@ def _grid(adapter) -> list[Case]:
             REGIMES[i % 3], 100 + i, why(block_k))
     # the kernel's own default tile choice, at decode and prefill sizes, both activation kinds
     for m, act, bias in ((1, "a16", True), (1, "mxfp4", False), (20, "a16", False), (20, "mxfp4", True)):
-        cases.append(Case.make(
-            OP, shape={"m": m, "n": 64, "k": 256},
+        cases.append(SPEC.case(
+            shape={"m": m, "n": 64, "k": 256},
             params={"act": act, "act_dtype": "float16", "out_dtype": "float16", "bias": bias},
             regime=("exact", "adversarial")[m > 1], seed=m, why="the launcher's default tiles",
         ))
@@ -262,22 +240,12 @@ GRIDS = {OP: _grid}
 
 @st.composite
 def _strategy(draw, adapter) -> Case:
-    spec = next(s for s in SPECS if s.op == OP)
-    tun = {k: tuple(v) for k, v in spec.tunables.items()}
-    tun.update({k: tuple(v) for k, v in adapter.tunables.items()})
     blocks = draw(st.integers(1, 6))
     k = MX_BLOCK * blocks
     m = draw(st.one_of(st.just(1), st.integers(1, 40)))
     n = draw(st.sampled_from((16, 24, 32, 40, 48, 64)))
-    block_k = draw(st.sampled_from(sorted(b for b in tun["block_k"] if b <= 128)))
-    config = {
-        "block_m": draw(st.sampled_from([b for b in tun["block_m"] if b <= 64])),
-        "block_n": draw(st.sampled_from([b for b in tun["block_n"] if b <= 64])),
-        "block_k": block_k,
-    }
-    split = draw(st.sampled_from(tun.get("split_k", (1,))))
-    if split != 1:
-        config["split_k"] = split
+    block_ks = sorted(b for b in tunables_for(SPEC, adapter)["block_k"] if b <= 128)
+    config = draw(configs_for(SPEC, adapter, block_k=block_ks))
     params = {
         "act": draw(st.sampled_from(ACTS)),
         "act_dtype": draw(st.sampled_from(FLOAT16S)),
@@ -286,7 +254,7 @@ def _strategy(draw, adapter) -> Case:
     }
     regime = draw(st.sampled_from(REGIMES))
     seed = draw(st.integers(0, 2**16))
-    return Case.make(OP, shape={"m": m, "n": n, "k": k}, params=params, config=config, regime=regime, seed=seed)
+    return SPEC.case(shape={"m": m, "n": n, "k": k}, params=params, config=config, regime=regime, seed=seed)
 
 
 STRATEGIES = {OP: _strategy}

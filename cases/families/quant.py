@@ -58,7 +58,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
-from qkcheck.cases.ops import OpSpec, Output
+from qkcheck.cases.spec import OpSpec, Output, config_complete, k_multiple_of
 from qkcheck.oracle.formats import FORMATS, IntFormat
 from qkcheck.oracle.numerics import round_to
 from qkcheck.oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
@@ -101,42 +101,23 @@ def _group_divides_k(case) -> str | None:
     return None
 
 
-def _mx_block_divides_k(case) -> str | None:
-    k = case.dims["k"]
-    if k % MX_BLOCK:
-        return f"K={k} must be a multiple of {MX_BLOCK} (one E8M0 scale per {MX_BLOCK} elements); pad K"
-    return None
-
-
-def _nvfp4_block_divides_k(case) -> str | None:
-    k = case.dims["k"]
-    if k % NVFP4_BLOCK:
-        return f"K={k} must be a multiple of {NVFP4_BLOCK} (one E4M3 scale per {NVFP4_BLOCK} elements); pad K"
-    return None
-
-
-def _config_complete(other: str):
-    def rule(case) -> str | None:
-        cfg = case.cfg
-        if cfg and not {"block_m", other} <= set(cfg):
-            return (f"config {cfg} must give block_m and {other} together (num_warps, sw_fp8 optional), "
-                    "or be empty for the kernel's default")
-        return None
-    rule.__name__ = f"config_has_block_m_and_{other}"
-    return rule
+_mx_block_divides_k = k_multiple_of(MX_BLOCK, f"{MX_BLOCK} (one E8M0 scale per {MX_BLOCK} elements)")
+_nvfp4_block_divides_k = k_multiple_of(NVFP4_BLOCK, f"{NVFP4_BLOCK} (one E4M3 scale per {NVFP4_BLOCK} elements)")
+_TILE_CONFIG_COMPLETE = config_complete("block_m", "block_k")
+_GROUP_CONFIG_COMPLETE = config_complete("block_m", "block_g")
 
 
 def _codes(dims, params) -> Output:
     return Output("codes", (dims["m"], dims["k"]), params["quant_dtype"])
 
 
-SPECS = [
+SPECS = (
     OpSpec(
         "per_token_quant",
         shape_keys=("m", "k"),
         params={"quant_dtype": QUANT_DTYPES, "in_dtype": IN_DTYPES, "scale_ub": (False, True)},
         tunables=TILE_TUNABLES,
-        rules=(_k_positive, _config_complete("block_k")),
+        rules=(_k_positive, _TILE_CONFIG_COMPLETE),
         kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
@@ -147,7 +128,7 @@ SPECS = [
         shape_keys=("m", "k"),
         params={"quant_dtype": QUANT_DTYPES, "in_dtype": IN_DTYPES},
         tunables=TILE_TUNABLES,
-        rules=(_k_positive, _config_complete("block_k")),
+        rules=(_k_positive, _TILE_CONFIG_COMPLETE),
         kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
@@ -159,7 +140,7 @@ SPECS = [
         params={"quant_dtype": QUANT_DTYPES, "in_dtype": IN_DTYPES, "group_size": GROUP_SIZES,
                 "column_major_scales": (False, True), "scale_ue8m0": (False, True)},
         tunables=GROUP_TUNABLES,
-        rules=(_k_positive, _group_divides_k, _config_complete("block_g")),
+        rules=(_k_positive, _group_divides_k, _GROUP_CONFIG_COMPLETE),
         kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
@@ -170,7 +151,7 @@ SPECS = [
         shape_keys=("m", "k"),
         params={"fmt": MX_FORMATS, "in_dtype": IN_DTYPES, "scale_rule": SCALE_RULES},
         tunables=MX_TUNABLES,
-        rules=(_k_positive, _mx_block_divides_k, _config_complete("block_g")),
+        rules=(_k_positive, _mx_block_divides_k, _GROUP_CONFIG_COMPLETE),
         kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: "uint8",
@@ -183,7 +164,7 @@ SPECS = [
         shape_keys=("m", "k"),
         params={"in_dtype": IN_DTYPES},
         tunables=NVFP4_TUNABLES,
-        rules=(_k_positive, _nvfp4_block_divides_k, _config_complete("block_g")),
+        rules=(_k_positive, _nvfp4_block_divides_k, _GROUP_CONFIG_COMPLETE),
         kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: "uint8",
@@ -191,7 +172,8 @@ SPECS = [
         outputs=lambda d, p: (Output("codes", (d["m"], d["k"] // 2), "uint8"),
                               Output("scales", (d["m"], d["k"] // NVFP4_BLOCK), "uint8")),
     ),
-]
+)
+_SPEC = {s.op: s for s in SPECS}
 
 
 # ------------------------------------------------------------------ materializers
@@ -393,7 +375,7 @@ def _add(cases: list, adapter, op: str, m: int, k: int, params: dict, cfg: dict 
         cfg = _supported(adapter, cfg)
         if cfg is None:
             return
-    cases.append(Case.make(op, shape={"m": m, "k": k}, params=params, config=cfg or {}, regime=regime,
+    cases.append(_SPEC[op].case(shape={"m": m, "k": k}, params=params, config=cfg or {}, regime=regime,
                            seed=seed, why=why))
 
 
@@ -584,7 +566,7 @@ def _strategy(op: str):
         cfg = _draw_config(draw, adapter, op, m, k, q)
         regime = draw(st.sampled_from(REGIMES))
         seed = draw(st.integers(0, 2**16))
-        return Case.make(op, shape={"m": m, "k": k}, params=params, config=cfg, regime=regime, seed=seed)
+        return _SPEC[op].case(shape={"m": m, "k": k}, params=params, config=cfg, regime=regime, seed=seed)
 
     return draw_case
 

@@ -31,7 +31,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
-from qkcheck.cases.ops import OpSpec
+from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, block_k_relative, configs_for
 from qkcheck.oracle.exact import exact_problem
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.numerics import round_to
@@ -54,13 +54,6 @@ def _positive_dims(case) -> str | None:
     return None
 
 
-def _config_complete(case) -> str | None:
-    cfg = case.cfg
-    if cfg and not {"block_m", "block_n", "block_k"} <= set(cfg):
-        return f"config {cfg} must give block_m, block_n and block_k together (or be empty for the kernel's default)"
-    return None
-
-
 def _azp_int8(case) -> str | None:
     p = case.p
     if p["azp"] and p["quant_dtype"] != "int8":
@@ -68,7 +61,7 @@ def _azp_int8(case) -> str | None:
     return None
 
 
-SPECS = [
+SPECS = (
     OpSpec(
         "scaled_mm",
         shape_keys=("m", "n", "k"),
@@ -83,7 +76,7 @@ SPECS = [
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES_8BIT_K,
                   "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
-        rules=(_positive_dims, _config_complete, _azp_int8),
+        rules=(_positive_dims, GEMM_CONFIG_COMPLETE, _azp_int8),
         compute_dtype=lambda p: p["quant_dtype"],  # the dot runs on the codes themselves
     ),
     OpSpec(
@@ -99,7 +92,7 @@ SPECS = [
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES_8BIT_K,
                   "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
-        rules=(_positive_dims, _config_complete),
+        rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["quant_dtype"],
     ),
     OpSpec(
@@ -116,10 +109,11 @@ SPECS = [
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES + (256,),
                   "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
-        rules=(_positive_dims, _config_complete),
+        rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["act_dtype"],  # the dequantized weight tile is cast to x.dtype for tl.dot
     ),
-]
+)
+_SPEC = {s.op: s for s in SPECS}
 
 
 # ------------------------------------------------------------------------------------------ regimes
@@ -321,16 +315,16 @@ def _grid_scaled_mm(adapter) -> list[Case]:
         azp = fmt == "int8" and i % 2 == 1
         out = "bfloat16" if i % 9 == 4 else ("float16", "float32")[i % 2]
         cfg = _cfg(adapter, 16, 32, (32, 64)[i % 2], split=2 if i % 7 == 3 else 1)
-        cases.append(Case.make(
-            "scaled_mm", shape={"m": m, "n": n, "k": k},
+        cases.append(_SPEC["scaled_mm"].case(
+            shape={"m": m, "n": n, "k": k},
             params={"quant_dtype": fmt, "a_scale_shape": A_SCALE_SHAPES[i % 3], "b_scale_shape": b_shape,
                     "b_storage": ("nk", "kn")[(i // 2) % 2], "azp": azp, "bias": i % 3 == 1, "out_dtype": out},
             config=cfg, regime=("exact", "exact", "adversarial", "realistic")[i % 4], seed=i,
         ))
     # the kernel's own tile choice, decode and prefill sizes
     for m, fmt in ((1, "float8_e4m3fn"), (40, "int8")):
-        cases.append(Case.make(
-            "scaled_mm", shape={"m": m, "n": 64, "k": 128},
+        cases.append(_SPEC["scaled_mm"].case(
+            shape={"m": m, "n": 64, "k": 128},
             params={"quant_dtype": fmt, "a_scale_shape": "[M,1]", "b_scale_shape": "[1,N]", "b_storage": "nk",
                     "azp": fmt == "int8", "bias": True, "out_dtype": "float16"},
             regime="exact", seed=100 + m,
@@ -351,15 +345,15 @@ def _grid_block(adapter) -> list[Case]:
         if fmt == "float8_e5m2" and i % 4 == 1:
             fmt = "float8_e4m3fnuz"
         cfg = _cfg(adapter, 16, 32, block_k, split=2 if i % 5 == 2 else 1)
-        cases.append(Case.make(
-            "block_scaled_mm", shape={"m": m, "n": n, "k": k},
+        cases.append(_SPEC["block_scaled_mm"].case(
+            shape={"m": m, "n": n, "k": k},
             params={"quant_dtype": fmt, "scale_block_k": bk, "scale_block_n": bn,
                     "a_scale_major": ("row", "column")[(i // 2) % 2], "bias": i % 3 == 0,
                     "out_dtype": "bfloat16" if i == 5 else ("float16", "float32")[i % 2]},
             config=cfg, regime=("exact", "adversarial", "exact", "realistic")[i % 4], seed=i,
         ))
-    cases.append(Case.make(
-        "block_scaled_mm", shape={"m": 24, "n": 64, "k": 256},
+    cases.append(_SPEC["block_scaled_mm"].case(
+        shape={"m": 24, "n": 64, "k": 256},
         params={"quant_dtype": "float8_e4m3fn", "scale_block_k": 128, "scale_block_n": 128, "a_scale_major": "column",
                 "bias": False, "out_dtype": "float16"},
         regime="exact", seed=200,
@@ -374,8 +368,8 @@ def _grid_fp8_w8a16(adapter) -> list[Case]:
     # every arrival x scale shape on a square weight (orientation cannot be read off the shape)
     for i, ((layout, storage), sshape) in enumerate(itertools.product(arrivals, scale_shapes)):
         act = "bfloat16" if i % 10 == 7 else "float16"
-        cases.append(Case.make(
-            "fp8_w8a16_gemm", shape={"m": (1, 19, 32)[i % 3], "n": 64, "k": 64},
+        cases.append(_SPEC["fp8_w8a16_gemm"].case(
+            shape={"m": (1, 19, 32)[i % 3], "n": 64, "k": 64},
             params={"quant_dtype": FP8[i % 3], "weight_layout": layout, "weight_storage": storage,
                     "scale_shape": sshape, "act_dtype": act, "bias": i % 3 == 2,
                     "out_dtype": ("float16", "float32")[i % 2] if act == "float16" else "bfloat16"},
@@ -386,16 +380,16 @@ def _grid_fp8_w8a16(adapter) -> list[Case]:
     for j, ((layout, storage), sshape) in enumerate(zip(arrivals * 2, ("[N,1]", "[1,N]", "[N]", "[]", "[1]",
                                                                         "[N,1]", "[1,N]", "[N]"))):
         m, n, k = ((1, 40, 96), (33, 72, 64))[j % 2]
-        cases.append(Case.make(
-            "fp8_w8a16_gemm", shape={"m": m, "n": n, "k": k},
+        cases.append(_SPEC["fp8_w8a16_gemm"].case(
+            shape={"m": m, "n": n, "k": k},
             params={"quant_dtype": FP8[j % 3], "weight_layout": layout, "weight_storage": storage,
                     "scale_shape": sshape, "act_dtype": "float16", "bias": j % 2 == 0,
                     "out_dtype": ("float32", "float16")[j % 2]},
             config=_cfg(adapter, 16, 16, (32, 64)[j % 2]),
             regime=("exact", "realistic", "adversarial", "exact")[j % 4], seed=50 + j,
         ))
-    cases.append(Case.make(
-        "fp8_w8a16_gemm", shape={"m": 4, "n": 48, "k": 128},
+    cases.append(_SPEC["fp8_w8a16_gemm"].case(
+        shape={"m": 4, "n": 48, "k": 128},
         params={"quant_dtype": "float8_e4m3fn", "weight_layout": "nk", "weight_storage": "contiguous",
                 "scale_shape": "[N,1]", "act_dtype": "float16", "bias": True, "out_dtype": "float16"},
         regime="exact", seed=300,
@@ -407,25 +401,6 @@ GRIDS = {"scaled_mm": _grid_scaled_mm, "block_scaled_mm": _grid_block, "fp8_w8a1
 
 
 # ------------------------------------------------------------------------------------------ strategies
-def _tunables(adapter, op: str) -> dict:
-    spec = next(s for s in SPECS if s.op == op)
-    tun = {k: tuple(v) for k, v in spec.tunables.items()}
-    tun.update({k: tuple(v) for k, v in adapter.tunables.items()})
-    return tun
-
-
-def _draw_config(draw, tun, block_k_choices) -> dict:
-    config = {
-        "block_m": draw(st.sampled_from([b for b in tun["block_m"] if b <= 64])),
-        "block_n": draw(st.sampled_from([b for b in tun["block_n"] if b <= 64])),
-        "block_k": draw(st.sampled_from([b for b in block_k_choices if b in tun["block_k"]] or [min(tun["block_k"])])),
-    }
-    split = draw(st.sampled_from(tun.get("split_k", (1,))))
-    if split != 1:
-        config["split_k"] = split
-    return config
-
-
 def _dims(draw, *, k_step: int, k_max: int) -> tuple[int, int, int]:
     m = draw(st.one_of(st.just(1), st.integers(1, 40)))
     k = k_step * draw(st.integers(1, k_max // k_step))
@@ -436,7 +411,6 @@ def _dims(draw, *, k_step: int, k_max: int) -> tuple[int, int, int]:
 
 @st.composite
 def _st_scaled_mm(draw, adapter) -> Case:
-    tun = _tunables(adapter, "scaled_mm")
     fmt = draw(st.sampled_from(QUANT))
     m, n, k = _dims(draw, k_step=16, k_max=192)
     params = {
@@ -448,18 +422,17 @@ def _st_scaled_mm(draw, adapter) -> Case:
         "bias": draw(st.booleans()),
         "out_dtype": draw(st.sampled_from(OUT)),
     }
-    return Case.make("scaled_mm", shape={"m": m, "n": n, "k": k}, params=params,
-                     config=_draw_config(draw, tun, (32, 64, 128)),
-                     regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
+    return _SPEC["scaled_mm"].case(shape={"m": m, "n": n, "k": k}, params=params,
+                                   config=draw(configs_for(_SPEC["scaled_mm"], adapter, block_k=(32, 64, 128))),
+                                   regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
 def _st_block(draw, adapter) -> Case:
-    tun = _tunables(adapter, "block_scaled_mm")
     bk = draw(st.sampled_from((32, 64, 128)))
     bn = draw(st.sampled_from((32, 64, 128)))
     relation = draw(st.sampled_from(("eq", "gt", "lt")))
-    block_k = {"lt": bk // 2, "eq": bk, "gt": bk * 2}[relation]
+    block_k = block_k_relative(relation, bk)
     m = draw(st.one_of(st.just(1), st.integers(1, 40)))
     k = draw(st.sampled_from((bk, 2 * bk, 2 * bk + 32, 3 * bk)))
     n = k if draw(st.booleans()) and k <= 256 else draw(st.sampled_from((16, 40, 64, 72, 128)))
@@ -471,14 +444,13 @@ def _st_block(draw, adapter) -> Case:
         "bias": draw(st.booleans()),
         "out_dtype": draw(st.sampled_from(OUT)),
     }
-    return Case.make("block_scaled_mm", shape={"m": m, "n": n, "k": k}, params=params,
-                     config=_draw_config(draw, tun, (max(32, block_k),)),
-                     regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
+    return _SPEC["block_scaled_mm"].case(shape={"m": m, "n": n, "k": k}, params=params,
+                                         config=draw(configs_for(_SPEC["block_scaled_mm"], adapter, block_k=(max(32, block_k),))),
+                                         regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
 def _st_fp8_w8a16(draw, adapter) -> Case:
-    tun = _tunables(adapter, "fp8_w8a16_gemm")
     m, n, k = _dims(draw, k_step=16, k_max=192)
     act = draw(st.sampled_from(("float16", "bfloat16")))
     params = {
@@ -490,9 +462,9 @@ def _st_fp8_w8a16(draw, adapter) -> Case:
         "bias": draw(st.booleans()),
         "out_dtype": draw(st.sampled_from(OUT)),
     }
-    return Case.make("fp8_w8a16_gemm", shape={"m": m, "n": n, "k": k}, params=params,
-                     config=_draw_config(draw, tun, (16, 32, 64, 128)),
-                     regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
+    return _SPEC["fp8_w8a16_gemm"].case(shape={"m": m, "n": n, "k": k}, params=params,
+                                        config=draw(configs_for(_SPEC["fp8_w8a16_gemm"], adapter, block_k=(16, 32, 64, 128))),
+                                        regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
 
 
 STRATEGIES = {"scaled_mm": _st_scaled_mm, "block_scaled_mm": _st_block, "fp8_w8a16_gemm": _st_fp8_w8a16}

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from qkcheck.cases.fuzz import _same_class_rows, siblings
-from qkcheck.cases.grid import grid
-from qkcheck.cases.ops import op_spec
+from qkcheck.cases.registry import grid, op_spec
 from qkcheck.kernels.adapters import resolve
 
 

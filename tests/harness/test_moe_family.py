@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from qkcheck.cases.case import Case
-from qkcheck.cases.grid import grid
-from qkcheck.cases.regimes import materialize
+from qkcheck.cases.registry import grid, materialize
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
 from qkcheck.kernels import backends, dispatch
 from qkcheck.kernels.adapters import resolve

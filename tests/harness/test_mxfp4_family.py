@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import qkcheck.cases.ops  # noqa: F401 — the op registry first (it takes the families in)
 from qkcheck.cases.case import REGIMES, Case
 from qkcheck.cases.families import mxfp4 as family
-from qkcheck.cases.grid import grid
-from qkcheck.cases.regimes import materialize
+from qkcheck.cases.registry import grid, materialize
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
 from qkcheck.kernels.bundled_ops.mxfp4 import MXFP4
 from qkcheck.kernels.zoo import api_misbinding as zoo

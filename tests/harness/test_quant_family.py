@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qkcheck.cases.grid import grid
-from qkcheck.cases.ops import OP_SPECS
-from qkcheck.cases.regimes import materialize
+from qkcheck.cases.registry import OP_SPECS, grid, materialize
 from qkcheck.cases.runner import run_case
 from qkcheck.kernels.adapters import KernelAdapter, available
 from qkcheck.kernels.bundled_ops.quant import adapters as quant_adapters

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from qkcheck.cases.case import Case
-from qkcheck.cases.grid import grid
+from qkcheck.cases.registry import grid
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
 from qkcheck.kernels.adapters import resolve
 

@@ -80,8 +80,55 @@ def auto_workers(device: str, isolate: str) -> str:
     return str(min(half, AUTO_WORKERS_PER_GPU * max(1, _device.gpu_count(dev))))
 
 
+def _check_workers(value: str | None) -> None:
+    if value is None or value == "auto" or (value.isdigit() and int(value) >= 1):
+        return
+    raise ValueError(f"-n {value!r}: expected a number of workers >= 1 or auto (e.g. -n 2); "
+                     "leave -n out to run in this process")
+
+
+def _check_output_paths(args) -> None:
+    """--results, --report and --failures-dir: writable, not directories where a file goes, and
+    distinct, checked before any case runs (not discovered after the run)."""
+    files = {opt: Path(getattr(args, opt)).resolve() for opt in ("results", "report") if getattr(args, opt, None)}
+    if len(set(files.values())) < len(files):
+        raise ValueError(f"--report and --results both name {files['report']}; the report would overwrite the "
+                         "results: give them different paths (e.g. out/report.html and out/results.jsonl)")
+    for opt, path in files.items():
+        if path.is_dir():
+            raise ValueError(f"--{opt} {getattr(args, opt)} is a directory; expected a file path "
+                             f"(e.g. {Path(getattr(args, opt)) / ('results.jsonl' if opt == 'results' else 'report.html')})")
+        _check_writable_dir(f"--{opt}", path.parent)
+    failures = Path(args.failures_dir).resolve()
+    if failures.exists() and not failures.is_dir():
+        raise ValueError(f"--failures-dir {args.failures_dir} is a file; expected a directory for the failing cases")
+    if failures in files.values():
+        raise ValueError(f"--failures-dir {args.failures_dir} is also a results/report path; give it its own directory")
+    _check_writable_dir("--failures-dir", failures)
+
+
+def _check_writable_dir(option: str, directory: Path) -> None:
+    """``directory`` exists (it is created) and a file can be written in it."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{option}: cannot write under {directory} ({exc.strerror or exc}); "
+                         "choose a path you can write to") from None
+
+
 def _pytest(suite: str, args) -> int:
     import pytest
+
+    try:
+        _check_workers(args.workers)
+        _check_output_paths(args)
+    except ValueError as exc:
+        print(f"qkcheck: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     # the suites' own pytest.ini makes their folder the rootdir: a project's ini files, addopts
     # and conftests around the current directory stay out of the run
@@ -129,7 +176,7 @@ def _replay(args) -> int:
         dev = _device.activate(args.device)
         case = Case.load(args.case)
         from qkcheck.cases.registry import validate_adapter
-        from qkcheck.kernels.adapters import resolve
+        from qkcheck.kernels.catalog import resolve
 
         specs = args.kernels or ["bundled"]
         adapters = [a for s in specs for a in resolve(s)]
@@ -138,42 +185,73 @@ def _replay(args) -> int:
     except (CaseError, AdapterError, ValueError) as exc:
         print(f"qkcheck: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from qkcheck.cases.runner import run_case
+    from qkcheck.cases import isolation
+    from qkcheck.cases.plugin import parse_duration
 
     adapters = [a for a in adapters if a.op == case.op]
     if not adapters:
         print(f"qkcheck: error: none of --kernels {specs} implements op {case.op!r}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        timeout = parse_duration(args.case_timeout, "--case-timeout") or None
+    except ValueError as exc:
+        print(f"qkcheck: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    runner = isolation.IsolatedRunner(specs, dev, timeout=timeout) if args.isolate == "on" else None
     worst = EXIT_PASS
     for a in adapters:
-        result = run_case(case, a, dev)
+        result = (runner.run(case, a) if runner is not None
+                  else isolation.run_in_process(case, a, dev, timeout=timeout))
         print(result.summary())
         if result.status == "skip":
             print(f"  skipped: {result.skip_reason}")
         if result.status == "fail":
             worst = EXIT_FAIL
+    if runner is not None:
+        runner.close()
     return worst
 
 
 def _report(args) -> int:
+    """Render results files as one page. Exit 0 when they hold no failure, 1 when they do (the
+    report is written either way), 2 for unreadable input."""
     from qkcheck.reports.html import render_report
+    from qkcheck.reports.store import load_results
 
+    paths = [Path(p) for p in args.results]
+    seen: dict[Path, str] = {}
+    for p in paths:
+        if p.resolve() in seen:
+            print(f"qkcheck: error: {p} is given twice (as {seen[p.resolve()]} too); each results file once, "
+                  "or its results would count twice", file=sys.stderr)
+            return EXIT_USAGE
+        seen[p.resolve()] = str(p)
+    if Path(args.output).resolve() in seen:
+        print(f"qkcheck: error: -o {args.output} is one of the results files; the report would overwrite it",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:
-        out = render_report([Path(p) for p in args.results], Path(args.output))
+        frame, _ = load_results(paths)
+        out = render_report(paths, Path(args.output))
     except (ValueError, OSError) as exc:
         print(f"qkcheck: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"report written to {out}")
-    return EXIT_PASS
+    failed = int((frame["status"] == "fail").sum()) if len(frame) else 0
+    print(f"report written to {out}" + (f"; {failed} failing result(s)" if failed else ""))
+    return EXIT_FAIL if failed else EXIT_PASS
 
 
 def _list(args) -> int:
     from qkcheck.cases.registry import OP_SPECS
     from qkcheck.kernels import device as _device
 
-    dev = _device.activate(args.device)
+    try:
+        dev = _device.activate(args.device)
+    except ValueError as exc:
+        print(f"qkcheck: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     from qkcheck.kernels import probes
-    from qkcheck.kernels.adapters import available
+    from qkcheck.kernels.catalog import available
 
     print("ops:")
     for op, spec in OP_SPECS.items():
@@ -197,6 +275,9 @@ def main(argv=None) -> int:
     rp.add_argument("case")
     rp.add_argument("--kernels", action="append", metavar="SPEC")
     rp.add_argument("--device", default="auto")
+    rp.add_argument("--isolate", choices=("on", "off"), default="off",
+                    help="run the case in a child process, so a crash or hang is reported instead of ending qkcheck")
+    rp.add_argument("--case-timeout", default="0", help="time limit for the case (e.g. 60s; default 0 = none)")
     rep = sub.add_parser("report", help="render results (JSON lines, several files merge) as HTML")
     rep.add_argument("results", nargs="+")
     rep.add_argument("-o", "--output", required=True)

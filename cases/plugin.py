@@ -17,11 +17,11 @@ code 4 from pytest; the CLI maps it to 2).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -119,7 +119,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.qkcheck_fuzz_stats = []
     config.qkcheck_ops = config.getoption("--qkcheck-op")
     config.qkcheck_results = []
+    config._qkcheck_pending = []
     config.qkcheck_started = time.time()
+    config.qkcheck_run_id = getattr(config, "workerinput", {}).get("qkcheck_run_id") or uuid.uuid4().hex[:12]
+    _CONFIG["config"] = config
+    if _worker_id(config) is None:
+        _finish_on_sigterm(config)
+
+
+def _finish_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled, a timeout) ends the run as Ctrl-C does: pytest stops, and the
+    results so far are written, marked interrupted."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    config._qkcheck_previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist controller: every worker's results carry this run's id."""
+    node.workerinput["qkcheck_run_id"] = node.config.qkcheck_run_id
 
 
 class _DeviceCheck(threading.Thread):
@@ -204,7 +229,8 @@ def selected_adapters(config: pytest.Config, specs=None):
     cache = config.__dict__.setdefault("_qkcheck_adapters", {})
     if specs not in cache:
         from qkcheck.cases.registry import validate_adapter
-        from qkcheck.kernels.adapters import AdapterError, KernelAdapter, KernelsUnavailable, resolve
+        from qkcheck.kernels.adapters import AdapterError, KernelAdapter, KernelsUnavailable
+        from qkcheck.kernels.catalog import resolve
 
         adapters, missing = [], []  # missing: (spec, reason), reported as skipped, never silently dropped
         try:
@@ -344,23 +370,41 @@ def fuzz_streams(config: pytest.Config) -> int:
     return int(getattr(config, "workerinput", {}).get("workercount", 1))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test's recorded results ride on its report (``user_properties``): on an xdist worker the
+    report reaches the controller as soon as the test ends, so a worker that dies later, or a run
+    interrupted later, loses none of the results already reported."""
+    outcome = yield
+    report = outcome.get_result()
+    pending = item.config.__dict__.get("_qkcheck_pending")
+    if pending:  # on this phase's report only (the item's own user_properties go on every phase's)
+        report.user_properties = [*report.user_properties, *(("qkcheck_result", r) for r in pending)]
+        pending.clear()
+
+
 def pytest_runtest_logreport(report) -> None:
-    """Collect the fuzz streams' counts (they travel from xdist workers in user_properties)."""
-    if report.when != "call":
+    """In the process that writes the results (single process, or the xdist controller): keep the
+    results and fuzz counts the report carries."""
+    config = _CONFIG.get("config")
+    if config is None or _worker_id(config) is not None:
         return
     for name, value in getattr(report, "user_properties", ()):
-        if name == "qkcheck_fuzz":
-            _FUZZ_STATS.append(value)
+        if name == "qkcheck_result":
+            config.qkcheck_results.append(value)
+        elif name == "qkcheck_fuzz" and report.when == "call":
+            config.qkcheck_fuzz_stats.append(value)
 
 
-_FUZZ_STATS: list[dict] = []
+_CONFIG: dict = {}  # this process's pytest config, for hooks that are not given it
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if not _FUZZ_STATS or _worker_id(config) is not None:
+    stats_seen = getattr(config, "qkcheck_fuzz_stats", [])
+    if not stats_seen or _worker_id(config) is not None:
         return
     by_kernel: dict[str, list[dict]] = {}
-    for s in _FUZZ_STATS:
+    for s in stats_seen:
         by_kernel.setdefault(s["kernel"], []).append(s)
     for kernel, stats in by_kernel.items():
         cases = sum(s["cases"] for s in stats)
@@ -428,6 +472,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    previous = config.__dict__.pop("_qkcheck_previous_sigterm", None)
+    if previous is not None:
+        import signal
+
+        signal.signal(signal.SIGTERM, previous)
+    if _CONFIG.get("config") is config:
+        _CONFIG.pop("config")
     runner = getattr(config, "_qkcheck_isolated", None)
     if runner is not None:
         runner.close()
@@ -440,7 +491,7 @@ def record(config: pytest.Config, result) -> None:
     if result.status == "fail":
         path = Case.from_dict(result.case).save(failure_path(config, result.case_id))
         result.replay = f"qkcheck replay {path} --kernels {result.kernel}"
-    config.qkcheck_results.append(result.to_dict())
+    config._qkcheck_pending.append({**result.to_dict(), "run_id": config.qkcheck_run_id})
 
 
 def failure_path(config: pytest.Config, case_id: str, kind: str = "") -> Path:
@@ -480,7 +531,7 @@ def _device_info(config) -> dict:
         import torch
         import triton
 
-        info["versions"] = {"torch": torch.__version__, "triton": triton.__version__}
+        info["versions"] = {"torch": str(torch.__version__), "triton": str(triton.__version__)}
         info["probes"] = {n: {"defective": r.defective, "detail": r.detail} for n, r in probes.probe_results().items()}
     except Exception as exc:  # info only; never lose results over it
         info["probe_error"] = f"{type(exc).__name__}: {exc}"
@@ -490,8 +541,8 @@ def _device_info(config) -> dict:
 def _run_info(config, worker_infos: list[dict]) -> dict:
     """The results file's run line. An xdist controller runs no case and has no device of its
     own: it takes its workers' (the first one's; a worker's GPU index is not the run's)."""
-    run = {"started": config.qkcheck_started, "kernels": config.qkcheck_kernel_specs,
-           "shard": config.getoption("--qkcheck-shard")}
+    run = {"started": config.qkcheck_started, "kernels": [str(s) for s in config.qkcheck_kernel_specs],
+           "shard": config.getoption("--qkcheck-shard"), "run_id": config.qkcheck_run_id}
     if config.qkcheck_device is None and worker_infos:
         return {**worker_infos[0], "gpu_index": None, **run}
     if config.qkcheck_device is None:  # no worker reported (none ran): resolve it here
@@ -504,36 +555,33 @@ def _run_info(config, worker_infos: list[dict]) -> dict:
     return {**_device_info(config), **run}
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """xdist controller: keep a finished worker's device information (it ran the cases)."""
+    info = getattr(node, "workeroutput", {}).get("qkcheck_device_info")
+    if info:
+        node.config.__dict__.setdefault("_qkcheck_worker_infos", []).append(info)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
+    if not hasattr(config, "qkcheck_results"):
+        return
+    worker = _worker_id(config)
+    if worker is not None:  # its results went to the controller with each report; its device info goes now
+        config.workeroutput["qkcheck_device_info"] = _device_info(config)
+        return
     results_opt, report = config.getoption("--qkcheck-results"), config.getoption("--qkcheck-report")
     if not results_opt and not report:
         return
-    results_path = Path(results_opt or (Path(report).with_suffix(".jsonl")))
-    worker = _worker_id(config)
-    if worker is not None:  # each worker writes its own part and its device information; the controller merges
-        part = results_path.with_name(results_path.name + f".{worker}.part")
-        part.parent.mkdir(parents=True, exist_ok=True)
-        with part.open("w") as f:
-            for r in config.qkcheck_results:
-                f.write(json.dumps(r) + "\n")
-        part.with_suffix(".info").write_text(json.dumps(_device_info(config)))
-        return
     from qkcheck.reports.store import write_results
 
-    def worker_files(suffix: str) -> list[Path]:
-        return sorted(results_path.parent.glob(results_path.name + f".*{suffix}")) if results_path.parent.exists() else []
-
+    results_path = Path(results_opt or (Path(report).with_suffix(".jsonl")))
     records = list(config.qkcheck_results)
-    for part in worker_files(".part"):
-        records += [json.loads(line) for line in part.read_text().splitlines() if line.strip()]
-        part.unlink()
-    worker_infos = []
-    for path in worker_files(".info"):
-        worker_infos.append(json.loads(path.read_text()))
-        path.unlink()
-    info = _run_info(config, worker_infos)
+    info = _run_info(config, config.__dict__.get("_qkcheck_worker_infos", []))
     info["finished"] = time.time()
+    if int(exitstatus) == int(pytest.ExitCode.INTERRUPTED):
+        info["interrupted"] = True
     write_results(results_path, records, info)
     if report:
         from qkcheck.reports.html import render_report

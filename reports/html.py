@@ -404,6 +404,7 @@ def _run_header(infos: list[dict], frame) -> dict:
         "probes": sorted(probes.items()), "versions": {k: ", ".join(map(str, v)) for k, v in versions.items()},
         "kernel_specs": kernels, "kernels_ran": ran, "runs": infos,
         "probe_errors": [i["probe_error"] for i in infos if i.get("probe_error")],
+        "interrupted": [str(i.get("source", "")) for i in infos if i.get("interrupted")],
     }
 
 

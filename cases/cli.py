@@ -205,7 +205,7 @@ def _replay(args) -> int:
         print(result.summary())
         if result.status == "skip":
             print(f"  skipped: {result.skip_reason}")
-        if result.status == "fail":
+        if result.status in ("fail", "error"):
             worst = EXIT_FAIL
     if runner is not None:
         runner.close()
@@ -236,7 +236,7 @@ def _report(args) -> int:
     except (ValueError, OSError) as exc:
         print(f"qkcheck: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    failed = int((frame["status"] == "fail").sum()) if len(frame) else 0
+    failed = int(frame["status"].isin(["fail", "error"]).sum()) if len(frame) else 0
     print(f"report written to {out}" + (f"; {failed} failing result(s)" if failed else ""))
     return EXIT_FAIL if failed else EXIT_PASS
 
@@ -262,7 +262,7 @@ def _list(args) -> int:
     print(f"device: {dev} (platform {_device.platform_name(dev)}, native fp8 {_device.native_fp8_format(dev)})")
     print("interpreter probes:")
     for name, r in probes.probe_results().items():
-        print(f"  {name}: {'DEFECTIVE' if r.defective else 'ok'} {r.detail}")
+        print(f"  {name}: raw {'DEFECTIVE' if r.defective else 'ok'} ({r.detail}); under qkcheck {'DEFECTIVE' if r.corrected_defective else 'ok'} ({r.corrected_detail})")
     return EXIT_PASS
 
 

@@ -183,7 +183,7 @@ def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, 
             out.cases += 1
             if state.first_case_end is None:  # start-up (child process, imports, first compile) ends here
                 state.first_case_end = clock()
-            if result.status == "fail":
+            if result.status in ("fail", "error"):  # error: the adapter or harness raised, never a pass
                 out.failure, out.failure_summary = member, result.summary()
                 state.failing_draws[case.id] = result.summary()
                 if state.first_index is None:

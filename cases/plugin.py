@@ -243,6 +243,7 @@ def selected_adapters(config: pytest.Config, specs=None):
                 for a in found:
                     validate_adapter(a)
                     adapters.append(a)
+                    config.__dict__.setdefault("_qkcheck_spec_of", {})[a.name] = replay_spec(spec, a)
         except AdapterError as exc:
             raise pytest.UsageError(str(exc)) from None
         ops = config.qkcheck_ops
@@ -310,7 +311,7 @@ def check_gate_case(config: pytest.Config, adapter, case) -> None:
     record(config, result)
     if result.status == "skip":
         pytest.skip(result.skip_reason)
-    if result.status == "fail":
+    if result.status in ("fail", "error"):
         pytest.fail(result.summary(), pytrace=False)
 
 
@@ -334,14 +335,26 @@ def check_fuzz_stream(config: pytest.Config, request, adapter, stream: int) -> N
     if out.failure is None:
         print(f"fuzz {adapter.name}: {out.cases} cases in {config.qkcheck_budget:.0f}s budget, no failure")
         return
-    shrunk = out.seconds
     result = execute(config, out.failure, adapter)  # again, diagnosed
+    if result.status not in ("fail", "error"):
+        # the failure did not reproduce: flaky (nondeterministic kernel, memory it read by accident,
+        # a race). Recorded as a failure with both runs; the found case stays saved for replay.
+        from qkcheck.cases.runner import Check
+
+        second = result.summary()
+        result.status = "fail"
+        result.checks.append(Check("flaky", "fail", f"failed when the fuzzer ran it, passed when run again; "
+                                                     f"first run: {out.failure_summary}"))
+        record(config, result)
+        pytest.fail(f"fuzz found a FLAKY failure after {out.found_after_cases} cases, {out.found_at:.1f} s into "
+                    f"the fuzz: it failed, then passed when run again\n  first run: "
+                    f"{out.failure_summary}\n  second run: {second}\n  saved as found: "
+                    + ", ".join(str(p) for p in found_file), pytrace=False)
     record(config, result)
-    if result.status == "fail":  # saved: it replaces the case saved as found
-        for path in found_file:
-            path.unlink(missing_ok=True)
+    for path in found_file:  # the shrunk case is saved now: it replaces the case saved as found
+        path.unlink(missing_ok=True)
     pytest.fail(f"fuzz found a failure after {out.found_after_cases} cases, {out.found_at:.1f} s into the fuzz "
-                f"(shrunk in {out.cases - out.found_after_cases} more cases by {shrunk:.1f} s):\n"
+                f"(shrunk in {out.cases - out.found_after_cases} more cases by {out.seconds:.1f} s):\n"
                 f"{result.summary()}", pytrace=False)
 
 
@@ -488,10 +501,34 @@ def record(config: pytest.Config, result) -> None:
     """Keep a result for the results file; save failing cases as replayable files."""
     from qkcheck.cases.case import Case
 
-    if result.status == "fail":
+    if result.status in ("fail", "error"):
         path = Case.from_dict(result.case).save(failure_path(config, result.case_id))
-        result.replay = f"qkcheck replay {path} --kernels {result.kernel}"
+        result.replay = replay_command(path, config.__dict__.get("_qkcheck_spec_of", {}).get(result.kernel, result.kernel),
+                                       config.qkcheck_device)
     config._qkcheck_pending.append({**result.to_dict(), "run_id": config.qkcheck_run_id})
+
+
+def replay_command(case_path: Path, spec: str, device: str | None) -> str:
+    """The shell command that replays a saved case on the kernel that failed it, quoted."""
+    import shlex
+
+    words = ["qkcheck", "replay", str(Path(case_path).resolve()), "--kernels", spec]
+    if device:
+        words += ["--device", device]
+    return shlex.join(words)
+
+
+def replay_spec(spec, adapter) -> str:
+    """A ``--kernels`` spec that names exactly ``adapter`` as found through ``spec``: its own name
+    for the bundled and zoo kernels, ``FILE::NAME`` / ``MODULE::NAME`` for a file's or module's."""
+    if isinstance(spec, str) and (spec in ("bundled", "zoo") or spec.startswith(("bundled:", "zoo:"))):
+        return adapter.name
+    if isinstance(spec, str):
+        base = spec.split("::")[0]
+        if base.endswith(".py"):
+            base = str(Path(base).resolve())
+        return f"{base}::{adapter.name}"
+    return adapter.name
 
 
 def failure_path(config: pytest.Config, case_id: str, kind: str = "") -> Path:

@@ -29,7 +29,7 @@ from qkcheck.oracle.compare import compare
 from qkcheck.oracle.diagnosis import diagnose
 from qkcheck.oracle.references import expect, reference
 
-PASS, FAIL, SKIP = "pass", "fail", "skip"
+PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 POISON_PAD = 7  # elements of poison on each side of, and between the rows of, every input view
 K_PROFILE_MAX_GROUPS = 32
 FLOAT_DTYPES = ("float16", "bfloat16", "float32")
@@ -52,7 +52,7 @@ class Result:
     case_id: str
     kernel: str
     op: str
-    status: str  # pass | fail | skip
+    status: str  # pass | fail | skip | error (the adapter or the harness raised before a verdict)
     device: str
     checks: list[Check] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
@@ -62,6 +62,7 @@ class Result:
     skip_reason: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     replay: str = ""
+    error: dict | None = None  # status error: {"stage": ..., "exception": ...}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -246,8 +247,17 @@ def skip_reason(case: Case, device: str, adapter=None) -> str | None:
 
 
 def as_outputs(out) -> tuple:
-    """A kernel's return value as a tuple of tensors (one op may return several)."""
-    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    """A kernel's return value as a tuple of tensors (one op may return several); anything else
+    raises TypeError naming what came back."""
+    import torch
+
+    outs = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    bad = [type(o).__name__ for o in outs if not isinstance(o, torch.Tensor)]
+    if not outs or bad:
+        raise TypeError(f"the adapter's call returned {type(out).__name__}"
+                        + (f" holding {', '.join(bad)}" if bad and isinstance(out, (tuple, list)) else "")
+                        + "; expected a torch.Tensor or a tuple of them (or None with out_param set)")
+    return outs
 
 
 def _bits_equal(a, b) -> bool:
@@ -501,8 +511,37 @@ def _scales_numpy(t, dtype: str) -> np.ndarray:
 
 
 def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True) -> Result:
-    import torch
+    """Run ``case`` on ``adapter`` and check it. Never raises for what the adapter or its kernel
+    does (only CaseTimeout and KeyboardInterrupt pass): a kernel that raises fails the case; an
+    exception anywhere else (the adapter's pack, an output that is not tensors, the harness itself),
+    including SystemExit, gives status ``error`` with the stage it came from."""
+    stage = ["setup"]
+    t_start = time.perf_counter()
+    try:
+        return _run_case(case, adapter, device, diagnose_failures, stage)
+    except (CaseTimeout, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # noqa: BLE001 — any escape is this case's recorded error, never a lost result
+        what = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        res = Result(case=case.to_dict(), case_id=case.id, kernel=getattr(adapter, "name", "?"), op=case.op,
+                     status=ERROR, device=device,
+                     error={"stage": stage[0], "exception": what,
+                            "traceback": "".join(traceback.format_exception(exc))[-4000:]})
+        res.checks.append(Check("harness", FAIL, f"{STAGES.get(stage[0], stage[0])} raised {what}"))
+        res.timings = {"total": round(time.perf_counter() - t_start, 6)}
+        return res
 
+
+STAGES = {
+    "setup": "checking the case and the adapter's signature",
+    "materialize": "making the case's inputs", "oracle": "the oracle",
+    "pack": "the adapter's pack (or allocating the poisoned inputs)",
+    "kernel": "the adapter's call", "outputs": "reading the adapter's outputs (call must return tensors)",
+    "checks": "the checks", "fake": "the fake implementation check", "diagnosis": "the diagnosis",
+}
+
+
+def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: list) -> Result:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     res = Result(case=case.to_dict(), case_id=case.id, kernel=adapter.name, op=case.op, status=PASS, device=device)
@@ -531,6 +570,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         return finish(FAIL)
 
     t0 = time.perf_counter()
+    stage[0] = "materialize"
     problem = materialize(case)
     tick("materialize", t0)
     t0 = time.perf_counter()
@@ -538,16 +578,18 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     p = case.p
     spec = op_spec(case.op)
     exp_kwargs = dict(exact=exact, compute_dtype=spec.compute_dtype(p), out_dtype=spec.out_dtype(p))
+    stage[0] = "oracle"
     expectation = _expect(spec, problem, exp_kwargs)
     tick("oracle", t0)
 
     t0 = time.perf_counter()
+    stage[0] = "pack"
     clean = adapter.pack(problem, p, device)
     inputs = PoisonedInputs(clean)
     tensors = dict(inputs.views)
     out_buffer = new_output = None
     if adapter.out_param:
-        from qkcheck.kernels.packers import torch_dtype
+        from qkcheck.kernels.torch_io import torch_dtype
 
         want = spec.outputs(case.dims, p)[0]
 
@@ -564,11 +606,12 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     # determinism check; one synchronization then serves them all (fewer round trips per case
     # matter most when several processes share one GPU).
     t0 = time.perf_counter()
+    stage[0] = "kernel"
     try:
         out, ran = run()
     except CaseTimeout:
         raise
-    except Exception as exc:  # the kernel's failure is this case's failure, not the run's
+    except (Exception, SystemExit) as exc:  # the kernel's failure is this case's failure, not the run's
         tick("kernel", t0)
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
         res.checks.append(Check("raised", FAIL, f"the kernel raised {tb}"))
@@ -576,6 +619,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     res.backends = ran
     if out is None and out_buffer is not None:  # kernels that only write into the given output
         out = out_buffer.view
+    stage[0] = "outputs"
     outs = as_outputs(out)
     host_outs = [_host_copy(o) for o in outs]  # taken now: a repeat run may reuse the output's memory
     changed_flag = inputs.changed_flag()
@@ -594,6 +638,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     tick("kernel", t0)
 
     t0 = time.perf_counter()
+    stage[0] = "checks"
     problems = contract_problems(spec.outputs(case.dims, p), outs, device)
     res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
 
@@ -634,6 +679,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
         res.checks.append(Check("backend", FAIL if wrong else PASS,
                                 f"ran on {', '.join(wrong)}, {want_backend} expected" if wrong else ""))
 
+    stage[0] = "diagnosis"
     if div is not None:
         res.divergence = div.to_dict()
         if diagnose_failures and spec.kind == "quant":

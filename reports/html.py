@@ -113,7 +113,7 @@ def block_k_relation(case: dict) -> str | None:
 
 
 def status_class(counts: Counter) -> str:
-    if counts.get("fail"):
+    if counts.get("fail") or counts.get("error"):
         return "fail"
     if counts.get("pass"):
         return "pass"
@@ -423,7 +423,7 @@ def build_context(results_paths: list[Path], title: str) -> dict:
     row_keys = sorted({(op, s) for op, s, _ in cells})
 
     # failures, ordered by cell so each failing cell links to the first of its failures
-    failing = [r for r in records if r["status"] == "fail"]
+    failing = [r for r in records if r["status"] in ("fail", "error")]  # error: no verdict, never a pass
     failing.sort(key=lambda r: (str(r["op"]), r["_scheme"], str(r["kernel"]), str(r["case_id"])))
     failures, cell_anchor = [], {}
     for i, r in enumerate(failing):

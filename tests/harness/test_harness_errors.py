@@ -1,0 +1,178 @@
+"""Nothing lost, nothing silently passed: whatever an adapter does (raise in pack, return something
+that is not tensors, exit), the case ends as exactly one recorded result that is not a pass; an
+interrupted run still writes its results, marked interrupted; a run's results file holds only
+that run's results."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qkcheck.cases.case import Case
+from qkcheck.cases.cli import main
+from qkcheck.cases.runner import run_case
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "torch_w4a16_adapter.py"
+CASE = Case.make("w4a16_gemm", shape={"m": 3, "n": 16, "k": 64},
+                 params={"group_size": 32, "zero_points": True, "layout": "gptq", "act_dtype": "float16",
+                         "out_dtype": "float16", "bias": True},
+                 regime="exact", seed=11)
+
+# (name, what the adapter's pack/call does instead, the stage the error is charged to, status)
+MISBEHAVIOURS = [
+    ("pack-raises", "pack", "raise ValueError('bad pack')", "pack", "error"),
+    ("call-returns-none", "call", "return None", "outputs", "error"),
+    ("call-returns-int", "call", "return 3", "outputs", "error"),
+    ("call-returns-ndarray", "call", "return np.zeros((3, 16), np.float16)", "outputs", "error"),
+    ("call-returns-empty-tuple", "call", "return ()", "outputs", "error"),
+    ("call-exits", "call", "sys.exit(0)", "kernel", "fail"),
+    ("pack-exits", "pack", "sys.exit(0)", "pack", "error"),
+]
+
+
+def _example_adapter():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("qkcheck_test_example_adapter", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ADAPTERS[0]
+
+
+def _misbehaving(where: str, body: str):
+    import dataclasses
+
+    scope = {"np": np, "sys": sys}
+    exec(f"def bad(*args, **kwargs):\n    {body}\n", scope)  # noqa: S102 — a test's own one-liner
+    return dataclasses.replace(_example_adapter(), **{where: scope["bad"]})
+
+
+@pytest.mark.parametrize("name,where,body,stage,status", MISBEHAVIOURS, ids=[m[0] for m in MISBEHAVIOURS])
+def test_a_misbehaving_adapter_is_recorded_never_passed(name, where, body, stage, status):
+    r = run_case(CASE, _misbehaving(where, body), "cpu")
+    assert r.status == status, r.summary()
+    if status == "error":
+        assert r.error["stage"] == stage and r.checks[-1].name == "harness", r.to_dict()
+        assert r.error["exception"] and "raised" in r.checks[-1].detail
+    else:
+        assert any(c.name == "raised" and "SystemExit" in c.detail for c in r.failed_checks), r.summary()
+
+
+def test_the_correct_example_passes():
+    """The misbehaviours above are caught by the harness, not by a broken example."""
+    assert run_case(CASE, _example_adapter(), "cpu").status == "pass"
+
+
+BROKEN_FILE = '''
+import dataclasses, importlib.util
+spec = importlib.util.spec_from_file_location("ex", {example!r})
+ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)
+
+def call(t, params, config):
+    if params["bias"]:
+        return None          # not tensors: an error, never a pass
+    return ex.call(t, params, config)
+
+ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:none_with_bias", call=call)]
+'''
+
+
+def test_errors_reach_the_results_file_report_and_failures_dir(tmp_path, capsys):
+    adapters = tmp_path / "broken.py"
+    adapters.write_text(BROKEN_FILE.format(example=str(EXAMPLE)))
+    results, report, failures = tmp_path / "r.jsonl", tmp_path / "r.html", tmp_path / "failures"
+    code = main(["gate", "--device", "cpu", "--kernels", str(adapters), "--results", str(results),
+                 "--failures-dir", str(failures), "--", "-k", "m1n or m16n", "-p", "no:randomly"])
+    assert code == 1
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    run, recs = lines[0], lines[1:]
+    statuses = [r["status"] for r in recs]
+    with_bias = [r for r in recs if r["case"]["params"]["bias"]]
+    assert with_bias and all(r["status"] == "error" and r["error"]["stage"] == "outputs" for r in with_bias)
+    assert statuses.count("error") == len(with_bias) and "fail" not in statuses
+    assert {r["run_id"] for r in recs} == {run["run_id"]}
+    assert len(list(failures.glob("*.json"))) == len(with_bias)
+    assert main(["report", str(results), "-o", str(report)]) == 1
+    page = report.read_text()
+    assert f"<b>{len(with_bias)}</b>errors" in page
+
+
+SLOW_FILE = '''
+import dataclasses, importlib.util, time
+spec = importlib.util.spec_from_file_location("ex", {example!r})
+ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)
+
+def call(t, params, config):
+    time.sleep(0.4)
+    return ex.call(t, params, config)
+
+ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:slow", call=call)]
+'''
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers):
+    adapters = tmp_path / "slow.py"
+    adapters.write_text(SLOW_FILE.format(example=str(EXAMPLE)))
+    results = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", str(adapters),
+           "--results", str(results), *(["-n", workers] if workers else [])]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = ""
+    while seen.split("nodes...")[-1].count(".") < 4:  # pytest's progress: a few of the 88 cases passed
+        char = proc.stdout.read(1)
+        assert char, f"the run ended before it could be interrupted: {seen[-2000:]}"
+        seen += char
+    assert proc.poll() is None, "the run ended before it could be interrupted: slow the adapter down"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-2000:]
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert lines[0].get("interrupted") is True, lines[0]
+    assert 0 < len(lines) - 1 < 88, len(lines)
+    assert not list(tmp_path.glob("r.jsonl.*")), "no part files left behind"
+
+
+def test_a_later_run_never_takes_in_an_earlier_runs_results(tmp_path):
+    results = tmp_path / "r.jsonl"
+    # a leftover from an older version's interrupted run: never merged
+    (tmp_path / "r.jsonl.gw0.part").write_text(json.dumps({"case_id": "x", "status": "pass"}) + "\n")
+    args = ["gate", "--device", "cpu", "--kernels", str(EXAMPLE), "--results", str(results), "--", "-k", "m1n"]
+    assert main(args) == 0
+    first = [json.loads(x) for x in results.read_text().splitlines()]
+    assert main(args) == 0
+    second = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(first) == len(second) and first[0]["run_id"] != second[0]["run_id"]
+    assert {r["run_id"] for r in second[1:]} == {second[0]["run_id"]} and "x" not in {r["case_id"] for r in second}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["gate", "-n", "-1"], "-n '-1': expected a number of workers >= 1 or auto"),
+    (["gate", "--results", "{tmp}"], "is a directory; expected a file path"),
+    (["gate", "--results", "{tmp}/x.jsonl", "--report", "{tmp}/x.jsonl"], "the report would overwrite the results"),
+    (["gate", "--results", "/proc/qkcheck/r.jsonl"], "--results: cannot write under /proc/qkcheck"),
+    (["gate", "--failures-dir", "{tmp}/file"], "--failures-dir {tmp}/file is a file"),
+    (["list", "--device", "nonsense"], "device='nonsense' is not a device qkcheck knows"),
+    (["report", "{tmp}/r.jsonl", "{tmp}/r.jsonl", "-o", "{tmp}/r.html"], "is given twice"),
+    (["report", "{tmp}/r.jsonl", "-o", "{tmp}/r.jsonl"], "is one of the results files"),
+    (["replay", "{tmp}/case.json", "--case-timeout", "soon"], "--case-timeout 'soon' is not a duration"),
+], ids=["workers", "results-dir", "report-is-results", "unwritable", "failures-file", "device", "report-twice",
+        "report-over-results", "replay-timeout"])
+def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "r.jsonl").write_text(json.dumps({"kind": "run"}) + "\n")
+    CASE.save(tmp_path / "case.json")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if argv[0] == "replay":
+        argv += ["--device", "cpu", "--kernels", str(EXAMPLE)]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert message.replace("{tmp}", str(tmp_path)) in err and err.startswith("qkcheck: error: ")

@@ -246,6 +246,12 @@ def selected_adapters(config: pytest.Config, specs=None):
                     config.__dict__.setdefault("_qkcheck_spec_of", {})[a.name] = replay_spec(spec, a)
         except AdapterError as exc:
             raise pytest.UsageError(str(exc)) from None
+        names = [a.name for a in adapters]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise pytest.UsageError(f"kernel name {twice[0]!r} is given by more than one selected adapter (specs "
+                                    f"{[str(s) for s in specs]}); names identify kernels in results and replays: "
+                                    "rename one (KernelAdapter name=...) or select one with FILE::NAME")
         ops = config.qkcheck_ops
         if ops:
             from qkcheck.cases.registry import OP_SPECS
@@ -437,9 +443,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
                "(the shrink budget could not pay for their compile)" if untried else ""))
 
 
+SHIPPED_SPECS = ("bundled", "zoo")
+
+
+def _foreign(spec) -> bool:
+    """A kernel spec naming code qkcheck did not write: a user's file or module, or an engine."""
+    return not (spec in SHIPPED_SPECS or spec.startswith(tuple(f"{s}:" for s in SHIPPED_SPECS)))
+
+
 def isolated(config: pytest.Config) -> bool:
+    """Whether cases run in the case-runner child: ``--qkcheck-isolate on``, or auto on a GPU, or
+    auto on the CPU when any selected kernel is foreign (a user's file or module, an engine): a
+    crash, abort or hang there then fails that case, never the run. Adapters given as objects (a
+    marker's) cannot travel to the child and run in process."""
     mode = config.getoption("--qkcheck-isolate")
-    return mode == "on" or (mode == "auto" and config.qkcheck_device != "cpu")
+    specs = config.qkcheck_kernel_specs
+    if mode == "off" or not all(isinstance(s, str) for s in specs):
+        return False
+    return mode == "on" or config.qkcheck_device != "cpu" or any(_foreign(s) for s in specs)
 
 
 def _isolated_runner(config: pytest.Config, device: str | None = None):

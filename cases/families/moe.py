@@ -1,16 +1,21 @@
 """Fused MoE (op ``fused_moe``): case space, input regimes, gate grid and fuzzing strategy.
 
 A case: shape ``t`` tokens, hidden ``h``, intermediate ``i``, ``e`` global experts; params: the
-expert ``scheme`` (``kernels.moe_dispatch.SCHEMES``), ``top_k``, ``scoring``, ``renorm``
-(renormalize the selected weights), ``grouped`` (grouped top-k: two groups, one kept), ``bias``
+expert ``scheme`` (``SCHEME_VALUES``), ``top_k``, ``scoring``, ``renorm`` (renormalize the
+selected weights), ``grouped`` (grouped top-k: two groups, one kept), ``bias``
 (a correction bias), ``act`` (``silu``, ``swiglu``, ``swiglu7``: swiglu with limit 7),
 ``weight_on_input`` (router weight applied to the input), ``ep`` (an expert map: about half of
 the experts local, in a shuffled local order), ``routing`` (``spread``: random selections;
 ``one``: every token's first expert is expert 0; ``sparse``: every token picks the same k
 experts, so the others get no token), ``layout`` / ``zp`` (zero points; w4a16 only),
 ``act_dtype``, ``out_dtype``. (Short names: a case's id, which names its failure file, lists
-them all.) The weights are built so that the adapter's packing rule
-(``kernels.bundled_ops.moe``) recovers their storage exactly.
+them all.) The weights are built so that the bundled MoE adapter's packing rule
+recovers their storage exactly.
+
+What a scheme makes of the problem is data here, the same for every kernel under test:
+``fp8_block`` weights carry one scale per square block of ``fp8_weight_block(H, I)`` (the largest
+of ``FP8_WEIGHT_BLOCKS`` dividing both H and I), and ``ACT_QUANT`` names how each scheme
+re-quantizes every GEMM's input (an ``oracle.schemes`` name, the problem's ``act_quant``).
 
 Regimes:
 
@@ -60,6 +65,10 @@ GATE_ON = 64.0  # gate pre-activation where silu / swiglu are exactly the identi
 SWIGLU_LIMIT = 7.0
 _E2M1 = get_format("float4_e2m1fn")
 _E4M3 = get_format("float8_e4m3fn")
+
+FP8_WEIGHT_BLOCKS = (128, 64, 32)  # fp8_block: square weight blocks, the largest dividing both H and I
+# scheme -> each GEMM's input re-quantization (``oracle.moe`` act_quant; {bk}: the fp8 weight block's K side)
+ACT_QUANT = {"w_mxfp4_a_mxfp4": "mxfp4", "fp8_block": "fp8 per-token-group {bk}"}
 
 PARAMS = {
     "scheme": SCHEME_VALUES,
@@ -347,11 +356,24 @@ def _x(rng, T, H, regime, act):
     return round_to(x, act)
 
 
+def fp8_weight_block(h: int, i: int) -> tuple[int, int]:
+    """The (bk, bn) block of an H x I MoE's fp8_block weights: the largest of ``FP8_WEIGHT_BLOCKS``
+    dividing both (the case rules keep H and I multiples of 32)."""
+    for b in FP8_WEIGHT_BLOCKS:
+        if h % b == 0 and i % b == 0:
+            return (b, b)
+    raise ValueError(f"fp8_block experts need H and I multiples of {FP8_WEIGHT_BLOCKS[-1]}, got H={h}, I={i}")
+
+
+def act_quant(scheme: str, block: tuple[int, int] | None) -> str | None:
+    """How ``scheme`` re-quantizes each GEMM's input (``ACT_QUANT``; None: not at all), for fp8_block
+    with the weight ``block``'s K side as the activation group."""
+    name = ACT_QUANT.get(scheme)
+    return None if name is None else name.format(bk=block and block[0])
+
+
 def materialize(case) -> dict:
     """The canonical ``oracle.moe`` problem of a case (module docstring)."""
-    from qkcheck.kernels.bundled_ops.moe import fp8_block
-    from qkcheck.kernels.moe_dispatch import activation_quant
-
     d, p = case.dims, case.p
     T, H, I, E, k = d["t"], d["h"], d["i"], d["e"], p["top_k"]
     rng = np.random.default_rng(case.seed)
@@ -361,7 +383,7 @@ def materialize(case) -> dict:
     sel = _selections(rng, T, E, k, p["routing"], p["grouped"])
     logits, bias = _router(rng, sel, E, p, regime)
     x = _x(rng, T, H, regime, act)
-    block = fp8_block(H, I) if scheme == "fp8_block" else None
+    block = fp8_weight_block(H, I) if scheme == "fp8_block" else None
     if regime == "exact":
         w13 = _exact_weights(rng, scheme, p["zp"], E, H, 2 * I, I)
         w2 = _exact_weights(rng, scheme, p["zp"], E, I, H, 0)
@@ -377,7 +399,7 @@ def materialize(case) -> dict:
         "swiglu_limit": SWIGLU_LIMIT if act_name == "swiglu7" else None,
         "apply_router_weight_on_input": p["weight_on_input"],
         "expert_map": emap,
-        "act_quant": activation_quant(scheme, block),
+        "act_quant": act_quant(scheme, block),
     }
 
 

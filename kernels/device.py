@@ -48,7 +48,8 @@ def resolve(requested: str) -> str:
 
 
 def activate(device: str) -> str:
-    """Resolve ``device`` and set the Triton mode for it (interpreter on cpu). Returns the device."""
+    """Resolve ``device`` and set the Triton mode for it (interpreter on cpu, with qkcheck's bf16 /
+    fp8 correction installed: ``kernels.interpreter``). Returns the device."""
     dev = resolve(device)
     want = "1" if dev == "cpu" else None
     loaded = [m for m in sys.modules if m.startswith(_KERNEL_MODULE_PREFIXES)]
@@ -60,6 +61,9 @@ def activate(device: str) -> str:
         )
     if want:
         os.environ["TRITON_INTERPRET"] = want
+        from qkcheck.kernels import interpreter
+
+        interpreter.install()  # bf16 / fp8 numerics; a Triton it does not know keeps the probes' skips
     else:
         os.environ.pop("TRITON_INTERPRET", None)
     return dev

@@ -1,20 +1,26 @@
 """Probes for known defects of the Triton CPU interpreter (``TRITON_INTERPRET=1``).
 
 Each probe launches a tiny Triton kernel whose only correct output is known exactly and reports
-whether the interpreter got it wrong. Tests ask :func:`skip_reason` whether a case is checkable
-here; a case is skipped (with the probe's evidence in the reason) only when a probe that affects
-it found a defect, so a fixed interpreter turns those cases back on by itself.
+two columns: whether the raw interpreter gets it wrong (``defective``, ``detail``), and whether it
+is still wrong under qkcheck's correction layer (``kernels.interpreter``) as installed in this
+process (``corrected_defective``, ``corrected_detail``). Tests ask :func:`skip_reason` whether a
+case is checkable here; a case is skipped (with the probe's evidence in the reason) only when a
+probe that affects it still finds a defect after correction, so the correction, or a fixed
+interpreter, turns those cases back on by itself. Where the correction is not installed (a Triton
+it does not know), the second column repeats the first and the skip reason says why.
 
-Defects probed (all seen with Triton 3.9.0):
+Defects probed (all seen in the raw Triton 3.9.0 and 3.6.0 interpreters):
 
 - ``bf16_arithmetic``: elementwise bf16 ``a * b + a`` (bf16 is held as raw uint16 bits);
 - ``bf16_dot``: ``tl.dot`` on bf16 operands (integer matmul of the bit patterns);
 - ``bf16_conversion``: float32 -> bfloat16 ``.to()`` truncates (rounds toward zero) instead of
   rounding to nearest even, so a bf16 output of a value that is not exactly representable is off
   by one bf16 ULP (bf16 loads, bf16 -> float32 and bf16 stores of bf16 values are right);
-- ``fp8_conversion``: float32 -> float8_e4m3fn ``.to()`` does not round to nearest even;
+- ``fp8_conversion``: float32 -> fp8 ``.to()`` does not round to nearest even nor saturate like
+  compiled Triton (golden rows for float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz);
 - ``unchecked_oob_load``: an unmasked load past the end of a tensor returns neighbouring memory
-  instead of failing, so the interpreter cannot show a missing mask (canaries must).
+  instead of failing, so the interpreter cannot show a missing mask (canaries must). The
+  correction does not address it (it is not numerics); no dtype's cases are skipped for it.
 
 Under compiled Triton (a real GPU) nothing is launched and every probe reports not defective.
 The probe kernels are decorated on first use, so importing this module is safe in either mode.
@@ -24,6 +30,8 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+
+from qkcheck.kernels import interpreter
 
 __all__ = ["ProbeResult", "PROBES", "probe_results", "skip_reason"]
 
@@ -47,14 +55,19 @@ _OUTPUT_CATEGORIES = {
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """name: probe id; what: the operation probed; defective: the interpreter got it wrong;
-    detail: expected vs seen; affects: the kind of case the defect makes uncheckable."""
+    """name: probe id; what: the operation probed; defective: the raw interpreter got it wrong;
+    detail: expected vs seen there; affects: the kind of case the defect makes uncheckable;
+    corrected_defective / corrected_detail: the same under qkcheck's correction as installed in
+    this process (equal to the raw column where it is not installed or does not cover the probe).
+    """
 
     name: str
     what: str
     defective: bool
     detail: str
     affects: str
+    corrected_defective: bool
+    corrected_detail: str
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class _Probe:
     what: str
     affects: str
     run: object  # () -> (defective: bool, detail: str)
+    corrected: bool = True  # the correction layer covers this operation
 
 
 def interpreting() -> bool:
@@ -165,18 +179,49 @@ def _probe_bf16_conversion():
     return _convert_golden(_BF16_GOLDEN, torch.bfloat16, "bfloat16")
 
 
-# (input, correct float8_e4m3fn value, why) — e4m3fn: 3 mantissa bits, bias 7, min subnormal 2**-9
-_FP8_E4M3FN_GOLDEN = (
-    (31.6, 32.0, "between 30 and 32 (spacing 2 in [16, 32)); nearest is 32"),
-    (1.0625, 1.0, "tie between 1.0 and 1.125 (spacing 1/8); RNE keeps the even mantissa 1.0"),
-    (0.001, float.fromhex("0x1p-9"), "above half the min subnormal 2**-9, so it rounds up to 2**-9"),
-)
+# (input, correct value, why) per fp8 format, the value compiled Triton stores (sm_90
+# cvt.rn.satfinite for the OCP formats; AMD's saturating conversion for fnuz; kernels.interpreter)
+_FP8_GOLDEN = {
+    # e4m3fn: 3 mantissa bits, bias 7, min subnormal 2**-9, max 448
+    "float8_e4m3fn": (
+        (31.6, 32.0, "between 30 and 32 (spacing 2 in [16, 32)); nearest is 32"),
+        (1.0625, 1.0, "tie between 1.0 and 1.125 (spacing 1/8); RNE keeps the even mantissa 1.0"),
+        (0.001, float.fromhex("0x1p-9"), "above half the min subnormal 2**-9, so it rounds up to 2**-9"),
+        (500.0, 448.0, "beyond max 448 + 16: compiled Triton saturates (cvt.rn.satfinite) to 448"),
+    ),
+    # e5m2: 2 mantissa bits, bias 15, max 57344, has inf
+    "float8_e5m2": (
+        (1.125, 1.0, "tie between 1.0 and 1.25 (spacing 1/4); RNE keeps the even mantissa 1.0"),
+        (1e5, 57344.0, "beyond max 57344 + 4096: satfinite gives 57344, not inf"),
+    ),
+    # e4m3fnuz: bias 8, max 240, 0x80 is the only NaN (no -0)
+    "float8_e4m3fnuz": (
+        (1.0625, 1.0, "tie between 1.0 and 1.125; RNE keeps 1.0"),
+        (300.0, 240.0, "beyond max 240 + 8: saturates to 240"),
+        (-1e-4, 0.0, "rounds to zero; fnuz has no -0, so +0 (0x80 would be NaN)"),
+    ),
+    # e5m2fnuz: bias 16, max 57344
+    "float8_e5m2fnuz": (
+        (1.125, 1.0, "tie between 1.0 and 1.25; RNE keeps 1.0"),
+        (1e5, 57344.0, "beyond max 57344 + 4096: saturates to 57344"),
+    ),
+}
 
 
 def _probe_fp8_conversion():
     import torch
 
-    return _convert_golden(_FP8_E4M3FN_GOLDEN, torch.float8_e4m3fn, "float8_e4m3fn")
+    wrong = []
+    for name, golden in _FP8_GOLDEN.items():
+        try:
+            defective, detail = _convert_golden(golden, getattr(torch, name), name)
+        except Exception as exc:  # this interpreter cannot convert to the format at all
+            defective, detail = True, f"float32 -> {name}: the probe kernel raised {type(exc).__name__}: {exc}"
+        if defective:
+            wrong.append(detail)
+    if wrong:
+        return True, "; ".join(wrong)
+    return False, f"float32 -> {', '.join(_FP8_GOLDEN)} round to nearest even and saturate on all golden rows"
 
 
 def _probe_unchecked_oob_load():
@@ -202,28 +247,44 @@ PROBES: tuple[_Probe, ...] = (
     _Probe("bf16_dot", "bf16 tl.dot", AFFECTS_BF16, _probe_bf16_dot),
     _Probe("bf16_conversion", "float32 -> bf16 conversion", AFFECTS_BF16_OUTPUT, _probe_bf16_conversion),
     _Probe("fp8_conversion", "float32 -> fp8 conversion", AFFECTS_FP8, _probe_fp8_conversion),
-    _Probe("unchecked_oob_load", "out-of-bounds load checking", AFFECTS_MASKS, _probe_unchecked_oob_load),
+    _Probe("unchecked_oob_load", "out-of-bounds load checking", AFFECTS_MASKS, _probe_unchecked_oob_load,
+           corrected=False),
 )
+
+
+def _launch(probe: _Probe) -> tuple[bool, str]:
+    try:
+        return probe.run()
+    except Exception as exc:  # the probe kernel itself does not run: the operation is unusable
+        return True, f"the probe kernel raised {type(exc).__name__}: {exc}"
 
 
 def _run(probe: _Probe) -> ProbeResult:
     if not interpreting():
-        return ProbeResult(probe.name, probe.what, False, "not run: compiled Triton (TRITON_INTERPRET is not 1)", probe.affects)
-    try:
-        defective, detail = probe.run()
-    except Exception as exc:  # the probe kernel itself does not run: the operation is unusable
-        defective, detail = True, f"the probe kernel raised {type(exc).__name__}: {exc}"
-    return ProbeResult(probe.name, probe.what, defective, detail, probe.affects)
+        not_run = "not run: compiled Triton (TRITON_INTERPRET is not 1)"
+        return ProbeResult(probe.name, probe.what, False, not_run, probe.affects, False, not_run)
+    with interpreter.bypassed():
+        defective, detail = _launch(probe)
+    correction = interpreter.status()
+    if not correction.installed:
+        corrected = defective, f"not corrected ({correction.reason}): {detail}"
+    elif not probe.corrected:
+        corrected = defective, f"outside qkcheck's correction: {detail}"
+    else:
+        corrected = _launch(probe)
+    return ProbeResult(probe.name, probe.what, defective, detail, probe.affects, *corrected)
 
 
 @functools.cache
-def _results() -> tuple[ProbeResult, ...]:
+def _results(correction) -> tuple[ProbeResult, ...]:
+    """Every probe's result; run once per process and ``interpreter.status()`` (the key)."""
     return tuple(_run(probe) for probe in PROBES)
 
 
 def probe_results() -> dict[str, ProbeResult]:
-    """Every probe's result by name; the probes run once per process (cached)."""
-    return {result.name: result for result in _results()}
+    """Every probe's result by name; the probes run once per process and state of the
+    correction (cached)."""
+    return {result.name: result for result in _results(interpreter.status())}
 
 
 def _triton_version() -> str:
@@ -238,8 +299,9 @@ def skip_reason(*, compute_dtype: str, fp8_output: bool, output_dtype: str | Non
     compute_dtype: the dtype the kernel computes in (``"fp16"``/``"float16"``, ``"bf16"``/
     ``"bfloat16"``, ``"fp32"``/``"float32"``); fp8_output: the case stores an fp8 result;
     output_dtype: the (non-fp8) output dtype, same spellings, or None when it does not matter.
-    The sentence names each defective probe with its evidence, e.g. ``"Triton 3.9.0
-    interpreter: bf16 tl.dot is wrong (probe: ...); bf16 compute cases run only compiled"``.
+    Only probes still defective under the correction count. The sentence names each with its
+    evidence, e.g. ``"Triton 3.10.0 interpreter: bf16 tl.dot is wrong (probe bf16_dot: ...);
+    bf16 compute cases run only compiled (qkcheck's interpreter correction is off: ...)"``.
     """
     if compute_dtype not in _COMPUTE_CATEGORIES:
         raise ValueError(
@@ -254,9 +316,15 @@ def skip_reason(*, compute_dtype: str, fp8_output: bool, output_dtype: str | Non
     categories = {_COMPUTE_CATEGORIES[compute_dtype], _OUTPUT_CATEGORIES.get(output_dtype)}
     if fp8_output:
         categories.add(AFFECTS_FP8)
-    hits = [r for r in _results() if r.defective and r.affects in categories]
+    hits = [r for r in _results(interpreter.status()) if r.corrected_defective and r.affects in categories]
     if not hits:
         return None
-    findings = "; ".join(f"{r.what} is wrong (probe {r.name}: {r.detail})" for r in hits)
     affected = " and ".join(sorted({r.affects for r in hits}))
-    return f"Triton {_triton_version()} interpreter: {findings}; {affected} cases run only compiled"
+    correction = interpreter.status()
+    if correction.installed:
+        findings = "; ".join(f"{r.what} is wrong even under qkcheck's correction (probe {r.name}: "
+                             f"{r.corrected_detail})" for r in hits)
+        return f"Triton {_triton_version()} interpreter: {findings}; {affected} cases run only compiled"
+    findings = "; ".join(f"{r.what} is wrong (probe {r.name}: {r.detail})" for r in hits)
+    return (f"Triton {_triton_version()} interpreter: {findings}; {affected} cases run only compiled "
+            f"(qkcheck's interpreter correction is off: {correction.reason})")

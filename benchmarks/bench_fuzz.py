@@ -67,7 +67,7 @@ def bare_loop(device: str, seconds: float) -> tuple[float, int]:
     _device.activate(device)
     import torch
 
-    from qkcheck.kernels.triton.w4a16 import W4A16Config, w4a16_gemm
+    from qkcheck.kernels.w4a16.kernel import W4A16Config, w4a16_gemm
 
     rng = np.random.default_rng(0)
     M, N, K, G = 4, 32, 128, 32

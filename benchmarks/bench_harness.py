@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
     dev = _device.activate(args.device)
     from qkcheck.cases.runner import run_case
-    from qkcheck.kernels.adapters import resolve
+    from qkcheck.kernels.catalog import resolve
 
     adapter = resolve(args.kernels)[0]
     cases = draw_cases(adapter, args.cases)

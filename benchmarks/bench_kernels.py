@@ -5,18 +5,18 @@
 
 Sections (``--only`` picks some):
 
-- ``w4a16``: ``kernels.triton.w4a16.w4a16_gemm``, GPTQ layout (qweight int32 ``[K/8, N]``, fp16
+- ``w4a16``: ``kernels.w4a16.kernel.w4a16_gemm``, GPTQ layout (qweight int32 ``[K/8, N]``, fp16
   scales ``[K/128, N]``, int32 zeros ``[K/128, N/8]``), fp16 activations, M in 1, 4, 16 and
   N = K = 4096. Memory floor = bytes(qweight + scales + zeros + x + out) / copy bandwidth; the row
   is the fraction of that floor reached (floor time / kernel time, goal >= 50 %), for the best of
   a few valid configs (named in the detail) next to ``default_config``'s fraction.
-- ``scaled_mm``: ``kernels.triton.scaled_mm.scaled_mm``, float8_e4m3fn per-token x per-channel,
+- ``scaled_mm``: ``kernels.scaled_mm.kernel.scaled_mm``, float8_e4m3fn per-token x per-channel,
   M = N = K = 4096, bf16 out, the weight a ``[K, N]`` transposed view of a contiguous ``[N, K]``,
   against ``torch._scaled_mm`` (row-wise scales where the installed torch has them, else
   per-tensor scales, else a bf16 ``torch.matmul``; the detail says which ran). The row is the
   TFLOP/s ratio ours / torch (goal >= 50 %), best config and default.
-- ``moe``: the fused MoE, ``kernels.ops_moe.fused_moe_native`` against
-  ``kernels.ops_moe.fused_moe_emulation`` (plain torch), Mixtral-like (H 4096, I 14336, 8 experts,
+- ``moe``: the fused MoE, ``kernels.moe.op.fused_moe_native`` against
+  ``kernels.moe.emulation.fused_moe_emulation`` (plain torch), Mixtral-like (H 4096, I 14336, 8 experts,
   top-2) and DeepSeek-like (H 2048, I 1408, 64 experts, top-6), bf16 and W4A16 (GPTQ g128,
   symmetric) experts stored in checkpoint order ``[E, N, K]`` and passed as ``[E, K, N]`` views;
   tokens 1, 8, 32, 512: tokens/s of each, speedup (goal >= 3x) and, at 1, 8 and 32 tokens, the
@@ -347,7 +347,7 @@ def sweep(timer: Timer, configs, run, reference, torch):
 
 
 def bench_w4a16(torch, timer: Timer, device: str, bandwidth: float, sizes: Sizes) -> list[dict]:
-    from qkcheck.kernels.triton import w4a16 as w4
+    from qkcheck.kernels.w4a16 import kernel as w4
 
     gen = torch.Generator().manual_seed(0)
     N = K = sizes.w4a16_nk
@@ -495,7 +495,7 @@ def torch_scaled_mm(torch, a, w, a_scale, b_scale):
 
 
 def bench_scaled_mm(torch, timer: Timer, device: str, sizes: Sizes) -> list[dict]:
-    from qkcheck.kernels.triton import scaled_mm as sm
+    from qkcheck.kernels.scaled_mm import kernel as sm
 
     gen = torch.Generator().manual_seed(1)
     M = N = K = sizes.gemm_mnk
@@ -617,8 +617,10 @@ def expert_bytes(weights: dict) -> int:
 
 
 def bench_moe(torch, timer: Timer, device: str, bandwidth: float, sizes: Sizes) -> list[dict]:
-    from qkcheck.kernels import ops_moe, probes
-    from qkcheck.kernels.triton import moe
+    from qkcheck.kernels import probes
+    from qkcheck.kernels.moe import emulation
+    from qkcheck.kernels.moe import kernel as moe
+    from qkcheck.kernels.moe import op as ops_moe
 
     # under the CPU interpreter a bf16 tl.dot is wrong (kernels.probes): the diff is not meaningful there
     interpreter_caveat = probes.skip_reason(compute_dtype="bf16", fp8_output=False)
@@ -648,7 +650,7 @@ def bench_moe(torch, timer: Timer, device: str, bandwidth: float, sizes: Sizes) 
                     return ops_moe.fused_moe_native(**args)
 
                 def emulation(args=args):
-                    return ops_moe.fused_moe_emulation(**args)
+                    return emulation.fused_moe_emulation(**args)
 
                 y_native = native()
                 diff = rel_diff(torch, y_native, emulation())

@@ -46,7 +46,7 @@ def resolve_kernels(specs: str | KernelAdapter | Iterable[str | KernelAdapter], 
     given as adapters, each validated against its op. Activates ``device`` first (the bundled and
     zoo kernels are Triton modules)."""
     from qkcheck.cases.registry import validate_adapter
-    from qkcheck.kernels.adapters import resolve
+    from qkcheck.kernels.catalog import resolve
 
     _activate(device)
     if isinstance(specs, (str, KernelAdapter)):

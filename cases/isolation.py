@@ -84,7 +84,7 @@ def _device_healthy(device: str) -> bool:
 def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) -> None:  # runs in the child
     from qkcheck.cases.registry import validate_adapter
     from qkcheck.kernels import device as _device
-    from qkcheck.kernels.adapters import resolve
+    from qkcheck.kernels.catalog import resolve
 
     device = _device.activate(device)
     # the GPU of the parent's xdist worker (gwN takes GPU N mod count on a multi-GPU host)

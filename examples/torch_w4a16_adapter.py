@@ -7,7 +7,8 @@ import torch
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.packers import torch_dtype, w4a16_inputs
+from qkcheck.kernels.torch_io import torch_dtype
+from qkcheck.kernels.w4a16.adapter import w4a16_inputs
 
 
 def my_w4a16(x, qweight, scales, qzeros, group_size, bias=None, out_dtype=torch.float16):

@@ -7,18 +7,13 @@ Where the kernel is an external callable, ``signature`` lists the parameter name
 binds, in order; the harness checks them against the callable's real signature, so an API change
 (a new positional parameter taking another's slot) fails loudly instead of binding silently.
 
-Kernel specs (``--kernels``): ``bundled`` (every bundled kernel), ``bundled:<name>``,
-``zoo:<name>``, an engine (``vllm``, ``aiter``: adapters for the engine's public kernels, skipped
-with the reason when it is not installed), a path to a Python file defining ``ADAPTERS``, or a
-module path defining it.
+This module imports nothing of the project: a user's adapter file imports it without loading any
+kernel. Turning a ``--kernels`` spec into adapters is ``kernels.catalog``'s job.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 
@@ -81,60 +76,3 @@ class KernelAdapter:
                         f"{got!r} where the adapter binds {want!r} (callee: ({', '.join(params)}); "
                         f"adapter expects: ({', '.join(self.signature)}))")
         return f"signature drift: callee has parameters ({', '.join(params)}), adapter expects ({', '.join(self.signature)})"
-
-
-def _from_module_object(mod, where: str) -> list[KernelAdapter]:
-    adapters = getattr(mod, "ADAPTERS", None)
-    if adapters is None:
-        raise AdapterError(f"{where}: defines no ADAPTERS (a list of kernels.adapters.KernelAdapter)")
-    adapters = list(adapters)
-    if not adapters and getattr(mod, "UNAVAILABLE", None):
-        raise KernelsUnavailable(where, mod.UNAVAILABLE)
-    for a in adapters:
-        if not isinstance(a, KernelAdapter):
-            raise AdapterError(f"{where}: ADAPTERS holds {type(a).__name__}, expected KernelAdapter records")
-    return adapters
-
-
-def _load_file(path: Path) -> list[KernelAdapter]:
-    if not path.exists():
-        raise AdapterError(f"--kernels {path}: no such file")
-    spec = importlib.util.spec_from_file_location(f"qkcheck_user_adapters_{abs(hash(path))}", path)
-    mod = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as exc:  # a user's file: report, don't traceback
-        raise AdapterError(f"--kernels {path}: failed to import ({type(exc).__name__}: {exc})") from None
-    return _from_module_object(mod, str(path))
-
-
-def available() -> dict[str, KernelAdapter]:
-    """Every kernel qkcheck ships: bundled and zoo, by name."""
-    from qkcheck.kernels import bundled, zoo
-
-    return {a.name: a for a in (*bundled.adapters(), *zoo.adapters())}
-
-
-def resolve(spec: str) -> list[KernelAdapter]:
-    """Adapters named by one ``--kernels`` value (see the module docstring)."""
-    from qkcheck.kernels import bundled, engines, zoo
-
-    spec = engines.ENGINES.get(spec, spec)  # "vllm", "aiter": the engines' adapter modules
-    if spec == "bundled":
-        return list(bundled.adapters())
-    if spec == "zoo":
-        return list(zoo.adapters())
-    if spec.startswith(("bundled:", "zoo:")):
-        known = available()
-        if spec not in known:
-            raise AdapterError(f"--kernels {spec}: unknown kernel (allowed: bundled, zoo, {', '.join(sorted(known))}, "
-                               "a .py file defining ADAPTERS, or a module path)")
-        return [known[spec]]
-    if spec.endswith(".py") or "/" in spec:
-        return _load_file(Path(spec))
-    try:
-        mod = importlib.import_module(spec)
-    except Exception as exc:
-        raise AdapterError(f"--kernels {spec}: not a known kernel, file or importable module "
-                           f"({type(exc).__name__}: {exc}); allowed: bundled, zoo, zoo:<name>, path.py, module") from None
-    return _from_module_object(mod, spec)

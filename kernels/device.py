@@ -1,19 +1,40 @@
-"""Device selection and the Triton execution mode.
+"""Device selection, the Triton execution mode, and what the platform can do.
 
 `--device auto` picks cuda if torch sees one (NVIDIA, or AMD where ``torch.version.hip`` is
 set), then xpu (Intel), else cpu. On cpu every Triton kernel runs under the interpreter, which
 Triton reads when a kernel is *decorated*: `activate()` must run before any module holding a
 ``@triton.jit`` function is imported, and refuses to switch modes after one has been.
+
+Capabilities (:func:`platform`; the backend registry in ``kernels.backends`` picks by them):
+
+- ``triton``: Triton kernels run here (compiled on cuda/rocm/xpu, or under the CPU interpreter).
+- ``fp8``: FP8 tensors can be computed on natively (NVIDIA sm_89+, AMD gfx942/gfx950, Intel
+  Xe2+; the interpreter computes FP8 loads and dots in software, so it counts).
+- ``mx``: MX block-scaled formats (MXFP4 and friends) can be decoded in Triton. The bundled MX
+  kernels decode e2m1 codes and E8M0 scales in software, so every Triton platform has it; a
+  platform with native MX dot instructions (NVIDIA sm_100, AMD gfx950) has ``mx_dot`` as well.
+
+The FP8 e4m3 variant the platform computes in natively is :func:`native_fp8_format`.
 """
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 DEVICES = ("auto", "cpu", "cuda", "xpu")
 
-# modules whose import decorates Triton kernels; activate() checks none is loaded yet
-_KERNEL_MODULE_PREFIXES = ("qkcheck.kernels.triton", "qkcheck.kernels.zoo.")
+# modules whose import decorates Triton kernels: every family's kernel.py
+# (qkcheck.kernels.<family>.kernel), the shared helpers of kernels/triton/ and the zoo's kernel
+# copies; activate() checks none is loaded yet
+_KERNEL_MODULE_PREFIXES = ("qkcheck.kernels.triton.", "qkcheck.kernels.zoo.")
+_KERNEL_MODULE_NAME = "kernel"
+
+
+def _decorates_kernels(module: str) -> bool:
+    parts = module.split(".")
+    return module.startswith(_KERNEL_MODULE_PREFIXES) or (
+        len(parts) == 4 and parts[:2] == ["qkcheck", "kernels"] and parts[3] == _KERNEL_MODULE_NAME)
 
 
 def _torch():
@@ -52,7 +73,7 @@ def activate(device: str) -> str:
     fp8 correction installed: ``kernels.interpreter``). Returns the device."""
     dev = resolve(device)
     want = "1" if dev == "cpu" else None
-    loaded = [m for m in sys.modules if m.startswith(_KERNEL_MODULE_PREFIXES)]
+    loaded = [m for m in sys.modules if _decorates_kernels(m)]
     have = os.environ.get("TRITON_INTERPRET")
     if loaded and (have == "1") != (want == "1"):
         raise RuntimeError(
@@ -130,3 +151,36 @@ def native_fp8_format(device: str) -> str:
     if platform_name(device) == "rocm" and arch == "gfx942":
         return "float8_e4m3fnuz"
     return "float8_e4m3fn"
+
+
+@dataclass(frozen=True)
+class Platform:
+    device: str
+    arch: str | None
+    capabilities: frozenset[str]
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+_FP8_ARCHS = ("gfx942", "gfx950")
+_MX_DOT_ARCHS = ("gfx950",)
+
+
+def platform(device: str) -> Platform:
+    """The capabilities of ``device`` ('cpu' = the Triton interpreter; module docstring)."""
+    arch = gpu_arch(device) if device != "cpu" else None
+    caps = {"triton", "mx"}
+    if device == "cpu":
+        caps.add("fp8")
+    elif arch and arch.startswith("sm_"):
+        major_minor = int(arch[3:])
+        if major_minor >= 89:
+            caps.add("fp8")
+        if major_minor >= 100:
+            caps.add("mx_dot")
+    elif arch in _FP8_ARCHS or device == "xpu":
+        caps.add("fp8")
+        if arch in _MX_DOT_ARCHS:
+            caps.add("mx_dot")
+    return Platform(device, arch, frozenset(caps))

@@ -30,8 +30,23 @@ def test_switching_mode_after_kernels_are_decorated_is_refused(monkeypatch):
     import qkcheck.kernels.zoo.scale_group_spanning  # noqa: F401  (decorated under the interpreter here)
 
     monkeypatch.setattr(device, "resolve", lambda requested: "cuda")
-    with pytest.raises(RuntimeError, match=r"kernels\.(triton|zoo)\..*select the device before importing kernels"):
+    with pytest.raises(RuntimeError,
+                       match=r"kernels\.(\w+\.kernel|triton\.\w+|zoo\.\w+)'.*select the device before importing kernels"):
         device.activate("cuda")
+
+
+@pytest.mark.parametrize("module,decorates", [
+    ("qkcheck.kernels.w4a16.kernel", True),  # a family's Triton kernels
+    ("qkcheck.kernels.moe.kernel", True),
+    ("qkcheck.kernels.triton.tiles", True),  # shared jit helpers
+    ("qkcheck.kernels.zoo.scale_group_spanning", True),  # the zoo's kernel copies
+    ("qkcheck.kernels.w4a16.op", False),  # ops, adapters and the rest decorate nothing themselves
+    ("qkcheck.kernels.w4a16.adapter", False),
+    ("qkcheck.kernels.catalog", False),
+    ("qkcheck.kernels.device", False),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_modules_that_decorate_kernels_are_recognized(module, decorates):
+    assert device._decorates_kernels(module) is decorates
 
 
 def test_xdist_workers_spread_over_the_gpus_of_a_host(monkeypatch):

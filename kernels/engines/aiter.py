@@ -57,8 +57,8 @@ def _gemm_supports(p) -> str | None:
 def _gemm_pack(problem, params, device):
     import numpy as np
 
-    from qkcheck.kernels.bundled_ops.scaled_mm import code_tensor, scale_arrival
-    from qkcheck.kernels.packers import float_tensor
+    from qkcheck.kernels.scaled_mm.adapter import code_tensor, scale_arrival
+    from qkcheck.kernels.torch_io import float_tensor
 
     fmt = params["quant_dtype"]
     b = np.asarray(problem["b"])
@@ -92,7 +92,7 @@ def _per_token_supports(p) -> str | None:
 
 
 def _per_token_pack(problem, params, device):
-    from qkcheck.kernels.bundled_ops.quant import pack_x
+    from qkcheck.kernels.quant.adapter import pack_x
 
     return pack_x(problem, params, device)
 
@@ -117,7 +117,7 @@ def _static_supports(p) -> str | None:
 
 
 def _static_pack(problem, params, device):
-    from qkcheck.kernels.bundled_ops.quant import pack_static
+    from qkcheck.kernels.quant.adapter import pack_static
 
     return pack_static(problem, params, device)
 
@@ -155,7 +155,7 @@ def _mx_call(fn):
 
 
 def _mx_unpack(outs, params):
-    from qkcheck.kernels.bundled_ops.quant import unpack_mx
+    from qkcheck.kernels.quant.adapter import unpack_mx
 
     return unpack_mx(outs, params)
 

@@ -56,7 +56,7 @@ def _fp8_supports(p) -> str | None:
 
 
 def _fp8_pack(problem, params, device):
-    from qkcheck.kernels.bundled_ops.quant import pack_per_token
+    from qkcheck.kernels.quant.adapter import pack_per_token
 
     return pack_per_token(problem, params, device)
 
@@ -127,8 +127,8 @@ def _mm_supports(p) -> str | None:
 
 
 def _mm_pack(problem, params, device):
-    from qkcheck.kernels.bundled_ops.scaled_mm import code_tensor, scale_arrival
-    from qkcheck.kernels.packers import float_tensor
+    from qkcheck.kernels.scaled_mm.adapter import code_tensor, scale_arrival
+    from qkcheck.kernels.torch_io import float_tensor
 
     fmt = params["quant_dtype"]
     bias = problem.get("bias")
@@ -180,7 +180,7 @@ def _awq_supports(p) -> str | None:
 
 
 def _awq_pack(problem, params, device):
-    from qkcheck.kernels.packers import w4a16_inputs
+    from qkcheck.kernels.w4a16.adapter import w4a16_inputs
 
     if problem.get("zeros") is None:  # symmetric: the implicit zero point 8, which AWQ stores explicitly
         problem = {**problem, "zeros": np.full(np.asarray(problem["scales"]).shape, 8, dtype=np.uint8)}

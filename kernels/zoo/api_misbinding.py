@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.bundled_ops.mxfp4 import MXFP4, config_list
-from qkcheck.kernels.packers import torch_dtype
+from qkcheck.kernels.mxfp4.adapter import MXFP4, config_list
+from qkcheck.kernels.torch_io import torch_dtype
 
 DEFAULT_DTYPE = "bfloat16"  # the API's dtype when neither out nor dtype is given
 
@@ -47,7 +47,7 @@ def mxfp4_gemm(x, w, w_scale, bias=None, out=None, *, x_scale=None, dtype=None, 
     """
     import torch
 
-    from qkcheck.kernels import ops_mxfp4  # noqa: F401 — registers qkcheck::mxfp4_gemm
+    from qkcheck.kernels.mxfp4 import op  # noqa: F401 — registers qkcheck::mxfp4_gemm
 
     if not isinstance(x, torch.Tensor) or not isinstance(w, torch.Tensor):
         raise TypeError(f"x and w must be tensors, got {type(x).__name__} and {type(w).__name__}")

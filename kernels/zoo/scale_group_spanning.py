@@ -7,7 +7,7 @@ tail rows of each tile were dequantized with the wrong scale — silently, and o
 configs with BLOCK_K > group_size (e.g. GPTQ W4A16 G32 models, whose launcher tile table picked
 BLOCK_K=64/128 at some M). Symptoms appeared as degraded output at long context.
 
-This is a copy of ``kernels.triton.w4a16._w4a16_kernel`` with only that mistake put back (every
+This is a copy of ``kernels.w4a16.kernel._w4a16_kernel`` with only that mistake put back (every
 tile takes the kernel's one-group scale path, whatever the launcher's SCALE_PATH says; the jit
 helpers are the bundled ones); the launcher (validation, default tile table, split-K with the
 partials reduced in torch, as the historical launcher did) is the bundled one, and its default
@@ -20,10 +20,10 @@ import triton.language as tl
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.bundled import W4A16, _w4a16_default
-from qkcheck.kernels.packers import torch_dtype
+from qkcheck.kernels.torch_io import torch_dtype
 from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
-from qkcheck.kernels.triton.w4a16 import (
+from qkcheck.kernels.w4a16.adapter import W4A16, _w4a16_default
+from qkcheck.kernels.w4a16.kernel import (
     W4A16Config, _codes_as_f32, _field_shifts, _tile_scales_and_zeros, _unpacked_codes_as_f32, w4a16_gemm,
 )
 

@@ -8,30 +8,31 @@ emulation even on platforms whose capabilities and kernels support it natively: 
 correct (the emulation dequantizes and computes in higher precision), only far slower, and
 nothing failed. The fix restored ``("w_mxfp4", "w_mxfp4_a_mxfp4")``.
 
-This is a copy of ``kernels.moe_dispatch``'s dispatch (its native-scheme list and entry point)
+This is a copy of ``kernels.moe.dispatch``'s dispatch (its native-scheme list and entry point)
 with only that mistake put back: ``NATIVE_SCHEMES`` lacks ``"w_mxfp4_a_mxfp4"``. The backends
-are the registered ones (``kernels.dispatch.REGISTRY``), and the adapter declares the same
-expectation as the bundled one (``kernels.dispatch.expected_backend``): on a platform with
+are the registered ones (``kernels.backends.REGISTRY``), and the adapter declares the same
+expectation as the bundled one (``kernels.backends.expected_backend``): on a platform with
 ``mx``, W4A4 MXFP4 runs native. Numerics are right, so only the harness's backend check can see it.
 """
 from __future__ import annotations
 
 import torch
 
-from qkcheck.kernels import dispatch
-from qkcheck.kernels import moe_dispatch as _bundled
+from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.bundled_ops import moe as _adapter
+from qkcheck.kernels.device import platform
+from qkcheck.kernels.moe import adapter as _adapter
+from qkcheck.kernels.moe import dispatch as _bundled
 
 OP = _bundled.OP
 # the schemes this dispatcher sends to the native kernel: W4A4 MXFP4 is missing
 NATIVE_SCHEMES = frozenset({"dense", "w4a16", "fp8_block", "w_mxfp4"})
 
 
-def pick(scheme: str, device: str) -> dispatch.Backend:
+def pick(scheme: str, device: str) -> backends.Backend:
     """The backend this dispatcher runs ``scheme`` on, on ``device``."""
     _bundled._check_scheme(scheme)
-    return dispatch.pick(OP, scheme, dispatch.platform(device), native_schemes=NATIVE_SCHEMES)
+    return backends.pick(OP, scheme, platform(device), native_schemes=NATIVE_SCHEMES)
 
 
 def fused_moe_dispatch(

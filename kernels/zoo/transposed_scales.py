@@ -10,8 +10,8 @@ not in sync: whenever the weight is left as it is, the scale is still transposed
 merged with that comment unresolved.
 
 This entry is that loader step, ``process_weights_after_loading`` below, in place of the bundled
-``kernels.loaders.prepare_weights`` in the bundled FP8 W8A16 adapter's path (same packing, same
-custom op, same kernel): the weight orientation is inferred from ``(out_features, in_features)``
+``kernels.scaled_mm.loaders.prepare_weights`` in the bundled FP8 W8A16 adapter's path (same
+packing, same custom op, same kernel): the weight orientation is inferred from ``(out_features, in_features)``
 and contiguity instead of the declared ``weight_layout``, and ``weight_scale`` is transposed
 unconditionally, as the seed's code does (``.t()`` of a 0-D or 1-D scale is a no-op, as in
 torch). The kernel broadcasts ``b_scale`` against the ``[K, N]`` weight like
@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.bundled_ops.scaled_mm import FP8_W8A16, _config, _default, checkpoint_weight
-from qkcheck.kernels.packers import torch_dtype
+from qkcheck.kernels.scaled_mm.adapter import FP8_W8A16, _config, _default, checkpoint_weight
+from qkcheck.kernels.torch_io import torch_dtype
 
 
 def process_weights_after_loading(weight, weight_scale, *, in_features: int, out_features: int):
@@ -55,7 +55,7 @@ def process_weights_after_loading(weight, weight_scale, *, in_features: int, out
 def _call(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
+    from qkcheck.kernels.scaled_mm import op  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
 
     k = t["x"].shape[1]
     weight = checkpoint_weight(t["weight"], k, params)

@@ -7,7 +7,7 @@ output tensor with a hard-coded FP8 dtype, so a caller asking for int8 got an FP
 and so did anything tracing the op through its fake. It went unnoticed because every caller at
 the time asked for FP8.
 
-This is a copy of the bundled launcher ``kernels.triton.quant.per_token_quant`` and of its custom
+This is a copy of the bundled launcher ``kernels.quant.kernel.per_token_quant`` and of its custom
 op ``qkcheck::per_token_quant`` (registered here as ``qkcheck_zoo::per_token_quant``) with only
 that mistake put back: the codes tensor is ``torch.empty(..., dtype=torch.float8_e4m3fn)`` in the
 launcher and in the fake. Validation, scale computation and encoding are the bundled ones; the
@@ -23,8 +23,8 @@ import triton
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.bundled_ops.quant import PER_TOKEN_QUANT, _config_list, _float_of, _torch_quant_dtype
-from qkcheck.kernels.triton import quant as _q
+from qkcheck.kernels.quant import kernel as _q
+from qkcheck.kernels.quant.adapter import PER_TOKEN_QUANT, _config_list, _float_of, _torch_quant_dtype
 
 ZOO_NAMESPACE = "qkcheck_zoo"
 HARD_CODED_FP8 = torch.float8_e4m3fn

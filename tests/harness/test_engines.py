@@ -16,7 +16,8 @@ import torch
 from qkcheck.cases.case import Case
 from qkcheck.cases.runner import FAIL, PASS, run_case
 from qkcheck.kernels import engines
-from qkcheck.kernels.adapters import KernelsUnavailable, resolve
+from qkcheck.kernels.adapters import KernelsUnavailable
+from qkcheck.kernels.catalog import resolve
 from qkcheck.kernels.engines import aiter as aiter_engine
 from qkcheck.kernels.engines import vllm as vllm_engine
 

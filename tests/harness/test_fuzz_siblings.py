@@ -11,7 +11,7 @@ import pytest
 
 from qkcheck.cases.fuzz import _same_class_rows, siblings
 from qkcheck.cases.registry import grid, op_spec
-from qkcheck.kernels.adapters import resolve
+from qkcheck.kernels.catalog import resolve
 
 
 def _class(rows: int) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from qkcheck.cases.case import Case
 from qkcheck.cases.isolation import IsolatedRunner, run_in_process
-from qkcheck.kernels.adapters import resolve
+from qkcheck.kernels.catalog import resolve
 from tests.harness.torch_adapters import GOOD_W4A16
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,9 @@ import pytest
 from qkcheck.cases.case import Case
 from qkcheck.cases.registry import grid, materialize
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
-from qkcheck.kernels import backends, dispatch
-from qkcheck.kernels.adapters import resolve
+from qkcheck.kernels import backends
+from qkcheck.kernels import backends as dispatch
+from qkcheck.kernels.catalog import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO, BUNDLED = "zoo:silent_emulation", "bundled:fused_moe"
@@ -39,7 +40,7 @@ def plat(*caps):
 
 
 def test_dispatcher_picks_native_where_the_capabilities_allow_and_emulation_elsewhere():
-    from qkcheck.kernels import moe_dispatch as md
+    from qkcheck.kernels.moe import dispatch as md
 
     full = plat("triton", "fp8", "mx")
     for scheme in md.SCHEMES:
@@ -57,7 +58,7 @@ def test_dispatcher_picks_native_where_the_capabilities_allow_and_emulation_else
 
 
 def test_seed_001_dispatcher_differs_only_in_w4a4_on_mx_platforms():
-    from qkcheck.kernels import moe_dispatch as md
+    from qkcheck.kernels.moe import dispatch as md
     from qkcheck.kernels.zoo import silent_emulation as zoo
 
     assert md.NATIVE_SCHEMES - zoo.NATIVE_SCHEMES == {W4A4}
@@ -68,7 +69,7 @@ def test_seed_001_dispatcher_differs_only_in_w4a4_on_mx_platforms():
 
 
 def test_expectations_are_declared_as_data():
-    from qkcheck.kernels import moe_dispatch as md
+    from qkcheck.kernels.moe import dispatch as md
 
     declared = {e.scheme: e for e in dispatch.EXPECTATIONS if e.op == "fused_moe"}
     assert set(declared) == set(md.SCHEMES)
@@ -85,7 +86,7 @@ def test_expectations_are_declared_as_data():
 def test_torch_mx_quantization_matches_the_oracle():
     import torch
 
-    from qkcheck.kernels.moe_dispatch import mx_fake_quant_torch
+    from qkcheck.kernels.moe.emulation import mx_fake_quant_torch
     from qkcheck.oracle.schemes import dequantize, get_scheme, quantize
 
     rng = np.random.default_rng(0)
@@ -132,7 +133,7 @@ def test_grid_covers_zero_token_experts_one_expert_ep_and_every_scheme():
 def test_w4a4_exact_regime_catches_a_dispatcher_that_skips_activation_quantization(device):
     """The W4A16 MXFP4 path run on a W4A4 problem (activations left unquantized) must fail the
     exact regime; the real W4A4 path passes it."""
-    from qkcheck.kernels.bundled_ops import moe as bundled_moe
+    from qkcheck.kernels.moe import adapter as bundled_moe
     from qkcheck.oracle.compare import compare
     from qkcheck.oracle.references import expect
 

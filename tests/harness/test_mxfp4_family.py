@@ -18,7 +18,7 @@ from qkcheck.cases.case import REGIMES, Case
 from qkcheck.cases.families import mxfp4 as family
 from qkcheck.cases.registry import grid, materialize
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
-from qkcheck.kernels.bundled_ops.mxfp4 import MXFP4
+from qkcheck.kernels.mxfp4.adapter import MXFP4
 from qkcheck.kernels.zoo import api_misbinding as zoo
 from qkcheck.oracle.exact import exact_regime_reason
 from qkcheck.oracle.formats import FORMATS

@@ -19,8 +19,9 @@ import pytest
 
 from qkcheck.cases.registry import OP_SPECS, grid, materialize
 from qkcheck.cases.runner import run_case
-from qkcheck.kernels.adapters import KernelAdapter, available
-from qkcheck.kernels.bundled_ops.quant import adapters as quant_adapters
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.catalog import available
+from qkcheck.kernels.quant.adapter import adapters as quant_adapters
 from qkcheck.oracle.numerics import round_to
 from qkcheck.oracle.quant_ops import expect_quant
 
@@ -175,7 +176,7 @@ def test_nvfp4_adversarial_regime_reaches_the_scale_edges():
 def _broken_adapter(op: str, bug: int) -> KernelAdapter:
     """The bundled adapter's packing and unpacking around a broken copy of the kernel
     (tests/kernels/test_quant.py), launched by the real launcher."""
-    from qkcheck.kernels.triton import quant as Q
+    from qkcheck.kernels.quant import kernel as Q
     from tests.kernels.test_quant import broken_kernel
 
     if op == "mx_quant":

@@ -11,9 +11,9 @@ from qkcheck.cases.case import Case
 from qkcheck.cases.runner import run_case
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.bundled import W4A16
-from qkcheck.kernels.packers import torch_dtype
-from qkcheck.kernels.triton.w4a16 import LAYOUTS
+from qkcheck.kernels.w4a16.adapter import W4A16
+from qkcheck.kernels.torch_io import torch_dtype
+from qkcheck.kernels.w4a16.kernel import LAYOUTS
 from qkcheck.oracle.packing import unpack
 
 CASE = Case.make("w4a16_gemm", shape={"m": 3, "n": 16, "k": 64},

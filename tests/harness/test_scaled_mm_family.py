@@ -18,7 +18,7 @@ import pytest
 from qkcheck.cases.case import Case
 from qkcheck.cases.registry import grid
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
-from qkcheck.kernels.adapters import resolve
+from qkcheck.kernels.catalog import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO, BUNDLED = "zoo:transposed_scales", "bundled:fp8_w8a16_gemm"

@@ -7,9 +7,9 @@ import os, time
 import torch
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.bundled import W4A16
+from qkcheck.kernels.w4a16.adapter import W4A16
 from qkcheck.oracle.packing import unpack
-from qkcheck.kernels.triton.w4a16 import LAYOUTS
+from qkcheck.kernels.w4a16.kernel import LAYOUTS
 
 
 def good(t, params, config):

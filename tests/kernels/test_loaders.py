@@ -18,8 +18,8 @@ import pytest
 import torch
 import triton
 
-from qkcheck.kernels.loaders import SCHEMES, prepare_weights
-from qkcheck.kernels.triton.scaled_mm import block_scaled_mm, fp8_w8a16_gemm, scaled_mm
+from qkcheck.kernels.scaled_mm.kernel import block_scaled_mm, fp8_w8a16_gemm, scaled_mm
+from qkcheck.kernels.scaled_mm.loaders import SCHEMES, prepare_weights
 from tests.kernels.test_scaled_mm import (
     ScaledMMConfig,
     _codes,

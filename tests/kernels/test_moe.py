@@ -21,11 +21,13 @@ import numpy as np
 import pytest
 import torch
 
-from qkcheck.kernels import backends, ops_moe
+from qkcheck.kernels import backends
+from qkcheck.kernels.moe import emulation
+from qkcheck.kernels.moe import kernel as moe
+from qkcheck.kernels.moe import op as ops_moe
+from qkcheck.kernels.moe.kernel import ExpertWeights, MoEConfig
 from qkcheck.kernels.probes import skip_reason
-from qkcheck.kernels.triton import moe
-from qkcheck.kernels.triton.moe import ExpertWeights, MoEConfig
-from qkcheck.kernels.triton.w4a16 import LAYOUTS
+from qkcheck.kernels.w4a16.kernel import LAYOUTS
 from qkcheck.oracle import moe as oracle_moe
 from qkcheck.oracle.compare import compare
 from qkcheck.oracle.formats import get_format
@@ -593,7 +595,7 @@ def test_default_config_and_emulation_agree_within_bound(device):
     ids, weights = moe.route(lt, 2, renormalize=True)
     with backends.recording() as ran:
         native = ops_moe.fused_moe(*args)
-        emulated = ops_moe.fused_moe_emulation(*args)
+        emulated = emulation.fused_moe_emulation(*args)
     assert ran == [backends.NATIVE, backends.EMULATION]
     for out in (native, emulated):
         _check_bounded_case(case, out, x, ids.cpu().numpy(), weights.cpu().double().numpy(), ex)
@@ -632,7 +634,7 @@ def test_emulation_exact_or_bounded(scheme):
             ex.w13.scales, ex.w2.scales, ex.w13.zeros, ex.w2.zeros, None, None, scheme,
             ex.w13.layout, ex.w13.group_size, list(ex.w13.block), 1, "softmax", True, None, None, "silu", None,
             False, torch.float32, None)
-    out = ops_moe.fused_moe_emulation(*args)
+    out = emulation.fused_moe_emulation(*args)
     ids, weights = np_route(logits, 1, renormalize=True)
     assert (weights == 1.0).all()
     if exact:

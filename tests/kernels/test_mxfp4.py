@@ -27,10 +27,10 @@ import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qkcheck.kernels import ops_mxfp4
+from qkcheck.kernels.mxfp4 import kernel as mx
+from qkcheck.kernels.mxfp4 import op as ops_mxfp4
+from qkcheck.kernels.mxfp4.kernel import MXFP4Config, default_config, mxfp4_gemm
 from qkcheck.kernels.probes import skip_reason
-from qkcheck.kernels.triton import mxfp4 as mx
-from qkcheck.kernels.triton.mxfp4 import MXFP4Config, default_config, mxfp4_gemm
 from qkcheck.oracle.compare import compare
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.packing import NIBBLES_K_ACTIVATION, NIBBLES_K_WEIGHT, pack

@@ -45,9 +45,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qkcheck.kernels import ops_quant
 from qkcheck.kernels.probes import skip_reason
-from qkcheck.kernels.triton import quant as Q
+from qkcheck.kernels.quant import kernel as Q
+from qkcheck.kernels.quant import op as ops_quant
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.schemes import DEFAULT_AMAX_FLOOR, Scheme, get_scheme, pack_codes, quantize
 
@@ -448,7 +448,7 @@ def double_rounding_input(quant_dtype, device) -> np.ndarray:
 @pytest.mark.parametrize("quant_dtype, sw", dtype_encode_params())
 def test_double_rounding(quant_dtype, sw, device):
     """Codes are the RNE of the exact quotient, not of its float32 rounding (module docstring of
-    kernels.triton.quant: round to odd first)."""
+    kernels.quant.kernel: round to odd first)."""
     skip_if_uncheckable(quant_dtype, sw, device)
     x = double_rounding_input(quant_dtype, device)
     xt = torch.from_numpy(x).to(device)
@@ -479,7 +479,7 @@ def _broken_group_kernel(
     SIGN_BIT: tl.constexpr, NEG_ZERO: tl.constexpr,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BUG: tl.constexpr,
 ):
-    """kernels.triton.quant._per_token_group_quant_kernel with one bug (BUG) put back."""
+    """kernels.quant.kernel._per_token_group_quant_kernel with one bug (BUG) put back."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
     offs_e = tl.arange(0, GROUP)
@@ -1249,7 +1249,7 @@ def _broken_mx_kernel(
     QMAX: tl.constexpr, QMIN: tl.constexpr, MBITS: tl.constexpr, EMIN: tl.constexpr, SIGN_BIT: tl.constexpr,
     NEG_ZERO: tl.constexpr, PACKED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BUG: tl.constexpr,
 ):
-    """kernels.triton.quant._mx_quant_kernel with one bug (BUG) put back."""
+    """kernels.quant.kernel._mx_quant_kernel with one bug (BUG) put back."""
     HALF: tl.constexpr = 16
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
@@ -1283,7 +1283,7 @@ def _broken_nvfp4_kernel(
     S_SIGN_BIT: tl.constexpr, S_NEG_ZERO: tl.constexpr, S_MIN_SUBNORMAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_G: tl.constexpr, BUG: tl.constexpr,
 ):
-    """kernels.triton.quant._nvfp4_quant_kernel with one bug (BUG) put back."""
+    """kernels.quant.kernel._nvfp4_quant_kernel with one bug (BUG) put back."""
     HALF: tl.constexpr = 8
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)

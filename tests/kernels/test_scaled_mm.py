@@ -28,9 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
-from qkcheck.kernels import ops_scaled_mm
 from qkcheck.kernels.probes import interpreting, skip_reason
-from qkcheck.kernels.triton.scaled_mm import (  # the _ helpers build the broken twin kernel
+from qkcheck.kernels.scaled_mm import op as ops_scaled_mm
+from qkcheck.kernels.scaled_mm.kernel import (  # the _ helpers build the broken twin kernel
     FP8_DTYPES,
     _dot_operand,
     _load_operand,
@@ -419,7 +419,7 @@ PATH_CASES = [MMCase(d, bias=True, fp8_path=p) for d in FP8_DTYPES for p in ("na
 def test_fp8_operand_paths(case, device):
     """Both fp8 operand paths (fp8 tl.dot; bytes decoded to fp16 and an fp16 tl.dot)."""
     if case.fp8_path == "native" and device != "cpu":
-        from qkcheck.kernels.triton.scaled_mm import default_fp8_path
+        from qkcheck.kernels.scaled_mm.kernel import default_fp8_path
 
         if default_fp8_path(case.dtype, torch.device(device)) != "native":
             pytest.skip(f"{DTYPE_NAMES[case.dtype]} has no fp8 tl.dot on this {device} device")

@@ -21,9 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from qkcheck.kernels import ops
 from qkcheck.kernels.probes import skip_reason
-from qkcheck.kernels.triton.w4a16 import (
+from qkcheck.kernels.w4a16 import op as ops
+from qkcheck.kernels.w4a16.kernel import (
     GEMV_MAX_BLOCK_M, LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, _split_k_epilogue, _store_tile,
     arrival_counters, default_config, gemv_scale_path, scale_path, sub_dots, w4a16_gemm, word_row_groups,
 )
@@ -650,7 +650,7 @@ def test_split_k_is_deterministic(dot, device):
 def test_counters_are_reused_across_grids_and_grow(device, monkeypatch):
     """Many split-K launches in a row with different grids and split counts stay exact, the
     counters are all back to 0 after each, and a launch needing more counters grows the buffer."""
-    from qkcheck.kernels.triton import w4a16 as module
+    from qkcheck.kernels.w4a16 import kernel as module
 
     monkeypatch.setattr(module, "_ARRIVAL_COUNTERS", {})
     monkeypatch.setattr(module, "_RETIRED_COUNTERS", [])

@@ -11,7 +11,7 @@ import pytest
 from qkcheck.cases.case import Case
 from qkcheck.cases.corpus import CORPUS_DIR
 from qkcheck.cases.runner import run_case
-from qkcheck.kernels.adapters import available
+from qkcheck.kernels.catalog import available
 from qkcheck.reports.html import render_report
 from qkcheck.reports.store import write_results
 from tests.reports.test_browser import DomFacts, chromium, run_chromium  # noqa: F401 — fixture reused

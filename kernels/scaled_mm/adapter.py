@@ -1,5 +1,5 @@
-"""Adapters of the W8A8 / FP8 GEMMs (``kernels.triton.scaled_mm``), each through its
-torch.library op (``kernels.ops_scaled_mm``).
+"""Adapters of the W8A8 / FP8 GEMMs (``kernels.scaled_mm.kernel``), each through its
+torch.library op (``kernels.scaled_mm.op``).
 
 ``pack`` builds what a caller hands the op from the canonical problem and the case's *arrival*
 params (``cases.families.scaled_mm``): scale tensors in the named shape (``[]``, ``[1]``,
@@ -11,10 +11,10 @@ storage.
 (the weight in its declared layout ``"nk"`` ``[N, K]`` / ``"kn"`` ``[K, N]`` and storage
 ``"contiguous"`` / ``"transposed"`` — a ``.t()`` view of the other orientation's contiguous
 tensor — and ``weight_scale`` in its arrival shape) and ``call`` runs
-``kernels.loaders.prepare_weights`` and then the op, so the loader is tested end to end. The
-weight travels as its flat storage (the runner places 1-D inputs in a poisoned buffer without
-row padding, so a contiguous arrival stays contiguous and a transposed one is a true ``.t()``
-view of contiguous storage) and ``call`` rebuilds the arrival view from it.
+``kernels.scaled_mm.loaders.prepare_weights`` and then the op, so the loader is tested end to
+end. The weight travels as its flat storage (the runner places 1-D inputs in a poisoned buffer
+without row padding, so a contiguous arrival stays contiguous and a transposed one is a true
+``.t()`` view of contiguous storage) and ``call`` rebuilds the arrival view from it.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.packers import float_tensor, to_device, torch_dtype
+from qkcheck.kernels.torch_io import float_tensor, to_device, torch_dtype
 
 TILES = (16, 32, 64, 128)
 TUNABLES_8BIT = {"block_m": TILES, "block_n": TILES, "block_k": (32, 64, 128, 256),
@@ -66,7 +66,7 @@ def _bias(problem, dtype: str, device: str):
 def _config(config):
     if not config:
         return None
-    from qkcheck.kernels.triton.scaled_mm import ScaledMMConfig
+    from qkcheck.kernels.scaled_mm.kernel import ScaledMMConfig
 
     return ScaledMMConfig(**config).as_list()
 
@@ -74,7 +74,7 @@ def _config(config):
 def _default(dims, params):
     import dataclasses
 
-    from qkcheck.kernels.triton.scaled_mm import default_config
+    from qkcheck.kernels.scaled_mm.kernel import default_config
 
     return dataclasses.asdict(default_config(dims["m"], dims["n"], dims["k"]))
 
@@ -100,7 +100,7 @@ def _scaled_mm_pack(problem, params, device):
 def _scaled_mm_call(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::scaled_mm
+    from qkcheck.kernels.scaled_mm import op  # noqa: F401 — registers qkcheck::scaled_mm
 
     b = t["b"].t() if params["b_storage"] == "nk" else t["b"]
     backends.record(backends.NATIVE)
@@ -139,7 +139,7 @@ def _block_pack(problem, params, device):
 def _block_call(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::block_scaled_mm
+    from qkcheck.kernels.scaled_mm import op  # noqa: F401 — registers qkcheck::block_scaled_mm
 
     a_scale = t["a_scale"].t() if params["a_scale_major"] == "column" else t["a_scale"]
     backends.record(backends.NATIVE)
@@ -194,8 +194,8 @@ def _fp8_w8a16_pack(problem, params, device):
 def _fp8_w8a16_call(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_scaled_mm  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
-    from qkcheck.kernels.loaders import prepare_weights
+    from qkcheck.kernels.scaled_mm import op  # noqa: F401 — registers qkcheck::fp8_w8a16_gemm
+    from qkcheck.kernels.scaled_mm.loaders import prepare_weights
 
     k = t["x"].shape[1]
     weight = checkpoint_weight(t["weight"], k, params)

@@ -4,20 +4,20 @@ Op (namespace ``qkcheck``):
 
 - ``qkcheck::mxfp4_gemm(Tensor x_or_a, Tensor w, Tensor w_scale, Tensor? a_scale, Tensor? bias,
   ScalarType out_dtype, ScalarType? compute_dtype, int[]? config) -> Tensor``
-  -- ``kernels.triton.mxfp4.mxfp4_gemm``. ``a_scale`` None: W4A16 (x_or_a fp16/bf16 ``[M, K]``);
+  -- ``kernels.mxfp4.kernel.mxfp4_gemm``. ``a_scale`` None: W4A16 (x_or_a fp16/bf16 ``[M, K]``);
   given: W4A4 (x_or_a uint8 ``[M, K // 2]`` packed e2m1). ``config`` is ``MXFP4Config.as_list()``
   (block_m, block_n, block_k[, split_k, group_m, num_warps, num_stages, dot_scaled]) or None.
 
-:func:`registered_ops` lists it like ``kernels.ops.registered_ops`` does (same ``RegisteredOp``
-record), so a harness can run real and fake on the same inputs and compare output metadata. The
-fake derives shape and dtype from the contract, not from the launcher.
+:func:`registered_ops` lists it as a ``kernels.library.RegisteredOp`` record, so a harness can
+run real and fake on the same inputs and compare output metadata. The fake derives shape and
+dtype from the contract, not from the launcher.
 """
 from __future__ import annotations
 
 import torch
 
-from qkcheck.kernels.ops import NAMESPACE, RegisteredOp
-from qkcheck.kernels.triton import mxfp4 as _mxfp4
+from qkcheck.kernels.library import NAMESPACE, RegisteredOp
+from qkcheck.kernels.mxfp4 import kernel as _mxfp4
 
 __all__ = ["mxfp4_gemm", "registered_ops"]
 

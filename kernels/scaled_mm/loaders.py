@@ -2,7 +2,7 @@
 
 This is the step a serving engine runs once after loading a layer's weights: the checkpoint
 holds a quantized weight and its scales in whatever orientation it was saved in; the kernels of
-``kernels.triton.scaled_mm`` read ``b [K, N]`` (any strides) and a scale in the kernel's own
+``kernels.scaled_mm.kernel`` read ``b [K, N]`` (any strides) and a scale in the kernel's own
 orientation. :func:`prepare_weights` returns exactly the kernel keyword arguments.
 
 Orientation comes from the *declared* layout, ``weight_layout``, never from the tensor's
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qkcheck.kernels.checks import dtype_name as _dtype_name
+from qkcheck.kernels.triton.arguments import dtype_name as _dtype_name
 
 __all__ = ["SCHEMES", "WEIGHT_LAYOUTS", "WeightScheme", "prepare_weights"]
 
@@ -48,7 +48,7 @@ _FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 @dataclass(frozen=True)
 class WeightScheme:
     """name: scheme id; weight_dtypes: allowed code dtypes; block_scaled: scales per (bk, bn)
-    block (else per-tensor or per-channel); kernel: the ``kernels.triton.scaled_mm`` launcher
+    block (else per-tensor or per-channel); kernel: the ``kernels.scaled_mm.kernel`` launcher
     the returned dict is for."""
 
     name: str

@@ -1,5 +1,5 @@
 """The fused MoE through its dispatcher (``bundled:fused_moe``): the recorded backend is the one
-``kernels.moe_dispatch`` chose, and the declared expectation (``kernels.dispatch``) says which
+``kernels.moe.dispatch`` chose, and the declared expectation (``kernels.backends``) says which
 one that must be on the case's platform.
 
 Packing. The canonical ``fused_moe`` problem holds every global expert's *dequantized* weights
@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.packers import to_device, torch_dtype
+from qkcheck.kernels.torch_io import to_device, torch_dtype
 from qkcheck.oracle.formats import get_format
 from qkcheck.oracle.packing import pack as pack_codes
 
@@ -62,7 +62,7 @@ def _exact_codes(name: str, values: np.ndarray, fmt) -> np.ndarray:
     if bad.size:
         idx = tuple(int(i) for i in bad[0])
         raise ValueError(f"{name}: value {values[idx]!r} at {list(idx)} is not a {fmt.name} code times its block "
-                         f"scale; the fused_moe packing rule is in kernels.bundled_ops.moe's docstring")
+                         f"scale; the fused_moe packing rule is in kernels.moe.adapter's docstring")
     return codes
 
 
@@ -85,7 +85,7 @@ def w4a16_storage(d: np.ndarray, zero_points: bool, name: str) -> tuple[np.ndarr
         gi, n = (int(v) for v in np.argwhere(~ok)[0])
         raise ValueError(f"{name}: group {gi} of column {n} is not (q - z) * s with codes 0..15 holding "
                          f"{'0 and 15' if zero_points else '0 with z = 8'}; the fused_moe packing rule is in "
-                         f"kernels.bundled_ops.moe's docstring")
+                         f"kernels.moe.adapter's docstring")
     return q.reshape(K, N).astype(np.int64), s, (z.astype(np.int64) if zero_points else None)
 
 
@@ -128,7 +128,7 @@ def pack(problem, params, device) -> dict:
     """The dispatcher's tensors from a canonical ``fused_moe`` problem (module docstring)."""
     import torch
 
-    from qkcheck.kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
+    from qkcheck.kernels.w4a16.kernel import LAYOUTS as W4A16_LAYOUTS
 
     scheme, act = params["scheme"], torch_dtype(params["act_dtype"])
     experts = local_experts(problem)
@@ -184,7 +184,7 @@ def grouping(params, e: int) -> tuple[int | None, int | None]:
 def config_list(config) -> list[int] | None:
     if not config:
         return None
-    from qkcheck.kernels.triton.moe import MoEConfig
+    from qkcheck.kernels.moe.kernel import MoEConfig
 
     return MoEConfig(block_m=config["block_m"], block_n=config["block_n"], block_k=config["block_k"],
                      fuse_activation=bool(config.get("fuse_activation", 1))).as_list()
@@ -220,7 +220,7 @@ def _intermediate(t, params) -> int:
 
 
 def default_config(dims, params) -> dict:
-    from qkcheck.kernels.triton.moe import default_config as moe_default
+    from qkcheck.kernels.moe.kernel import default_config as moe_default
 
     e_local = max(1, dims["e"] // 2) if params["ep"] else dims["e"]
     c = moe_default(dims["t"], params["top_k"], dims["h"], dims["i"], e_local)
@@ -228,14 +228,14 @@ def default_config(dims, params) -> dict:
 
 
 def expected_backend(params, device) -> str | None:
-    """The declared expectation for the case's scheme on ``device`` (kernels.moe_dispatch)."""
-    from qkcheck.kernels import moe_dispatch
+    """The declared expectation for the case's scheme on ``device`` (kernels.moe.dispatch)."""
+    from qkcheck.kernels.moe import dispatch as moe_dispatch
 
     return moe_dispatch.expected_backend(params["scheme"], device)
 
 
 def _call_dispatcher(t, params, config):
-    from qkcheck.kernels import moe_dispatch
+    from qkcheck.kernels.moe import dispatch as moe_dispatch
 
     return make_call(moe_dispatch.fused_moe)(t, params, config)
 

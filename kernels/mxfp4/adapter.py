@@ -1,6 +1,6 @@
 """The bundled MXFP4 GEMM as an adapter (``bundled:mxfp4_gemm``), through ``qkcheck::mxfp4_gemm``.
 
-Packing (canonical problem -> the kernel's storage, ``kernels.triton.mxfp4``'s records):
+Packing (canonical problem -> the kernel's storage, ``kernels.mxfp4.kernel``'s records):
 ``w`` e2m1 codes [K, N] -> uint8 [K // 2, N] (``WEIGHT_PACKING``: low nibble = even k),
 ``w_scale`` E8M0 codes [K / 32, N] -> uint8 as they are; W4A16: ``x`` [M, K] in ``act_dtype``;
 W4A4: ``a`` e2m1 codes [M, K] -> uint8 [M, K // 2] (``ACT_PACKING``), ``a_scale`` [M, K / 32]
@@ -13,7 +13,7 @@ import numpy as np
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.packers import float_tensor, to_device, torch_dtype
+from qkcheck.kernels.torch_io import float_tensor, to_device, torch_dtype
 from qkcheck.oracle.packing import pack
 
 TUNABLES = {"block_m": (16, 32, 64, 128), "block_n": (16, 32, 64, 128), "block_k": (32, 64, 128, 256),
@@ -33,9 +33,9 @@ def _scale_codes(values, device):
 
 
 def mxfp4_inputs(problem, params, device) -> dict:
-    """x_or_a, w, w_scale, a_scale, bias for ``kernels.triton.mxfp4.mxfp4_gemm`` from the
+    """x_or_a, w, w_scale, a_scale, bias for ``kernels.mxfp4.kernel.mxfp4_gemm`` from the
     canonical problem (``oracle.references``' ``mxfp4_gemm`` keys)."""
-    from qkcheck.kernels.triton.mxfp4 import ACT_PACKING, WEIGHT_PACKING
+    from qkcheck.kernels.mxfp4.kernel import ACT_PACKING, WEIGHT_PACKING
 
     act = problem["act"]
     if act != params["act"]:
@@ -60,7 +60,7 @@ def config_list(config) -> list[int] | None:
     """A case config (block_m, block_n, block_k[, split_k, group_m]) as the op's ``int[]``."""
     if not config:
         return None
-    from qkcheck.kernels.triton.mxfp4 import MXFP4Config
+    from qkcheck.kernels.mxfp4.kernel import MXFP4Config
 
     return MXFP4Config(**config).as_list()
 
@@ -73,7 +73,7 @@ def compute_dtype(params):
 def _call(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_mxfp4  # noqa: F401 — registers qkcheck::mxfp4_gemm
+    from qkcheck.kernels.mxfp4 import op  # noqa: F401 — registers qkcheck::mxfp4_gemm
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.mxfp4_gemm(
@@ -84,8 +84,8 @@ def _call(t, params, config):
 
 
 def default_tiles(dims, params) -> dict:
-    """The tiles the launcher picks for this shape (``kernels.triton.mxfp4.default_config``)."""
-    from qkcheck.kernels.triton.mxfp4 import default_config
+    """The tiles the launcher picks for this shape (``kernels.mxfp4.kernel.default_config``)."""
+    from qkcheck.kernels.mxfp4.kernel import default_config
 
     cfg = default_config(dims["m"], dims["n"], dims["k"])
     return {"block_m": cfg.block_m, "block_n": cfg.block_n, "block_k": cfg.block_k, "split_k": cfg.split_k,

@@ -1,4 +1,4 @@
-"""torch.library custom ops wrapping the quantization kernels of ``kernels.triton.quant``, each with
+"""torch.library custom ops wrapping the quantization kernels of ``kernels.quant.kernel``, each with
 a fake (meta) implementation.
 
 Ops (namespace ``qkcheck``; ``config`` is the kernel's config ``.as_list()`` or None for the
@@ -27,10 +27,10 @@ launcher's default):
 
 quant_dtype: ``torch.int8``, ``torch.float8_e4m3fn``, ``torch.float8_e4m3fnuz``,
 ``torch.float8_e5m2``. Every output lives on x's device. MX and NVFP4 outputs are bytes (uint8
-bit patterns; ``kernels.triton.quant``'s docstring says why and how to view them as float8).
+bit patterns; ``kernels.quant.kernel``'s docstring says why and how to view them as float8).
 
 :data:`REGISTERED` (also returned by :func:`registered_ops`) maps each op name to a
-``kernels.ops.RegisteredOp`` with its real and fake callables and its OpOverload. Each fake
+``kernels.library.RegisteredOp`` with its real and fake callables and its OpOverload. Each fake
 validates its arguments like the real op and builds its outputs from the contract above, written
 out here, never by calling the launcher's allocation code, so a wrong dtype, shape or stride in
 either shows up when the two are compared.
@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import torch
 
-from qkcheck.kernels.ops import NAMESPACE, RegisteredOp
-from qkcheck.kernels.triton import quant as _q
+from qkcheck.kernels.library import NAMESPACE, RegisteredOp
+from qkcheck.kernels.quant import kernel as _q
 
 __all__ = [
     "REGISTERED",

@@ -99,7 +99,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qkcheck.kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
+from qkcheck.kernels.triton.arguments import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from qkcheck.oracle.formats import FORMATS, FloatFormat
 from qkcheck.oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
 from qkcheck.oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme

@@ -30,7 +30,7 @@ Expert weight schemes (``SCHEMES``; each GEMM's weights are one :class:`ExpertWe
 
 - ``"dense"``: ``weight [E, K, N]`` float16/bfloat16 (any strides: a ``[E, N, K]`` tensor's
   ``.transpose(1, 2)`` works). Dot in the activation dtype.
-- ``"w4a16"``: uint4 codes packed per expert as ``kernels.triton.w4a16.LAYOUTS[layout]`` says
+- ``"w4a16"``: uint4 codes packed per expert as ``kernels.w4a16.kernel.LAYOUTS[layout]`` says
   (``qweight [E, *packed [K, N]]``), ``scales [E, K/G, N]`` (activation dtype or float32),
   optional ``zeros [E, *packed [K/G, N]]`` (true zero points; None = 8).
   ``w = (q - z[k // G]) * s[k // G]``, dequantized per k row, so any BLOCK_K vs G works.
@@ -58,11 +58,11 @@ import torch
 import triton
 import triton.language as tl
 
-from qkcheck.kernels.checks import dtype_name as _dtype_name, require_tensor as _require_tensor
+from qkcheck.kernels.triton.arguments import dtype_name as _dtype_name, require_tensor as _require_tensor
 from qkcheck.kernels.triton.config import ListConfig
-from qkcheck.kernels.triton.w4a16 import LAYOUTS as W4A16_LAYOUTS
-from qkcheck.kernels.triton.w4a16 import SYMMETRIC_ZERO, WeightLayout
-from qkcheck.kernels.triton.w4a16 import _container_dtype, _field_code, _per_axis
+from qkcheck.kernels.w4a16.kernel import LAYOUTS as W4A16_LAYOUTS
+from qkcheck.kernels.w4a16.kernel import SYMMETRIC_ZERO, WeightLayout
+from qkcheck.kernels.w4a16.kernel import _container_dtype, _field_code, _per_axis
 
 __all__ = [
     "ACTIVATIONS",

@@ -1,15 +1,13 @@
-"""Layout packers: canonical NumPy problems (``oracle.references``) -> the tensors a kernel takes.
+"""The torch side of every packer: dtype names -> torch dtypes, and host values -> device tensors.
 
-Each packer is the forward direction of one kernel layout, built on ``oracle.packing`` (the
-same records the kernels read their layout facts from), so a packer and the kernel it feeds
-cannot disagree silently about field order or axis.
+Each family's packer (``kernels/<family>/adapter.py``) turns a canonical NumPy problem
+(``oracle.references``) into its kernel's tensors with these, so dtype naming and host-to-device
+copies are written once.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-from qkcheck.oracle.packing import pack
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
                 "int8": torch.int8, "uint8": torch.uint8, "int32": torch.int32,
@@ -39,27 +37,3 @@ def to_device(t: torch.Tensor, device: str, dtype: torch.dtype | None = None) ->
 def float_tensor(values: np.ndarray, dtype: str, device: str) -> torch.Tensor:
     """Float64 values (already representable in ``dtype``) as a torch tensor of ``dtype``."""
     return to_device(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64)), device, torch_dtype(dtype))
-
-
-def w4a16_inputs(problem, *, layout: str, act_dtype: str, device: str) -> dict[str, torch.Tensor | None]:
-    """x, qweight, scales, zeros, bias for ``kernels.triton.w4a16`` in ``layout``.
-
-    problem: ``x [M,K]``, ``q [K,N]`` uint4 codes, ``scales [K/G,N]``, ``zeros [K/G,N] | None``,
-    ``bias [N] | None`` (``oracle.references``). Scales and bias are given in ``act_dtype``.
-    """
-    from qkcheck.kernels.triton.w4a16 import LAYOUTS
-
-    rec = LAYOUTS[layout]
-    q = np.asarray(problem["q"]).astype(np.uint8)
-    qweight = to_device(torch.from_numpy(pack(q, rec.qweight)), device)
-    zeros = None
-    if problem.get("zeros") is not None:
-        zeros = to_device(torch.from_numpy(pack(np.asarray(problem["zeros"]).astype(np.uint8), rec.zeros)), device)
-    bias = problem.get("bias")
-    return {
-        "x": float_tensor(problem["x"], act_dtype, device),
-        "qweight": qweight,
-        "scales": float_tensor(problem["scales"], act_dtype, device),
-        "zeros": zeros,
-        "bias": None if bias is None else float_tensor(bias, act_dtype, device),
-    }

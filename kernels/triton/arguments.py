@@ -1,4 +1,4 @@
-"""Small pieces every launcher's argument validation uses to word its errors."""
+"""Small pieces every launcher's argument validation (and the weight loaders') uses to word its errors."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""torch.library custom ops for the W8A8 / FP8 GEMMs of ``kernels.triton.scaled_mm``, each with a
+"""torch.library custom ops for the W8A8 / FP8 GEMMs of ``kernels.scaled_mm.kernel``, each with a
 fake (meta) implementation.
 
 Ops (namespace ``qkcheck``):
@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import torch
 
-from qkcheck.kernels.ops import RegisteredOp
-from qkcheck.kernels.triton import scaled_mm as _sm
+from qkcheck.kernels.library import NAMESPACE, RegisteredOp
+from qkcheck.kernels.scaled_mm import kernel as _sm
 
 __all__ = ["block_scaled_mm", "fp8_w8a16_gemm", "registered_ops", "scaled_mm"]
-
-NAMESPACE = "qkcheck"
 
 
 def _config(config: list[int] | None) -> _sm.ScaledMMConfig | None:
@@ -147,7 +145,7 @@ fp8_w8a16_gemm.register_fake(_fp8_w8a16_fake)
 
 
 def registered_ops() -> dict[str, RegisteredOp]:
-    """Every custom op of this module, by name (``kernels.ops.RegisteredOp`` records)."""
+    """Every custom op of this module, by name (``kernels.library.RegisteredOp`` records)."""
     return {
         f"{NAMESPACE}::scaled_mm": RegisteredOp(
             f"{NAMESPACE}::scaled_mm", _scaled_mm_real, _scaled_mm_fake, torch.ops.qkcheck.scaled_mm.default,

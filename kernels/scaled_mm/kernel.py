@@ -48,7 +48,7 @@ a 2-D scale read with its own strides as ``[rows, cols]``: ``[]``, ``[1]``, ``[1
 ``[1, N]`` or ``[N]`` per output channel, ``[K, 1]`` per input row (``[K, N]`` per element). The
 orientation is the caller's: an ``[N, 1]`` checkpoint scale is *not* taken as per-channel — it is
 rejected when ``N != K`` and, on a square weight, scales the rows k (what it broadcasts to);
-``kernels.loaders.prepare_weights`` turns checkpoint scales into ``[1, N]``.
+``kernels.scaled_mm.loaders.prepare_weights`` turns checkpoint scales into ``[1, N]``.
 
 Split-K (``config.split_k > 1``): each split writes its scaled float32 partial into a
 ``[split_k, M, N]`` workspace, reduced by the launcher with a deterministic ``sum`` before bias
@@ -63,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qkcheck.kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
+from qkcheck.kernels.triton.arguments import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from qkcheck.kernels.triton.config import ListConfig
 from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
 from qkcheck.oracle.formats import FloatFormat, Specials, get_format

@@ -1,5 +1,5 @@
-"""The bundled activation quantization kernels (``kernels.triton.quant``) as adapters, each called
-through its torch.library op (``kernels.ops_quant``: ``qkcheck::per_token_quant``, ...), so the
+"""The bundled activation quantization kernels (``kernels.quant.kernel``) as adapters, each called
+through its torch.library op (``kernels.quant.op``: ``qkcheck::per_token_quant``, ...), so the
 fake's output metadata is checked against the real outputs and the op's contract.
 
 Tensors (``pack``): ``x`` in the case's in_dtype; ``scale`` (static_quant) a one-element float32
@@ -19,7 +19,7 @@ import numpy as np
 
 from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.packers import float_tensor
+from qkcheck.kernels.torch_io import float_tensor
 
 
 def _torch_quant_dtype(name: str):
@@ -66,7 +66,7 @@ def _config_list(cls, config):
 
 def _default(op: str):
     def default_config(dims, params) -> dict:
-        from qkcheck.kernels.triton import quant as Q
+        from qkcheck.kernels.quant import kernel as Q
 
         q = params.get("quant_dtype")
         cfg = Q.default_config(op, dims["m"], dims["k"], quant_dtype=None if q is None else _torch_quant_dtype(q),
@@ -102,8 +102,8 @@ def pack_nvfp4(problem, params, device):
 def call_per_token(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_quant  # noqa: F401 — registers qkcheck::per_token_quant
-    from qkcheck.kernels.triton.quant import TileConfig
+    from qkcheck.kernels.quant import op  # noqa: F401 — registers qkcheck::per_token_quant
+    from qkcheck.kernels.quant.kernel import TileConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.per_token_quant(t["x"], _torch_quant_dtype(params["quant_dtype"]),
@@ -113,8 +113,8 @@ def call_per_token(t, params, config):
 def _call_static(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_quant  # noqa: F401
-    from qkcheck.kernels.triton.quant import TileConfig
+    from qkcheck.kernels.quant import op  # noqa: F401
+    from qkcheck.kernels.quant.kernel import TileConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.static_quant(t["x"], t["scale"], _torch_quant_dtype(params["quant_dtype"]),
@@ -124,8 +124,8 @@ def _call_static(t, params, config):
 def _call_group(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_quant  # noqa: F401
-    from qkcheck.kernels.triton.quant import GroupConfig
+    from qkcheck.kernels.quant import op  # noqa: F401
+    from qkcheck.kernels.quant.kernel import GroupConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.per_token_group_quant(
@@ -136,8 +136,8 @@ def _call_group(t, params, config):
 def _call_mx(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_quant  # noqa: F401
-    from qkcheck.kernels.triton.quant import MXConfig
+    from qkcheck.kernels.quant import op  # noqa: F401
+    from qkcheck.kernels.quant.kernel import MXConfig
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.mx_quant(t["x"], params["fmt"], params["scale_rule"], _config_list(MXConfig, config))
@@ -146,8 +146,8 @@ def _call_mx(t, params, config):
 def _call_nvfp4(t, params, config):
     import torch
 
-    from qkcheck.kernels import ops_quant  # noqa: F401
-    from qkcheck.kernels.triton.quant import NVFP4Config
+    from qkcheck.kernels.quant import op  # noqa: F401
+    from qkcheck.kernels.quant.kernel import NVFP4Config
 
     backends.record(backends.NATIVE)
     return torch.ops.qkcheck.nvfp4_quant(t["x"], t["global_scale"], _config_list(NVFP4Config, config))

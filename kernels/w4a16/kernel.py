@@ -67,7 +67,7 @@ import torch
 import triton
 import triton.language as tl
 
-from qkcheck.kernels.checks import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
+from qkcheck.kernels.triton.arguments import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from qkcheck.kernels.triton.config import ListConfig
 from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
 from qkcheck.oracle.packing import AWQ_QWEIGHT, AWQ_QZEROS, GPTQ_QWEIGHT, GPTQ_QZEROS, NIBBLES_K_WEIGHT, Packing

@@ -12,16 +12,17 @@ scheme               experts                                           activatio
 ``w_mxfp4_a_mxfp4``  MXFP4 as ``w_mxfp4``                              MXFP4, per token and 32
 ==================== ================================================= ===========================
 
-Each scheme has two backends in ``kernels.dispatch.REGISTRY`` (op ``"fused_moe"``): the native
-one (the bundled Triton fused MoE, ``kernels.triton.moe``) and an emulation (experts dequantized
-to float32, a torch loop over experts: slow, correct). :func:`fused_moe` picks with
-``kernels.dispatch.pick`` from the platform's capabilities and this module's
+Each scheme has two backends in ``kernels.backends.REGISTRY`` (op ``"fused_moe"``): the native
+one (the bundled Triton fused MoE, ``kernels.moe.kernel``) and an emulation
+(``kernels.moe.emulation``: experts dequantized to float32, a torch loop over experts: slow,
+correct). :func:`fused_moe` picks with
+``kernels.backends.pick`` from the platform's capabilities and this module's
 ``NATIVE_SCHEMES`` (the schemes it sends to the native kernel), runs the choice and the backend
 records itself (``kernels.backends``).
 
 What must happen is declared separately (``EXPECTED_NATIVE``, registered with
-``kernels.dispatch.declare``): on a platform with the listed capabilities the scheme runs
-natively. ``kernels.dispatch.expected_backend("fused_moe", scheme, platform)`` reads it; the
+``kernels.backends.declare``): on a platform with the listed capabilities the scheme runs
+natively. ``kernels.backends.expected_backend("fused_moe", scheme, platform)`` reads it; the
 harness compares it with what was recorded, so a dispatcher whose list forgets a scheme that the
 native kernel handles fails loudly instead of silently emulating.
 
@@ -29,23 +30,26 @@ native kernel handles fails loudly instead of silently emulating.
 activation operand quantized dynamically to MXFP4 right before each of the two GEMMs: rows of
 the GEMM input split into blocks of 32 along K, each block's E8M0 scale by the OCP MX floor rule
 (``2**(floor(log2(amax)) - 2)``, an all-zero block gets 2**-127), elements ``RNE(x / scale)``
-saturated to +-6 (the Triton ``mx_quant`` kernel of ``kernels.triton.quant``, whose reference
+saturated to +-6 (the Triton ``mx_quant`` kernel of ``kernels.quant.kernel``, whose reference
 twin is ``oracle.schemes``' ``"mxfp4"``), then ``code * scale`` handed to the dot in the
 activation dtype. That value is exact in bfloat16 always and in float16 whenever the block's
 amax is at least 2**-21 (below that, float16 subnormals round it). With
 ``apply_router_weight_on_input`` the router weight multiplies the input *before* it is quantized
 (``quantize(w x)``, as the model computes it), so GEMM 1 gets ``round(w x)`` and no weight later.
-Its emulation does the same quantization in float32 torch code.
+Its emulation does the same quantization in float32 torch code
+(``kernels.moe.emulation.mx_fake_quant_torch``).
 """
 from __future__ import annotations
 
 import torch
 
-from qkcheck.kernels import backends, dispatch
-from qkcheck.kernels import ops_moe
-from qkcheck.kernels.ops_moe import expert_weights
-from qkcheck.kernels.triton import moe as _moe
-from qkcheck.kernels.triton import quant as _quant
+from qkcheck.kernels import backends
+from qkcheck.kernels.device import platform
+from qkcheck.kernels.moe import emulation
+from qkcheck.kernels.moe import kernel as _moe
+from qkcheck.kernels.moe import op as moe_op
+from qkcheck.kernels.moe.op import expert_weights
+from qkcheck.kernels.quant import kernel as _quant
 
 __all__ = [
     "EXPECTED_NATIVE",
@@ -57,16 +61,15 @@ __all__ = [
     "expected_backend",
     "fused_moe",
     "fused_moe_dispatch",
-    "mx_fake_quant_torch",
     "pick",
 ]
 
 OP = "fused_moe"
 SCHEMES = ("dense", "w4a16", "fp8_block", "w_mxfp4", "w_mxfp4_a_mxfp4")
-# the kernels.triton.moe expert scheme each dispatcher scheme's weights use
+# the kernels.moe.kernel expert scheme each dispatcher scheme's weights use
 KERNEL_SCHEMES = {"dense": "dense", "w4a16": "w4a16", "fp8_block": "fp8_block", "w_mxfp4": "mxfp4",
                   "w_mxfp4_a_mxfp4": "mxfp4"}
-# capabilities the native backend needs, per scheme (kernels.dispatch's capability list)
+# capabilities the native backend needs, per scheme (kernels.backends's capability list)
 NATIVE_REQUIRES = {
     "dense": ("triton",),
     "w4a16": ("triton",),
@@ -87,7 +90,7 @@ def activation_quant(scheme: str, fp8_block: tuple[int, int] | None = None) -> s
     """How ``scheme`` re-quantizes each GEMM's input, as an ``oracle.moe`` ``act_quant`` name."""
     _check_scheme(scheme)
     if scheme == "fp8_block":
-        bk = (fp8_block or ops_moe.DEFAULT_FP8_BLOCK)[0]
+        bk = (fp8_block or moe_op.DEFAULT_FP8_BLOCK)[0]
         return f"fp8 per-token-group {bk}"
     if scheme == "w_mxfp4_a_mxfp4":
         return "mxfp4"
@@ -123,25 +126,9 @@ def mx_fake_quant_triton(a: torch.Tensor) -> torch.Tensor:
     return _decode_mx(packed, scales, a.dtype)
 
 
-def mx_fake_quant_torch(v: torch.Tensor) -> torch.Tensor:
-    """float32 ``v [R, K]`` quantized to MXFP4 (OCP floor rule, RNE, saturated) and dequantized,
-    in float32 torch code."""
-    R, K = v.shape
-    blocks = v.float().reshape(R, K // _MX_BLOCK, _MX_BLOCK)
-    amax = blocks.abs().amax(dim=-1, keepdim=True)
-    _, ex = torch.frexp(amax)  # amax = m * 2**ex, 0.5 <= m < 1: floor(log2(amax)) = ex - 1
-    e = torch.where(amax > 0, ex - 1 - 2, torch.full_like(ex, -127)).clamp(-127, 127)
-    z = torch.ldexp(blocks, -e)  # exact
-    mag = z.abs()
-    # RNE onto the e2m1 grid: steps of 0.5 below 2, 1 below 4, 2 above; torch.round is half-to-even
-    q = torch.where(mag < 2, torch.round(mag * 2) / 2, torch.where(mag < 4, torch.round(mag), torch.round(mag / 2) * 2))
-    q = torch.copysign(q.clamp(max=6.0), z)
-    return torch.ldexp(q, e).reshape(R, K)
-
-
 class _MXPrologue:
     """Launches the grouped expert GEMM with its A operand quantized to MXFP4 first (the
-    launcher of ``kernels.triton.moe.fused_experts`` passes A as the first argument and its
+    launcher of ``kernels.moe.kernel.fused_experts`` passes A as the first argument and its
     strides further on, so the quantized copy keeps A's strides)."""
 
     def __init__(self, kernel):
@@ -160,7 +147,7 @@ class _MXPrologue:
 
 
 # ---------------------------------------------------------------------------------------------
-# backends (each has ops_moe.fused_moe_native's flat signature, ``scheme`` a dispatcher scheme)
+# backends (each has moe.op.fused_moe_native's flat signature, ``scheme`` a dispatcher scheme)
 
 
 def _native(x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, w2_zeros, correction_bias, expert_map,
@@ -177,8 +164,8 @@ def _native(x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, w2_zero
 def _emulation(x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, w2_zeros, correction_bias, expert_map,
                scheme, layout, group_size, block, top_k, scoring, renormalize, num_groups, topk_groups, activation,
                swiglu_limit, apply_router_weight_on_input, out_dtype, config):
-    """``ops_moe.fused_moe_emulation`` (records ``emulation``)."""
-    return ops_moe.fused_moe_emulation(
+    """``kernels.moe.emulation.fused_moe_emulation`` (records ``emulation``)."""
+    return emulation.fused_moe_emulation(
         x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, w2_zeros, correction_bias, expert_map,
         KERNEL_SCHEMES[scheme], layout, group_size, block, top_k, scoring, renormalize, num_groups, topk_groups,
         activation, swiglu_limit, apply_router_weight_on_input, out_dtype, config,
@@ -243,17 +230,17 @@ def _w4a4_emulation(x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros,
     ids, weights, a_in = _w4a4_routing(x, router_logits, top_k, scoring, renormalize, num_groups, topk_groups,
                                        correction_bias, apply_router_weight_on_input, router=_moe.route_torch)
     local = ids.long() if expert_map is None else expert_map.long()[ids.long()]
-    d13 = ops_moe._dequantize_experts(e13, H, 2 * I)
-    d2 = ops_moe._dequantize_experts(e2, I, H)
+    d13 = emulation.dequantize_experts(e13, H, 2 * I)
+    d2 = emulation.dequantize_experts(e2, I, H)
     slots = torch.zeros((T, top_k, H), dtype=torch.float32, device=x.device)
     for e in range(E_local):
         t_idx, j_idx = torch.nonzero(local == e, as_tuple=True)
         if t_idx.numel() == 0:
             continue
         r = weights[t_idx, j_idx][:, None]
-        h = mx_fake_quant_torch(a_in[t_idx].float()) @ d13[e]
-        act = ops_moe._activate_torch(h, I, activation, swiglu_limit).to(x.dtype).float()
-        y = mx_fake_quant_torch(act) @ d2[e]
+        h = emulation.mx_fake_quant_torch(a_in[t_idx].float()) @ d13[e]
+        act = emulation.activate_torch(h, I, activation, swiglu_limit).to(x.dtype).float()
+        y = emulation.mx_fake_quant_torch(act) @ d2[e]
         slots[t_idx, j_idx] = torch.where(r == 0, 0.0, y * r)
     backends.record(backends.EMULATION)
     return slots.sum(dim=1).to(out_dtype if out_dtype is not None else x.dtype)
@@ -268,17 +255,17 @@ _RUNNERS = {
 def _register() -> None:
     """Register both backends of every scheme (once) and declare the expectations."""
     for scheme in SCHEMES:
-        have = {b.name for b in dispatch.REGISTRY.backends.get((OP, scheme), [])}
+        have = {b.name for b in backends.REGISTRY.backends.get((OP, scheme), [])}
         native_run, emulation_run = _RUNNERS[scheme]
         if backends.NATIVE not in have:
-            dispatch.REGISTRY.register(OP, scheme, dispatch.Backend(
+            backends.REGISTRY.register(OP, scheme, backends.Backend(
                 backends.NATIVE, frozenset(NATIVE_REQUIRES[scheme]), native_run))
         if backends.EMULATION not in have:
-            dispatch.REGISTRY.register(OP, scheme, dispatch.Backend(backends.EMULATION, frozenset(), emulation_run))
-    declared = {(e.op, e.scheme) for e in dispatch.EXPECTATIONS}
+            backends.REGISTRY.register(OP, scheme, backends.Backend(backends.EMULATION, frozenset(), emulation_run))
+    declared = {(e.op, e.scheme) for e in backends.EXPECTATIONS}
     for scheme, requires in EXPECTED_NATIVE.items():
         if (OP, scheme) not in declared:
-            dispatch.declare(OP, scheme, requires)
+            backends.declare(OP, scheme, requires)
 
 
 _register()
@@ -287,13 +274,13 @@ _register()
 def expected_backend(scheme: str, device: str) -> str | None:
     """The backend the declared expectations demand for ``scheme`` on ``device``."""
     _check_scheme(scheme)
-    return dispatch.expected_backend(OP, scheme, dispatch.platform(device))
+    return backends.expected_backend(OP, scheme, platform(device))
 
 
-def pick(scheme: str, device: str) -> dispatch.Backend:
+def pick(scheme: str, device: str) -> backends.Backend:
     """The backend this dispatcher runs ``scheme`` on, on ``device``."""
     _check_scheme(scheme)
-    return dispatch.pick(OP, scheme, dispatch.platform(device), native_schemes=NATIVE_SCHEMES)
+    return backends.pick(OP, scheme, platform(device), native_schemes=NATIVE_SCHEMES)
 
 
 def fused_moe_dispatch(
@@ -323,7 +310,7 @@ def fused_moe_dispatch(
     config: list[int] | None,
 ) -> torch.Tensor:
     """Pick the backend for ``scheme`` on x's device and run it (it records itself). Arguments
-    as ``kernels.ops_moe.fused_moe_native``, with ``scheme`` one of ``SCHEMES``."""
+    as ``kernels.moe.op.fused_moe_native``, with ``scheme`` one of ``SCHEMES``."""
     backend = pick(scheme, x.device.type)
     return backend.run(
         x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, w2_zeros, correction_bias, expert_map,
@@ -338,7 +325,7 @@ def _dispatch_fake(x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, 
     """Contract: y is ``[T, H]``, dtype ``out_dtype or x.dtype``, on x's device; arguments are
     validated from metadata like every backend does."""
     _check_scheme(scheme)
-    return ops_moe._fused_moe_fake(
+    return moe_op._fused_moe_fake(
         x, router_logits, w13, w2, w13_scales, w2_scales, w13_zeros, w2_zeros, correction_bias, expert_map,
         KERNEL_SCHEMES[scheme], layout, group_size, block, top_k, scoring, renormalize, num_groups, topk_groups,
         activation, swiglu_limit, apply_router_weight_on_input, out_dtype, config,

@@ -1,28 +1,25 @@
-"""torch.library custom ops wrapping the bundled kernels, each with a fake (meta) implementation.
+"""torch.library custom op for the bundled W4A16 GEMM, with a fake (meta) implementation.
 
-Ops (namespace ``qkcheck``):
+Op (namespace ``qkcheck``):
 
 - ``qkcheck::w4a16_gemm(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, str layout,
   int group_size, Tensor? bias, ScalarType? out_dtype, int[]? config) -> Tensor``
-  — ``kernels.triton.w4a16.w4a16_gemm``; ``config`` is ``W4A16Config.as_list()``
+  — ``kernels.w4a16.kernel.w4a16_gemm``; ``config`` is ``W4A16Config.as_list()``
   (block_m, block_n, block_k[, split_k, group_m, num_warps, num_stages]) or None for the default.
 
-:func:`registered_ops` lists every op with its real and fake callables, so a harness can run
-both on the same inputs and compare output metadata (the fake must not share a bug with the
-real allocation: it derives shape and dtype from the op's contract, not from the launcher).
+:func:`registered_ops` lists it with its real and fake callables (``kernels.library.RegisteredOp``),
+so a harness can run both on the same inputs and compare output metadata (the fake must not
+share a bug with the real allocation: it derives shape and dtype from the op's contract, not
+from the launcher).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 
-from qkcheck.kernels.triton import w4a16 as _w4a16
+from qkcheck.kernels.library import NAMESPACE, RegisteredOp
+from qkcheck.kernels.w4a16 import kernel as _w4a16
 
-__all__ = ["RegisteredOp", "registered_ops", "w4a16_gemm"]
-
-NAMESPACE = "qkcheck"
+__all__ = ["registered_ops", "w4a16_gemm"]
 
 
 def _w4a16_real(
@@ -67,19 +64,8 @@ w4a16_gemm = torch.library.custom_op(f"{NAMESPACE}::w4a16_gemm", mutates_args=()
 w4a16_gemm.register_fake(_w4a16_fake)
 
 
-@dataclass(frozen=True)
-class RegisteredOp:
-    """name: ``namespace::op``; real / fake: the Python implementations; op: the OpOverload
-    (``torch.ops.qkcheck.<op>.default``) that dispatches to them."""
-
-    name: str
-    real: Callable[..., torch.Tensor]
-    fake: Callable[..., torch.Tensor]
-    op: object
-
-
 def registered_ops() -> dict[str, RegisteredOp]:
-    """Every custom op of this module, by name."""
+    """The custom op of this module, by name."""
     return {
         f"{NAMESPACE}::w4a16_gemm": RegisteredOp(
             f"{NAMESPACE}::w4a16_gemm", _w4a16_real, _w4a16_fake, torch.ops.qkcheck.w4a16_gemm.default,

@@ -2,10 +2,14 @@
 
 The kernel here is a plain torch W4A16 GEMM over GPTQ-packed weights; replace ``my_w4a16`` with
 your kernel. Run:  qkcheck gate --kernels examples/torch_w4a16_adapter.py
+
+It runs on one backend, so it declares no ``expected_backend`` and records nothing. A kernel that
+dispatches between backends (a native kernel and an emulation fallback, say) records which one
+ran in the code that runs it (``qkcheck.kernels.backends.record("native")``), never in ``call``,
+and its adapter declares ``expected_backend``: a case that ran anything else fails.
 """
 import torch
 
-from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.torch_io import torch_dtype
 from qkcheck.kernels.w4a16.adapter import w4a16_inputs
@@ -33,7 +37,6 @@ def pack(problem, params, device):
 
 
 def call(t, params, config):
-    backends.record(backends.NATIVE)
     return my_w4a16(x=t["x"], qweight=t["qweight"], scales=t["scales"], qzeros=t["zeros"],
                     group_size=params["group_size"], bias=t["bias"], out_dtype=torch_dtype(params["out_dtype"]))
 
@@ -49,7 +52,6 @@ ADAPTERS = [
         triton=False,                   # plain torch: Triton-interpreter defects do not apply
         target=my_w4a16,                # checked against `signature` on every case
         signature=("x", "qweight", "scales", "qzeros", "group_size", "bias", "out_dtype"),
-        expected_backend=backends.NATIVE,
         description="torch reference-style W4A16 (README example)",
     )
 ]

@@ -41,7 +41,10 @@ class KernelAdapter:
     deterministic: bool = True
     triton: bool = True  # runs Triton code: on cpu the interpreter's known defects apply to it
     custom_op: str | None = None  # torch.library op the call goes through (fake-vs-real is checked)
-    # e.g. "native": anything else recorded fails the case; or (params, device) -> name | None
+    # for a kernel that can run on more than one backend (a dispatcher): the backend the case must
+    # run on, e.g. "native" (anything else recorded fails the case), or (params, device) -> name |
+    # None. The code that runs records the backend (kernels.backends.record), never ``call``: a
+    # single-backend kernel leaves this None and its backend check is not run.
     expected_backend: str | Callable[[Mapping, str], str | None] | None = None
     target: Callable | None = None  # the external callable, for the signature check
     signature: tuple[str, ...] = ()  # the parameter names `call` binds on `target`, in order

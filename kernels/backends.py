@@ -1,8 +1,11 @@
 """Which backend ran, which may run, and which must: so a silent fallback (emulation where the
 native kernel was expected) is visible to the harness and fails the gate.
 
-**Recording.** Kernels and dispatchers call :func:`record` with the backend that ran; the harness
-wraps a call in :func:`recording` and reads the names recorded during it.
+**Recording.** The code that actually runs a computation records it: each bundled torch.library
+op's real implementation records ``NATIVE`` after launching its Triton kernel, an emulation
+records ``EMULATION``, a dispatcher's choice records itself when it runs. An adapter's ``call``
+never records (it would only repeat what it declares). The harness wraps a call in
+:func:`recording` and reads the names recorded during it.
 
 **Registry.** For each (op, scheme) the backends that can run it — the native Triton kernel and
 an emulation (dequantize + torch matmul: slow, correct) — each with the platform capabilities it
@@ -11,7 +14,8 @@ needs (``kernels.device.Platform``); :func:`pick` takes the first whose needs th
 **Expectations.** What *must* happen is declared separately, as data (``EXPECTATIONS``): "on a
 platform with capability X, scheme Y of op Z runs natively". An adapter whose kernel dispatches
 declares ``expected_backend`` from them; the harness checks every call's recorded backend
-against it, so a dispatcher that silently falls back to emulation fails the gate.
+against it, so a dispatcher that silently falls back to emulation fails the gate. A
+single-backend kernel declares no expectation: there is nothing it could fall back to.
 """
 from __future__ import annotations
 

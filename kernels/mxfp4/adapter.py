@@ -1,4 +1,5 @@
-"""The bundled MXFP4 GEMM as an adapter (``bundled:mxfp4_gemm``), through ``qkcheck::mxfp4_gemm``.
+"""The bundled MXFP4 GEMM as an adapter (``bundled:mxfp4_gemm``), through ``qkcheck::mxfp4_gemm``
+(the op records the backend that ran).
 
 Packing (canonical problem -> the kernel's storage, ``kernels.mxfp4.kernel``'s records):
 ``w`` e2m1 codes [K, N] -> uint8 [K // 2, N] (``WEIGHT_PACKING``: low nibble = even k),
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.torch_io import float_tensor, to_device, torch_dtype
 from qkcheck.oracle.packing import pack
@@ -75,7 +75,6 @@ def _call(t, params, config):
 
     from qkcheck.kernels.mxfp4 import op  # noqa: F401 — registers qkcheck::mxfp4_gemm
 
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.mxfp4_gemm(
         x_or_a=t["x_or_a"], w=t["w"], w_scale=t["w_scale"], a_scale=t["a_scale"], bias=t["bias"],
         out_dtype=torch_dtype(params["out_dtype"]),
@@ -100,7 +99,6 @@ MXFP4 = KernelAdapter(
     tunables=TUNABLES,
     custom_op="qkcheck::mxfp4_gemm",
     default_config=default_tiles,
-    expected_backend=backends.NATIVE,
     description="Triton MXFP4 GEMM (e2m1 weights, E8M0 scales per 32 along K; W4A16 or W4A4, split-K)",
 )
 

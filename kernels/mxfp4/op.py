@@ -7,6 +7,7 @@ Op (namespace ``qkcheck``):
   -- ``kernels.mxfp4.kernel.mxfp4_gemm``. ``a_scale`` None: W4A16 (x_or_a fp16/bf16 ``[M, K]``);
   given: W4A4 (x_or_a uint8 ``[M, K // 2]`` packed e2m1). ``config`` is ``MXFP4Config.as_list()``
   (block_m, block_n, block_k[, split_k, group_m, num_warps, num_stages, dot_scaled]) or None.
+  The real implementation records ``backends.NATIVE`` (``kernels.backends``) after the launch.
 
 :func:`registered_ops` lists it as a ``kernels.library.RegisteredOp`` record, so a harness can
 run real and fake on the same inputs and compare output metadata. The fake derives shape and
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from qkcheck.kernels import backends
 from qkcheck.kernels.library import NAMESPACE, RegisteredOp
 from qkcheck.kernels.mxfp4 import kernel as _mxfp4
 
@@ -38,10 +40,12 @@ def _mxfp4_real(
     compute_dtype: torch.dtype | None,
     config: list[int] | None,
 ) -> torch.Tensor:
-    return _mxfp4.mxfp4_gemm(
+    out = _mxfp4.mxfp4_gemm(
         x_or_a, w, w_scale, a_scale=a_scale, bias=bias, out_dtype=out_dtype, compute_dtype=compute_dtype,
         config=_config(config),
     )
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _mxfp4_fake(

@@ -1,6 +1,7 @@
 """The bundled activation quantization kernels (``kernels.quant.kernel``) as adapters, each called
 through its torch.library op (``kernels.quant.op``: ``qkcheck::per_token_quant``, ...), so the
-fake's output metadata is checked against the real outputs and the op's contract.
+fake's output metadata is checked against the real outputs and the op's contract (the op records
+the backend that ran).
 
 Tensors (``pack``): ``x`` in the case's in_dtype; ``scale`` (static_quant) a one-element float32
 tensor; ``global_scale`` (nvfp4_quant) a one-element float32 tensor, passed to the op as it is;
@@ -17,7 +18,6 @@ import dataclasses
 
 import numpy as np
 
-from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.torch_io import float_tensor
 
@@ -105,7 +105,6 @@ def call_per_token(t, params, config):
     from qkcheck.kernels.quant import op  # noqa: F401 — registers qkcheck::per_token_quant
     from qkcheck.kernels.quant.kernel import TileConfig
 
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.per_token_quant(t["x"], _torch_quant_dtype(params["quant_dtype"]),
                                              _float_of(t.get("scale_ub")), _config_list(TileConfig, config))
 
@@ -116,7 +115,6 @@ def _call_static(t, params, config):
     from qkcheck.kernels.quant import op  # noqa: F401
     from qkcheck.kernels.quant.kernel import TileConfig
 
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.static_quant(t["x"], t["scale"], _torch_quant_dtype(params["quant_dtype"]),
                                           _config_list(TileConfig, config))
 
@@ -127,7 +125,6 @@ def _call_group(t, params, config):
     from qkcheck.kernels.quant import op  # noqa: F401
     from qkcheck.kernels.quant.kernel import GroupConfig
 
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.per_token_group_quant(
         t["x"], params["group_size"], _torch_quant_dtype(params["quant_dtype"]), params["column_major_scales"],
         params["scale_ue8m0"], _config_list(GroupConfig, config))
@@ -139,7 +136,6 @@ def _call_mx(t, params, config):
     from qkcheck.kernels.quant import op  # noqa: F401
     from qkcheck.kernels.quant.kernel import MXConfig
 
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.mx_quant(t["x"], params["fmt"], params["scale_rule"], _config_list(MXConfig, config))
 
 
@@ -149,7 +145,6 @@ def _call_nvfp4(t, params, config):
     from qkcheck.kernels.quant import op  # noqa: F401
     from qkcheck.kernels.quant.kernel import NVFP4Config
 
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.nvfp4_quant(t["x"], t["global_scale"], _config_list(NVFP4Config, config))
 
 
@@ -194,7 +189,6 @@ PER_TOKEN_QUANT = KernelAdapter(
               "num_warps": (1, 2, 4, 8), "sw_fp8": (0, 1)},
     custom_op="qkcheck::per_token_quant",
     default_config=_default("per_token_quant"),
-    expected_backend=backends.NATIVE,
     description="Triton dynamic per-token quantization (int8 / FP8, optional scale_ub), float32 scales [M, 1]",
 )
 
@@ -206,7 +200,6 @@ STATIC_QUANT = KernelAdapter(
     tunables=PER_TOKEN_QUANT.tunables,
     custom_op="qkcheck::static_quant",
     default_config=_default("static_quant"),
-    expected_backend=backends.NATIVE,
     description="Triton static per-tensor quantization (int8 / FP8) with a given float32 scale",
 )
 
@@ -219,7 +212,6 @@ PER_TOKEN_GROUP_QUANT = KernelAdapter(
               "sw_fp8": (0, 1)},
     custom_op="qkcheck::per_token_group_quant",
     default_config=_default("per_token_group_quant"),
-    expected_backend=backends.NATIVE,
     description="Triton per-token-group quantization (G 32/64/128, int8 / FP8, row- or column-major, UE8M0 scales)",
 )
 
@@ -231,7 +223,6 @@ MX_QUANT = KernelAdapter(
     tunables={"block_m": (1, 2, 4, 8, 16, 32), "block_g": (1, 2, 4, 8, 16, 32), "num_warps": (1, 2, 4, 8)},
     custom_op="qkcheck::mx_quant",
     default_config=_default("mx_quant"),
-    expected_backend=backends.NATIVE,
     unpack=unpack_mx,
     description="Triton MX quantization (MXFP4, MXFP6 e2m3/e3m2, MXFP8 e4m3/e5m2; E8M0 block scales, OCP floor "
                 "or RCEIL); uint8 codes: FP4 packed two per byte, FP6/FP8 one bit pattern per byte",
@@ -245,7 +236,6 @@ NVFP4_QUANT = KernelAdapter(
     tunables={"block_m": (1, 2, 4, 8, 16, 32), "block_g": (1, 2, 4, 8, 16, 32), "num_warps": (1, 2, 4, 8)},
     custom_op="qkcheck::nvfp4_quant",
     default_config=_default("nvfp4_quant"),
-    expected_backend=backends.NATIVE,
     unpack=unpack_nvfp4,
     description="Triton NVFP4 quantization (E4M3 scales per 16 elements, float32 global dequantization scale), "
                 "e2m1 codes packed two per byte, scales as uint8 E4M3 codes",

@@ -30,7 +30,8 @@ quant_dtype: ``torch.int8``, ``torch.float8_e4m3fn``, ``torch.float8_e4m3fnuz``,
 bit patterns; ``kernels.quant.kernel``'s docstring says why and how to view them as float8).
 
 :data:`REGISTERED` (also returned by :func:`registered_ops`) maps each op name to a
-``kernels.library.RegisteredOp`` with its real and fake callables and its OpOverload. Each fake
+``kernels.library.RegisteredOp`` with its real and fake callables and its OpOverload. Each real
+implementation records ``backends.NATIVE`` (``kernels.backends``) after the launch. Each fake
 validates its arguments like the real op and builds its outputs from the contract above, written
 out here, never by calling the launcher's allocation code, so a wrong dtype, shape or stride in
 either shows up when the two are compared.
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import torch
 
+from qkcheck.kernels import backends
 from qkcheck.kernels.library import NAMESPACE, RegisteredOp
 from qkcheck.kernels.quant import kernel as _q
 
@@ -63,7 +65,9 @@ def _config(cls, values):
 def _per_token_quant_real(
     x: torch.Tensor, quant_dtype: torch.dtype, scale_ub: float | None, config: list[int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _q.per_token_quant(x, quant_dtype, scale_ub=scale_ub, config=_config(_q.TileConfig, config))
+    out = _q.per_token_quant(x, quant_dtype, scale_ub=scale_ub, config=_config(_q.TileConfig, config))
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _per_token_quant_fake(
@@ -88,7 +92,9 @@ per_token_quant.register_fake(_per_token_quant_fake)
 def _static_quant_real(
     x: torch.Tensor, scale: torch.Tensor, quant_dtype: torch.dtype, config: list[int] | None,
 ) -> torch.Tensor:
-    return _q.static_quant(x, scale, quant_dtype, config=_config(_q.TileConfig, config))
+    out = _q.static_quant(x, scale, quant_dtype, config=_config(_q.TileConfig, config))
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _static_quant_fake(
@@ -111,10 +117,12 @@ def _per_token_group_quant_real(
     x: torch.Tensor, group_size: int, quant_dtype: torch.dtype, column_major_scales: bool, scale_ue8m0: bool,
     config: list[int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _q.per_token_group_quant(
+    out = _q.per_token_group_quant(
         x, group_size, quant_dtype, column_major_scales=column_major_scales, scale_ue8m0=scale_ue8m0,
         config=_config(_q.GroupConfig, config),
     )
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _per_token_group_quant_fake(
@@ -143,7 +151,9 @@ per_token_group_quant.register_fake(_per_token_group_quant_fake)
 
 def _mx_quant_real(x: torch.Tensor, fmt: str, scale_rule: str,
                    config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _q.mx_quant(x, fmt=fmt, scale_rule=scale_rule, config=_config(_q.MXConfig, config))
+    out = _q.mx_quant(x, fmt=fmt, scale_rule=scale_rule, config=_config(_q.MXConfig, config))
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _mx_quant_fake(x: torch.Tensor, fmt: str, scale_rule: str,
@@ -167,7 +177,9 @@ mx_quant.register_fake(_mx_quant_fake)
 
 def _nvfp4_quant_real(x: torch.Tensor, global_scale: torch.Tensor,
                       config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return _q.nvfp4_quant(x, global_scale, config=_config(_q.NVFP4Config, config))
+    out = _q.nvfp4_quant(x, global_scale, config=_config(_q.NVFP4Config, config))
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _nvfp4_quant_fake(x: torch.Tensor, global_scale: torch.Tensor,

@@ -1,5 +1,5 @@
 """Adapters of the W8A8 / FP8 GEMMs (``kernels.scaled_mm.kernel``), each through its
-torch.library op (``kernels.scaled_mm.op``).
+torch.library op (``kernels.scaled_mm.op``, which records the backend that ran).
 
 ``pack`` builds what a caller hands the op from the canonical problem and the case's *arrival*
 params (``cases.families.scaled_mm``): scale tensors in the named shape (``[]``, ``[1]``,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.torch_io import float_tensor, to_device, torch_dtype
 
@@ -103,7 +102,6 @@ def _scaled_mm_call(t, params, config):
     from qkcheck.kernels.scaled_mm import op  # noqa: F401 — registers qkcheck::scaled_mm
 
     b = t["b"].t() if params["b_storage"] == "nk" else t["b"]
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.scaled_mm(t["a"], b, t["a_scale"], t["b_scale"], torch_dtype(params["out_dtype"]),
                                        t["bias"], t["azp"], _config(config))
 
@@ -116,7 +114,6 @@ SCALED_MM = KernelAdapter(
     tunables=TUNABLES_8BIT,
     custom_op="qkcheck::scaled_mm",
     default_config=_default,
-    expected_backend=backends.NATIVE,
     description="Triton W8A8 GEMM (int8 / fp8 codes, per-token / per-tensor a scales, per-channel / "
                 "per-tensor b scales, int8 zero points, split-K)",
 )
@@ -142,7 +139,6 @@ def _block_call(t, params, config):
     from qkcheck.kernels.scaled_mm import op  # noqa: F401 — registers qkcheck::block_scaled_mm
 
     a_scale = t["a_scale"].t() if params["a_scale_major"] == "column" else t["a_scale"]
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.block_scaled_mm(
         t["a"], t["b"].t(), a_scale, t["b_scale"], [params["scale_block_k"], params["scale_block_n"]],
         torch_dtype(params["out_dtype"]), t["bias"], _config(config),
@@ -157,7 +153,6 @@ BLOCK_SCALED_MM = KernelAdapter(
     tunables=TUNABLES_8BIT,
     custom_op="qkcheck::block_scaled_mm",
     default_config=_default,
-    expected_backend=backends.NATIVE,
     description="Triton block-scaled FP8 GEMM (1 x bk activation groups, bk x bn weight blocks, "
                 "BLOCK_K independent of bk, row- or column-major activation scales)",
 )
@@ -201,7 +196,6 @@ def _fp8_w8a16_call(t, params, config):
     weight = checkpoint_weight(t["weight"], k, params)
     prepared = prepare_weights("fp8_w8a16", weight, t["weight_scale"], weight_layout=params["weight_layout"],
                                in_features=k, out_features=t["weight"].numel() // k)
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.fp8_w8a16_gemm(t["x"], prepared["b"], prepared["b_scale"],
                                             torch_dtype(params["out_dtype"]), t["bias"], _config(config))
 
@@ -214,7 +208,6 @@ FP8_W8A16 = KernelAdapter(
     tunables=TUNABLES_A16,
     custom_op="qkcheck::fp8_w8a16_gemm",
     default_config=_default,
-    expected_backend=backends.NATIVE,
     description="weight loader (prepare_weights, declared [N,K]/[K,N] layout, any scale arrival) + Triton "
                 "FP8 W8A16 GEMM",
 )

@@ -21,12 +21,14 @@ and ``N = b.shape[1]``, dtype ``out_dtype``, on the first operand's device; argu
 validated exactly like the real op (metadata only). The fakes derive the shape from the
 contract, not from the launchers' allocation code, so a bug there is not shared.
 
-:func:`registered_ops` lists every op with its real and fake callables.
+:func:`registered_ops` lists every op with its real and fake callables. Each real implementation
+records ``backends.NATIVE`` (``kernels.backends``) after the launch.
 """
 from __future__ import annotations
 
 import torch
 
+from qkcheck.kernels import backends
 from qkcheck.kernels.library import NAMESPACE, RegisteredOp
 from qkcheck.kernels.scaled_mm import kernel as _sm
 
@@ -58,7 +60,9 @@ def _scaled_mm_real(
     azp: torch.Tensor | None,
     config: list[int] | None,
 ) -> torch.Tensor:
-    return _sm.scaled_mm(a, b, a_scale, b_scale, out_dtype=out_dtype, bias=bias, azp=azp, config=_config(config))
+    out = _sm.scaled_mm(a, b, a_scale, b_scale, out_dtype=out_dtype, bias=bias, azp=azp, config=_config(config))
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _scaled_mm_fake(
@@ -91,9 +95,11 @@ def _block_scaled_mm_real(
     bias: torch.Tensor | None,
     config: list[int] | None,
 ) -> torch.Tensor:
-    return _sm.block_scaled_mm(
+    out = _sm.block_scaled_mm(
         a, b, a_scale, b_scale, block=_block(block), out_dtype=out_dtype, bias=bias, config=_config(config),
     )
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _block_scaled_mm_fake(
@@ -124,7 +130,9 @@ def _fp8_w8a16_real(
     bias: torch.Tensor | None,
     config: list[int] | None,
 ) -> torch.Tensor:
-    return _sm.fp8_w8a16_gemm(x, b, b_scale, out_dtype=out_dtype, bias=bias, config=_config(config))
+    out = _sm.fp8_w8a16_gemm(x, b, b_scale, out_dtype=out_dtype, bias=bias, config=_config(config))
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _fp8_w8a16_fake(

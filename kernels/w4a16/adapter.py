@@ -1,5 +1,5 @@
 """The bundled W4A16 GEMM as an adapter (``bundled:w4a16_gemm``), through ``qkcheck::w4a16_gemm``
-(fake-vs-real metadata is checked; the call records the backend that ran), and its packer.
+(fake-vs-real metadata is checked; the op records the backend that ran), and its packer.
 
 Packing (:func:`w4a16_inputs`): the canonical problem's uint4 codes and zero points are packed
 per the layout's ``oracle.packing`` records (``kernels.w4a16.kernel.LAYOUTS``, the same records
@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.torch_io import float_tensor, to_device, torch_dtype
 from qkcheck.oracle.packing import pack
@@ -53,7 +52,6 @@ def _w4a16_call(t, params, config):
         from qkcheck.kernels.w4a16.kernel import W4A16Config
 
         cfg = W4A16Config(**config).as_list()
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.w4a16_gemm(
         t["x"], t["qweight"], t["scales"], t["zeros"], layout=params["layout"], group_size=params["group_size"],
         bias=t["bias"], out_dtype=torch_dtype(params["out_dtype"]), config=cfg,
@@ -78,7 +76,6 @@ W4A16 = KernelAdapter(
               "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
     custom_op="qkcheck::w4a16_gemm",
     default_config=_w4a16_default,
-    expected_backend=backends.NATIVE,
     description="Triton W4A16 GEMM (GPTQ/AWQ/nibble int4, per-row group scales, split-K)",
 )
 

@@ -6,6 +6,7 @@ Op (namespace ``qkcheck``):
   int group_size, Tensor? bias, ScalarType? out_dtype, int[]? config) -> Tensor``
   — ``kernels.w4a16.kernel.w4a16_gemm``; ``config`` is ``W4A16Config.as_list()``
   (block_m, block_n, block_k[, split_k, group_m, num_warps, num_stages]) or None for the default.
+  The real implementation records ``backends.NATIVE`` (``kernels.backends``) after the launch.
 
 :func:`registered_ops` lists it with its real and fake callables (``kernels.library.RegisteredOp``),
 so a harness can run both on the same inputs and compare output metadata (the fake must not
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from qkcheck.kernels import backends
 from qkcheck.kernels.library import NAMESPACE, RegisteredOp
 from qkcheck.kernels.w4a16 import kernel as _w4a16
 
@@ -33,10 +35,12 @@ def _w4a16_real(
     out_dtype: torch.dtype | None,
     config: list[int] | None,
 ) -> torch.Tensor:
-    return _w4a16.w4a16_gemm(
+    out = _w4a16.w4a16_gemm(
         x, qweight, scales, zeros, layout=layout, group_size=group_size, bias=bias,
         out_dtype=out_dtype, config=None if config is None else _w4a16.W4A16Config.from_list(config),
     )
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _w4a16_fake(

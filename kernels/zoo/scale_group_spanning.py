@@ -18,7 +18,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.torch_io import torch_dtype
 from qkcheck.kernels.triton.tiles import output_tile, split_k_tiles
@@ -119,7 +118,6 @@ def w4a16_gemm_first_group_scale(x, qweight, scales, zeros=None, **kwargs):
 
 
 def _call(t, params, config):
-    backends.record(backends.NATIVE)
     return w4a16_gemm_first_group_scale(
         t["x"], t["qweight"], t["scales"], t["zeros"], layout=params["layout"], group_size=params["group_size"],
         bias=t["bias"], out_dtype=torch_dtype(params["out_dtype"]),
@@ -135,7 +133,6 @@ ADAPTER = KernelAdapter(
     layouts=W4A16.layouts,
     tunables=W4A16.tunables,
     default_config=_w4a16_default,
-    expected_backend=backends.NATIVE,
     description="seed 003: first scale group of each K-tile applied to the whole tile (BLOCK_K > group_size)",
 )
 

@@ -32,7 +32,6 @@ layers.
 """
 from __future__ import annotations
 
-from qkcheck.kernels import backends
 from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.scaled_mm.adapter import FP8_W8A16, _config, _default, checkpoint_weight
 from qkcheck.kernels.torch_io import torch_dtype
@@ -61,7 +60,6 @@ def _call(t, params, config):
     weight = checkpoint_weight(t["weight"], k, params)
     b, b_scale = process_weights_after_loading(weight, t["weight_scale"], in_features=k,
                                                out_features=t["weight"].numel() // k)
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck.fp8_w8a16_gemm(t["x"], b, b_scale.to(torch.float32),
                                             torch_dtype(params["out_dtype"]), t["bias"], _config(config))
 
@@ -74,7 +72,6 @@ ADAPTER = KernelAdapter(
     tunables=FP8_W8A16.tunables,
     custom_op=FP8_W8A16.custom_op,
     default_config=_default,
-    expected_backend=backends.NATIVE,
     description="seed 004: FP8 W8A16 loader guessing orientation by shape/contiguity, weight_scale transposed "
                 "unconditionally ([1,N] scales reach the kernel as [N,1]; square weights misoriented)",
 )

@@ -71,7 +71,9 @@ def _config(values):
 
 def _real(x: torch.Tensor, quant_dtype: torch.dtype, scale_ub: float | None,
           config: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return per_token_quant_fp8_alloc(x, quant_dtype, scale_ub=scale_ub, config=_config(config))
+    out = per_token_quant_fp8_alloc(x, quant_dtype, scale_ub=scale_ub, config=_config(config))
+    backends.record(backends.NATIVE)
+    return out
 
 
 def _fake(x: torch.Tensor, quant_dtype: torch.dtype, scale_ub: float | None,
@@ -89,7 +91,6 @@ per_token_quant.register_fake(_fake)
 
 
 def _call(t, params, config):
-    backends.record(backends.NATIVE)
     return torch.ops.qkcheck_zoo.per_token_quant(t["x"], _torch_quant_dtype(params["quant_dtype"]),
                                                  _float_of(t.get("scale_ub")), _config_list(_q.TileConfig, config))
 
@@ -102,7 +103,6 @@ ADAPTER = KernelAdapter(
     tunables=PER_TOKEN_QUANT.tunables,
     custom_op=f"{ZOO_NAMESPACE}::per_token_quant",
     default_config=PER_TOKEN_QUANT.default_config,
-    expected_backend=backends.NATIVE,
     description="seed 002: per-token quant output (and its fake) allocated as float8_e4m3fn whatever quant_dtype is",
 )
 

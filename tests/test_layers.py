@@ -18,6 +18,8 @@ from __future__ import annotations
 import ast
 import functools
 import pathlib
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -262,6 +264,24 @@ def test_project_imports_use_the_qkcheck_name():
 def test_project_imports_name_modules_that_exist():
     bad = unresolved_imports(ROOT)
     assert not bad, "stale imports:\n  " + "\n  ".join(bad)
+
+
+@pytest.mark.parametrize("first", ["qkcheck.cases.families.mxfp4", "qkcheck.cases.case", "qkcheck.cases.registry"])
+def test_whichever_cases_module_loads_first_the_registry_knows_every_op(first):
+    """The bug the old circle made (9f8f945): a family imported first stayed unknown. Importing
+    builds no registry; the first lookup builds it whole. Neither loads torch."""
+    code = (
+        f"import importlib, sys\nimportlib.import_module({first!r})\n"
+        "from qkcheck.cases import registry\n"
+        "assert registry._registry.cache_info().currsize == 0, 'built at import'\n"
+        "from qkcheck.cases.families import FAMILIES\n"
+        "ops = sorted(s.op for f in FAMILIES for s in f.SPECS)\n"
+        "assert sorted(registry.specs()) == ops and 'mxfp4_gemm' in ops, sorted(registry.specs())\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'triton'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "", f"loading the cases registry pulled in {out.stdout.strip()}"
 
 
 # --------------------------------------------------------------------- the checks can fail

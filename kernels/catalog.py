@@ -68,8 +68,18 @@ def available() -> dict[str, KernelAdapter]:
 
 
 def resolve(spec: str) -> list[KernelAdapter]:
-    """Adapters named by one ``--kernels`` value (see the module docstring)."""
+    """Adapters named by one ``--kernels`` value (see the module docstring). ``SPEC::NAME`` selects
+    the adapter called NAME among those SPEC names (``my_adapters.py::mine:w4a16``)."""
     from qkcheck.kernels import engines, zoo
+
+    if "::" in spec:
+        base, _, name = spec.rpartition("::")
+        found = resolve(base)
+        chosen = [a for a in found if a.name == name]
+        if not chosen:
+            raise AdapterError(f"--kernels {spec}: {base} has no adapter named {name!r} "
+                               f"(it has: {', '.join(a.name for a in found) or 'none'})")
+        return chosen
 
     spec = engines.ENGINES.get(spec, spec)  # "vllm", "aiter": the engines' adapter modules
     if spec == "bundled":

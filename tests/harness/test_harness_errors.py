@@ -176,3 +176,73 @@ def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0, err
     assert message.replace("{tmp}", str(tmp_path)) in err and err.startswith("qkcheck: error: ")
+
+
+CRASH_FILE = '''
+import ctypes, dataclasses, importlib.util, os
+spec = importlib.util.spec_from_file_location("ex", {example!r})
+ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)
+CRASHES = (lambda: ctypes.string_at(0), lambda: os._exit(3), os.abort)  # segfault, exit, abort
+
+def call(t, params, config):
+    if params["bias"]:
+        CRASHES[int(t["x"].shape[0] + t["qweight"].shape[1] + int(params["group_size"])) % 3]()
+    return ex.call(t, params, config)
+
+ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:crash", call=call)]
+'''
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+def test_a_crashing_foreign_kernel_costs_its_cases_never_the_run(tmp_path, workers):
+    """Isolation is on by default for a user's file on the CPU: each crash (segfault, os._exit,
+    abort) fails its case, the other cases run and pass, every case is in the results file, exit 1."""
+    adapters = tmp_path / "crash.py"
+    adapters.write_text(CRASH_FILE.format(example=str(EXAMPLE)))
+    results = tmp_path / "r.jsonl"
+    r = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels",
+                        str(adapters), "--results", str(results), *(["-n", workers] if workers else []),
+                        "--shard", "1/8"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    recs = [json.loads(x) for x in results.read_text().splitlines()][1:]
+    crashed = [x for x in recs if x["case"]["params"]["bias"]]
+    assert crashed and len(crashed) < len(recs) == 10, [x["case_id"] for x in recs]
+    assert all(x["status"] == "fail" and any(c["name"] == "crashed" for c in x["checks"]) for x in crashed)
+    assert all(x["status"] == "pass" for x in recs if not x["case"]["params"]["bias"])
+    details = " ".join(c["detail"] for x in crashed for c in x["checks"] if c["name"] == "crashed")
+    assert "SIGSEGV" in details and "code 3" in details and "SIGABRT" in details, details
+
+
+TWO_FILE = '''
+import dataclasses, importlib.util
+spec = importlib.util.spec_from_file_location("ex", {example!r})
+ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)
+
+def late_scales(t, params, config):  # each group's scales taken from the next group
+    return ex.call({{**t, "scales": t["scales"].roll(-1, 0)}}, params, config)
+
+ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="mine:good"),
+            dataclasses.replace(ex.ADAPTERS[0], name="mine:late scales", call=late_scales)]
+'''
+
+
+def test_file_name_selection_and_the_printed_replay_command_works_verbatim(tmp_path):
+    """``FILE::NAME`` selects one adapter of a file; the replay line printed for its failure,
+    pasted into a shell (a name with a space in a directory with a space), replays that adapter only."""
+    folder = tmp_path / "my kernels"
+    folder.mkdir()
+    adapters = folder / "two.py"
+    adapters.write_text(TWO_FILE.format(example=str(EXAMPLE)))
+    r = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels",
+                        f"{adapters}::mine:late scales", "--failures-dir", str(folder / "failures"),
+                        "--", "-x", "-k", "m1n64k256"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "mine:good" not in r.stdout, r.stdout[-3000:]
+    line = next(x for x in r.stdout.splitlines() if x.strip().startswith("replay: "))
+    command = line.split("replay: ", 1)[1].replace("qkcheck", f"{sys.executable} -m qkcheck.cases.cli", 1)
+    replay = subprocess.run(command, shell=True, cwd="/", capture_output=True, text=True, timeout=300)
+    assert replay.returncode == 1, replay.stdout + replay.stderr
+    assert "mine:late scales ::" in replay.stdout and "mine:good" not in replay.stdout, replay.stdout
+    missing = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels",
+                              f"{adapters}::nope"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "has no adapter named 'nope' (it has: mine:good, mine:late scales)" in (
+        missing.stdout + missing.stderr)

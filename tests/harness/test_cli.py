@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.harness.conftest import ROOT, qkcheck, qkcheck_popen
 from tests.harness.torch_adapters import GOOD_W4A16
 
-ROOT = Path(__file__).resolve().parents[2]
 CORPUS_CASE = ROOT / "cases" / "corpus" / "w4a16-block-k-spans-two-groups.json"
 
 
-def qkcheck(*args, cwd=ROOT, timeout=600):
-    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def test_replay_of_the_seed_003_case_fails_on_the_zoo_kernel_and_passes_on_the_bundled_one():
-    bad = qkcheck("replay", str(CORPUS_CASE), "--kernels", "zoo:scale_group_spanning", "--device", "cpu")
+def test_replay_of_the_seed_003_case_fails_on_the_zoo_kernel_and_passes_on_the_bundled_one(qkcheck_here):
+    bad = qkcheck_here("replay", str(CORPUS_CASE), "--kernels", "zoo:scale_group_spanning", "--device", "cpu")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "first scale group of each BLOCK_K=64 tile is applied to the whole tile (group_size=32)" in bad.stdout
-    good = qkcheck("replay", str(CORPUS_CASE), "--kernels", "bundled", "--device", "cpu")
+    good = qkcheck_here("replay", str(CORPUS_CASE), "--kernels", "bundled", "--device", "cpu")
     assert good.returncode == 0 and ": PASS" in good.stdout, good.stdout + good.stderr
 
 
@@ -57,21 +51,23 @@ NEEDS_NO_GPU = pytest.mark.skipif(_has_gpu(), reason="checks the error for a GPU
         pytest.param(["frobnicate"], "invalid choice: 'frobnicate'", id="command"),
     ],
 )
-def test_usage_errors_exit_2_with_a_clear_message(args, match):
-    r = qkcheck(*args)
+def test_usage_errors_exit_2_with_a_clear_message(args, match, qkcheck_here):
+    # under -n the xdist controller reports the error while its workers start: that needs a process
+    # of its own; the other errors come the same way in this process, without a torch start-up
+    r = qkcheck(*args) if "-n" in args else qkcheck_here(*args)
     assert r.returncode == 2, r.stdout + r.stderr
     assert match in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
 
 
-def test_adapter_file_that_fails_to_import_is_a_usage_error(tmp_path):
+def test_adapter_file_that_fails_to_import_is_a_usage_error(tmp_path, qkcheck_here):
     f = tmp_path / "adapters.py"
     f.write_text("import not_a_module_anywhere\n")
-    r = qkcheck("gate", "--kernels", str(f), "--device", "cpu")
+    r = qkcheck_here("gate", "--kernels", str(f), "--device", "cpu")
     assert r.returncode == 2 and "failed to import (ModuleNotFoundError" in r.stdout + r.stderr
 
 
-def test_fuzz_finds_seed_003_shrinks_it_and_the_replay_reproduces(tmp_path):
+def test_fuzz_finds_seed_003_shrinks_it_and_the_replay_reproduces(tmp_path, qkcheck_here):
     fails = tmp_path / "failures"
     r = qkcheck("fuzz", "--kernels", "zoo:scale_group_spanning", "--budget", "60s", "--device", "cpu",
                 "--failures-dir", str(fails), "--results", str(tmp_path / "r.jsonl"))
@@ -88,27 +84,33 @@ def test_fuzz_finds_seed_003_shrinks_it_and_the_replay_reproduces(tmp_path):
     # minimal: two groups of the smallest size in one tile, one row
     assert case["shape"]["m"] == 1 and case["shape"]["k"] == 2 * case["params"]["group_size"]
     assert case["config"]["block_k"] > case["params"]["group_size"]
-    replay = qkcheck("replay", str(saved[0]), "--kernels", "zoo:scale_group_spanning", "--device", "cpu")
+    replay = qkcheck_here("replay", str(saved[0]), "--kernels", "zoo:scale_group_spanning", "--device", "cpu")
     assert replay.returncode == 1 and "first scale group of each BLOCK_K" in replay.stdout
-    fixed = qkcheck("replay", str(saved[0]), "--kernels", "bundled", "--device", "cpu")
+    fixed = qkcheck_here("replay", str(saved[0]), "--kernels", "bundled", "--device", "cpu")
     assert fixed.returncode == 0, fixed.stdout
 
 
-def _fuzz_to_a_failure(kernels: str, fails: Path, shrink_budget: str) -> str:
-    """``qkcheck fuzz`` on the CPU until it finds (and reports) a failure: its output."""
-    r = qkcheck("fuzz", "--kernels", kernels, "--budget", "60s", "--device", "cpu",
-                "--failures-dir", str(fails), "--shrink-budget", shrink_budget)
+def _fuzz_to_a_failure(entry: str, shrink_budget: str, tmp_path: Path, zoo_fuzz) -> tuple[str, Path]:
+    """``qkcheck fuzz --kernels zoo:ENTRY`` on the CPU until it finds (and reports) a failure: its
+    output and the folder of the cases it saved. With no shrink budget ("0") that is the run the
+    entry's family tests assert on too (``zoo_fuzz``: run once)."""
+    if shrink_budget == "0":
+        run = zoo_fuzz(entry)
+        r, fails = run.process, run.failures
+    else:
+        fails = tmp_path / "failures"
+        r = qkcheck("fuzz", "--kernels", f"zoo:{entry}", "--budget", "60s", "--device", "cpu",
+                    "--failures-dir", fails, "--shrink-budget", shrink_budget)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out[-3000:]
-    return out
+    return out, fails
 
 
-@pytest.mark.parametrize("shrink_budget", ["0.001s", "0"])
-def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_path, shrink_budget):
+@pytest.mark.parametrize("shrink_budget", ["0.001s", pytest.param("0", marks=pytest.mark.xdist_group("zoo-fuzz-api_misbinding"))])
+def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_path, shrink_budget, zoo_fuzz):
     """A spent shrink budget stops candidates from running: the first failing case is reported and
     saved as found (no shrink cases); with no budget (0) the same failure is shrunk further."""
-    fails = tmp_path / "failures"
-    out = _fuzz_to_a_failure("zoo:api_misbinding", fails, shrink_budget)
+    out, fails = _fuzz_to_a_failure("api_misbinding", shrink_budget, tmp_path, zoo_fuzz)
     m = re.search(r"fuzz found a failure after (\d+) cases, [\d.]+ s into the fuzz \(shrunk in (\d+) more cases", out)
     assert m, out[-3000:]
     shrink_cases = int(m.group(2))
@@ -116,13 +118,13 @@ def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_pa
     assert len(list(fails.glob("*.json"))) == 1
 
 
-@pytest.mark.parametrize("shrink_budget", ["1s", "0"])
-def test_shrink_candidates_whose_compile_the_budget_cannot_pay_for_are_not_tried(tmp_path, shrink_budget):
+@pytest.mark.parametrize("shrink_budget", ["1s", pytest.param("0", marks=pytest.mark.xdist_group("zoo-fuzz-silent_emulation"))])
+def test_shrink_candidates_whose_compile_the_budget_cannot_pay_for_are_not_tried(tmp_path, shrink_budget, zoo_fuzz,
+                                                                                 qkcheck_here):
     """Under a shrink budget, a candidate of a kernel variant (params and config) not yet run in
     the process is not tried once the time left is less than the longest first run of a variant so
     far (its compile, on a GPU); the summary counts them. Without a budget every candidate runs."""
-    fails = tmp_path / "failures"
-    out = _fuzz_to_a_failure("zoo:silent_emulation", fails, shrink_budget)
+    out, fails = _fuzz_to_a_failure("silent_emulation", shrink_budget, tmp_path, zoo_fuzz)
     m = re.search(r"(\d+) shrink candidate\(s\) of kernel variants not yet compiled left untried", out)
     if shrink_budget == "0":
         assert m is None, out[-3000:]
@@ -130,17 +132,16 @@ def test_shrink_candidates_whose_compile_the_budget_cannot_pay_for_are_not_tried
         assert m and int(m.group(1)) > 0, out[-3000:]
     saved = list(fails.glob("*.json"))
     assert len(saved) == 1
-    replay = qkcheck("replay", str(saved[0]), "--kernels", "zoo:silent_emulation", "--device", "cpu")
+    replay = qkcheck_here("replay", str(saved[0]), "--kernels", "zoo:silent_emulation", "--device", "cpu")
     assert replay.returncode == 1, replay.stdout[-2000:]
 
 
-def test_a_run_killed_while_shrinking_leaves_the_case_it_found(tmp_path):
+def test_a_run_killed_while_shrinking_leaves_the_case_it_found(tmp_path, qkcheck_here):
     """The failing case is saved when found: killing the run during shrinking (no shrink budget)
     still leaves a case file, and replaying it reproduces the failure."""
     fails = tmp_path / "failures"
-    cmd = [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--kernels", "zoo:api_misbinding", "--budget", "120s",
-           "--device", "cpu", "--failures-dir", str(fails), "--shrink-budget", "0"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = qkcheck_popen("fuzz", "--kernels", "zoo:api_misbinding", "--budget", "120s", "--device", "cpu",
+                         "--failures-dir", fails, "--shrink-budget", "0", merge_stderr=True)
     try:
         seen = []
         for line in proc.stdout:
@@ -155,7 +156,7 @@ def test_a_run_killed_while_shrinking_leaves_the_case_it_found(tmp_path):
         proc.wait(timeout=60)
     found = Path(m.group(1))
     assert found.exists() and found.parent == fails and found.name.endswith(".found.json")
-    replay = qkcheck("replay", str(found), "--kernels", "zoo:api_misbinding", "--device", "cpu")
+    replay = qkcheck_here("replay", str(found), "--kernels", "zoo:api_misbinding", "--device", "cpu")
     assert replay.returncode == 1, replay.stdout[-2000:]
 
 
@@ -170,7 +171,9 @@ def test_fuzz_skips_draws_it_already_checked(tmp_path):
     not run again (a case's siblings derive from it, so they would repeat too)."""
     adapters = tmp_path / "adapters.py"
     adapters.write_text(TORCH_W4A16)
-    r = qkcheck("fuzz", "--kernels", str(adapters), "--budget", "8s", "--device", "cpu",
+    # --isolate off: a user's file runs in a case-runner child by default, whose start-up (a torch
+    # import) would take a good part of the budget; the draws are what this test counts
+    r = qkcheck("fuzz", "--kernels", str(adapters), "--budget", "8s", "--device", "cpu", "--isolate", "off",
                 "--failures-dir", str(tmp_path / "failures"))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]

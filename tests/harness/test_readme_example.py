@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness.test_cli import ROOT, qkcheck
+import pytest
+
+from tests.harness.conftest import ROOT
 
 
 def test_readme_shows_the_example_commands():
@@ -12,7 +14,10 @@ def test_readme_shows_the_example_commands():
     assert Path(ROOT / "examples" / "torch_w4a16_adapter.py").exists()
 
 
-def test_gate_on_the_example_adapter_passes():
-    r = qkcheck("gate", "--kernels", "examples/torch_w4a16_adapter.py", "--device", "cpu", "--shard", "1/3")
+@pytest.mark.xdist_group("example-gate")
+def test_gate_on_the_example_adapter_passes(example_gate_shards):
+    """``qkcheck gate --kernels examples/torch_w4a16_adapter.py --device cpu --shard 1/3`` (the run
+    test_sharding takes as its first shard)."""
+    r, _ = example_gate_shards[0]
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout

@@ -5,41 +5,36 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-KERNEL = "examples/torch_w4a16_adapter.py"  # plain torch: the whole grid runs in seconds
+import pytest
 
+import qkcheck
+from tests.harness.conftest import EXAMPLE_ADAPTER, EXAMPLE_SHARDS, ROOT
 
-def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=900)
+KERNEL = EXAMPLE_ADAPTER  # plain torch: the whole grid runs in seconds
 
 
 def _ids(path: Path) -> list[str]:
     return [json.loads(line)["case_id"] for line in path.read_text().splitlines()[1:]]
 
 
-def test_shards_are_disjoint_complete_and_merge_into_one_report(tmp_path):
-    full = _cli("gate", "--device", "cpu", "--kernels", KERNEL, "--results", str(tmp_path / "all.jsonl"),
-                "--failures-dir", str(tmp_path / "f"))
-    assert full.returncode == 0, full.stdout[-2000:]
+@pytest.mark.xdist_group("example-gate")
+def test_shards_are_disjoint_complete_and_merge_into_one_report(example_gate_shards, tmp_path, qkcheck_here):
+    # qkcheck gate --kernels KERNEL --shard i/3 --results shard-i.jsonl, for i = 1, 2, 3
+    assert len(example_gate_shards) == EXAMPLE_SHARDS == 3
     parts = []
-    for i in (1, 2, 3):
-        out = tmp_path / f"shard-{i}.jsonl"
-        proc = _cli("gate", "--device", "cpu", "--kernels", KERNEL, "--shard", f"{i}/3", "--results", str(out),
-                    "--failures-dir", str(tmp_path / "f"))
+    for proc, out in example_gate_shards:
         assert proc.returncode == 0, proc.stdout[-2000:]
         parts.append(_ids(out))
-    everything = _ids(tmp_path / "all.jsonl")
+    # the whole case list: what the gate runs without --shard (its own list, taken here in process)
+    everything = [c.id for a in qkcheck.resolve_kernels(str(ROOT / KERNEL), device="cpu") for c in qkcheck.gate_cases(a)]
     assert all(parts), "every shard got some cases"
     assert sum(len(p) for p in parts) == len(everything)
     assert set().union(*map(set, parts)) == set(everything)
 
     report = tmp_path / "report.html"
-    proc = _cli("report", *(str(tmp_path / f"shard-{i}.jsonl") for i in (1, 2, 3)), "-o", str(report))
+    proc = qkcheck_here("report", *(str(out) for _, out in example_gate_shards), "-o", str(report))
     assert proc.returncode == 0, proc.stderr
     html = report.read_text()
     total = len(everything)

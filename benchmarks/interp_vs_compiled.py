@@ -12,7 +12,15 @@ before ``kernels.interpreter`` existed), for the bundled Triton kernels.
     # both on one CUDA host (the compare runs in child processes with TRITON_INTERPRET=1)
     python benchmarks/interp_vs_compiled.py both --out results/interp_vs_compiled --jobs 8
 
-``record`` writes ``recording.json`` (the environment and, per (case, kernel), the case, the
+Besides the gate's cases, a micro suite runs the corrected operations themselves through tiny
+kernels on dense inputs (the same inputs both sides, from a fixed seed): every float32 ->
+bf16 / fp16 / fp8 conversion on each code's neighbourhood (ties, float32 neighbours, beyond max,
+±inf, NaN with both signs), bf16 / fp16 -> fp8 and fp8 -> wider on every code, and bf16
+arithmetic (+, -, *, fma, ``a * b + c`` as written, which compiled code may contract into an fma,
+minimum, maximum, negation, a / b) on random bit patterns. It records what compiled Triton does
+where the correction had to choose (saturation, NaN codes); fnuz conversions exist only on AMD.
+
+``record`` writes ``recording.json`` (the environment and, per entry, the case or micro test, the
 backends that ran and each output's dtype and shape) and ``outputs.npz`` (each output's bytes).
 ``compare`` classifies each output: ``identical`` bits; ``nan_payload`` (NaN at the same places,
 other bits equal: a NaN's payload is not a number; the correction writes NVIDIA's canonical NaNs);
@@ -129,6 +137,127 @@ def _environment(device: str) -> dict:
     return env
 
 
+# ------------------------------------------------------------------------------ micro suite
+FLOAT8 = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+
+
+def micro_names() -> list[str]:
+    names = [f"convert:float32->{d}" for d in ("bfloat16", "float16") + FLOAT8]
+    names += [f"convert:{s}->{d}" for s in ("bfloat16", "float16") for d in FLOAT8]
+    names += ["convert:bfloat16->float16", "convert:float16->bfloat16", "convert:bfloat16->float32"]
+    names += [f"convert:{s}->{d}" for s in FLOAT8 for d in ("float32", "float16", "bfloat16")]
+    return names + ["bf16_ops"]
+
+
+def _micro_kernels():
+    """The micro suite's kernels, decorated after the device is activated."""
+    global _MICRO
+    if "_MICRO" in globals():
+        return _MICRO
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def convert(src_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        tl.store(out_ptr + offs, tl.load(src_ptr + offs, mask=mask).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def bf16_ops(a_ptr, b_ptr, c_ptr, add_ptr, sub_ptr, mul_ptr, fma_ptr, muladd_ptr, min_ptr, max_ptr, neg_ptr,
+                 div_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        a = tl.load(a_ptr + offs, mask=mask)
+        b = tl.load(b_ptr + offs, mask=mask)
+        c = tl.load(c_ptr + offs, mask=mask)
+        tl.store(add_ptr + offs, a + b, mask=mask)
+        tl.store(sub_ptr + offs, a - b, mask=mask)
+        tl.store(mul_ptr + offs, a * b, mask=mask)
+        tl.store(fma_ptr + offs, tl.math.fma(a, b, c), mask=mask)
+        tl.store(muladd_ptr + offs, a * b + c, mask=mask)
+        tl.store(min_ptr + offs, tl.minimum(a, b), mask=mask)
+        tl.store(max_ptr + offs, tl.maximum(a, b), mask=mask)
+        tl.store(neg_ptr + offs, -a, mask=mask)
+        tl.store(div_ptr + offs, (a / b).to(tl.bfloat16), mask=mask)
+
+    _MICRO = convert, bf16_ops
+    return _MICRO
+
+
+def _micro_inputs(name: str):
+    """The input tensors (CPU) of one micro test, deterministic."""
+    import numpy as np
+    import torch
+
+    def every(dtype_name):  # every code of a 16- or 8-bit format, as that torch dtype
+        bits = 8 if dtype_name.startswith("float8") else 16
+        codes = np.arange(1 << bits, dtype=np.uint32).astype(np.uint8 if bits == 8 else np.uint16)
+        return torch.from_numpy(codes.view(np.int8 if bits == 8 else np.int16)).view(getattr(torch, dtype_name))
+
+    if name == "bf16_ops":
+        rng = np.random.default_rng(27)
+        bits = rng.integers(0, 1 << 16, size=(3, 1 << 16), dtype=np.uint32).astype(np.uint16)
+        return [torch.from_numpy(b.view(np.int16)).view(torch.bfloat16) for b in bits]
+    src, dst = name.removeprefix("convert:").split("->")
+    if src != "float32":
+        return [every(src)]
+    values = every(dst).float().double().numpy()
+    v = np.unique(values[np.isfinite(values)])
+    mids = (v[:-1] + v[1:]) / 2
+    beyond = np.array([v[-1] + (v[-1] - v[-2]) / 2, v[-1] + (v[-1] - v[-2]), 2 * v[-1], 1e30])
+    with np.errstate(over="ignore"):
+        centres = np.concatenate([v, mids, beyond, -beyond]).astype(np.float32)
+    x = np.concatenate([centres, np.nextafter(centres, np.float32(np.inf)), np.nextafter(centres, np.float32(-np.inf))])
+    nan = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FFFFFFF], dtype=np.uint32).view(np.float32)
+    specials = np.array([np.inf, -np.inf, 0.0, -0.0, np.finfo(np.float32).max, float.fromhex("0x1p-149")], np.float32)
+    return [torch.from_numpy(np.concatenate([np.unique(x), nan, specials]))]
+
+
+def run_micro(name: str, device: str):
+    """(outputs on the host, ["triton"]) of one micro test."""
+    import torch
+
+    convert, bf16_ops = _micro_kernels()
+    inputs = [t.to(device) for t in _micro_inputs(name)]
+    n, block = inputs[0].numel(), 4096
+    grid = ((n + block - 1) // block,)
+    if name == "bf16_ops":
+        outs = [torch.empty(n, dtype=torch.bfloat16, device=device) for _ in range(9)]
+        bf16_ops[grid](*inputs, *outs, n, BLOCK=block)
+    else:
+        outs = [torch.empty(n, dtype=getattr(torch, name.split("->")[1]), device=device)]
+        convert[grid](inputs[0], outs[0], n, BLOCK=block)
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return [o.to("cpu") for o in outs], ["triton"]
+
+
+def jobs(args, device: str):
+    """The entries to run: the micro suite, then the gate's cases (``--only`` picks one)."""
+    if args.only in (None, "micro"):
+        for name in micro_names():
+            yield {"source": "micro", "kernel": "micro", "op": name, "case_id": name, "categories": ["micro"]}
+    if args.only in (None, "gate"):
+        for case, adapter, categories in selected(args.kernels, device, args.limit):
+            yield {"source": "gate", "kernel": adapter.name, "op": case.op, "case_id": case.id,
+                   "case": case.to_dict(), "categories": categories}
+
+
+def run_entry(entry: dict, device: str, adapters: dict):
+    if entry["source"] == "micro":
+        return run_micro(entry["op"], device)
+    from qkcheck.cases.case import Case
+
+    return run_outputs(Case.from_dict(entry["case"]), adapters[entry["kernel"]], device)
+
+
+def _adapters(kernels: str, device: str) -> dict:
+    import qkcheck
+
+    return {a.name: a for a in qkcheck.resolve_kernels(kernels, device=device)}
+
+
 def record(args) -> int:
     import numpy as np
 
@@ -146,11 +275,11 @@ def record(args) -> int:
         (out_dir / RECORDING).write_text(json.dumps(meta, indent=1))
         return meta
 
-    for index, (case, adapter, categories) in enumerate(selected(args.kernels, dev, args.limit)):
-        entry = {"index": index, "kernel": adapter.name, "op": case.op, "case_id": case.id,
-                 "case": case.to_dict(), "categories": categories}
+    adapters = _adapters(args.kernels, dev)
+    for index, entry in enumerate(jobs(args, dev)):
+        entry = {"index": index, **entry}
         try:
-            outs, ran = run_outputs(case, adapter, dev)
+            outs, ran = run_entry(entry, dev, adapters)
         except Exception as exc:  # recorded: compare reports the case as not comparable
             entry["error"] = f"{type(exc).__name__}: {exc}"
         else:
@@ -160,7 +289,7 @@ def record(args) -> int:
                 arrays[f"{index}.{j}"] = _raw(o)
         entries.append(entry)
         save()
-        print(f"[{index}] {adapter.name} {case.id}: {entry.get('error') or 'ok'}", flush=True)
+        print(f"[{index}] {entry['kernel']} {entry['case_id']}: {entry.get('error') or 'ok'}", flush=True)
     meta = save()
     print(f"recorded {len(entries)} cases ({sum('error' in e for e in entries)} raised) on {meta['environment']} "
           f"into {out_dir}")
@@ -217,13 +346,10 @@ def compare(args) -> int:
     entries = meta["entries"]
     if args.jobs > 1 and args.shard is None:
         return _compare_in_children(args, len(entries))
-    from qkcheck.cases.case import Case
     from qkcheck.kernels import device as _device
 
     dev = _device.activate("cpu")  # the interpreter, with the correction (kernels.interpreter)
-    import qkcheck
-
-    adapters = {a.name: a for a in qkcheck.resolve_kernels(meta["kernels"], device=dev)}
+    adapters = _adapters(meta["kernels"], dev)
     arrays = np.load(recorded / OUTPUTS)
     shard = tuple(map(int, args.shard.split("/"))) if args.shard else (1, 1)
     results = []
@@ -235,9 +361,8 @@ def compare(args) -> int:
             row["kind"], row["detail"] = "compiled_error", entry["error"]
             results.append(row)
             continue
-        case = Case.from_dict(entry["case"])
         try:
-            outs, ran = run_outputs(case, adapters[entry["kernel"]], dev)
+            outs, ran = run_entry(entry, dev, adapters)
         except Exception as exc:
             row["kind"], row["detail"] = "interpreter_error", f"{type(exc).__name__}: {exc}"
             results.append(row)
@@ -251,7 +376,11 @@ def compare(args) -> int:
             want = torch.from_numpy(arrays[f"{entry['index']}.{j}"].copy())
             want = want.view(getattr(torch, spec["dtype"])).reshape(spec["shape"]) if want.numel() else \
                 torch.empty(spec["shape"], dtype=getattr(torch, spec["dtype"]))
-            row["outputs"].append({"dtype": spec["dtype"], "shape": spec["shape"], **classify(o, want, spec["dtype"])})
+            found = classify(o, want, spec["dtype"])
+            if entry["source"] == "micro" and found["kind"] == "differs":  # the inputs of the first mismatches
+                ins = [t.reshape(-1).float() for t in _micro_inputs(entry["op"])]
+                found["inputs"] = [[float(t[f["index"]]) for t in ins] for f in found["first"]]
+            row["outputs"].append({"dtype": spec["dtype"], "shape": spec["shape"], **found})
         kinds = {o["kind"] for o in row["outputs"]}
         row["kind"] = next((k for k in ("shape_or_dtype", "differs", "nan_payload") if k in kinds), "identical")
         results.append(row)
@@ -323,6 +452,7 @@ def main(argv=None) -> int:
         p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                        help="cuda (compiled); cpu only checks the script's plumbing")
         p.add_argument("--limit", type=int, default=None, help="at most this many cases per kernel")
+        p.add_argument("--only", choices=("gate", "micro"), default=None, help="run only the gate's cases or the micro suite")
         if name == "both":
             p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     c = sub.add_parser("compare")

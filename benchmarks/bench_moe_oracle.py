@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qkcheck.oracle.moe import fused_moe, route  # noqa: E402
+from qkcheck.oracle.ops.moe import fused_moe, route  # noqa: E402
 
 GOAL = 2.0
 

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qkcheck.oracle import gemm  # noqa: E402
 from qkcheck.oracle.formats import FORMATS  # noqa: E402
+from qkcheck.oracle.ops import scaled_mm, w4a16  # noqa: E402
 from qkcheck.oracle.schemes import dequantize, get_scheme, pack_codes, quantize, unpack_codes  # noqa: E402
 
 SIZE = 4096
@@ -58,9 +58,9 @@ def _gemm_rows(rng, repeats: int) -> list[dict]:
     w_plain = rng.standard_normal((n, n))
     cases = [
         ("w4a16_gemm reference g128 asym, 4096^3 (uint4 codes + fp16 scales/zeros -> float64 GEMM)",
-         lambda: gemm.w4a16_gemm(x, q, scales, zeros, group_size=128)),
+         lambda: w4a16.w4a16_gemm(x, q, scales, zeros, group_size=128)),
         ("block_scaled_mm reference fp8 e4m3 128x128 blocks, 4096^3 (codes + fp32 scales -> float64 GEMM)",
-         lambda: gemm.block_scaled_mm(a8, a_s, b8, b_s, quant_dtype="float8_e4m3fn", block=(128, 128))),
+         lambda: scaled_mm.block_scaled_mm(a8, a_s, b8, b_s, quant_dtype="float8_e4m3fn", block=(128, 128))),
     ]
     bare = lambda: np.matmul(x, w_plain)  # noqa: E731
     rows = []

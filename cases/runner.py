@@ -25,9 +25,8 @@ import numpy as np
 
 from qkcheck.cases.case import Case
 from qkcheck.cases.registry import materialize, op_spec
-from qkcheck.oracle.compare import compare
-from qkcheck.oracle.diagnosis import diagnose
-from qkcheck.oracle.references import expect, reference
+from qkcheck.oracle.ops import reference
+from qkcheck.oracle.reference import Raw
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 POISON_PAD = 7  # elements of poison on each side of, and between the rows of, every input view
@@ -222,10 +221,6 @@ class OutputBuffer:
         return found
 
 
-def _to_numpy(out) -> np.ndarray:
-    return out.detach().float().cpu().numpy().astype(np.float64)
-
-
 def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -391,12 +386,13 @@ def _fake_metadata(adapter, tensors, params, config, out_template=None):
     return [(tuple(o.shape), o.dtype, o.device.type) for o in as_outputs(out)]
 
 
-def _k_profile(case, problem, run, adapter, device, exp_kwargs) -> dict | None:
-    """Error by k-group: re-run with activations nonzero on one k-group at a time."""
-    if "group_size" not in problem or "x" not in problem:
+def _k_profile(ref, case, problem, run, adapter, device, exp_kwargs) -> dict | None:
+    """Error by k-group: re-run with activations nonzero on one k-group at a time (ops whose
+    activations ``x`` are grouped along K: ``ref.k_group_size``)."""
+    if ref.k_group_size is None:
         return None
     k = np.asarray(problem["x"]).shape[1]
-    g = k if problem["group_size"] == -1 else problem["group_size"]
+    g = ref.k_group_size(problem)
     groups = k // g
     if groups < 2 or groups > K_PROFILE_MAX_GROUPS:
         return None
@@ -406,9 +402,9 @@ def _k_profile(case, problem, run, adapter, device, exp_kwargs) -> dict | None:
         x = np.zeros_like(np.asarray(problem["x"], np.float64))
         x[:, gi * g:(gi + 1) * g] = problem["x"][:, gi * g:(gi + 1) * g]
         sub["x"], sub["bias"] = x, None
-        e = expect(case.op, sub, **exp_kwargs)
+        e = ref.expect(sub, **exp_kwargs)
         out, _ = run(adapter.pack(sub, case.p, device))
-        d = compare(_to_numpy(out), e.expected, e.bound, unit=e.unit)
+        d = ref.compare(e, ref.read(e, _raw_outputs(as_outputs(out))))
         ratios.append(0.0 if d is None else float(d.max_ratio))
     block_k = effective_config(case, adapter).get("block_k")
     return {"group_size": g, "groups": groups, "max_ratio": ratios, "block_k": block_k}
@@ -452,50 +448,22 @@ def _describe_meta(meta) -> str:
     return ", ".join(f"shape {list(s)} dtype {_dtype_name(d)} on {dev}" for s, d, dev in meta)
 
 
-def _expect(spec, problem, exp_kwargs):
-    if spec.kind == "quant":
-        from qkcheck.oracle.quant_ops import expect_quant
-
-        return expect_quant(spec.op, problem)
-    return expect(spec.op, problem, **exp_kwargs)
-
-
-def canonical_quant_outputs(outs, params) -> tuple[np.ndarray, np.ndarray | None]:
-    """Codes (canonical [M, K] integer codes / bit patterns) and scales of a quant op's outputs
-    stored the plain way: codes in the requested dtype, one per element; float or uint8 scales."""
-    from qkcheck.oracle.quant_ops import codes_from_output
-
-    codes = codes_from_output(_raw_numpy(outs[0]), _dtype_name(outs[0].dtype), params["quant_dtype"])
-    scales = None if len(outs) < 2 else _scales_numpy(outs[1], _dtype_name(outs[1].dtype))
-    return codes, scales
-
-
-def _numerics(spec, case, problem, expectation, outs, res, adapter):
-    """The numerics check for the op's kind; returns (divergence or None, actual values)."""
-    if spec.kind == "quant":
-        from qkcheck.oracle.quant_ops import compare_quant
-
-        promised = spec.outputs(case.dims, case.p)
-        if len(outs) != len(promised) or any(_dtype_name(o.dtype) != w.dtype for o, w in zip(outs, promised)):
-            res.checks.append(Check("numerics", SKIP, "the outputs' dtypes differ from the contract; codes not compared"))
-            return None, None
-        codes, scales = (adapter.unpack or canonical_quant_outputs)(outs, case.p)
-        div = compare_quant(spec.op, expectation, codes, scales)
-        res.checks.append(Check("numerics", FAIL if div else PASS, div.summary() if div else ""))
-        return div, codes
-    out = outs[0]
-    if tuple(out.shape) != tuple(expectation.expected.shape):
-        res.checks.append(Check("numerics", SKIP, "output shape differs; values not compared"))
+def _numerics(ref, spec, case, expectation, outs, res, adapter):
+    """The numerics check through the op's oracle record; returns (divergence or None, actual)."""
+    raw = _raw_outputs(outs)
+    why = ref.unreadable(expectation, raw, [o.dtype for o in spec.outputs(case.dims, case.p)])
+    if why:
+        res.checks.append(Check("numerics", SKIP, why))
         return None, None
-    actual = _to_numpy(out)
-    div = compare(actual, expectation.expected, expectation.bound, unit=expectation.unit,
-                  axis_names=reference(case.op).axis_names)
+    actual = adapter.unpack(outs, case.p) if adapter.unpack else ref.read(expectation, raw)
+    div = ref.compare(expectation, actual)
     res.checks.append(Check("numerics", FAIL if div else PASS, div.summary() if div else ""))
     return div, actual
 
 
 def _raw_numpy(t) -> np.ndarray:
-    """A tensor's elements as NumPy: integers as they are, floats of 8 bits as their bit patterns."""
+    """A tensor's elements as NumPy: integers as they are, floats of 8 bits as their bit patterns,
+    other floats as float64 values (widened through float32)."""
     import torch
 
     t = t.detach().cpu()
@@ -506,8 +474,9 @@ def _raw_numpy(t) -> np.ndarray:
     return t.numpy()
 
 
-def _scales_numpy(t, dtype: str) -> np.ndarray:
-    return _raw_numpy(t) if dtype.startswith(("float8", "uint8")) else _to_numpy(t)
+def _raw_outputs(outs) -> list[Raw]:
+    """A kernel's output tensors as the oracle reads them (``oracle.reference.Raw``)."""
+    return [Raw(_raw_numpy(o), _dtype_name(o.dtype)) for o in outs]
 
 
 def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True) -> Result:
@@ -577,9 +546,10 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
     exact = case.regime == "exact"
     p = case.p
     spec = op_spec(case.op)
+    ref = reference(case.op)
     exp_kwargs = dict(exact=exact, compute_dtype=spec.compute_dtype(p), out_dtype=spec.out_dtype(p))
     stage[0] = "oracle"
-    expectation = _expect(spec, problem, exp_kwargs)
+    expectation = ref.expect(problem, **exp_kwargs)
     tick("oracle", t0)
 
     t0 = time.perf_counter()
@@ -642,7 +612,7 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
     problems = contract_problems(spec.outputs(case.dims, p), outs, device)
     res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
 
-    div, actual = _numerics(spec, case, problem, expectation, host_outs, res, adapter)
+    div, actual = _numerics(ref, spec, case, expectation, host_outs, res, adapter)
     if out_buffer is not None:
         found = out_buffer.problems()
         res.checks.append(Check("output_memory", FAIL if found else PASS, "; ".join(found)))
@@ -682,21 +652,12 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
     stage[0] = "diagnosis"
     if div is not None:
         res.divergence = div.to_dict()
-        if diagnose_failures and spec.kind == "quant":
-            from qkcheck.oracle.quant_ops import diagnose_quant
-
-            res.diagnosis = [asdict(f) for f in diagnose_quant(case.op, problem, actual)]
-        elif diagnose_failures and spec.kind == "gemm":
+        if diagnose_failures:
             t0 = time.perf_counter()
             ctx = {"block_k": effective_config(case, adapter).get("block_k")}
-            if spec.diagnose is not None:
-                found = spec.diagnose(problem, actual, compute_dtype=exp_kwargs["compute_dtype"],
-                                      out_dtype=exp_kwargs["out_dtype"], context=ctx)
-                res.diagnosis = [{"hypothesis": f.hypothesis, "sentence": f.sentence} for f in found]
-            else:
-                res.diagnosis = [asdict(f) for f in diagnose(case.op, problem, actual, context=ctx, **exp_kwargs)]
+            res.diagnosis = [asdict(f) for f in ref.diagnose(problem, actual, context=ctx, **exp_kwargs)]
             try:
-                res.k_profile = _k_profile(case, problem, run, adapter, device, exp_kwargs)
+                res.k_profile = _k_profile(ref, case, problem, run, adapter, device, exp_kwargs)
             except Exception as exc:  # localization is best effort; never lose the result
                 res.k_profile = {"error": f"{type(exc).__name__}: {exc}"}
             tick("diagnosis", t0)

@@ -1,7 +1,7 @@
 """The torch side of every packer: dtype names -> torch dtypes, and host values -> device tensors.
 
 Each family's packer (``kernels/<family>/adapter.py``) turns a canonical NumPy problem
-(``oracle.references``) into its kernel's tensors with these, so dtype naming and host-to-device
+(``oracle.ops``) into its kernel's tensors with these, so dtype naming and host-to-device
 copies are written once.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Argument checking shared by the oracle: every bad input raises ValueError/TypeError whose
+"""Argument checkers shared by the oracle: every bad input raises ValueError/TypeError whose
 message names the argument, the value received, what is allowed and how to fix it."""
 from __future__ import annotations
 
@@ -32,3 +32,13 @@ def check_group_size(group_size: int, k: int, allowed=(32, 64, 128, -1)) -> int:
             f"(allowed: {', '.join(str(a) for a in allowed)}, or any positive divisor of K)"
         )
     return int(group_size)
+
+
+def check_choice(name: str, value, allowed: tuple, *, fix: str = "", op: str = "") -> str:
+    """``value`` when it is one of the strings ``allowed``, else ValueError naming ``name``, the
+    value and what is allowed (``op``: prefixed as ``op: ...``; ``fix``: appended after ``; ``)."""
+    if not isinstance(value, str) or value not in allowed:
+        where = f"{op}: " if op else ""
+        tail = f"; {fix}" if fix else ""
+        raise ValueError(f"{where}{name}={value!r} is not allowed (allowed: {', '.join(map(repr, allowed))}){tail}")
+    return value

@@ -3,8 +3,9 @@
 Notation: ``u_c``, ``u_32`` are the unit roundoffs (2**-p) of the compute dtype and float32,
 ``eta_32`` the smallest float32 subnormal, ``RNE_t`` round-to-nearest-even into dtype ``t``.
 A GEMM is ``y = X @ W + b`` over K, with ``X`` [M, K] and ``W`` [K, N] the *exact* dequantized
-operands (``oracle.gemm.*_operands``) and ``y`` the exact result. ``P = |X| @ |W|`` is the
-absolute product sum. The bound of an element is assembled from these terms:
+operands (the ``*_operands`` functions of the ``oracle.ops`` families) and ``y`` the exact
+result. ``P = |X| @ |W|`` is the absolute product sum. The bound of an element is assembled
+from these terms:
 
 **T_op — operand rounding** (the dot runs in a wide float ``c``: fp16 / bf16 / fp32; the A16
 ops, and the emulation path of the code-domain ops). A kernel forms each compute-dtype operand
@@ -260,3 +261,24 @@ def int8_epilogue_bound(s_abs: np.ndarray, sums: np.ndarray, corr: np.ndarray, y
     amp = float(np.max(sums + corr)) if sums.size else 1.0
     e = e + 3 * ETA32 * max(1.0, amp) + 2 * gamma(4, U64) * (s_abs * (sums + corr) + b)
     return output_reach(y, e, out_dtype)
+
+
+# ------------------------------------------------------------------ glue the op families share
+
+WIDE = tuple(WIDE_FLOATS)  # the wide compute dtypes every GEMM's dot may run in
+
+
+def amplification(k: int, code_a: float, code_b: float, *scales) -> float:
+    """A of T_u: the largest code-domain partial sum and the largest scale (at least 1)."""
+    s = max([1.0] + [float(np.max(np.abs(v))) for v in scales if np.size(v)])
+    return max(1.0, k * code_a * code_b, s)
+
+
+def a16_bound(operands):
+    """The bound of an A16 GEMM (``gemm_bound``) as an ``OpReference.bound``: ``operands(problem)``
+    gives its exact dequantized operands; the dot runs in a wide float."""
+    def bound(p, y, compute_dtype, out_dtype):
+        check_compute_dtype(compute_dtype, WIDE, "an A16 GEMM")
+        ops = operands(p)
+        return gemm_bound(ops.x, ops.w, y, bias=ops.bias, compute_dtype=compute_dtype, out_dtype=out_dtype)
+    return bound

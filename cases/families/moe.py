@@ -67,7 +67,7 @@ _E2M1 = get_format("float4_e2m1fn")
 _E4M3 = get_format("float8_e4m3fn")
 
 FP8_WEIGHT_BLOCKS = (128, 64, 32)  # fp8_block: square weight blocks, the largest dividing both H and I
-# scheme -> each GEMM's input re-quantization (``oracle.moe`` act_quant; {bk}: the fp8 weight block's K side)
+# scheme -> each GEMM's input re-quantization (``oracle.ops.moe`` act_quant; {bk}: the fp8 weight block's K side)
 ACT_QUANT = {"w_mxfp4_a_mxfp4": "mxfp4", "fp8_block": "fp8 per-token-group {bk}"}
 
 PARAMS = {
@@ -161,7 +161,7 @@ SPECS = (SPEC,)
 
 
 def _diagnose(problem, actual, *, compute_dtype, out_dtype, context):
-    from qkcheck.oracle.moe import diagnose_moe
+    from qkcheck.oracle.ops.moe import diagnose_moe
 
     return diagnose_moe(problem, actual, compute_dtype=compute_dtype, out_dtype=out_dtype, context=context)
 
@@ -373,7 +373,7 @@ def act_quant(scheme: str, block: tuple[int, int] | None) -> str | None:
 
 
 def materialize(case) -> dict:
-    """The canonical ``oracle.moe`` problem of a case (module docstring)."""
+    """The canonical ``oracle.ops.moe`` problem of a case (module docstring)."""
     d, p = case.dims, case.p
     T, H, I, E, k = d["t"], d["h"], d["i"], d["e"], p["top_k"]
     rng = np.random.default_rng(case.seed)

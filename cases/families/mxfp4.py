@@ -10,7 +10,7 @@ span several), ``split_k``, ``group_m``.
 
 Regimes (``MATERIALIZERS``):
 
-- ``exact``: ``oracle.exact.exact_problem`` (small-integer a16 activations, e2m1 codes of few
+- ``exact``: ``oracle.ops.exact_problem`` (small-integer a16 activations, e2m1 codes of few
   significand bits, E8M0 codes near 127 that change from block to block, integer bias): every
   partial sum is exact in float32, the only correct output is RNE(reference), bound 0.
 - ``realistic``: checkpoint-like — normal weights with a per-column spread of magnitudes,
@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
 from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, configs_for, k_multiple_of, tunables_for
-from qkcheck.oracle.exact import exact_problem
-from qkcheck.oracle.gemm import MX_BLOCK
+from qkcheck.oracle.ops import exact_problem
+from qkcheck.oracle.ops.mxfp4 import MX_BLOCK
 from qkcheck.oracle.numerics import round_to
 from qkcheck.oracle.schemes import get_scheme, quantize
 
@@ -163,7 +163,7 @@ _REGIMES = {"exact": _exact, "realistic": _realistic, "adversarial": _adversaria
 
 
 def materialize(case) -> dict:
-    """The canonical ``mxfp4_gemm`` problem of ``case`` (``oracle.references`` keys): ``w``
+    """The canonical ``mxfp4_gemm`` problem of ``case`` (``oracle.ops.mxfp4`` keys): ``w``
     [K, N] e2m1 codes, ``w_scale`` [K/32, N] E8M0 codes, ``act``, then ``x`` [M, K] values
     (a16) or ``a`` [M, K] e2m1 codes + ``a_scale`` [M, K/32] E8M0 codes (mxfp4), ``bias`` [N]
     in ``act_dtype`` or None. Drawn from ``numpy.random.default_rng(case.seed)``."""

@@ -1,5 +1,5 @@
 """Activation quantization ops (kind "quant"): per_token_quant, static_quant,
-per_token_group_quant, mx_quant and nvfp4_quant (``oracle.quant_ops`` judges codes and scales
+per_token_group_quant, mx_quant and nvfp4_quant (``oracle.ops.quant`` judges codes and scales
 code for code).
 
 Case space
@@ -11,9 +11,9 @@ Shape ``{"m", "k"}`` (x is ``[M, K]``). Params:
 - ``quant_dtype`` (linear ops): int8 or an FP8 format; the codes' *requested* dtype, which the
   output contract holds the kernel (and its fake) to.
 - ``scale_ub`` (per_token_quant): whether an amax upper bound is passed; its value is part of the
-  problem (``oracle.quant_ops``: ``scale_ub``), drawn by the regime.
+  problem (``oracle.ops.quant``: ``scale_ub``), drawn by the regime.
 - ``group_size``, ``column_major_scales``, ``scale_ue8m0`` (per_token_group_quant).
-- ``fmt`` and ``scale_rule`` (mx_quant): every MX format of ``oracle.quant_ops.MX_FORMATS``
+- ``fmt`` and ``scale_rule`` (mx_quant): every MX format of ``oracle.ops.quant.MX_FORMATS``
   (mxfp4, mxfp6_e2m3, mxfp6_e3m2, mxfp8_e4m3, mxfp8_e5m2), OCP floor or RCEIL scales. The output
   contract is bytes: mxfp4 codes packed two per byte ``[M, K/2]``, the others one bit pattern per
   byte ``[M, K]``, E8M0 scale codes ``[M, K/32]``, all uint8.
@@ -27,7 +27,7 @@ block_m with block_k / block_g, or is empty for the launcher's default.
 
 Regimes
 -------
-- ``exact``: ``oracle.quant_ops.exact_quant_inputs`` (every scale a power of two the kernel
+- ``exact``: ``oracle.ops.quant.exact_quant_inputs`` (every scale a power of two the kernel
   computes exactly, so the only correct codes are RNE of the exact quotient), rounded to in_dtype
   (a power-of-two scale keeps the quotient exact, so a tie that rounding creates has one correct
   answer: to even). scale_ub: a power of two times qmax, capping about half of the rows.
@@ -61,8 +61,8 @@ from qkcheck.cases.case import REGIMES, Case
 from qkcheck.cases.spec import OpSpec, Output, config_complete, k_multiple_of
 from qkcheck.oracle.formats import FORMATS, IntFormat
 from qkcheck.oracle.numerics import round_to
-from qkcheck.oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
-from qkcheck.oracle.quant_ops import exact_quant_inputs
+from qkcheck.oracle.ops.quant import MX_FORMATS as _MX_SCHEMES
+from qkcheck.oracle.ops.quant import exact_quant_inputs
 from qkcheck.oracle.schemes import NVFP4_GLOBAL_DIVISOR, get_scheme
 
 QUANT_DTYPES = ("int8", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2")

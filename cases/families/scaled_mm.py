@@ -4,14 +4,14 @@ per-channel or per-tensor weight scales, int8 zero points), ``block_scaled_mm`` 
 activations, fp8 weights arriving as a checkpoint delivers them and going through the weight
 loader).
 
-Parameters name *arrivals*, not the canonical problem: the problem (``oracle.references``) always
+Parameters name *arrivals*, not the canonical problem: the problem (``oracle.ops.scaled_mm``) always
 holds ``a_scale [M,1] | [1,1]``, ``b_scale [1,N] | [1,1]``, ``b [K,N]``; the adapter turns it into
 the shapes and storage a param names (``b_scale_shape="[N,1]"``, ``weight_layout="nk"`` with
 ``weight_storage="transposed"``, ...).
 
 Regimes (all draws from ``numpy.random.default_rng(case.seed)``):
 
-- ``exact``: ``oracle.exact.exact_problem`` (small codes, power-of-two scales distinct per row /
+- ``exact``: ``oracle.ops.exact_problem`` (small codes, power-of-two scales distinct per row /
   column / block, integer activations and bias): the only correct output is RNE(reference).
 - ``realistic``: activations ``N(0, 1)`` with a few outlier channels x20, quantized the way a
   serving engine does it (per-token / per-tensor / per-block amax / qmax scales, RNE to the code
@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
 from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, block_k_relative, configs_for
-from qkcheck.oracle.exact import exact_problem
+from qkcheck.oracle.ops import exact_problem
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.numerics import round_to
 

@@ -79,7 +79,7 @@ SPECS = (SPEC,)
 
 
 def materialize(case) -> dict:
-    """The canonical ``w4a16_gemm`` problem of ``case`` (``oracle.references`` keys): ``x`` [M, K],
+    """The canonical ``w4a16_gemm`` problem of ``case`` (``oracle.ops.w4a16`` keys): ``x`` [M, K],
     ``q`` [K, N] codes 0..15, ``scales`` [K/G, N], ``zeros`` [K/G, N] or None, ``group_size``,
     ``bias`` [N] or None; values representable in ``act_dtype`` (module docstring)."""
     d, p = case.dims, case.p

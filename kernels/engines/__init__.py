@@ -20,7 +20,7 @@ bf16 only, AITER's per-token quant has no ``scale_ub``). Those limits are data:
 ``unsupported(adapter, params)`` returns the reason a case is outside the engine's API, or
 None, and each adapter's ``call`` raises :class:`EngineUnsupported` with that reason first.
 
-``CONVENTIONS`` (per adapter name) lists the oracle options (``oracle.quant_ops``) under which the
+``CONVENTIONS`` (per adapter name) lists the oracle options (``oracle.ops.quant``) under which the
 engine's documented behaviour is the correct answer: ``amax_floor`` as a float, ``qmax`` as a
 mapping quant dtype -> value (it differs per dtype, e.g. 224 for vLLM's float8_e4m3fnuz). The
 runner does not apply them yet; a case hitting one reports a divergence the convention explains.

@@ -3,7 +3,7 @@
 one that must be on the case's platform.
 
 Packing. The canonical ``fused_moe`` problem holds every global expert's *dequantized* weights
-(``w13 [E, H, 2I]``, ``w2 [E, I, H]`` float64; ``oracle.moe``). The kernel's storage is derived
+(``w13 [E, H, 2I]``, ``w2 [E, I, H]`` float64; ``oracle.ops.moe``). The kernel's storage is derived
 from them by one deterministic rule per scheme, which the ``fused_moe`` materializers
 (``cases.families.moe``) build their weights to satisfy; a problem that breaks the rule raises a
 ValueError naming the block:

@@ -87,7 +87,7 @@ _E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -
 
 
 def activation_quant(scheme: str, fp8_block: tuple[int, int] | None = None) -> str | None:
-    """How ``scheme`` re-quantizes each GEMM's input, as an ``oracle.moe`` ``act_quant`` name."""
+    """How ``scheme`` re-quantizes each GEMM's input, as an ``oracle.ops.moe`` ``act_quant`` name."""
     _check_scheme(scheme)
     if scheme == "fp8_block":
         bk = (fp8_block or moe_op.DEFAULT_FP8_BLOCK)[0]

@@ -34,7 +34,7 @@ def _scale_codes(values, device):
 
 def mxfp4_inputs(problem, params, device) -> dict:
     """x_or_a, w, w_scale, a_scale, bias for ``kernels.mxfp4.kernel.mxfp4_gemm`` from the
-    canonical problem (``oracle.references``' ``mxfp4_gemm`` keys)."""
+    canonical problem (``oracle.ops.mxfp4``' ``mxfp4_gemm`` keys)."""
     from qkcheck.kernels.mxfp4.kernel import ACT_PACKING, WEIGHT_PACKING
 
     act = problem["act"]

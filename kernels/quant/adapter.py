@@ -159,7 +159,7 @@ def unpack_mx(outs, params):
     packed bytes (low nibble = even k, ``oracle.packing.NIBBLES_K_ACTIVATION``) unpacked; the
     other formats' bytes read as their element format's bit patterns (FP6 in the low 6 bits)."""
     from qkcheck.oracle.formats import FORMATS
-    from qkcheck.oracle.quant_ops import MX_FORMATS, codes_from_output
+    from qkcheck.oracle.ops.quant import MX_FORMATS, codes_from_output
     from qkcheck.oracle.schemes import get_scheme
 
     raw, scales = (o.detach().cpu().numpy() for o in outs)

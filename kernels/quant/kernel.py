@@ -34,7 +34,7 @@ Numerics (the reference twins are ``oracle.schemes.quantize`` with the matching 
   ``floor = 1e-10`` (``oracle.schemes.DEFAULT_AMAX_FLOOR``). Rounding is monotone, so this is
   ``max(min(rn(amax / qmax), rn(ub / qmax)), rn(floor / qmax))``: the kernel divides amax with
   an IEEE round-to-nearest division (``tl.math.div_rn``) and the launcher supplies the two
-  constant terms, rounded exactly as the float64 oracle rounds them. (``oracle.quant_ops``
+  constant terms, rounded exactly as the float64 oracle rounds them. (``oracle.ops.quant``
   models a kernel holding the floor as the float32 constant ``float32(1e-10)``; for int8 its
   floor scale is one float32 ulp from ``float32(1e-10 / 127)``, inside the 2**-21 relative scale
   ambiguity it accepts; for the fp8 formats the two agree.)
@@ -48,7 +48,7 @@ Numerics (the reference twins are ``oracle.schemes.quantize`` with the matching 
   (code 0x00). Elements are ``x * 2**-e`` (exact), rounded to nearest even and saturated to
   ±qmax (MXFP8 e5m2 too: its inf codes never appear).
 * NVFP4 (16-element blocks, ``global_scale`` g the float32 *dequantization* multiplier, as in
-  ``oracle.quant_ops``): block scale ``E4M3(amax / (6 g))`` (RNE, saturating at 448; a block
+  ``oracle.ops.quant``): block scale ``E4M3(amax / (6 g))`` (RNE, saturating at 448; a block
   whose scale rounds to 0 gets codes ±0), codes ``e2m1(x / (scale * g))``. Both quotients are
   correctly rounded, computed as two round-to-odd float32 divisions, the arbitrary divisor
   first: ``RO(RO(amax / g) / 6)`` and ``RO(RO(x / g) / scale)``. Every rounding boundary of
@@ -59,7 +59,7 @@ Numerics (the reference twins are ``oracle.schemes.quantize`` with the matching 
   is assembled in integer arithmetic like every other code (``_encode_float_sw``) and decoded
   the same way.
 * Codes: ``RNE(x / scale)`` of the *exact* quotient, saturated to ±qmax (int8: to [-128, 127],
-  as ``float_to_int8_rn`` of vLLM and ``oracle.quant_ops``' default ``int8_clamp="full"``;
+  as ``float_to_int8_rn`` of vLLM and ``oracle.ops.quant``' default ``int8_clamp="full"``;
   -128 only appears where |x / scale| > 127.5: a given static scale, or a scale capped by
   scale_ub; a dynamic scale keeps |x / scale| <= 127 and agrees with ``oracle.schemes``).
   A float32 quotient can land exactly on a rounding midpoint that the exact quotient misses
@@ -101,7 +101,7 @@ import triton.language as tl
 
 from qkcheck.kernels.triton.arguments import dtype_name as _dtype_name, dtype_names as _names, require_tensor as _require_tensor
 from qkcheck.oracle.formats import FORMATS, FloatFormat
-from qkcheck.oracle.quant_ops import MX_FORMATS as _MX_SCHEMES
+from qkcheck.oracle.ops.quant import MX_FORMATS as _MX_SCHEMES
 from qkcheck.oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme
 
 __all__ = [

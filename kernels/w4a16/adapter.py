@@ -20,7 +20,7 @@ def w4a16_inputs(problem, *, layout: str, act_dtype: str, device: str) -> dict[s
     """x, qweight, scales, zeros, bias for ``kernels.w4a16.kernel`` in ``layout``.
 
     problem: ``x [M,K]``, ``q [K,N]`` uint4 codes, ``scales [K/G,N]``, ``zeros [K/G,N] | None``,
-    ``bias [N] | None`` (``oracle.references``). Scales and bias are given in ``act_dtype``.
+    ``bias [N] | None`` (``oracle.ops.w4a16``). Scales and bias are given in ``act_dtype``.
     """
     from qkcheck.kernels.w4a16.kernel import LAYOUTS
 

@@ -1,5 +1,6 @@
-"""Fused mixture-of-experts reference: router, expert GEMMs, gated activations, expert maps,
-activation re-quantization, the per-element bound of a correct kernel, and bug hypotheses.
+"""The fused mixture-of-experts family: ``fused_moe``'s reference (router, expert GEMMs, gated
+activations, expert maps, activation re-quantization), the per-element bound of a correct
+kernel, and its bug hypotheses; the kernel twins are ``kernels/moe``.
 
 Problem (a plain dict; unknown keys raise)
 ------------------------------------------
@@ -162,6 +163,7 @@ from qkcheck.oracle.bounds import U32, gamma
 from qkcheck.oracle.compare import compare
 from qkcheck.oracle.formats import FORMATS, FloatFormat
 from qkcheck.oracle.numerics import wide_float
+from qkcheck.oracle.reference import VALUES, Finding, OpReference
 from qkcheck.oracle.schemes import Scheme, dequantize, get_scheme, quantize
 
 __all__ = [
@@ -172,7 +174,6 @@ __all__ = [
     "fused_moe",
     "fused_moe_bound",
     "MoeHypothesis",
-    "MoeFinding",
     "MOE_HYPOTHESES",
     "diagnose_moe",
     "SCORINGS",
@@ -217,7 +218,7 @@ def _float_array(name: str, value, ndim: int) -> np.ndarray:
         except (TypeError, ValueError):
             raise TypeError(f"{name} must be a real array, got dtype {arr.dtype}; pass float values") from None
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}; see the problem table in oracle/moe.py")
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}; see the problem table in oracle/ops/moe.py")
     return np.asarray(arr, dtype=np.float64)
 
 
@@ -1009,12 +1010,6 @@ class MoeHypothesis:
     rewrite: Callable[[Mapping, Mapping], Iterator[tuple[dict, str]]]
 
 
-@dataclass(frozen=True)
-class MoeFinding:
-    hypothesis: str
-    sentence: str
-
-
 def _with_routing(p: Mapping, ids: np.ndarray, weights: np.ndarray) -> dict:
     out = {key: v for key, v in p.items() if key not in _ROUTER_KEYS}
     out["topk_ids"], out["topk_weights"] = ids, weights
@@ -1102,10 +1097,10 @@ MOE_HYPOTHESES: tuple[MoeHypothesis, ...] = (
 
 
 def diagnose_moe(problem: Mapping, actual, *, compute_dtype: str, out_dtype: str,
-                 context: Mapping | None = None) -> list[MoeFinding]:
+                 context: Mapping | None = None) -> list[Finding]:
     """Every hypothesis variant whose alternative output (within its own bound) ``actual`` matches."""
     ctx = dict(context or {})
-    found: list[MoeFinding] = []
+    found: list[Finding] = []
     for hyp in MOE_HYPOTHESES:
         for alt_problem, sentence in hyp.rewrite(problem, ctx):
             try:
@@ -1114,5 +1109,17 @@ def diagnose_moe(problem: Mapping, actual, *, compute_dtype: str, out_dtype: str
                 continue
             bound = fused_moe_bound(alt_problem, alt, compute_dtype, out_dtype)
             if compare(actual, alt, bound) is None:
-                found.append(MoeFinding(hyp.name, sentence))
+                found.append(Finding(hyp.name, sentence))
     return found
+
+
+def _diagnose(ref, problem, actual, *, exact, compute_dtype, out_dtype, context=None) -> list[Finding]:
+    del ref, exact  # the hypotheses are judged within their own bound in either regime
+    return diagnose_moe(problem, actual, compute_dtype=compute_dtype, out_dtype=out_dtype, context=context)
+
+
+REFERENCES: tuple[OpReference, ...] = (
+    OpReference("fused_moe", fused_moe, bound=fused_moe_bound, axis_names=("token (t)", "hidden (h)"),
+                required=_REQUIRED, optional=_ROUTER_KEYS + _GIVEN_ROUTING_KEYS + _OTHER_KEYS,
+                judge=VALUES, diagnoser=_diagnose),
+)

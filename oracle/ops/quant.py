@@ -1,5 +1,7 @@
-"""Activation quantization ops as kernels expose them: expected codes and scales, the rounding
-ambiguity a correct float32 kernel may show, and a code-for-code comparison.
+"""The activation quantization family, as kernels expose it: expected codes and scales, the
+rounding ambiguity a correct float32 kernel may show, a code-for-code comparison and the
+family's diagnosis; the kernel twins are ``kernels/quant``. Its records judge codes and scales
+(``CODES``) instead of values within a bound.
 
 Ops (problem keys; ``x [M, K]`` activations, values exactly representable in float32)
 ------------------------------------------------------------------------------------
@@ -90,10 +92,11 @@ from typing import Callable, Mapping, NamedTuple
 
 import numpy as np
 
+from qkcheck.oracle.arguments import check_choice
 from qkcheck.oracle.compare import Divergence, compare
-from qkcheck.oracle.diagnosis import Finding
 from qkcheck.oracle.formats import FORMATS, FloatFormat, IntFormat
 from qkcheck.oracle.numerics import WIDE_FLOATS
+from qkcheck.oracle.reference import Finding, Judge, OpReference
 from qkcheck.oracle.schemes import DEFAULT_AMAX_FLOOR, get_scheme, quantize
 
 __all__ = [
@@ -294,7 +297,7 @@ def _check_keys(op: str, problem: Mapping, required: tuple[str, ...], optional: 
     if unknown:
         raise ValueError(
             f"{op} problem has unknown key(s) {unknown} (allowed: {', '.join(allowed)}); "
-            f"check the spelling against oracle.quant_ops' docstring"
+            f"check the spelling against oracle.ops.quant's docstring"
         )
     missing = [k for k in required if k not in problem]
     if missing:
@@ -359,12 +362,6 @@ def _check_f32_positive(op: str, name: str, value) -> float:
     return v
 
 
-def _check_choice(op: str, name: str, value, allowed) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{op}: {name}={value!r} is not allowed (allowed: {', '.join(map(repr, allowed))})")
-    return value
-
-
 def _check_group(op: str, name: str, g, k: int) -> int:
     if isinstance(g, (bool, np.bool_)) or not isinstance(g, (int, np.integer)):
         raise TypeError(f"{op}: {name} must be an int (32, 64 or 128), got {type(g).__name__} {g!r}")
@@ -378,9 +375,9 @@ def _check_group(op: str, name: str, g, k: int) -> int:
 
 
 def _linear_rounding(op: str, p: Mapping) -> Rounding:
-    dtype = _check_choice(op, "quant_dtype", p["quant_dtype"], LINEAR_QUANT_DTYPES)
+    dtype = check_choice("quant_dtype", p["quant_dtype"], LINEAR_QUANT_DTYPES, op=op)
     fmt = FORMATS[dtype]
-    clamp = _check_choice(op, "int8_clamp", p["int8_clamp"], tuple(INT8_CLAMPS))
+    clamp = check_choice("int8_clamp", p["int8_clamp"], tuple(INT8_CLAMPS), op=op)
     if isinstance(fmt, IntFormat):
         if p["qmax"] is not None and float(p["qmax"]) != 127.0:
             raise ValueError(f"{op}: qmax={p['qmax']!r} is fixed at 127 for int8; drop qmax")
@@ -480,8 +477,8 @@ def _static(p: Mapping) -> QuantExpectation:
 def _mx(p: Mapping) -> QuantExpectation:
     op = "mx_quant"
     p = _check_keys(op, p, ("x", "fmt", "scale_rule"), {})
-    fmt = _check_choice(op, "fmt", p["fmt"], tuple(MX_FORMATS))
-    rule = _check_choice(op, "scale_rule", p["scale_rule"], tuple(MX_SCALE_RULES))
+    fmt = check_choice("fmt", p["fmt"], tuple(MX_FORMATS), op=op)
+    rule = check_choice("scale_rule", p["scale_rule"], tuple(MX_SCALE_RULES), op=op)
     x = _check_x(op, p["x"])
     if x.shape[1] % MX_BLOCK:
         raise ValueError(f"{op}: K={x.shape[1]} must be a multiple of the MX block size {MX_BLOCK}; pad K")
@@ -497,7 +494,7 @@ def _mx(p: Mapping) -> QuantExpectation:
         lo = hi = scale_codes
     codes, alt, v, a = _code_bounds(x, scales, np.ones(scales.shape, bool), rounding)
     if not np.array_equal(codes, qt.codes):  # one computation, two implementations: must agree
-        raise RuntimeError("oracle.quant_ops and oracle.schemes disagree on MX codes; this is an oracle bug")
+        raise RuntimeError("oracle.ops.quant and oracle.schemes disagree on MX codes; this is an oracle bug")
     return QuantExpectation(op, rounding.elem, codes, alt, v, a, scales, scale_codes, E8M0, q, (lo, hi), True,
                             MX_BLOCK, None, x, rounding)
 
@@ -944,7 +941,7 @@ def exact_quant_inputs(op: str, shape: tuple[int, int], quant_dtype: str, rng: n
         raise ValueError(f"shape={shape!r} must be a pair (M, K) of ints >= 0")
     m, k = (int(s) for s in shape)
     if op in _LINEAR_OPS:
-        _check_choice(op, "quant_dtype", quant_dtype, LINEAR_QUANT_DTYPES)
+        check_choice("quant_dtype", quant_dtype, LINEAR_QUANT_DTYPES, op=op)
         r = _linear_rounding(op, {"quant_dtype": quant_dtype, "qmax": None, "int8_clamp": "full"})
         v = _off_grid(r, (m, k), rng)
         if op == "static_quant":
@@ -964,8 +961,8 @@ def exact_quant_inputs(op: str, shape: tuple[int, int], quant_dtype: str, rng: n
         return {"x": x.astype(np.float32), "group_size": g, "quant_dtype": quant_dtype,
                 "scale_ue8m0": bool(scale_ue8m0)}
     if op == "mx_quant":
-        _check_choice(op, "fmt", quant_dtype, tuple(MX_FORMATS))
-        _check_choice(op, "scale_rule", scale_rule, tuple(MX_SCALE_RULES))
+        check_choice("fmt", quant_dtype, tuple(MX_FORMATS), op=op)
+        check_choice("scale_rule", scale_rule, tuple(MX_SCALE_RULES), op=op)
         if k % MX_BLOCK:
             raise ValueError(f"K={k} must be a multiple of the MX block size {MX_BLOCK}")
         elem = get_scheme(MX_FORMATS[quant_dtype]).elem
@@ -973,7 +970,7 @@ def exact_quant_inputs(op: str, shape: tuple[int, int], quant_dtype: str, rng: n
         e = _exponents(r.limit, (m, k // MX_BLOCK), rng)
         x = _plant_max(_off_grid(r, (m, k), rng), MX_BLOCK, r.limit, rng) * np.repeat(np.ldexp(1.0, e), MX_BLOCK, axis=1)
         return {"x": x.astype(np.float32), "fmt": quant_dtype, "scale_rule": scale_rule}
-    _check_choice(op, "quant_dtype", quant_dtype, ("nvfp4", NVFP4_ELEM))
+    check_choice("quant_dtype", quant_dtype, ("nvfp4", NVFP4_ELEM), op=op)
     if k % NVFP4_BLOCK:
         raise ValueError(f"K={k} must be a multiple of the NVFP4 block size {NVFP4_BLOCK}")
     r = Rounding(NVFP4_ELEM, FORMATS[NVFP4_ELEM].max)
@@ -981,3 +978,47 @@ def exact_quant_inputs(op: str, shape: tuple[int, int], quant_dtype: str, rng: n
     sb = np.ldexp(1.0, rng.integers(-6, 9, size=(m, k // NVFP4_BLOCK)))  # E4M3 normal powers of two
     x = _plant_max(_off_grid(r, (m, k), rng), NVFP4_BLOCK, r.limit, rng) * np.repeat(sb * g, NVFP4_BLOCK, axis=1)
     return {"x": x.astype(np.float32), "global_scale": g}
+
+
+# ---------------------------------------------------------------- the records
+
+
+def _expect(ref, problem, *, exact, compute_dtype, out_dtype) -> QuantExpectation:
+    del exact, compute_dtype, out_dtype  # codes and scales are exact in either regime
+    return ref.compute(problem)
+
+
+def _unreadable(ref, expectation, outputs, promised) -> str | None:
+    if len(outputs) != len(promised) or any(o.dtype != want for o, want in zip(outputs, promised)):
+        return "the outputs' dtypes differ from the contract; codes not compared"
+    return None
+
+
+def _read(ref, expectation: QuantExpectation, outputs) -> tuple[np.ndarray, np.ndarray | None]:
+    """(codes [M, K], scales) of outputs stored the plain way: codes in the requested dtype, one
+    per element; float scales as values, float8 / uint8 scales as their codes."""
+    codes = codes_from_output(outputs[0].array, outputs[0].dtype, expectation.quant_dtype)
+    scales = None
+    if len(outputs) > 1:
+        s = outputs[1]
+        scales = s.array if s.dtype.startswith(("float8", "uint8")) else np.asarray(s.array, np.float64)
+    return codes, scales
+
+
+def _compare(ref, expectation, actual) -> Divergence | None:
+    codes, scales = actual
+    return compare_quant(ref.op, expectation, codes, scales)
+
+
+def _diagnose(ref, problem, actual, *, exact, compute_dtype, out_dtype, context=None) -> list[Finding]:
+    del exact, compute_dtype, out_dtype, context
+    return diagnose_quant(ref.op, problem, actual[0])
+
+
+# codes and scales compared code for code; actual = (codes [M, K], scales or None)
+CODES = Judge(expect=_expect, unreadable=_unreadable, read=_read, compare=_compare)
+
+REFERENCES: tuple[OpReference, ...] = tuple(
+    OpReference(q.name, q.compute, judge=CODES, diagnoser=_diagnose, axis_names=q.axis_names)
+    for q in QUANT_OPS.values()
+)

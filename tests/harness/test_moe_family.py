@@ -124,7 +124,7 @@ def test_grid_covers_zero_token_experts_one_expert_ep_and_every_scheme():
     assert {c.regime for c in cases if c.p["scheme"] == W4A4} == {"exact", "realistic", "adversarial"}
     sparse = next(c for c in cases if c.p["routing"] == "sparse")
     problem = materialize(sparse)
-    from qkcheck.oracle.moe import route
+    from qkcheck.oracle.ops.moe import route
 
     used = set(np.unique(route(problem).topk_ids).tolist())
     assert len(used) < sparse.dims["e"]  # some experts get no token
@@ -135,7 +135,7 @@ def test_w4a4_exact_regime_catches_a_dispatcher_that_skips_activation_quantizati
     exact regime; the real W4A4 path passes it."""
     from qkcheck.kernels.moe import adapter as bundled_moe
     from qkcheck.oracle.compare import compare
-    from qkcheck.oracle.references import expect
+    from qkcheck.oracle.ops import expect
 
     case = next(c for c in grid(resolve(BUNDLED)[0]) if c.p["scheme"] == W4A4 and c.regime == "exact")
     problem = materialize(case)

@@ -20,9 +20,9 @@ from qkcheck.cases.registry import grid, materialize
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
 from qkcheck.kernels.mxfp4.adapter import MXFP4
 from qkcheck.kernels.zoo import api_misbinding as zoo
-from qkcheck.oracle.exact import exact_regime_reason
 from qkcheck.oracle.formats import FORMATS
-from qkcheck.oracle.gemm import MX_BLOCK
+from qkcheck.oracle.ops import exact_regime_reason
+from qkcheck.oracle.ops.mxfp4 import MX_BLOCK
 
 ROOT = Path(__file__).resolve().parents[2]
 E2M1 = FORMATS["float4_e2m1fn"]

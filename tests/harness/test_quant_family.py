@@ -23,7 +23,7 @@ from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.catalog import available
 from qkcheck.kernels.quant.adapter import adapters as quant_adapters
 from qkcheck.oracle.numerics import round_to
-from qkcheck.oracle.quant_ops import expect_quant
+from qkcheck.oracle.ops.quant import expect_quant
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = "zoo:wrong_output_dtype"

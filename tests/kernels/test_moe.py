@@ -28,10 +28,10 @@ from qkcheck.kernels.moe import op as ops_moe
 from qkcheck.kernels.moe.kernel import ExpertWeights, MoEConfig
 from qkcheck.kernels.probes import skip_reason
 from qkcheck.kernels.w4a16.kernel import LAYOUTS
-from qkcheck.oracle import moe as oracle_moe
 from qkcheck.oracle.compare import compare
 from qkcheck.oracle.formats import get_format
 from qkcheck.oracle.numerics import wide_float
+from qkcheck.oracle.ops import moe as oracle_moe
 from qkcheck.oracle.packing import pack
 
 U32 = wide_float("float32").unit_roundoff

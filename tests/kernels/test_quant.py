@@ -866,7 +866,7 @@ def test_group_quant_property(M, groups, group_size, quant_dtype, in_dtype, ue8m
 
 def _quant_ops_check(op: str, problem: dict, codes: np.ndarray, scales) -> None:
     __tracebackhide__ = True
-    from qkcheck.oracle import quant_ops
+    from qkcheck.oracle.ops import quant as quant_ops
 
     divergence = quant_ops.compare_quant(op, quant_ops.expect_quant(op, problem), codes, scales)
     if divergence is not None:
@@ -875,7 +875,7 @@ def _quant_ops_check(op: str, problem: dict, codes: np.ndarray, scales) -> None:
 
 def _canonical(codes: torch.Tensor, quant_dtype) -> np.ndarray:
     """Codes as oracle.quant_ops reads them, decoded by the tensor's *own* dtype."""
-    from qkcheck.oracle.quant_ops import codes_from_output
+    from qkcheck.oracle.ops.quant import codes_from_output
 
     raw = codes.detach().cpu()
     raw = raw.numpy() if raw.dtype == torch.int8 else raw.view(torch.uint8).numpy()
@@ -934,7 +934,7 @@ def test_quant_ops_refuses_the_wrong_output_dtype(device):
 
 def ref_mx_fmt(x: np.ndarray, fmt: str, scale_rule: str) -> tuple[np.ndarray, np.ndarray]:
     """(codes [M, K] one per element, E8M0 scale codes) of ``oracle.schemes.quantize``."""
-    from qkcheck.oracle.quant_ops import MX_FORMATS
+    from qkcheck.oracle.ops.quant import MX_FORMATS
 
     qt = quantize(x, get_scheme(f"{MX_FORMATS[fmt]} {scale_rule}"), axis=1)
     return qt.codes, qt.scale_codes
@@ -1087,7 +1087,7 @@ def expect_nvfp4(x: np.ndarray, g: float) -> tuple[np.ndarray, np.ndarray]:
     """(codes [M, K], E4M3 scale codes) a correct kernel returns: ``oracle.quant_ops``' exact
     scale codes and codes, where a block's scale is 0 the signed zero of ``x * 0`` (this kernel's
     documented choice; the op-level oracle accepts either zero there)."""
-    from qkcheck.oracle.quant_ops import expect_quant
+    from qkcheck.oracle.ops.quant import expect_quant
 
     exp = expect_quant("nvfp4_quant", {"x": x, "global_scale": g})
     zero = np.repeat(exp.scales, 16, axis=1) == 0

@@ -41,9 +41,9 @@ from qkcheck.kernels.scaled_mm.kernel import (  # the _ helpers build the broken
     scaled_mm,
 )
 from qkcheck.kernels.triton.tiles import output_tile
-from qkcheck.oracle import gemm as oracle_gemm
 from qkcheck.oracle.compare import compare
 from qkcheck.oracle.formats import get_format
+from qkcheck.oracle.ops import scaled_mm as oracle_gemm
 
 DTYPE_NAMES = {
     torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "int8",

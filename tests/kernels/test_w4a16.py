@@ -26,8 +26,8 @@ from qkcheck.kernels.w4a16.kernel import (
     GEMV_MAX_BLOCK_M, LAYOUTS, SCALES_GROUPS_IN_TILE, SCALES_ONE_GROUP, SCALES_PER_ROW, W4A16Config, _split_k_epilogue, _store_tile,
     arrival_counters, default_config, gemv_scale_path, scale_path, sub_dots, w4a16_gemm, word_row_groups,
 )
-from qkcheck.oracle import gemm as oracle_gemm
 from qkcheck.oracle.compare import compare
+from qkcheck.oracle.ops import w4a16 as oracle_gemm
 from qkcheck.oracle.packing import pack
 
 ACT_EXACT_RANGE = (-4, 4)  # integer activations, exact in fp16 and bf16
@@ -596,7 +596,7 @@ BOUND_CASES = [
 def test_within_oracle_bound(layout, group_size, block_k, split_k, dot, cancel, device):
     """The GEMV path keeps the dequantized weight in float32 (the oracle's bound assumes it rounded
     to the activation dtype); its error stays within that bound, cancellation included."""
-    from qkcheck.oracle.references import expect
+    from qkcheck.oracle.ops import expect
 
     args, kwargs, problem = _realistic(layout, 5, 40, 256, group_size, seed=block_k + split_k, cancel=cancel)
     config = cfg(block_m=16 if dot else 8, block_k=block_k, split_k=split_k, dot=dot)
@@ -613,7 +613,7 @@ def test_factoring_the_zero_point_would_leave_the_bound():
     """Why the GEMV path factors only the scale: the fully factored ``s * (sum x*q - z * sum x)``,
     emulated in float32 on the cancellation case, leaves the oracle's bound, while
     ``s * sum x*(q - z)`` (what the kernel computes) stays inside it."""
-    from qkcheck.oracle.references import expect
+    from qkcheck.oracle.ops import expect
 
     _, _, problem = _realistic("gptq", 4, 16, 128, -1, seed=3, cancel=True)
     x = problem["x"].astype(np.float32)

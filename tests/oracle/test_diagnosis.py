@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qkcheck.oracle.diagnosis import CATALOGUE, GEMMS, diagnose, hypotheses_for
-from qkcheck.oracle.exact import make_problem
 from qkcheck.oracle.formats import FORMATS
-from qkcheck.oracle.references import REFERENCES, expect
+from qkcheck.oracle.ops import diagnose, expect, make_problem, reference, references
 from tests.oracle.test_gemm_bounds import torch_impl
 
 SHAPE = dict(m=8, k=128, n=16)
+GEMMS = ("w4a16_gemm", "w8a16_gemm", "scaled_mm", "block_scaled_mm", "fp8_w8a16_gemm", "mxfp4_gemm", "nvfp4_gemm")
 
 
 def _problem(op, style="random", seed=0, shape=SHAPE, **params):
@@ -154,25 +153,35 @@ def test_output_dtype_reinterpretation_is_named(out_dtype, other, style):
     assert f"{other} bit patterns read as {out_dtype}" in found[0].sentence
 
 
-def test_every_hypothesis_declares_known_ops_and_every_gemm_has_the_shared_ones():
-    for h in CATALOGUE:
-        assert h.ops and set(h.ops) <= set(REFERENCES), h.name
-        assert (h.rewrite is None) != (h.outputs is None), h.name
+def test_every_gemm_lists_the_shared_hypotheses_each_a_rewrite_or_an_output_rewrite():
     shared = {"scales_transposed", "weight_transposed", "scale_misapplied", "bias_dropped_or_spurious", "missing_tail", "output_dtype_reinterpreted"}
     for op in GEMMS:
-        assert shared <= {h.name for h in hypotheses_for(op)}, op
-    assert "fn_fnuz_confused" not in {h.name for h in hypotheses_for("w4a16_gemm")}
+        hyps = reference(op).hypotheses
+        assert shared <= {h.name for h in hyps}, op
+        for h in hyps:
+            assert (h.rewrite is None) != (h.outputs is None), (op, h.name)
+    assert "fn_fnuz_confused" not in {h.name for h in reference("w4a16_gemm").hypotheses}
+    assert set(GEMMS) <= set(references())
+
+
+def test_the_scale_nibble_and_weight_keys_name_problem_keys():
+    """The record fields the shared hypotheses read are keys of the op's problems."""
+    for op in GEMMS:
+        ref = reference(op)
+        keys = set(ref.required) | set(ref.optional)
+        assert ref.weight_key in keys and {k for k, _ in ref.scale_keys} <= keys, op
+        assert {k for k, _ in ref.nibble_keys} <= keys, op
 
 
 def test_inapplicable_rewrites_yield_nothing():
     """fnuz swap needs fp8 codes, azp needs a zero point, a per-channel axis swap needs M <= N."""
     p = _problem("scaled_mm", "random", quant_dtype="int8")
-    ctx = {"_op": "scaled_mm"}
-    from qkcheck.oracle.diagnosis import azp_off_by_one, fn_fnuz_confused, scale_vector_on_wrong_axis
-    assert list(fn_fnuz_confused(p, ctx)) == []
-    assert list(azp_off_by_one(p, ctx)) == []
+    ref = reference("scaled_mm")
+    from qkcheck.oracle.ops.scaled_mm import azp_off_by_one, fn_fnuz_confused, scale_vector_on_wrong_axis
+    assert list(fn_fnuz_confused(ref, p, {})) == []
+    assert list(azp_off_by_one(ref, p, {})) == []
     wide = make_problem("scaled_mm", np.random.default_rng(0), m=32, k=64, n=16, style="random", per_token=False)
-    assert list(scale_vector_on_wrong_axis(wide, ctx)) == []
+    assert list(scale_vector_on_wrong_axis(ref, wide, {})) == []
 
 
 def _w8a16_scales_along_k(p, c: str, o: str) -> np.ndarray:
@@ -221,13 +230,13 @@ def test_fp8_w8a16_scales_along_k_are_named_and_a_correct_output_is_not(quant_dt
 
 
 def test_fp8_w8a16_scales_along_k_needs_a_square_per_channel_scale():
-    from qkcheck.oracle.diagnosis import scales_transposed
+    from qkcheck.oracle.ops.scaled_mm import scales_along_k
 
-    ctx = {"_op": "fp8_w8a16_gemm"}
+    ref = reference("fp8_w8a16_gemm")
     wide = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=16))
-    assert list(scales_transposed(wide, ctx)) == []  # [16, 1] cannot broadcast against K=32
+    assert list(scales_along_k(ref, wide, {})) == []  # [16, 1] cannot broadcast against K=32
     per_tensor = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=32), per_channel=False)
-    assert list(scales_transposed(per_tensor, ctx)) == []
+    assert list(scales_along_k(ref, per_tensor, {})) == []
     square = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=32))
-    (alt, sentence), = scales_transposed(square, ctx)
+    (alt, sentence), = scales_along_k(ref, square, {})
     assert np.array_equal(alt["x"], square["x"] * square["b_scale"].reshape(1, 32)) and np.all(alt["b_scale"] == 1)

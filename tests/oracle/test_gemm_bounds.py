@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from qkcheck.oracle import gemm
 from qkcheck.oracle.compare import compare
-from qkcheck.oracle.exact import exact_regime_reason, make_problem
-from qkcheck.oracle.references import expect
+from qkcheck.oracle.ops import exact_regime_reason, expect, make_problem
+from qkcheck.oracle.ops.w4a16 import w8a16_operands
 
 TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 FP8 = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e4m3fnuz": torch.float8_e4m3fnuz,
@@ -511,7 +510,7 @@ def test_bound_is_tighter_than_the_worst_case_formula():
     on random data (what makes the tenfold margins above possible)."""
     p = make_problem("w8a16_gemm", np.random.default_rng(0), m=8, k=512, n=32, style="random", group_size=64)
     e = expect("w8a16_gemm", p, exact=False, compute_dtype="bfloat16", out_dtype="bfloat16")
-    ops = gemm.w8a16_operands(p["x"], p["q"], p["scales"], group_size=64)
+    ops = w8a16_operands(p["x"], p["q"], p["scales"], group_size=64)
     big_p = np.abs(ops.x) @ np.abs(ops.w)
     worst = (2.0**-8 + 2 * 2.0**-24) * big_p + 513 * 2.0**-24 * big_p + 2.0**-8 * np.abs(e.exact_value)
     assert np.median(e.bound / worst) < 0.5

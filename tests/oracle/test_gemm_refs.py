@@ -8,9 +8,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from qkcheck.oracle import gemm
-from qkcheck.oracle.exact import make_problem
-from qkcheck.oracle.references import REFERENCES, expect, reference
+from qkcheck.oracle.ops import expect, make_problem, reference, references
+from qkcheck.oracle.ops.scaled_mm import block_scaled_mm
 
 ML = {"float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz,
       "float8_e5m2": ml_dtypes.float8_e5m2, "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
@@ -122,7 +121,7 @@ def test_block_tails_use_ceil_scale_grids():
     rng = np.random.default_rng(0)
     p = make_problem("block_scaled_mm", rng, m=2, k=70, n=9, style="random", block=(32, 4))
     assert p["a_scale"].shape == (2, 3) and p["b_scale"].shape == (3, 3)
-    y = gemm.block_scaled_mm(p["a"], p["a_scale"], p["b"], p["b_scale"], quant_dtype="float8_e4m3fn", block=(32, 4))
+    y = block_scaled_mm(p["a"], p["a_scale"], p["b"], p["b_scale"], quant_dtype="float8_e4m3fn", block=(32, 4))
     # the last k-block (rows 64..69) and the last n-block (column 8) have their own scales
     p2 = dict(p, b_scale=p["b_scale"].copy())
     p2["b_scale"][2, 2] *= 2
@@ -189,7 +188,7 @@ def test_problem_keys_and_compute_dtype_are_checked():
     with pytest.raises(ValueError, match=r"op 'int4_gemm' has no reference \(allowed: block_scaled_mm"):
         reference("int4_gemm")
     assert {"w4a16_gemm", "w8a16_gemm", "scaled_mm", "block_scaled_mm", "fp8_w8a16_gemm",
-            "mxfp4_gemm", "nvfp4_gemm"} <= set(REFERENCES)
+            "mxfp4_gemm", "nvfp4_gemm"} <= set(references())
 
 
 def test_int8_accumulator_overflow_is_refused():

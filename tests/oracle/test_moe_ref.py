@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from qkcheck.oracle.compare import compare
-from qkcheck.oracle.moe import (
+from qkcheck.oracle.ops.moe import (
     MAX_ROUTING_ALTERNATIVES,
     MOE_HYPOTHESES,
     diagnose_moe,

@@ -1,4 +1,4 @@
-"""oracle.quant_ops: quantization references checked against independent float32 implementations
+"""oracle.ops.quant: quantization references checked against independent float32 implementations
 (torch CPU, ml_dtypes), the tie ambiguity (accepts only near-ties), saturation, all-zero rows,
 scale_ub, UE8M0, MX floor vs rceil, NVFP4, diagnosis hypotheses, output decoding, exact inputs
 and every input error."""
@@ -14,7 +14,7 @@ import torch
 
 from qkcheck.oracle.compare import Divergence
 from qkcheck.oracle.formats import FORMATS
-from qkcheck.oracle.quant_ops import (
+from qkcheck.oracle.ops.quant import (
     CODE_REL_AMBIGUITY,
     LINEAR_QUANT_DTYPES,
     MX_FORMATS,

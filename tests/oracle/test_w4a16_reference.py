@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from qkcheck.oracle import gemm
 from qkcheck.oracle.compare import compare
-from qkcheck.oracle.diagnosis import diagnose
-from qkcheck.oracle.references import expect
+from qkcheck.oracle.ops import diagnose, expect
+from qkcheck.oracle.ops import w4a16
 
 
 def _problem(rng, m, k, n, g, *, asym, bias, adversarial=True):
@@ -30,7 +29,7 @@ def _problem(rng, m, k, n, g, *, asym, bias, adversarial=True):
 def _torch_fp16_kernel(p):
     """A straightforward torch implementation in the kernel's compute dtype: dequantize in fp32,
     round weights to fp16, multiply with fp32 accumulation, add bias, round to fp16."""
-    w = gemm.dequant_int_grouped(p["q"], p["scales"], p["zeros"], group_size=p["group_size"])
+    w = w4a16.dequant_int_grouped(p["q"], p["scales"], p["zeros"], group_size=p["group_size"])
     w16 = torch.from_numpy(w).float().half().float()
     y = torch.from_numpy(p["x"]).float() @ w16
     if p["bias"] is not None:
@@ -58,7 +57,7 @@ def test_one_wrong_group_scale_per_tile_exceeds_bound_tenfold(g, bk):
     p = _problem(np.random.default_rng(1), 8, 256, 16, g, asym=True, bias=False)
     ks = np.arange(256)
     wrong = dict(p, scales=p["scales"][((ks // bk) * bk) // g], zeros=p["zeros"][((ks // bk) * bk) // g], group_size=1)
-    buggy = gemm.w4a16_gemm(wrong["x"], wrong["q"], wrong["scales"], wrong["zeros"], group_size=1)
+    buggy = w4a16.w4a16_gemm(wrong["x"], wrong["q"], wrong["scales"], wrong["zeros"], group_size=1)
     e = expect("w4a16_gemm", p, exact=False, compute_dtype="float16", out_dtype="float16")
     d = compare(buggy, e.expected, e.bound)
     assert d is not None and d.max_ratio >= 10 and d.count / d.total > 0.9
@@ -66,7 +65,7 @@ def test_one_wrong_group_scale_per_tile_exceeds_bound_tenfold(g, bk):
 
 def test_zero_point_off_by_one_exceeds_bound_tenfold():
     p = _problem(np.random.default_rng(2), 4, 128, 16, 32, asym=True, bias=False)
-    buggy = gemm.w4a16_gemm(p["x"], p["q"], p["scales"], p["zeros"] - 1, group_size=32)
+    buggy = w4a16.w4a16_gemm(p["x"], p["q"], p["scales"], p["zeros"] - 1, group_size=32)
     e = expect("w4a16_gemm", p, exact=False, compute_dtype="float16", out_dtype="float16")
     assert compare(buggy, e.expected, e.bound).max_ratio >= 10
 
@@ -75,7 +74,7 @@ def test_diagnosis_names_first_group_scale_per_tile():
     p = _problem(np.random.default_rng(3), 4, 256, 16, 32, asym=False, bias=False)
     ks = np.arange(256)
     s_bug = p["scales"][((ks // 64) * 64) // 32]
-    actual = gemm.w4a16_gemm(p["x"], p["q"], s_bug, None, group_size=1)
+    actual = w4a16.w4a16_gemm(p["x"], p["q"], s_bug, None, group_size=1)
     found = diagnose("w4a16_gemm", p, actual, exact=False, compute_dtype="float16", out_dtype="float16",
                      context={"block_k": 64})
     assert [f.hypothesis for f in found] == ["first_group_scale_per_tile"]
@@ -84,7 +83,7 @@ def test_diagnosis_names_first_group_scale_per_tile():
 
 def test_diagnosis_finds_nothing_for_a_correct_output():
     p = _problem(np.random.default_rng(4), 4, 128, 16, 32, asym=True, bias=True)
-    actual = gemm.w4a16_gemm(p["x"], p["q"], p["scales"], p["zeros"], group_size=32, bias=p["bias"])
+    actual = w4a16.w4a16_gemm(p["x"], p["q"], p["scales"], p["zeros"], group_size=32, bias=p["bias"])
     # a correct output is no bug's output, except where a hypothesis is a no-op (none here)
     assert diagnose("w4a16_gemm", p, actual, exact=False, compute_dtype="float16", out_dtype="float16",
                     context={"block_k": 128}) == []
@@ -114,9 +113,9 @@ def test_bad_input_messages(kwargs, match):
     args = dict(x=np.ones((2, 128)), q=np.zeros((128, 8)), scales=np.ones((4, 8)), zeros=None, group_size=32, bias=None)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        gemm.w4a16_gemm(args["x"], args["q"], args["scales"], args["zeros"], group_size=args["group_size"], bias=args["bias"])
+        w4a16.w4a16_gemm(args["x"], args["q"], args["scales"], args["zeros"], group_size=args["group_size"], bias=args["bias"])
 
 
 def test_zero_m_returns_empty():
-    y = gemm.w4a16_gemm(np.zeros((0, 64)), np.zeros((64, 8)), np.ones((2, 8)), group_size=32)
+    y = w4a16.w4a16_gemm(np.zeros((0, 64)), np.zeros((64, 8)), np.ones((2, 8)), group_size=32)
     assert y.shape == (0, 8)

@@ -36,10 +36,9 @@ def gemm_outputs(dims, params) -> tuple[Output, ...]:
 class OpSpec:
     """An op's case space and contract.
 
-    ``kind`` says how its output is judged: ``"gemm"`` (one float output within a per-element
-    bound), ``"quant"`` (codes and scales, compared code for code). ``compute_dtype`` and
-    ``out_dtype`` name the dtypes the interpreter probes and the oracle's bound need;
-    ``outputs`` is the output contract (dtype, shape) the runner checks.
+    ``compute_dtype`` and ``out_dtype`` name the dtypes the interpreter probes and the oracle's
+    bound need; ``outputs`` is the output contract (dtype, shape) the runner checks. How the
+    outputs are judged and diagnosed is the op's oracle record's business (``oracle.ops``).
     """
 
     op: str
@@ -47,16 +46,12 @@ class OpSpec:
     params: dict[str, tuple[Any, ...]]  # name -> allowed values
     tunables: dict[str, tuple[int, ...]]  # config name -> allowed values
     rules: tuple[Callable[[Case], str | None], ...] = ()  # each returns an error or None
-    kind: str = "gemm"
     compute_dtype: Callable[[dict], str] = lambda p: p["act_dtype"]
     out_dtype: Callable[[dict], str] = lambda p: p["out_dtype"]
     outputs: Callable[[dict, dict], tuple[Output, ...]] = gemm_outputs
     # True where the kernel converts values to fp8 inside (in-kernel activation quantization):
     # the interpreter's fp8-conversion defect applies even though no output is fp8
     fp8_conversion: Callable[[dict], bool] = lambda p: False
-    # (problem, actual, *, compute_dtype, out_dtype, context) -> findings (objects with
-    # ``hypothesis`` and ``sentence``); None = the oracle's GEMM catalogue (oracle.diagnosis)
-    diagnose: Callable[..., list] | None = None
 
     def case(self, *, shape: Mapping[str, int], params: Mapping[str, Any], config: Mapping[str, int] | None = None,
              regime: str = "exact", seed: int = 0, why: str = "") -> Case:

@@ -150,20 +150,12 @@ SPEC = OpSpec(
     params=PARAMS,
     tunables=TUNABLES,
     rules=(_dims_fit, _routing_fits, _scheme_params, _exact_fits, GEMM_CONFIG_COMPLETE),
-    kind="gemm",
     compute_dtype=lambda p: p["act_dtype"],
     out_dtype=lambda p: p["out_dtype"],
     outputs=_outputs,
     fp8_conversion=lambda p: p["scheme"] == "fp8_block",  # activations quantized to fp8 in-kernel
-    diagnose=lambda problem, actual, **kw: _diagnose(problem, actual, **kw),
 )
 SPECS = (SPEC,)
-
-
-def _diagnose(problem, actual, *, compute_dtype, out_dtype, context):
-    from qkcheck.oracle.ops.moe import diagnose_moe
-
-    return diagnose_moe(problem, actual, compute_dtype=compute_dtype, out_dtype=out_dtype, context=context)
 
 
 # ------------------------------------------------------------------ materializer

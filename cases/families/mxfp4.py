@@ -61,7 +61,6 @@ SPEC = OpSpec(
     rules=(k_multiple_of(MX_BLOCK, f"the {MX_BLOCK}-element MX scale block (one E8M0 code per {MX_BLOCK} "
                                    "elements along K)"),
            GEMM_CONFIG_COMPLETE),
-    kind="gemm",
     compute_dtype=_compute_dtype,
 )  # outputs: one out [M, N] in out_dtype (the OpSpec default)
 SPECS = (SPEC,)

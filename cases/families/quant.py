@@ -1,4 +1,4 @@
-"""Activation quantization ops (kind "quant"): per_token_quant, static_quant,
+"""Activation quantization ops (codes and scales): per_token_quant, static_quant,
 per_token_group_quant, mx_quant and nvfp4_quant (``oracle.ops.quant`` judges codes and scales
 code for code).
 
@@ -118,7 +118,6 @@ SPECS = (
         params={"quant_dtype": QUANT_DTYPES, "in_dtype": IN_DTYPES, "scale_ub": (False, True)},
         tunables=TILE_TUNABLES,
         rules=(_k_positive, _TILE_CONFIG_COMPLETE),
-        kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
         outputs=lambda d, p: (_codes(d, p), Output("scales", (d["m"], 1), "float32")),
@@ -129,7 +128,6 @@ SPECS = (
         params={"quant_dtype": QUANT_DTYPES, "in_dtype": IN_DTYPES},
         tunables=TILE_TUNABLES,
         rules=(_k_positive, _TILE_CONFIG_COMPLETE),
-        kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
         outputs=lambda d, p: (_codes(d, p),),
@@ -141,7 +139,6 @@ SPECS = (
                 "column_major_scales": (False, True), "scale_ue8m0": (False, True)},
         tunables=GROUP_TUNABLES,
         rules=(_k_positive, _group_divides_k, _GROUP_CONFIG_COMPLETE),
-        kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
         outputs=lambda d, p: (_codes(d, p), Output("scales", (d["m"], d["k"] // p["group_size"]), "float32")),
@@ -152,7 +149,6 @@ SPECS = (
         params={"fmt": MX_FORMATS, "in_dtype": IN_DTYPES, "scale_rule": SCALE_RULES},
         tunables=MX_TUNABLES,
         rules=(_k_positive, _mx_block_divides_k, _GROUP_CONFIG_COMPLETE),
-        kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: "uint8",
         # bytes: mxfp4 packed two e2m1 codes per byte along K, the others one code per byte; E8M0 scale codes
@@ -165,7 +161,6 @@ SPECS = (
         params={"in_dtype": IN_DTYPES},
         tunables=NVFP4_TUNABLES,
         rules=(_k_positive, _nvfp4_block_divides_k, _GROUP_CONFIG_COMPLETE),
-        kind="quant",
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: "uint8",
         # two e2m1 codes per byte along K, E4M3 scale codes

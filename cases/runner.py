@@ -1,14 +1,16 @@
 """The runner: case x kernel -> Result.
 
-materialize canonical inputs -> oracle expectation (expected + per-element bound) -> pack to the
-kernel's layout -> place inputs as views inside NaN/poison-filled buffers -> run (recording the
+materialize canonical inputs -> the op's oracle record (``oracle.ops.reference(op)``: its
+expectation) -> pack to the kernel's layout -> place inputs as views inside NaN/poison-filled buffers -> run (recording the
 backend) -> checks:
 
 - ``signature``: the adapter's declared binding matches the external callable's parameters;
 - ``raised``: the kernel raised (recorded as a failure of this case; the run goes on);
 - ``contract``: output dtype is the requested one, shape, device;
-- ``numerics``: ``oracle.compare`` against the expectation; on failure the diagnosis catalogue
-  and a K-localization (error by k-group, re-running the kernel on one k-group at a time);
+- ``numerics``: the record's ``compare`` of the outputs (read by the record, or by the adapter's
+  ``unpack``) against its expectation; on failure the record's ``diagnose`` and, where its
+  activations are grouped along K, a K-localization (error by k-group, re-running the kernel on
+  one k-group at a time);
 - ``inputs_unchanged``: the kernel did not write into its inputs;
 - ``determinism``: a repeat run is bitwise identical (unless the adapter declares otherwise);
 - ``fake_vs_real``: for torch.library ops, the fake implementation's output metadata;

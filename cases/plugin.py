@@ -590,7 +590,8 @@ def _device_info(config) -> dict:
         import triton
 
         info["versions"] = {"torch": str(torch.__version__), "triton": str(triton.__version__)}
-        info["probes"] = {n: {"defective": r.defective, "detail": r.detail} for n, r in probes.probe_results().items()}
+        info["probes"] = {n: {"defective": r.defective, "detail": r.detail, "corrected_defective": r.corrected_defective,
+                              "corrected_detail": r.corrected_detail} for n, r in probes.probe_results().items()}
     except Exception as exc:  # info only; never lose results over it
         info["probe_error"] = f"{type(exc).__name__}: {exc}"
     return info

@@ -1081,14 +1081,20 @@ def _moe_gemm_kernel(
                     if KIND == 1 or KIND == 3:
                         w_up = w_up.to(a.dtype)
                 if KIND == 2:
-                    # one K group per sub-tile (SUB_K divides the group): scale the fp8 partial product
+                    # one K group per sub-tile (SUB_K divides the group): scale the fp8 partial product.
+                    # A sub-tile may start at or past K (BLOCK_K > K): its group does not exist, so its
+                    # scales are not loaded (0; its masked product is 0 too, and 0 x memory past the
+                    # scales could be NaN)
                     g = k_start // group_k
-                    a_s = tl.load(a_scale_ptr + a_rows * stride_asm + g * stride_asg, mask=mask_m, other=0.0)
-                    w_s = tl.load(s_e + g * stride_sk + (offs_n // group_n) * stride_sn, mask=mask_n, other=0.0)
+                    m_in_k = mask_m & ((a_rows * 0 + k_start) < K)  # the group exists, as a row mask
+                    n_in_k = mask_n & ((offs_n * 0 + k_start) < K)
+                    a_s = tl.load(a_scale_ptr + a_rows * stride_asm + g * stride_asg, mask=m_in_k, other=0.0)
+                    w_s = tl.load(s_e + g * stride_sk + (offs_n // group_n) * stride_sn, mask=n_in_k, other=0.0)
                     acc += tl.dot(a, w, out_dtype=tl.float32) * (a_s[:, None] * w_s[None, :])
                     if FUSE_ACT:
                         w_s_up = tl.load(
-                            s_e + g * stride_sk + ((offs_n + up_offset) // group_n) * stride_sn, mask=mask_n, other=0.0,
+                            s_e + g * stride_sk + ((offs_n + up_offset) // group_n) * stride_sn, mask=n_in_k,
+                            other=0.0,
                         )
                         acc_up += tl.dot(a, w_up, out_dtype=tl.float32) * (a_s[:, None] * w_s_up[None, :])
                 else:

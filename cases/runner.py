@@ -117,8 +117,10 @@ class PoisonedInputs:
     returns poison. The inputs of one device share one byte buffer (each in its own region),
     allocated and poisoned on that device (no host image, no pinned copy); one snapshot of that
     buffer serves the inputs-unchanged check, which then costs one comparison on the device for all
-    of them. Bytes between regions are left as allocated: the snapshot is taken after the fill, so
-    they only have to stay unchanged like the rest."""
+    of them. The whole buffer is poisoned first (every byte 0xFF: NaN for every float dtype, -1 for
+    signed ints), with REGION_ALIGN bytes more after the last region, so the gaps between regions
+    and past the last one read as poison too, and a write anywhere in the buffer outside the views
+    fails the check, charged to the input before it."""
 
     def __init__(self, clean: dict):
         import torch
@@ -137,7 +139,7 @@ class PoisonedInputs:
                 start = -(-end // REGION_ALIGN) * REGION_ALIGN
                 end = start + _padded_length(tuple(t.shape)) * t.element_size()
                 self.regions[name] = (device, start, end)
-            buf = torch.empty(max(end, 1), dtype=torch.uint8, device=device)
+            buf = torch.full((end + REGION_ALIGN,), 0xFF, dtype=torch.uint8, device=device)
             for name in names:
                 _, start, stop = self.regions[name]
                 _fill_poison(buf[start:stop], clean[name].dtype)
@@ -165,7 +167,13 @@ class PoisonedInputs:
                 values.append(name)
             elif not torch_equal_bits(buf[start:stop], snap[start:stop]):
                 padding.append(name)
-        return values, padding
+        for device, (buf, snap) in self.buffers.items():  # the bytes between regions and past the last
+            regions = sorted((s, e, n) for n, (d, s, e) in self.regions.items() if d == device)
+            for (_, lo, name), following in zip(regions, [*regions[1:], None]):
+                hi = following[0] if following else buf.numel()
+                if hi > lo and not torch_equal_bits(buf[lo:hi], snap[lo:hi]):
+                    padding.append(f"{name} (beyond its padding)")
+        return values, list(dict.fromkeys(padding))
 
 
 # NaN bit patterns with a payload no arithmetic produces (canonical NaNs are 0x7E00 / 0x7FC0.. )

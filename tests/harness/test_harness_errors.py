@@ -246,3 +246,45 @@ def test_file_name_selection_and_the_printed_replay_command_works_verbatim(tmp_p
                               f"{adapters}::nope"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "has no adapter named 'nope' (it has: mine:good, mine:late scales)" in (
         missing.stdout + missing.stderr)
+
+
+def _past_x(t, elements: int):
+    """A one-element view ``elements`` past the end of x's last row (its storage: the shared buffer)."""
+    import torch
+
+    x = t["x"]
+    last = x.storage_offset() + (x.shape[0] - 1) * x.stride(0) + x.shape[1]
+    return torch.as_strided(x, (1,), (1,), storage_offset=last + elements)
+
+
+@pytest.mark.parametrize("elements", [3, 16, 300], ids=["in-padding", "past-padding", "far-past"])
+def test_a_write_outside_an_inputs_view_fails_inputs_unchanged(elements):
+    ex = _example_adapter()
+
+    def call(t, params, config):
+        _past_x(t, elements).fill_(1.0)
+        return ex.call(t, params, config)
+
+    import dataclasses
+
+    r = run_case(CASE, dataclasses.replace(ex, call=call), "cpu")
+    failed = {c.name: c.detail for c in r.failed_checks}
+    assert r.status == "fail" and "inputs_unchanged" in failed, r.summary()
+    if elements < 300:  # in x's padding, or in the gap after x's region: charged to x
+        assert "into the poison around x" in failed["inputs_unchanged"], failed
+    else:  # far enough to land in the next input's region: that input changed
+        assert "wrote into its inputs: qweight" in failed["inputs_unchanged"], failed
+
+
+@pytest.mark.parametrize("elements", [3, 16, 300], ids=["in-padding", "past-padding", "far-past"])
+def test_a_read_outside_an_inputs_view_reads_poison(elements):
+    ex = _example_adapter()
+
+    def call(t, params, config):
+        y = ex.call(t, params, config)
+        return y + _past_x(t, elements).to(y.dtype)  # a read the kernel should never make
+
+    import dataclasses
+
+    r = run_case(CASE, dataclasses.replace(ex, call=call), "cpu")
+    assert r.status == "fail" and "numerics" in {c.name for c in r.failed_checks}, r.summary()

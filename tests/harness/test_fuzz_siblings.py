@@ -42,7 +42,7 @@ def test_same_class_rows(rows):
 def test_fuzz_runs_one_stream_per_worker_and_sums_them(tmp_path):
     root = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--device", "cpu", "--kernels",
-                        "bundled:per_token_quant", "--budget", "4s", "-n", "2", "--fuzz-siblings", "2",
+                        "bundled:per_token_quant", "--budget", "2s", "-n", "2", "--fuzz-siblings", "2",
                         "--failures-dir", str(tmp_path / "f")], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "test_fuzz[bundled:per_token_quant-stream0]" not in r.stdout  # passing items are not listed

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,15 +20,10 @@ from qkcheck.kernels.zoo import api_misbinding as zoo
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.ops import exact_regime_reason
 from qkcheck.oracle.ops.mxfp4 import MX_BLOCK
+from tests.harness.conftest import qkcheck, qkcheck_popen
 
-ROOT = Path(__file__).resolve().parents[2]
 E2M1 = FORMATS["float4_e2m1fn"]
 DRIFT = "parameter 3 is 'bias' where the adapter binds 'out'"
-
-
-def qkcheck(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _case(regime, act="a16", *, m=3, n=24, k=96, bias=True, seed=7, out="float16"):
@@ -201,14 +193,12 @@ def test_engine_api_rejects_what_it_cannot_broadcast():
 
 @pytest.fixture(scope="module")
 def bundled_fuzz(tmp_path_factory):
-    """The bundled kernel's 30 s fuzz run, started as soon as a test asks for it and collected by
-    the last test: it spends its budget while the other command-line runs go on."""
+    """The bundled kernel's fuzz run, started as soon as a test asks for it and collected by the
+    last test: it spends its budget while the other command-line runs go on. 15 s: many times what
+    the fuzzer needs to find the zoo entry (its first case, about a second into the fuzz)."""
     where = tmp_path_factory.mktemp("bundled-fuzz")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--kernels", "bundled:mxfp4_gemm", "--budget", "30s",
-         "--device", "cpu", "--failures-dir", str(where / "f"), "--", "-s"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = qkcheck_popen("fuzz", "--kernels", "bundled:mxfp4_gemm", "--budget", "15s", "--device", "cpu",
+                         "--failures-dir", where / "f", "--", "-s", merge_stderr=True)
     yield proc
     if proc.poll() is None:
         proc.kill()
@@ -227,10 +217,10 @@ def test_gate_fails_the_zoo_entry_naming_bias_and_passes_the_bundled_kernel(tmp_
     assert " passed" in good.stdout and "failed" not in good.stdout
 
 
-def test_fuzz_finds_the_zoo_entry_shrinks_it_and_the_replay_reproduces(tmp_path):
-    fails = tmp_path / "failures"
-    r = qkcheck("fuzz", "--kernels", "zoo:api_misbinding", "--budget", "30s", "--device", "cpu",
-                "--failures-dir", str(fails), "--results", str(tmp_path / "r.jsonl"))
+@pytest.mark.xdist_group("zoo-fuzz-api_misbinding")
+def test_fuzz_finds_the_zoo_entry_shrinks_it_and_the_replay_reproduces(zoo_fuzz, qkcheck_here):
+    run = zoo_fuzz("api_misbinding")  # the run test_cli's shrink-budget test asserts on too
+    r, fails = run.process, run.failures
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     assert DRIFT in r.stdout and "fuzz found a failure" in r.stdout
     saved = sorted(fails.glob("*.json"))
@@ -239,9 +229,9 @@ def test_fuzz_finds_the_zoo_entry_shrinks_it_and_the_replay_reproduces(tmp_path)
     # shrunk to the smallest case: one row, one scale block, the narrowest N
     assert (case["shape"]["m"], case["shape"]["k"], case["shape"]["n"]) == (1, MX_BLOCK, 16)
     assert case["params"]["bias"] is False and case["params"]["act"] == "a16"
-    replay = qkcheck("replay", str(saved[0]), "--kernels", "zoo:api_misbinding", "--device", "cpu")
+    replay = qkcheck_here("replay", str(saved[0]), "--kernels", "zoo:api_misbinding", "--device", "cpu")
     assert replay.returncode == 1 and DRIFT in replay.stdout, replay.stdout + replay.stderr
-    fixed = qkcheck("replay", str(saved[0]), "--kernels", "bundled:mxfp4_gemm", "--device", "cpu")
+    fixed = qkcheck_here("replay", str(saved[0]), "--kernels", "bundled:mxfp4_gemm", "--device", "cpu")
     assert fixed.returncode == 0 and ": PASS" in fixed.stdout, fixed.stdout + fixed.stderr
 
 

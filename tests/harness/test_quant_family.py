@@ -24,18 +24,13 @@ from qkcheck.kernels.catalog import available
 from qkcheck.kernels.quant.adapter import adapters as quant_adapters
 from qkcheck.oracle.numerics import round_to
 from qkcheck.oracle.ops.quant import expect_quant
+from tests.harness.conftest import ROOT, qkcheck, qkcheck_popen
 
-ROOT = Path(__file__).resolve().parents[2]
 ZOO = "zoo:wrong_output_dtype"
 WRONG = "codes: output dtype float8_e4m3fn, requested int8"
 OPS = ("per_token_quant", "static_quant", "per_token_group_quant", "mx_quant", "nvfp4_quant")
 ADAPTERS = {a.op: a for a in quant_adapters()}
 GRIDS = {op: grid(ADAPTERS[op]) for op in OPS}
-
-
-def qkcheck(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def runs_on_cpu(case) -> bool:
@@ -223,13 +218,12 @@ def test_broken_mx_and_nvfp4_copies_fail_their_grid_cases_through_the_runner():
 
 @pytest.fixture(scope="module")
 def fuzz_run(tmp_path_factory):
-    """The 30 s fuzz of the zoo entry and the bundled op, started once and run alongside the gate."""
+    """The fuzz of the zoo entry and the bundled op, started once and run alongside the gate. 15 s
+    each: the zoo entry's first case fails (a few seconds into the fuzz on the CPU), already one
+    row and one element, so its shrinking has little left to do."""
     tmp = tmp_path_factory.mktemp("fuzz")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--kernels", ZOO, "--kernels", "bundled:per_token_quant",
-         "--budget", "30s", "--device", "cpu", "--failures-dir", str(tmp / "failures"),
-         "--results", str(tmp / "r.jsonl")],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = qkcheck_popen("fuzz", "--kernels", ZOO, "--kernels", "bundled:per_token_quant", "--budget", "15s",
+                         "--device", "cpu", "--failures-dir", tmp / "failures", "--results", tmp / "r.jsonl")
     try:
         yield proc, tmp / "failures"
     finally:
@@ -259,7 +253,7 @@ def test_gate_fails_the_seed_002_zoo_entry_on_the_real_output_and_the_fake_and_p
         assert checks["fake_vs_real"]["outcome"] == "fail" and checks["fake_vs_real"]["detail"] == f"fake: {WRONG}"
 
 
-def test_fuzz_finds_seed_002_shrinks_it_and_the_printed_replay_reproduces(fuzz_run):
+def test_fuzz_finds_seed_002_shrinks_it_and_the_printed_replay_reproduces(fuzz_run, qkcheck_here):
     proc, fails = fuzz_run
     stdout, stderr = proc.communicate(timeout=400)
     assert proc.returncode == 1, stdout[-3000:] + stderr[-3000:]
@@ -272,14 +266,14 @@ def test_fuzz_finds_seed_002_shrinks_it_and_the_printed_replay_reproduces(fuzz_r
     printed = re.search(r"replay: (qkcheck replay \S+ --kernels \S+)", stdout)
     assert printed and printed.group(1).endswith(f"--kernels {ZOO}"), stdout[-3000:]
     argv = shlex.split(printed.group(1))
-    # the printed command as a user runs it, and the same case on the bundled op (concurrently)
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for cmd in ([str(Path(sys.executable).parent / argv[0]), *argv[1:]],
-                         [sys.executable, "-m", "qkcheck.cases.cli", "replay", str(saved[0]), "--kernels",
-                          "bundled:per_token_quant", "--device", "cpu"])]
-    (out, err), (fixed_out, fixed_err) = (p.communicate(timeout=300) for p in procs)
-    assert procs[0].returncode == 1 and WRONG in out, out + err
-    assert procs[1].returncode == 0 and ": PASS" in fixed_out, fixed_out + fixed_err
+    # the printed command as a user runs it (a process of its own), and meanwhile the same case on
+    # the bundled op
+    user = subprocess.Popen([str(Path(sys.executable).parent / argv[0]), *argv[1:]], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fixed = qkcheck_here("replay", str(saved[0]), "--kernels", "bundled:per_token_quant", "--device", "cpu")
+    out, err = user.communicate(timeout=300)
+    assert user.returncode == 1 and WRONG in out, out + err
+    assert fixed.returncode == 0 and ": PASS" in fixed.stdout, fixed.stdout + fixed.stderr
 
 
 def test_zoo_entry_is_listed_and_implements_per_token_quant():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
-from pathlib import Path
 import types
 
 import pytest
@@ -136,13 +135,11 @@ def test_without_the_engine_the_module_imports_with_no_adapters_and_the_reason(m
 
 
 def test_gate_on_a_missing_engine_is_a_visible_skip_not_an_empty_pass():
-    import subprocess
+    from tests.harness.conftest import qkcheck
 
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", "vllm",
-                           "--", "-rs"], cwd=root, capture_output=True, text=True, timeout=300)
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vllm is installed here")
+    proc = qkcheck("gate", "--device", "cpu", "--kernels", "vllm", "--", "-rs", timeout=300)
     assert proc.returncode == 0, proc.stdout[-1500:]
     assert "SKIPPED" in proc.stdout and "vllm: vllm is not installed" in proc.stdout
 

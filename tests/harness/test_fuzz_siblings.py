@@ -3,15 +3,12 @@ same params and config, and a sibling's row count keeps Triton's integer special
 under -n N each kernel is fuzzed by N streams whose counts the summary adds up."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from qkcheck.cases.fuzz import _same_class_rows, siblings
 from qkcheck.cases.registry import grid, op_spec
 from qkcheck.kernels.catalog import resolve
+from tests.harness.conftest import qkcheck
 
 
 def _class(rows: int) -> str:
@@ -40,10 +37,8 @@ def test_same_class_rows(rows):
 
 
 def test_fuzz_runs_one_stream_per_worker_and_sums_them(tmp_path):
-    root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "fuzz", "--device", "cpu", "--kernels",
-                        "bundled:per_token_quant", "--budget", "2s", "-n", "2", "--fuzz-siblings", "2",
-                        "--failures-dir", str(tmp_path / "f")], cwd=root, capture_output=True, text=True)
+    r = qkcheck("fuzz", "--device", "cpu", "--kernels", "bundled:per_token_quant", "--budget", "2s", "-n", "2",
+                "--fuzz-siblings", "2", "--failures-dir", tmp_path / "f")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "test_fuzz[bundled:per_token_quant-stream0]" not in r.stdout  # passing items are not listed
     line = next(x for x in r.stdout.splitlines() if x.startswith("qkcheck fuzz bundled:per_token_quant:"))

@@ -3,20 +3,16 @@ only; the run goes on and the next case (of a good kernel) still passes and is r
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from qkcheck.cases.case import Case
 from qkcheck.cases.isolation import IsolatedRunner, run_in_process
 from qkcheck.kernels.catalog import resolve
+from tests.harness.conftest import qkcheck
 from tests.harness.torch_adapters import GOOD_W4A16
-
-ROOT = Path(__file__).resolve().parents[2]
 
 CASE = Case.make("w4a16_gemm", shape={"m": 2, "n": 16, "k": 64},
                  params={"group_size": 32, "zero_points": False, "layout": "gptq", "act_dtype": "float16",
@@ -92,10 +88,9 @@ def test_gate_run_goes_on_and_records_every_case(adapter_file, tmp_path):
     """Through the CLI: the crashing kernel's case fails, the good kernel's cases still run, and
     the results file holds all of them."""
     results = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", str(adapter_file),
-           "--isolate", "on", "--case-timeout", "5s", "--results", str(results),
-           "--shard", "1/40", "--failures-dir", str(tmp_path / "f"), "--", "-k", "test:exits or test:good"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = qkcheck("gate", "--device", "cpu", "--kernels", adapter_file, "--isolate", "on", "--case-timeout", "5s",
+                   "--results", results, "--shard", "1/40", "--failures-dir", tmp_path / "f",
+                   "--", "-k", "test:exits or test:good")
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     records = [json.loads(line) for line in results.read_text().splitlines()[1:]]
     by_kernel = {}

@@ -44,9 +44,14 @@ def qkcheck_popen(*args, cwd=ROOT, merge_stderr=False) -> subprocess.Popen:
 def qkcheck_here(capsys, monkeypatch):
     """``qkcheck ARGS`` in this process, from the repository root: a CompletedProcess with the exit
     code ``main`` returns (or exits with: argparse's usage errors) and what it printed."""
+    from qkcheck.cases import plugin
     from qkcheck.cases.cli import main
 
     monkeypatch.chdir(ROOT)
+    # gate and fuzz are pytest sessions: one started here registers its config with the plugin
+    # module and removes it when it ends; this session's own registration is put back afterwards
+    if hasattr(plugin, "_CONFIG"):
+        monkeypatch.setattr(plugin, "_CONFIG", dict(plugin._CONFIG))
 
     def run(*args) -> subprocess.CompletedProcess:
         capsys.readouterr()

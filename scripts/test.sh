@@ -7,12 +7,10 @@
 # - the product fuzz suite (tests/gate/test_fuzz.py) runs every bundled kernel for a short
 #   smoke budget in one stream (QKCHECK_FUZZ_BUDGET, default 2s): the fuzzer's detection power
 #   is tested in tests/harness against the zoo, not by this suite's budget;
-# - --durations=30: the slowest tests are listed at the end, so time can be measured;
-# - --dist loadgroup: tests marked xdist_group("name") run on one worker, so the command-line run
-#   they share (tests/harness/conftest.py) runs once; the others are spread as by default.
+# - --durations=30: the slowest tests are listed at the end, so time can be measured.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup.sh"
 cd "$root"
-exec "$venv/bin/python" -m pytest -n "${QKCHECK_WORKERS:-2}" --dist loadgroup -m "not slow" --durations=30 \
+exec "$venv/bin/python" -m pytest -n "${QKCHECK_WORKERS:-2}" -m "not slow" --durations=30 \
   --qkcheck-budget "${QKCHECK_FUZZ_BUDGET:-2s}" --qkcheck-fuzz-streams "${QKCHECK_FUZZ_STREAMS:-1}" "$@"

@@ -14,10 +14,17 @@ Two ways to run the ``qkcheck`` command line here:
 """
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, and each xdist worker runs what it needs itself
+    fcntl = None
 
 import pytest
 
@@ -65,6 +72,34 @@ def qkcheck_here(capsys, monkeypatch):
     return run
 
 
+def _completed(d: dict) -> subprocess.CompletedProcess:
+    return subprocess.CompletedProcess(d["args"], d["returncode"], d["stdout"], d["stderr"])
+
+
+def _as_dict(p: subprocess.CompletedProcess) -> dict:
+    return {"args": [str(a) for a in p.args], "returncode": p.returncode, "stdout": p.stdout, "stderr": p.stderr}
+
+
+def once_per_session(tmp_path_factory, key: str, run):
+    """``run(folder)`` (JSON-able outcome) done once per test session, also across xdist workers:
+    the first process to ask runs it in ``folder`` while any other that asks waits, and every one
+    reads the same outcome. (Workers' temporary folders share one parent; pytest-xdist's
+    ``xdist_group`` would keep such tests on one worker, but ``--dist loadgroup`` groups nothing
+    under pytest 9, whose node ids xdist can no longer suffix.)"""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER") and fcntl is not None:
+        root = root.parent
+    folder = root / f"once-{key}"
+    outcome = root / f"once-{key}.json"
+    with open(root / f"once-{key}.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not outcome.exists():
+            folder.mkdir(exist_ok=True)
+            outcome.write_text(json.dumps(run(folder)))
+    return json.loads(outcome.read_text()), folder
+
+
 @dataclass(frozen=True)
 class FuzzRun:
     """A finished ``qkcheck fuzz``: what it returned and printed, the folder of the cases it saved,
@@ -78,19 +113,18 @@ class FuzzRun:
 @pytest.fixture(scope="session")
 def zoo_fuzz(tmp_path_factory):
     """``qkcheck fuzz --kernels zoo:ENTRY`` with no shrink budget (``--shrink-budget 0``, the CPU's
-    default), run once for all the tests that assert on it: ``zoo_fuzz("api_misbinding")``. Under
-    ``-n`` mark those tests ``xdist_group("zoo-fuzz-ENTRY")``, so that they share a worker and the
-    run. The budget only bounds the run: it ends once the failure is found and shrunk."""
-    runs: dict[str, FuzzRun] = {}
+    default), run once per session for all the tests that assert on it (``once_per_session``):
+    ``zoo_fuzz("api_misbinding")``. The budget only bounds the run: it ends once the failure is
+    found and shrunk."""
 
     def run(entry: str) -> FuzzRun:
-        if entry not in runs:
-            where = tmp_path_factory.mktemp(f"fuzz-{entry}")
-            process = qkcheck("fuzz", "--kernels", f"zoo:{entry}", "--budget", "120s", "--device", "cpu",
-                              "--shrink-budget", "0", "--failures-dir", where / "failures",
-                              "--results", where / "r.jsonl")
-            runs[entry] = FuzzRun(process, where / "failures", where / "r.jsonl")
-        return runs[entry]
+        def fuzz(where: Path) -> dict:
+            return _as_dict(qkcheck("fuzz", "--kernels", f"zoo:{entry}", "--budget", "120s", "--device", "cpu",
+                                    "--shrink-budget", "0", "--failures-dir", where / "failures",
+                                    "--results", where / "r.jsonl"))
+
+        process, where = once_per_session(tmp_path_factory, f"fuzz-{entry}", fuzz)
+        return FuzzRun(_completed(process), where / "failures", where / "r.jsonl")
 
     return run
 
@@ -102,21 +136,22 @@ EXAMPLE_SHARDS = 3
 @pytest.fixture(scope="session")
 def example_gate_shards(tmp_path_factory) -> list[tuple[subprocess.CompletedProcess, Path]]:
     """``qkcheck gate --kernels examples/torch_w4a16_adapter.py --shard i/3`` for i = 1, 2, 3, as the
-    README's command and its CI recipe run it, each run once for the tests that assert on them
-    (mark them ``xdist_group("example-gate")``): every shard's CompletedProcess and results file.
-    The shards run side by side."""
-    where = tmp_path_factory.mktemp("example-gate")
-    procs = []
-    for i in range(1, EXAMPLE_SHARDS + 1):
-        results = where / f"shard-{i}.jsonl"
-        procs.append((qkcheck_popen("gate", "--device", "cpu", "--kernels", EXAMPLE_ADAPTER,
-                                    "--shard", f"{i}/{EXAMPLE_SHARDS}", "--results", results,
-                                    "--failures-dir", where / "f"), results))
-    shards = []
-    for proc, results in procs:
-        out, err = proc.communicate(timeout=600)
-        shards.append((subprocess.CompletedProcess(proc.args, proc.returncode, out, err), results))
-    return shards
+    README's command and its CI recipe run it, run once per session for the tests that assert on
+    them (``once_per_session``): every shard's CompletedProcess and results file. The shards run
+    side by side."""
+
+    def gate(where: Path) -> list[dict]:
+        procs = [qkcheck_popen("gate", "--device", "cpu", "--kernels", EXAMPLE_ADAPTER,
+                               "--shard", f"{i}/{EXAMPLE_SHARDS}", "--results", where / f"shard-{i}.jsonl",
+                               "--failures-dir", where / "f") for i in range(1, EXAMPLE_SHARDS + 1)]
+        done = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            done.append(_as_dict(subprocess.CompletedProcess(proc.args, proc.returncode, out, err)))
+        return done
+
+    shards, where = once_per_session(tmp_path_factory, "example-gate", gate)
+    return [(_completed(d), where / f"shard-{i}.jsonl") for i, d in enumerate(shards, start=1)]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -106,7 +106,7 @@ def _fuzz_to_a_failure(entry: str, shrink_budget: str, tmp_path: Path, zoo_fuzz)
     return out, fails
 
 
-@pytest.mark.parametrize("shrink_budget", ["0.001s", pytest.param("0", marks=pytest.mark.xdist_group("zoo-fuzz-api_misbinding"))])
+@pytest.mark.parametrize("shrink_budget", ["0.001s", "0"])
 def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_path, shrink_budget, zoo_fuzz):
     """A spent shrink budget stops candidates from running: the first failing case is reported and
     saved as found (no shrink cases); with no budget (0) the same failure is shrunk further."""
@@ -118,7 +118,7 @@ def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_pa
     assert len(list(fails.glob("*.json"))) == 1
 
 
-@pytest.mark.parametrize("shrink_budget", ["1s", pytest.param("0", marks=pytest.mark.xdist_group("zoo-fuzz-silent_emulation"))])
+@pytest.mark.parametrize("shrink_budget", ["1s", "0"])
 def test_shrink_candidates_whose_compile_the_budget_cannot_pay_for_are_not_tried(tmp_path, shrink_budget, zoo_fuzz,
                                                                                  qkcheck_here):
     """Under a shrink budget, a candidate of a kernel variant (params and config) not yet run in

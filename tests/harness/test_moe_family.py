@@ -159,7 +159,6 @@ def test_gate_fails_the_seed_001_dispatcher_on_emulation_and_passes_the_bundled_
     assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
 
 
-@pytest.mark.xdist_group("zoo-fuzz-silent_emulation")
 def test_fuzz_finds_seed_001_shrinks_it_and_the_replay_reproduces(zoo_fuzz, qkcheck_here):
     run = zoo_fuzz("silent_emulation")  # (fused_moe only) the run test_cli's shrink-budget test asserts on too
     r, fails = run.process, run.failures

@@ -217,7 +217,6 @@ def test_gate_fails_the_zoo_entry_naming_bias_and_passes_the_bundled_kernel(tmp_
     assert " passed" in good.stdout and "failed" not in good.stdout
 
 
-@pytest.mark.xdist_group("zoo-fuzz-api_misbinding")
 def test_fuzz_finds_the_zoo_entry_shrinks_it_and_the_replay_reproduces(zoo_fuzz, qkcheck_here):
     run = zoo_fuzz("api_misbinding")  # the run test_cli's shrink-budget test asserts on too
     r, fails = run.process, run.failures

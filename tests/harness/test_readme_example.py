@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.harness.conftest import ROOT
 
 
@@ -14,7 +12,6 @@ def test_readme_shows_the_example_commands():
     assert Path(ROOT / "examples" / "torch_w4a16_adapter.py").exists()
 
 
-@pytest.mark.xdist_group("example-gate")
 def test_gate_on_the_example_adapter_passes(example_gate_shards):
     """``qkcheck gate --kernels examples/torch_w4a16_adapter.py --device cpu --shard 1/3`` (the run
     test_sharding takes as its first shard)."""

@@ -19,7 +19,6 @@ def _ids(path: Path) -> list[str]:
     return [json.loads(line)["case_id"] for line in path.read_text().splitlines()[1:]]
 
 
-@pytest.mark.xdist_group("example-gate")
 def test_shards_are_disjoint_complete_and_merge_into_one_report(example_gate_shards, tmp_path, qkcheck_here):
     # qkcheck gate --kernels KERNEL --shard i/3 --results shard-i.jsonl, for i = 1, 2, 3
     assert len(example_gate_shards) == EXAMPLE_SHARDS == 3

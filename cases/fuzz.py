@@ -129,8 +129,13 @@ class _State:
 
 
 class _Failure(AssertionError):
-    """Raised (from one site) inside the hypothesis test: hypothesis tells failures apart by
-    where they are raised."""
+    """Raised inside the hypothesis test, by :func:`_fail` only."""
+
+
+def _fail(summary: str):
+    """The one raise site: hypothesis tells failures apart by where they are raised, and one
+    failure must stay one while it is shrunk."""
+    raise _Failure(summary)
 
 
 def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, streams: int = 1,
@@ -161,7 +166,7 @@ def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, 
             # candidates stop running and the smallest failure so far stands; when hypothesis
             # replays that draw it fails again without running
             if case.id in state.failing_draws:
-                raise _Failure(state.failing_draws[case.id])
+                _fail(state.failing_draws[case.id])
             return
         if case.id in state.passed:
             out.repeats += 1
@@ -193,8 +198,9 @@ def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, 
                     out.found_after_cases, out.found_at = out.cases, state.found - started
                     if on_found is not None:
                         on_found(member, out.found_at)
-                raise _Failure(result.summary())
-        state.passed.add(case.id)
+                _fail(result.summary())
+        if state.first_index is None:  # every member ran and passed, before any failure: not run again
+            state.passed.add(case.id)
 
     batch = 0
     while clock() < state.deadline:

@@ -20,10 +20,10 @@ import triton
 
 from qkcheck.kernels.scaled_mm.kernel import block_scaled_mm, fp8_w8a16_gemm, scaled_mm
 from qkcheck.kernels.scaled_mm.loaders import SCHEMES, prepare_weights
+from tests.kernels.conftest import assert_exact
 from tests.kernels.test_scaled_mm import (
     ScaledMMConfig,
     _codes,
-    assert_exact,
     dot_skip_reason,
     ref_block_scaled_mm,
     ref_fp8_w8a16,

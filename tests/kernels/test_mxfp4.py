@@ -35,6 +35,8 @@ from qkcheck.oracle.compare import compare
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.packing import NIBBLES_K_ACTIVATION, NIBBLES_K_WEIGHT, pack
 from qkcheck.oracle.schemes import QTensor, dequantize, get_scheme, pack_codes
+from tests.kernels.conftest import assert_exact as exact
+from tests.kernels.conftest import expected_output
 
 SCHEME = get_scheme("mxfp4")
 E2M1 = FORMATS["float4_e2m1fn"]
@@ -167,19 +169,10 @@ def reference(m: Materialized, w_values: np.ndarray | None = None, act_values: n
     return out if m.bias is None else out + m.bias
 
 
-def expected_output(ref: np.ndarray, out_dtype: torch.dtype) -> torch.Tensor:
-    """The only correct output in the exact regime: RNE of the exact value in the output dtype."""
-    return torch.from_numpy(ref).to(out_dtype)
-
-
 def assert_exact(out: torch.Tensor, ref: np.ndarray, out_dtype: torch.dtype) -> None:
+    """``tests.kernels.conftest.assert_exact`` with NaN matching NaN (the decode tests' NaN blocks)."""
     __tracebackhide__ = True
-    out = out.cpu()
-    expected = expected_output(ref, out_dtype)
-    assert out.dtype == out_dtype and out.shape == expected.shape, (out.dtype, out.shape, expected.shape)
-    divergence = compare(out.double().numpy(), expected.double().numpy(), 0.0)
-    if divergence is not None:
-        pytest.fail("kernel output is not RNE(reference):\n" + divergence.summary())
+    exact(out, ref, out_dtype, nan_equal=True)
 
 
 def uncheckable_reason(case: MxCase) -> str | None:

@@ -41,9 +41,9 @@ from qkcheck.kernels.scaled_mm.kernel import (  # the _ helpers build the broken
     scaled_mm,
 )
 from qkcheck.kernels.triton.tiles import output_tile
-from qkcheck.oracle.compare import compare
 from qkcheck.oracle.formats import get_format
 from qkcheck.oracle.ops import scaled_mm as oracle_gemm
+from tests.kernels.conftest import assert_exact
 
 DTYPE_NAMES = {
     torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.int8: "int8",
@@ -214,16 +214,6 @@ def ref_fp8_w8a16_broadcast(x, b, scale_kn, bias=None) -> np.ndarray:
     (a per-row or per-element scale: the oracle's fp8_w8a16_gemm takes [1, N] / [1, 1] only)."""
     y = _values(x) @ (_values(b) * np.asarray(scale_kn, np.float64))
     return y if bias is None else y + np.asarray(bias, np.float64)
-
-
-def assert_exact(out: torch.Tensor, ref: np.ndarray, out_dtype: torch.dtype) -> None:
-    __tracebackhide__ = True
-    out = out.cpu()
-    expected = torch.from_numpy(ref).to(out_dtype)
-    assert out.dtype == out_dtype and out.shape == expected.shape, (out.dtype, out.shape, expected.shape)
-    if not torch.equal(out, expected):
-        divergence = compare(out.double().numpy(), expected.double().numpy(), 0.0)
-        pytest.fail("kernel output is not RNE(reference):\n" + (divergence.summary() if divergence else "NaN mismatch"))
 
 
 def output_skip_reason(out_dtype: torch.dtype, config: ScaledMMConfig | None) -> str | None:

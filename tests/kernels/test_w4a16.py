@@ -29,6 +29,7 @@ from qkcheck.kernels.w4a16.kernel import (
 from qkcheck.oracle.compare import compare
 from qkcheck.oracle.ops import w4a16 as oracle_gemm
 from qkcheck.oracle.packing import pack
+from tests.kernels.conftest import assert_exact, expected_output
 
 ACT_EXACT_RANGE = (-4, 4)  # integer activations, exact in fp16 and bf16
 BIAS_EXACT_RANGE = (-8, 8)
@@ -107,21 +108,6 @@ def reference(m: Materialized, case: GemmCase, scales: np.ndarray | None = None)
     return oracle_gemm.w4a16_gemm(
         m.x, m.q, m.scales if scales is None else scales, m.zeros, group_size=case.group_size, bias=m.bias,
     )
-
-
-def expected_output(ref: np.ndarray, out_dtype: torch.dtype) -> torch.Tensor:
-    """The only correct output in the exact regime: RNE of the exact value in the output dtype."""
-    return torch.from_numpy(ref).to(out_dtype)
-
-
-def assert_exact(out: torch.Tensor, ref: np.ndarray, out_dtype: torch.dtype) -> None:
-    __tracebackhide__ = True
-    out = out.cpu()
-    expected = expected_output(ref, out_dtype)
-    assert out.dtype == out_dtype and out.shape == expected.shape, (out.dtype, out.shape, expected.shape)
-    if not torch.equal(out, expected):
-        divergence = compare(out.double().numpy(), expected.double().numpy(), 0.0)
-        pytest.fail("kernel output is not RNE(reference):\n" + (divergence.summary() if divergence else "NaN mismatch"))
 
 
 def uncheckable_reason(case: GemmCase) -> str | None:

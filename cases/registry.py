@@ -112,6 +112,13 @@ def validate_adapter(adapter) -> None:
     if bad:
         raise AdapterError(f"adapter {adapter.name!r}: declares tunables {bad} that {adapter.op} does not have "
                            f"(allowed: {', '.join(spec.tunables)})")
+    if not callable(adapter.conventions):
+        from qkcheck.oracle.ops import reference
+
+        try:
+            reference(adapter.op).check_conventions(adapter.conventions_for({}))
+        except ValueError as exc:
+            raise AdapterError(f"adapter {adapter.name!r}: {exc}") from None
 
 
 def __getattr__(name: str):

@@ -64,6 +64,7 @@ class Result:
     timings: dict[str, float] = field(default_factory=dict)
     replay: str = ""
     error: dict | None = None  # status error: {"stage": ..., "exception": ...}
+    conventions: dict = field(default_factory=dict)  # the adapter's declared conventions applied
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -514,6 +515,7 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
 STAGES = {
     "setup": "checking the case and the adapter's signature",
     "materialize": "making the case's inputs", "oracle": "the oracle",
+    "conventions": "the adapter's declared conventions",
     "pack": "the adapter's pack (or allocating the poisoned inputs)",
     "kernel": "the adapter's call", "outputs": "reading the adapter's outputs (call must return tensors)",
     "checks": "the checks", "fake": "the fake implementation check", "diagnosis": "the diagnosis",
@@ -557,6 +559,12 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
     p = case.p
     spec = op_spec(case.op)
     ref = reference(case.op)
+    stage[0] = "conventions"
+    conventions = adapter.conventions_for(p)
+    if conventions:  # the engine's documented choices, answered for instead of the strict default
+        ref.check_conventions(conventions)
+        problem = {**problem, **conventions}
+        res.conventions = conventions
     exp_kwargs = dict(exact=exact, compute_dtype=spec.compute_dtype(p), out_dtype=spec.out_dtype(p))
     stage[0] = "oracle"
     expectation = ref.expect(problem, **exp_kwargs)

@@ -60,7 +60,21 @@ class KernelAdapter:
     # (params) -> why this kernel cannot take such a case (outside its API), or None: the case is
     # skipped with that reason instead of failing
     supports: Callable[[Mapping], str | None] | None = None
+    # documented choices of the kernel that the oracle should answer for instead of its strict
+    # default (e.g. ``{"qmax": 224.0}`` for an fp8 e4m3fnuz quantizer, ``{"amax_floor": 1 / 512}``):
+    # a mapping of the op's convention keys (``qkcheck list --ops`` / the oracle family's
+    # docstring), or (params) -> such a mapping. The runner sets them on every problem it checks
+    # and records them with the result; what is not declared stays strict.
+    conventions: Mapping[str, Any] | Callable[[Mapping], Mapping[str, Any]] = field(default_factory=dict)
     description: str = ""
+
+    def conventions_for(self, params: Mapping) -> dict:
+        """The conventions that apply to a case with ``params`` (a copy; empty when none)."""
+        conv = self.conventions(params) if callable(self.conventions) else self.conventions
+        if not isinstance(conv, Mapping):
+            raise AdapterError(f"adapter {self.name!r}: conventions must be a mapping (or a function of params "
+                               f"returning one), got {type(conv).__name__}")
+        return dict(conv)
 
     def check_signature(self) -> str | None:
         """None when ``target``'s parameters start with ``signature``; otherwise what drifted."""

@@ -100,6 +100,10 @@ class OpReference:
     hypotheses: tuple = ()  # oracle.diagnosis.Hypothesis records tried, in this order
     # activations x [M, K] grouped along K: the group size (for localizing an error by k-group)
     k_group_size: Callable[[Problem], int] | None = None
+    # optional problem keys that are *conventions* production kernels legitimately differ on (an
+    # fp8 qmax of 224, an amax floor, an int8 clamp): an adapter may declare values for them
+    # (``KernelAdapter.conventions``) and the runner sets them on every problem it checks
+    conventions: tuple[str, ...] = ()
 
     def check(self, p: Problem) -> None:
         """Raise ValueError naming missing or unknown problem keys."""
@@ -117,6 +121,13 @@ class OpReference:
                 f"the {self.op} problem {' and '.join(what)} (required: {', '.join(self.required)}; "
                 f"optional: {', '.join(self.optional) or 'none'}); see the docstring of its oracle.ops family"
             )
+
+    def check_conventions(self, conventions: Mapping) -> None:
+        """Raise ValueError unless every key of ``conventions`` is one this op declares."""
+        unknown = sorted(set(conventions) - set(self.conventions))
+        if unknown:
+            raise ValueError(f"convention(s) {unknown} are not conventions of {self.op} (allowed: "
+                             f"{', '.join(self.conventions) or 'none: the op has no declared conventions'})")
 
     def expect(self, problem: Problem, *, exact: bool, compute_dtype: str, out_dtype: str):
         """What a correct kernel returns for ``problem`` (an ``Expectation`` for values)."""

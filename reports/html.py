@@ -294,6 +294,8 @@ def _case_rows(rec: dict) -> list[tuple[str, Any]]:
             ("config", _kv(case.get("config")) or "kernel default"), ("regime", case.get("regime")),
             ("seed", case.get("seed")), ("device", rec.get("device")),
             ("backends", ", ".join(map(str, rec.get("backends") or [])) or "—")]
+    if rec.get("conventions"):  # declared by the adapter: the oracle answered for these, not its default
+        rows.append(("conventions", _kv(rec.get("conventions"))))
     if case.get("why"):
         rows.append(("why", case.get("why")))
     t = rec.get("timings") or {}

@@ -21,7 +21,7 @@ REQUIRED_RESULT_FIELDS = ("case", "case_id", "kernel", "op", "status")
 STATUSES = ("pass", "fail", "skip", "error")
 # columns every results DataFrame has, even when it holds no rows (so callers can filter freely)
 COLUMNS = ("case", "case_id", "kernel", "op", "status", "device", "checks", "backends", "divergence",
-           "diagnosis", "k_profile", "skip_reason", "timings", "replay", "source")
+           "diagnosis", "k_profile", "skip_reason", "timings", "replay", "source", "conventions")
 
 
 def _jsonable(value):

@@ -1018,7 +1018,15 @@ def _diagnose(ref, problem, actual, *, exact, compute_dtype, out_dtype, context=
 # codes and scales compared code for code; actual = (codes [M, K], scales or None)
 CODES = Judge(expect=_expect, unreadable=_unreadable, read=_read, compare=_compare)
 
+# the optional keys of each op that are engine conventions (see the module docstring)
+CONVENTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "per_token_quant": ("qmax", "amax_floor", "int8_clamp"),
+    "static_quant": ("qmax", "int8_clamp"),
+    "per_token_group_quant": ("qmax", "amax_floor", "int8_clamp"),
+})
+
 REFERENCES: tuple[OpReference, ...] = tuple(
-    OpReference(q.name, q.compute, judge=CODES, diagnoser=_diagnose, axis_names=q.axis_names)
+    OpReference(q.name, q.compute, judge=CODES, diagnoser=_diagnose, axis_names=q.axis_names,
+                conventions=CONVENTIONS.get(q.name, ()))
     for q in QUANT_OPS.values()
 )

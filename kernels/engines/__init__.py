@@ -30,7 +30,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Mapping
 
-ENGINES = {"vllm": "qkcheck.kernels.engines.vllm", "aiter": "qkcheck.kernels.engines.aiter"}
+ENGINES = {"vllm": "qkcheck.kernels.engines.vllm", "aiter": "qkcheck.kernels.engines.aiter",
+           "torchao": "qkcheck.kernels.engines.torchao"}
 
 # adapter name -> params -> reason the case is outside the engine's API (None: supported)
 SUPPORTS: dict[str, Callable[[Mapping], str | None]] = {}
@@ -69,6 +70,63 @@ def import_engine(package: str, install_hint: str) -> tuple[object | None, str |
         return None, f"{package} failed to import ({type(exc).__name__}: {exc}); {install_hint}"
     except Exception as exc:  # an engine present but broken on this machine (no GPU driver, ...)
         return None, f"{package} failed to import ({type(exc).__name__}: {exc}); {install_hint}"
+
+
+def load_module_from(package: str, relpath: str):
+    """The module file ``relpath`` (e.g. ``"ops/triton/quant.py"``) of the installed ``package``,
+    imported as ``package.ops.triton.quant`` without running the ``__init__.py`` of ``package`` or
+    of any package between it and the file (an engine whose top-level import needs its native
+    build, while the Triton modules themselves do not).
+
+    Where ``package`` is already imported (its real ``__init__`` ran), this is a plain import. Else
+    each package on the way that is not imported yet is registered in ``sys.modules`` as a bare
+    package (its ``__path__`` only), so the file's own absolute imports of sibling modules resolve
+    from the installed files; those stand-ins stay registered (a later ``import package`` in the
+    same process gets the bare package, not the real one). Subpackages the file imports that are
+    not on the way run their ``__init__`` as usual. Raises ImportError (``ModuleNotFoundError``
+    where ``package`` or the file is absent)."""
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+    import types
+
+    parts = relpath[:-3].split("/") if relpath.endswith(".py") else relpath.split("/")
+    dotted = ".".join([package, *parts])
+    if dotted in sys.modules:
+        return sys.modules[dotted]
+    top = sys.modules.get(package)
+    if top is not None and getattr(top, "__file__", None):  # the real package is imported
+        return importlib.import_module(dotted)
+    spec = importlib.util.find_spec(package) if top is None else top.__spec__
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not installed (no package directory found)", name=package)
+    folder = list(spec.submodule_search_locations)[0]
+    path = os.path.join(folder, *parts[:-1], parts[-1] + ".py")
+    if not os.path.isfile(path):
+        raise ModuleNotFoundError(f"{package} has no {relpath} (looked at {path})", name=dotted)
+    name, here = package, folder
+    for i, part in enumerate([None, *parts[:-1]]):
+        if part is not None:
+            name, here = f"{name}.{part}", os.path.join(here, part)
+        if name not in sys.modules:
+            mod = types.ModuleType(name)
+            mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            mod.__spec__.submodule_search_locations = [here]
+            mod.__path__, mod.__package__ = [here], name
+            sys.modules[name] = mod
+            if i:
+                setattr(sys.modules[name.rpartition(".")[0]], part, mod)
+    file_spec = importlib.util.spec_from_file_location(dotted, path)
+    module = importlib.util.module_from_spec(file_spec)
+    sys.modules[dotted] = module
+    try:
+        file_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[dotted]
+        raise
+    setattr(sys.modules[dotted.rpartition(".")[0]], parts[-1], module)
+    return module
 
 
 def find_symbol(paths: tuple[str, ...], name: str) -> tuple[Callable | None, str]:

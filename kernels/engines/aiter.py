@@ -94,7 +94,7 @@ def _unavailable() -> str | None:
     """None where AITER's Triton files can be loaded, else why not."""
     folder = _package_dir()
     if folder is None:
-        return f"{DIST} is not installed ({INSTALL_HINT})"
+        return f"{ENGINE} is not installed ({INSTALL_HINT})"
     if not os.path.isfile(os.path.join(folder, *QUANT.split("/"))):
         return (f"the package 'aiter' at {folder} is not AMD AITER (no {QUANT}; the index name 'aiter' is an "
                 f"unrelated library); {INSTALL_HINT}")

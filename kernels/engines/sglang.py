@@ -1,0 +1,360 @@
+"""SGLang's Triton quantization kernels as qkcheck adapters (``--kernels sglang``).
+
+Verified against ``sglang`` 0.5.23 (``VERIFIED``); on another version each adapter's description
+carries a version note and the signature check makes drift visible.
+
+Where the kernels come from: ``import sglang`` runs ``sglang/__init__.py``, which pulls the serving
+stack (transformers, torchvision, IPython, aiohttp, zmq, ``tvm_ffi`` ... -- several GB, part of it
+not installable on a CPU box). The Triton kernel modules themselves need torch, triton and a few
+platform probes of ``sglang.srt.utils``. So where ``sglang`` does not import (the CPU CI), each
+kernel file is executed from the installed package (``pip install --no-deps sglang==0.5.23``;
+nothing of SGLang is copied into qkcheck) under a scoped overlay of ``sys.modules``:
+
+* ``sglang``, ``sglang.kernels``, ... : bare packages (their ``__init__`` is not run), so the file's
+  imports of real sibling modules (``sglang.srt.environ``) resolve from the installed files;
+* ``sglang.srt.utils``: a stand-in holding only the platform probes the kernel files call at import
+  (``is_cuda``, ``is_hip``, ``is_musa``, ``is_xpu``, ``ceil_align``, ``get_device_name``), each
+  written as SGLang 0.5.23 defines it in ``sglang/srt/utils/common.py`` (torch.version / torch.cuda
+  queries); ``sglang.kernels.jit.utils`` and ``sglang.srt.utils.patch_torch``: stand-ins whose
+  members serve only the CUDA / MUSA branches a CPU never takes (a call to one raises).
+
+The overlay is in ``sys.modules`` only while a file executes; whatever ``sglang*`` entries were
+there before are put back. Where ``sglang`` imports (a GPU runner with its full install), the
+modules are imported the ordinary way (``LOADED_VIA`` says which happened).
+
+=========================================  ======================  =====================================
+adapter                                    op                      engine callable (sglang/kernels/ops/)
+=========================================  ======================  =====================================
+sglang:per_token_group_quant_int8          per_token_group_quant   quantization/int8_kernel.py
+                                                                   per_token_group_quant_int8
+sglang:per_token_group_quant_fp8_triton    per_token_group_quant   quantization/fp8_kernel.py
+                                                                   _per_token_group_quant_8bit_raw (=
+                                                                   per_token_group_quant_fp8 off CUDA)
+sglang:per_token_quant_int8                per_token_quant         quantization/int8_kernel.py
+                                                                   per_token_quant_int8
+=========================================  ======================  =====================================
+
+Inputs: the launchers assert a contiguous ``x``; ``call`` hands them a contiguous copy inside a NaN-poisoned
+buffer (the padded-row view the runner makes is what is given up).
+
+Conventions and findings: see ``CONVENTIONS_NOTES`` below and ``docs/findings/sglang-*.md``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+import types
+
+from qkcheck.kernels.adapters import KernelAdapter
+from qkcheck.kernels.engines import EngineUnsupported, missing_call, register
+
+ENGINE = "sglang"
+VERIFIED = ("0.5.23",)
+INSTALL_HINT = ("pip install --no-deps sglang==0.5.23 (the Triton kernel files need only torch and triton; "
+                "qkcheck loads them without SGLang's import chain)")
+INT8_KERNEL = "kernels/ops/quantization/int8_kernel.py"
+FP8_KERNEL = "kernels/ops/quantization/fp8_kernel.py"
+EPS = 1e-10  # the eps both group quant functions default to; passed explicitly (= the oracle's default floor)
+FP8 = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
+
+LOADED_VIA: str | None = None  # "import" (sglang imported) or "files" (overlay), once loaded
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def installed_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(ENGINE)
+    except Exception:
+        return None
+
+
+def version_note() -> str:
+    v = installed_version()
+    if v is None:
+        return f"installed {ENGINE} version unknown (verified against {', '.join(VERIFIED)})"
+    if v in VERIFIED:
+        return f"{ENGINE} {v} (verified)"
+    return (f"{ENGINE} {v}: NOT the verified release ({', '.join(VERIFIED)}); signatures are checked, semantics "
+            f"may have drifted")
+
+
+def _package_dir() -> str | None:
+    mod = sys.modules.get(ENGINE)
+    spec = getattr(mod, "__spec__", None) if mod is not None else importlib.util.find_spec(ENGINE)
+    locs = list(getattr(spec, "submodule_search_locations", None) or ())
+    return locs[0] if locs else None
+
+
+# ------------------------------------------------------------------ files mode: the scoped overlay
+
+
+def _not_here(name: str):
+    def fn(*args, **kwargs):
+        raise RuntimeError(f"qkcheck's stand-in {name} was called: the SGLang code path needs the real module "
+                           f"(a CUDA / MUSA branch the CPU stand-ins do not model)")
+    return fn
+
+
+def _stand_in_modules() -> dict[str, types.ModuleType]:
+    import torch
+
+    utils = types.ModuleType("sglang.srt.utils")
+    # as sglang/srt/utils/common.py (0.5.23) defines them
+    utils.is_cuda = lambda: torch.cuda.is_available() and torch.version.cuda is not None
+    utils.is_hip = lambda: torch.version.hip is not None
+    utils.is_xpu = lambda: hasattr(torch, "xpu") and torch.xpu.is_available()
+    utils.is_musa = lambda: False  # needs torch.version.musa and torchada, neither of which a CPU build has
+    utils.ceil_align = lambda x, y: (x + y - 1) // y * y
+    utils.get_device_name = _not_here("sglang.srt.utils.get_device_name")
+    jit = types.ModuleType("sglang.kernels.jit.utils")
+    jit.is_arch_support_pdl = lambda *a, **k: False
+    jit.get_jit_cuda_arch = _not_here("sglang.kernels.jit.utils.get_jit_cuda_arch")
+    jit.is_hip_runtime = lambda: torch.version.hip is not None
+    jit.is_musa_runtime = lambda: False
+    patch = types.ModuleType("sglang.srt.utils.patch_torch")
+    patch.register_fake_if_exists = _not_here("sglang.srt.utils.patch_torch.register_fake_if_exists")
+    return {m.__name__: m for m in (utils, jit, patch)}
+
+
+@contextlib.contextmanager
+def _overlay():
+    """Bare ``sglang`` packages + the stand-ins in ``sys.modules`` for the duration; the ``sglang*``
+    entries that were there before are restored afterwards."""
+    ours = lambda k: k == ENGINE or k.startswith(ENGINE + ".")  # noqa: E731
+    saved = {k: sys.modules.pop(k) for k in [k for k in sys.modules if ours(k)]}
+    sys.modules.update(_stand_in_modules())
+    try:
+        yield
+    finally:
+        for k in [k for k in sys.modules if ours(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+
+
+_MODULES: dict[str, types.ModuleType] = {}
+
+
+def _module(relpath: str) -> types.ModuleType:
+    """The installed SGLang module file ``relpath``: imported where ``sglang`` imports, else executed
+    under the overlay."""
+    global LOADED_VIA
+    if relpath in _MODULES:
+        return _MODULES[relpath]
+    dotted = ".".join([ENGINE, *relpath[:-3].split("/")])
+    if LOADED_VIA != "files":
+        try:
+            mod = importlib.import_module(dotted)
+            LOADED_VIA = "import"
+            _MODULES[relpath] = mod
+            return mod
+        except Exception:  # the serving stack's dependencies are missing: fall back to the files
+            for k in [k for k in sys.modules if k == ENGINE or k.startswith(ENGINE + ".")]:
+                del sys.modules[k]
+    from qkcheck.kernels.engines import load_module_from
+
+    with _overlay():
+        mod = load_module_from(ENGINE, relpath)
+    LOADED_VIA = "files"
+    _MODULES[relpath] = mod
+    return mod
+
+
+def _unavailable() -> str | None:
+    folder = _package_dir()
+    if folder is None:
+        return f"{ENGINE} is not installed ({INSTALL_HINT})"
+    for rel in (INT8_KERNEL, FP8_KERNEL):
+        if not os.path.isfile(os.path.join(folder, *rel.split("/"))):
+            return f"the installed {ENGINE} has no {rel} (not a release this adapter knows); {INSTALL_HINT}"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:
+        return f"triton does not import ({type(exc).__name__}: {exc}); SGLang's Triton kernels need it"
+    return None
+
+
+def _supported(name: str, check):
+    def require(params):
+        reason = check(params)
+        if reason:
+            raise EngineUnsupported(f"{name}: {reason}")
+    return require
+
+
+def _contiguous(x):
+    """``x`` copied into a contiguous view with NaN poison before and after it: SGLang's launchers
+    assert ``x.is_contiguous()`` (their callers hand them contiguous activations), while the runner's
+    inputs are views with padded rows. Reads past the view still land on NaN."""
+    import torch
+
+    pad = 64
+    buf = torch.full((x.numel() + 2 * pad,), float("nan"), dtype=x.dtype, device=x.device)
+    view = buf[pad:pad + x.numel()].view(x.shape)
+    view.copy_(x)
+    return view
+
+
+def _pack_x(problem, params, device):
+    from qkcheck.kernels.quant.adapter import pack_x
+
+    return pack_x(problem, params, device)
+
+
+# ------------------------------------------------------------------ per_token_group_quant_int8
+
+
+def _group_int8_supports(p) -> str | None:
+    if p["quant_dtype"] != "int8":
+        return f"quant_dtype={p['quant_dtype']!r}: per_token_group_quant_int8 produces int8 only"
+    if p["column_major_scales"]:
+        return "column_major_scales: per_token_group_quant_int8 writes row-major scales only"
+    if p["scale_ue8m0"]:
+        return "scale_ue8m0: per_token_group_quant_int8 has no power-of-two scale mode"
+    return None
+
+
+def _group_int8_call(fn):
+    require = _supported("sglang:per_token_group_quant_int8", _group_int8_supports)
+
+    def call(t, params, config):
+        import torch
+
+        require(params)
+        return fn(x=_contiguous(t["x"]), group_size=params["group_size"], eps=EPS, dtype=torch.int8)
+    return call
+
+
+# ------------------------------------------------------------------ per_token_group_quant_fp8 (Triton)
+
+
+def _group_fp8_supports(p) -> str | None:
+    if p["quant_dtype"] not in FP8:
+        return (f"quant_dtype={p['quant_dtype']!r}: bound here for the FP8 formats (SGLang's int8 group quant "
+                f"is per_token_group_quant_int8)")
+    if p["scale_ue8m0"]:
+        return ("scale_ue8m0: on the Triton path it needs column-major TMA-aligned scales and DeepGEMM's "
+                "transform_sf_into_required_layout (row-major asserts it off)")
+    return None
+
+
+def _group_fp8_call(fn):
+    require = _supported("sglang:per_token_group_quant_fp8_triton", _group_fp8_supports)
+
+    def call(t, params, config):
+        require(params)
+        return fn(x=_contiguous(t["x"]), group_size=params["group_size"], eps=EPS, dtype=_torch_dtype(params["quant_dtype"]),
+                  column_major_scales=params["column_major_scales"], scale_tma_aligned=False, scale_ue8m0=False)
+    return call
+
+
+# ------------------------------------------------------------------ per_token_quant_int8
+
+
+def _per_token_int8_supports(p) -> str | None:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return ("the Triton interpreter cannot run it: its tl.extra.cuda.libdevice.round has no interpreter "
+                "implementation (Triton 3.9: 'Did you forget to add @triton.jit ?'); compiled on a GPU only")
+    if p["quant_dtype"] != "int8":
+        return f"quant_dtype={p['quant_dtype']!r}: per_token_quant_int8 produces int8 only"
+    if p["scale_ub"]:
+        return "scale_ub: per_token_quant_int8 has no amax upper bound"
+    return None
+
+
+def _per_token_int8_call(fn):
+    require = _supported("sglang:per_token_quant_int8", _per_token_int8_supports)
+
+    def call(t, params, config):
+        import torch
+
+        require(params)
+        return fn(x=_contiguous(t["x"]), scale_dtype=torch.float32, cal_sum=False)
+    return call
+
+
+# ------------------------------------------------------------------ table
+
+# Conventions read from the installed source (0.5.23). Declared ones go in the adapter's
+# ``conventions``; the findings are NOT conventions and stay strict (the oracle keeps failing them).
+CONVENTIONS_NOTES = {
+    "sglang:per_token_group_quant_int8": (
+        "codes = tl.clamp(y / y_s, -128, 127).to(int8): the float-to-int conversion truncates toward zero "
+        "instead of rounding (docs/findings/sglang-int8-group-quant-truncates.md); not declared: the oracle "
+        "has no truncation convention and truncation is not a documented choice"),
+    "sglang:per_token_group_quant_fp8_triton": (
+        "fp8 max = torch.finfo(dtype).max off ROCm (448 for e4m3fn); on ROCm the module's fp8_max (224 for "
+        "e4m3fnuz on gfx94x): declared as qmax 224 for float8_e4m3fnuz only where torch.version.hip is set"),
+    "sglang:per_token_quant_int8": (
+        "codes = libdevice.round(x * (127 / absmax)): rounding ties away from zero (CUDA roundf)"),
+}
+
+
+def _fp8_conventions(params) -> dict:
+    import torch
+
+    if torch.version.hip is not None and params.get("quant_dtype") == "float8_e4m3fnuz":
+        return {"qmax": 224.0}  # fp8_kernel.py: fp8_max = 224.0 where is_fp8_fnuz()
+    return {}
+
+
+_SPECS = (
+    dict(name="sglang:per_token_group_quant_int8", op="per_token_group_quant", file=INT8_KERNEL,
+         symbol="per_token_group_quant_int8", signature=("x", "group_size", "eps", "dtype"),
+         pack=_pack_x, make_call=_group_int8_call, fields=dict(triton=True), supports=_group_int8_supports,
+         conventions={},
+         description="SGLang Triton per_token_group_quant_int8 (int8 codes, row-major float32 scales "
+                     "absmax / 127, eps=1e-10; the path SGLang takes for int8 group quant off CUDA)"),
+    dict(name="sglang:per_token_group_quant_fp8_triton", op="per_token_group_quant", file=FP8_KERNEL,
+         symbol="_per_token_group_quant_8bit_raw",
+         signature=("x", "group_size", "eps", "dtype", "column_major_scales", "scale_tma_aligned", "scale_ue8m0"),
+         pack=_pack_x, make_call=_group_fp8_call, fields=dict(triton=True), supports=_group_fp8_supports,
+         conventions=_fp8_conventions,
+         description="SGLang Triton per-token-group FP8 quant (_per_token_group_quant_8bit_raw, which is "
+                     "per_token_group_quant_fp8 on non-CUDA platforms; row-major: codes = y * (1 / y_s), "
+                     "column-major: y / y_s; eps=1e-10; no UE8M0 without DeepGEMM)"),
+    dict(name="sglang:per_token_quant_int8", op="per_token_quant", file=INT8_KERNEL,
+         symbol="per_token_quant_int8", signature=("x", "scale_dtype", "cal_sum"),
+         pack=_pack_x, make_call=_per_token_int8_call, fields=dict(triton=True), supports=_per_token_int8_supports,
+         conventions={},
+         description="SGLang Triton per_token_quant_int8 (scales absmax / 127 as (M, 1) float32, codes "
+                     "libdevice.round(x * (127 / absmax)), absmax floored at 1e-10)"),
+)
+
+# the registry's table form (per quant dtype), for what the adapter's function answers on ROCm
+register([{**s, "conventions": {"qmax": {"float8_e4m3fnuz": 224.0}} if callable(s["conventions"]) else s["conventions"]}
+          for s in _SPECS])
+
+
+def load() -> tuple[list[KernelAdapter], str | None]:
+    """(adapters, None) where SGLang's kernel files load; ([], reason) where they do not. A function
+    that is missing from its file still yields its adapter, whose every case fails naming it."""
+    reason = _unavailable()
+    if reason:
+        return [], reason
+    note = version_note()
+    adapters = []
+    for s in _SPECS:
+        try:
+            fn = getattr(_module(s["file"]), s["symbol"], None)
+            where = f"sglang/{s['file']} has no callable {s['symbol']!r}" if not callable(fn) else ""
+        except Exception as exc:
+            fn, where = None, f"sglang/{s['file']} failed to load ({type(exc).__name__}: {exc})"
+        call = s["make_call"](fn) if callable(fn) else missing_call(f"{s['name']}: {where}")
+        adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call,
+                                      target=fn if callable(fn) else None, signature=s["signature"],
+                                      description=f"{s['description']}; {note}; loaded via {LOADED_VIA}",
+                                      supports=s["supports"], conventions=s["conventions"], **s["fields"]))
+    return adapters, None
+
+
+ADAPTERS, UNAVAILABLE = load()

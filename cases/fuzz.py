@@ -13,6 +13,9 @@ Policy, in one place (the pytest suite ``cases/suites/test_fuzz.py`` and the scr
   stop running and the smallest failure so far stands. While shrinking under a budget, a candidate
   of a kernel variant not yet run, whose compile would end past the budget (estimated as the
   longest first run of a variant so far), is left untried.
+- **Skips.** Draws come from the adapter's case space (``cases.space``), so a case the kernel
+  cannot take is the exception (an interpreter defect, a predicate the space could not steer
+  clear of): it is counted apart (``skipped``), never as a case run.
 - **Repeats.** A draw already checked in this stream is not run again (hypothesis redraws the
   simplest case at the start of each run, and its mutations repeat).
 - **Streams.** Hypothesis runs ``BATCH`` examples at a time with seed
@@ -82,8 +85,9 @@ class FuzzOutcome:
 
     kernel: str
     stream: int
-    cases: int = 0            # cases run (every sibling counts)
+    cases: int = 0            # cases run (every sibling counts; skipped ones do not)
     draws: int = 0            # drawn cases that ran
+    skipped: int = 0          # cases skipped (the kernel or this device cannot take them), counted apart
     repeats: int = 0          # drawn cases skipped as already checked
     untried: int = 0          # shrink candidates left untried (their compile would pass the shrink budget)
     seconds: float = 0.0
@@ -100,7 +104,7 @@ class FuzzOutcome:
     def stats(self) -> dict:
         """The counts the terminal summary adds up across streams."""
         return {"kernel": self.kernel, "stream": self.stream, "cases": self.cases, "draws": self.draws,
-                "repeats": self.repeats, "untried": self.untried, "seconds": round(self.seconds, 3),
+                "skipped": self.skipped, "repeats": self.repeats, "untried": self.untried, "seconds": round(self.seconds, 3),
                 "outcome": self.outcome, "after_first": round(self.after_first, 3)}
 
 
@@ -149,8 +153,9 @@ def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, 
     the smallest one hypothesis shrank to within the budgets."""
     from hypothesis import HealthCheck, Phase, given, seed, settings
 
-    from qkcheck.cases.registry import from_adapter
+    from qkcheck.cases.registry import case_space, from_adapter
 
+    space = case_space(adapter)
     started = clock()
     state = _State(deadline=started + budget, shrink_budget=shrink_budget)
     out = FuzzOutcome(kernel=adapter.name, stream=stream)
@@ -174,9 +179,10 @@ def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, 
         if state.unaffordable(case, now):  # not tried: hypothesis takes it as not failing
             out.untried += 1
             return
-        out.draws += 1
         variant = variant_of(case)
-        members = siblings(case, siblings_per_draw)
+        ran = 0
+        # siblings stay inside the adapter's case space too (a row count its dims rule refuses is left out)
+        members = [m for m in siblings(case, siblings_per_draw) if m is case or space.contains(m)]
         if state.first_index is not None:  # shrinking: a candidate runs as far as the first failure needed
             members = members[:state.first_index + 1]
         for index, member in enumerate(members):
@@ -184,6 +190,12 @@ def fuzz_adapter(adapter, execute: Callable, *, budget: float, stream: int = 0, 
                 return
             began = clock()
             result = execute(member, adapter, diagnose_failures=False)
+            if result.status == "skip":  # counted apart, never as a case
+                out.skipped += 1
+                continue
+            if not ran:
+                out.draws += 1
+            ran += 1
             state.first_runs.setdefault(variant, clock() - began)
             out.cases += 1
             if state.first_case_end is None:  # start-up (child process, imports, first compile) ends here

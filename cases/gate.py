@@ -1,5 +1,6 @@
-"""The gate's case list for one adapter: the regression corpus cases of its op, then its grid,
-distinct, in order, as the adapter runs them. Used by the pytest plugin (one test per case) and the
+"""The gate's case list for one adapter: the regression corpus cases of its op that lie inside the
+case space it declares, then its grid (generated inside that space), distinct, in order, as the
+adapter runs them. Used by the pytest plugin (one test per case) and the
 scripting API (``qkcheck.gate_cases``)."""
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from qkcheck.cases.case import Case
 
 
 def supports(adapter, case: Case) -> bool:
-    """Whether ``adapter`` takes ``case``'s layout and tile config (its declared tunables)."""
-    layout = case.p.get("layout")
-    if adapter.layouts and layout is not None and layout not in adapter.layouts:
-        return False
-    return all(k in adapter.tunables and v in adapter.tunables[k] for k, v in case.config)
+    """Whether ``case`` lies inside the case space ``adapter`` declares (its layouts and params,
+    its tunables and their values, its dimension rules, ``supports`` and ``constraint``)."""
+    from qkcheck.cases.registry import case_space
+
+    return case_space(adapter).contains(case)
 
 
 def for_adapter(adapter, case: Case) -> Case:
@@ -35,9 +36,12 @@ def gate_cases(adapter, shard: tuple[int, int] | None = None) -> list[Case]:
     from qkcheck.cases.corpus import load_corpus
     from qkcheck.cases.registry import grid
 
+    from qkcheck.cases.registry import case_space
+
+    space = case_space(adapter)
     corpus = [c for c in load_corpus() if c.op == adapter.op]
     cases = dict.fromkeys(for_adapter(adapter, c) for c in corpus + list(grid(adapter)))
-    return [c for c in cases if supports(adapter, c) and in_shard(c.id, shard)]
+    return [c for c in cases if space.contains(c) and in_shard(c.id, shard)]
 
 
 def compile_group(adapter, case: Case) -> str:

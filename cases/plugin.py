@@ -429,6 +429,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         cases = sum(s["cases"] for s in stats)
         draws = sum(s["draws"] for s in stats)
         repeats = sum(s.get("repeats", 0) for s in stats)
+        skipped = sum(s.get("skipped", 0) for s in stats)
         untried = sum(s.get("untried", 0) for s in stats)
         wall = max(s["seconds"] for s in stats)
         failed = sum(s["outcome"] == "fail" for s in stats)
@@ -438,6 +439,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             f"qkcheck fuzz {kernel}: {cases} cases ({draws} drawn, {repeats} repeated draws skipped, "
             f"{len(stats)} stream(s)) in {wall:.1f} s = "
             f"{cases / max(wall, 1e-9):.0f} cases/s ({steady:.0f} cases/s after start-up)"
+            + (f"; {skipped} case(s) skipped, not counted (outside what the kernel or device takes)" if skipped else "")
             + (f"; {failed} stream(s) found a failure" if failed else "")
             + (f"; {untried} shrink candidate(s) of kernel variants not yet compiled left untried "
                "(the shrink budget could not pay for their compile)" if untried else ""))

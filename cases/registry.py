@@ -80,19 +80,30 @@ def materialize(case: Case) -> dict:
     return _registry().materializers[case.op](case)
 
 
+def case_space(adapter):
+    """``adapter``'s case space (``cases.space.CaseSpace``) over its op's spec."""
+    from qkcheck.cases.space import CaseSpace
+
+    return CaseSpace(op_spec(adapter.op), adapter)
+
+
 def grid(adapter) -> list[Case]:
-    """The deterministic gate grid of ``adapter``'s op, as ``adapter`` declares it ([] if none)."""
+    """The deterministic gate grid of ``adapter``'s op, generated inside the case space ``adapter``
+    declares: the family's grid moved inside it, then covered (every declared parameter and
+    tunable value, a tail in every tiled dimension, the op's goals; ``cases.space``). [] if none."""
     make = _registry().grids.get(adapter.op)
-    return make(adapter) if make else []
+    return case_space(adapter).grid(make(adapter)) if make else []
 
 
 def from_adapter(adapter):
-    """A hypothesis strategy of the cases ``adapter`` can run, over its op's whole declared space."""
+    """A hypothesis strategy of the cases ``adapter`` can run: its family's strategy, drawing
+    inside the case space the adapter declares (``cases.space``)."""
     strategies = _registry().strategies
     try:
-        return strategies[adapter.op](adapter)
+        make = strategies[adapter.op]
     except KeyError:
         raise ValueError(f"no case strategy for op {adapter.op!r} (have: {', '.join(strategies)})") from None
+    return case_space(adapter).strategy(make(adapter))
 
 
 def validate_adapter(adapter) -> None:
@@ -112,6 +123,27 @@ def validate_adapter(adapter) -> None:
     if bad:
         raise AdapterError(f"adapter {adapter.name!r}: declares tunables {bad} that {adapter.op} does not have "
                            f"(allowed: {', '.join(spec.tunables)})")
+    for name, values in adapter.params.items():
+        if name not in spec.params:
+            raise AdapterError(f"adapter {adapter.name!r}: declares params[{name!r}], which {adapter.op} does not have "
+                               f"(allowed: {', '.join(spec.params)})")
+        if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list, frozenset, set)):
+            raise AdapterError(f"adapter {adapter.name!r}: params[{name!r}] must be a tuple of values, got {values!r}")
+        bad = [v for v in values if not any(v == w and type(v) is type(w) for w in spec.params[name])]
+        if bad:
+            raise AdapterError(f"adapter {adapter.name!r}: params[{name!r}] names {bad}, which {adapter.op} does not "
+                               f"have (allowed: {', '.join(map(repr, spec.params[name]))})")
+        if not adapter.param_values(name, spec.params[name]):
+            raise AdapterError(f"adapter {adapter.name!r}: takes no value of {name!r} (params and layouts exclude each other)")
+    bad = sorted(set(adapter.dims) - set(spec.shape_keys))
+    if bad:
+        raise AdapterError(f"adapter {adapter.name!r}: declares dims {bad} that {adapter.op} does not have "
+                           f"(allowed: {', '.join(spec.shape_keys)})")
+    for key, values in adapter.tunables.items():
+        bad = [v for v in values if v not in spec.tunables.get(key, ())]
+        if key in spec.tunables and bad:
+            raise AdapterError(f"adapter {adapter.name!r}: tunables[{key!r}] names {bad}, which {adapter.op} does not "
+                               f"allow (allowed: {', '.join(map(str, spec.tunables[key]))})")
     if not callable(adapter.conventions):
         from qkcheck.oracle.ops import reference
 

@@ -536,7 +536,8 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
         res.timings = {k: round(v, 6) for k, v in timings.items()}
         return res
 
-    reason = skip_reason(case, device, adapter) or (adapter.supports(case.p) if adapter.supports else None)
+    # an interpreter defect, or a case outside the space the adapter declares (supports, params, dims, constraint)
+    reason = skip_reason(case, device, adapter) or adapter.outside(case.p, case.dims, case.cfg)
     if reason:
         res.skip_reason = reason
         return finish(SKIP)

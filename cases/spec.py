@@ -8,7 +8,7 @@ touches the registry (``cases.registry``). This module imports only ``cases.case
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from hypothesis import strategies as st
@@ -52,6 +52,14 @@ class OpSpec:
     # True where the kernel converts values to fp8 inside (in-kernel activation quantization):
     # the interpreter's fp8-conversion defect applies even though no output is fp8
     fp8_conversion: Callable[[dict], bool] = lambda p: False
+    # shape dimension -> the config tile along it ({"m": "block_m", "k": "block_k"}): the grid
+    # covers a tail (dim > tile, dim % tile != 0) in each wherever the adapter's space allows one
+    tiles: Mapping[str, str] = field(default_factory=dict)
+    # (case) -> coverage features the grid should reach beyond params, tunables and tails, e.g.
+    # ("block_k_vs_scale_block", "lt"): each one some case inside an adapter's space can have is
+    # covered by its grid (``cases.space``)
+    features: Callable[[Case], Iterable[tuple]] = lambda case: ()
+    goals: tuple[tuple, ...] = ()  # every feature ``features`` can name, for the grid to cover
 
     def case(self, *, shape: Mapping[str, int], params: Mapping[str, Any], config: Mapping[str, int] | None = None,
              regime: str = "exact", seed: int = 0, why: str = "") -> Case:
@@ -63,8 +71,9 @@ class OpSpec:
         case.validate(self)
         return case
 
-    def validate(self, case: Case) -> None:
-        """Raise ``CaseError`` naming the field, the value, what is allowed and a fix."""
+    def validate(self, case: Case, declared: Mapping | None = None) -> None:
+        """Raise ``CaseError`` naming the field, the value, what is allowed and a fix. ``declared``:
+        the tunables of the kernel the case is for (config-completeness rules apply against them)."""
         if case.op != self.op:
             raise CaseError(f"a {case.op!r} case checked against the spec of {self.op!r}")
         dims, params, cfg = case.dims, case.p, case.cfg
@@ -88,7 +97,7 @@ class OpSpec:
             if v not in self.tunables[k] or isinstance(v, bool):
                 raise CaseError(f"{self.op}: config[{k!r}]={v!r} is not allowed (allowed: {', '.join(map(str, self.tunables[k]))})")
         for rule in self.rules:
-            msg = rule(case)
+            msg = rule(case, declared) if hasattr(rule, "config_keys") else rule(case)
             if msg:
                 raise CaseError(f"{self.op}: {msg}")
 
@@ -96,20 +105,26 @@ class OpSpec:
 # ------------------------------------------------------------------------------ shared rules
 
 
-def config_complete(*required: str) -> Callable[[Case], str | None]:
-    """A rule: a non-empty config gives every one of ``required`` (an empty config is the
-    kernel's own default choice; the other tunables stay optional)."""
+def config_complete(*required: str) -> Callable[..., str | None]:
+    """A rule: a non-empty config gives every one of ``required`` that the kernel declares as a
+    tunable (an empty config is the kernel's own default choice; the other tunables stay
+    optional). Checked against an adapter (``rule(case, declared=adapter.tunables)``, as
+    ``cases.space`` does); without one (a case on its own, e.g. read from a file) a config that
+    gives only some of them is a valid case, for a kernel that takes only those."""
     names = ", ".join(required[:-1]) + f" and {required[-1]}" if len(required) > 1 else required[0]
 
-    def rule(case: Case) -> str | None:
+    def rule(case: Case, declared: Mapping | None = None) -> str | None:
         cfg = case.cfg
-        missing = [k for k in required if k not in cfg]
-        if cfg and missing:
-            return (f"config {cfg} lacks {', '.join(missing)}: give {names} together, "
+        if declared is None or not cfg:
+            return None
+        missing = [k for k in required if k in declared and k not in cfg]
+        if missing:
+            return (f"config {cfg} lacks {', '.join(missing)}: give {names} together (those declared), "
                     "or an empty config for the kernel's default")
         return None
 
     rule.__name__ = "config_gives_" + "_and_".join(required)
+    rule.config_keys = required
     return rule
 
 
@@ -145,26 +160,33 @@ def block_k_relative(relation: str, block: int) -> int:
 
 
 def tunables_for(spec: OpSpec, adapter) -> dict[str, tuple[int, ...]]:
-    """``spec``'s tunables, each narrowed to the values ``adapter`` declares where it declares it."""
-    tun = {k: tuple(v) for k, v in spec.tunables.items()}
-    tun.update({k: tuple(v) for k, v in adapter.tunables.items()})
-    return tun
+    """The tunables ``adapter`` declares, with the values it declares that ``spec`` allows: only
+    these are ever drawn (a tunable the adapter does not declare is not its kernel's)."""
+    return {k: tuple(v for v in vals if v in spec.tunables.get(k, ())) for k, vals in adapter.tunables.items()
+            if k in spec.tunables}
 
 
 def configs_for(spec: OpSpec, adapter, *, block_k: Iterable[int], max_tile: int = 64) -> st.SearchStrategy[dict]:
-    """GEMM tile configs ``adapter`` accepts: ``block_m`` and ``block_n`` among its tiles up to
-    ``max_tile``, ``block_k`` among the ``block_k`` candidates it allows (its smallest BLOCK_K
-    when none is), ``split_k`` (given only when not 1) among its split factors."""
+    """GEMM tile configs ``adapter`` accepts, from the tunables it declares only: ``block_m`` and
+    ``block_n`` among its tiles up to ``max_tile`` (its smallest where none is), ``block_k`` among
+    the ``block_k`` candidates it allows (any of its BLOCK_Ks when none is), ``split_k`` (given
+    only when not 1) among its split factors. An adapter without tunables gets the empty config
+    (its kernel's own choice)."""
     tun = tunables_for(spec, adapter)
-    block_ks = [b for b in block_k if b in tun["block_k"]] or [min(tun["block_k"])]
+    if not tun:
+        return st.just({})
+    block_ks = [b for b in block_k if b in tun.get("block_k", ())] or list(tun.get("block_k", ()))
+
+    def tiles(key):
+        vals = tun.get(key, ())
+        return [b for b in vals if b <= max_tile] or ([min(vals)] if vals else [])
 
     @st.composite
     def draw_config(draw) -> dict:
-        config = {
-            "block_m": draw(st.sampled_from([b for b in tun["block_m"] if b <= max_tile])),
-            "block_n": draw(st.sampled_from([b for b in tun["block_n"] if b <= max_tile])),
-            "block_k": draw(st.sampled_from(block_ks)),
-        }
+        config = {}
+        for key, vals in (("block_m", tiles("block_m")), ("block_n", tiles("block_n")), ("block_k", block_ks)):
+            if vals:
+                config[key] = draw(st.sampled_from(vals))
         split = draw(st.sampled_from(tun.get("split_k", (1,))))
         if split != 1:
             config["split_k"] = split

@@ -7,14 +7,28 @@ Where the kernel is an external callable, ``signature`` lists the parameter name
 binds, in order; the harness checks them against the callable's real signature, so an API change
 (a new positional parameter taking another's slot) fails loudly instead of binding silently.
 
+The adapter also declares its kernel's *case space* once, as data and predicates, and the gate
+grid, the fuzzer's strategies and shrinking all stay inside it:
+
+- ``params``: the values it takes per op parameter (``{"quant_dtype": ("int8",)}``); a parameter
+  not named takes every value the op has (``layouts`` narrows ``layout`` the same way);
+- ``tunables``: the config keys it takes and their values; a key not declared is never drawn,
+  and a grid case naming one runs without it;
+- ``dims``: constraints per shape dimension, ``multiple_of(16)``, ``at_least(32)``,
+  ``at_most(4096)``, ``between(1, 64)`` (combined with ``&``), or a function of the value that
+  returns why it is refused (or None);
+- ``constraint``: ``(params, dims, config) -> reason | None`` for anything else (a BLOCK_K that
+  must divide the group, ...); ``supports(params)`` is kept and is one more such predicate.
+
 This module imports nothing of the project: a user's adapter file imports it without loading any
 kernel. Turning a ``--kernels`` spec into adapters is ``kernels.catalog``'s job.
 """
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
 
 class AdapterError(ValueError):
@@ -28,6 +42,81 @@ class KernelsUnavailable(AdapterError):
     def __init__(self, spec: str, reason: str):
         super().__init__(f"--kernels {spec}: {reason}")
         self.spec, self.reason = spec, reason
+
+
+@dataclass(frozen=True)
+class DimRule:
+    """A constraint on one shape dimension: a multiple of ``multiple``, at least ``min``, at most
+    ``max``. Build one with :func:`multiple_of`, :func:`at_least`, :func:`at_most`, :func:`between`
+    and combine them with ``&`` (``multiple_of(16) & at_most(4096)``)."""
+
+    multiple: int = 1
+    min: int | None = None
+    max: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.multiple, int) or self.multiple < 1:
+            raise AdapterError(f"multiple_of({self.multiple!r}): the step must be a positive integer")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise AdapterError(f"dimension rule with min {self.min} > max {self.max} admits nothing")
+
+    def __and__(self, other: "DimRule") -> "DimRule":
+        lo = max(x for x in (self.min, other.min, -1) if x is not None)
+        hi = [x for x in (self.max, other.max) if x is not None]
+        return DimRule(math.lcm(self.multiple, other.multiple), None if lo < 0 else lo, min(hi) if hi else None)
+
+    def reason(self, name: str, value: int) -> str | None:
+        """Why ``value`` is refused for dimension ``name``, or None."""
+        if value % self.multiple:
+            lo = value - value % self.multiple
+            return f"{name}={value} must be a multiple of {self.multiple} (e.g. {max(lo, self.multiple)} or {lo + self.multiple})"
+        if self.min is not None and value < self.min:
+            return f"{name}={value} must be at least {self.min}"
+        if self.max is not None and value > self.max:
+            return f"{name}={value} must be at most {self.max}"
+        return None
+
+    def admits(self, value: int) -> bool:
+        return self.reason("dim", value) is None
+
+    def __str__(self) -> str:
+        parts = [f"multiple_of({self.multiple})"] if self.multiple > 1 else []
+        if self.min is not None:
+            parts.append(f"at_least({self.min})")
+        if self.max is not None:
+            parts.append(f"at_most({self.max})")
+        return " & ".join(parts) or "any"
+
+
+def multiple_of(step: int) -> DimRule:
+    """The dimension is a multiple of ``step`` (``dims={"k": multiple_of(128)}``)."""
+    return DimRule(multiple=step)
+
+
+def at_least(lo: int) -> DimRule:
+    return DimRule(min=lo)
+
+
+def at_most(hi: int) -> DimRule:
+    return DimRule(max=hi)
+
+
+def between(lo: int, hi: int) -> DimRule:
+    """``lo <= dim <= hi``."""
+    return DimRule(min=lo, max=hi)
+
+
+# a dimension's constraint: a DimRule, or (value) -> why it is refused | None (False also refuses)
+DimConstraint = Union[DimRule, Callable[[int], Union[str, bool, None]]]
+
+
+def _predicate_reason(what: str, got) -> str | None:
+    """A predicate's answer as a reason: None / True accept, False or a string refuse."""
+    if got is None or got is True:
+        return None
+    if got is False:
+        return f"refused by {what}"
+    return str(got)
 
 
 @dataclass(frozen=True)
@@ -60,6 +149,16 @@ class KernelAdapter:
     # (params) -> why this kernel cannot take such a case (outside its API), or None: the case is
     # skipped with that reason instead of failing
     supports: Callable[[Mapping], str | None] | None = None
+    # --- the case space, beside ``layouts`` and ``tunables`` (module docstring) -------------
+    # the values the kernel takes per op parameter, e.g. {"quant_dtype": ("int8",), "group_size": (128,)};
+    # a parameter not named takes every value of the op
+    params: Mapping[str, tuple] = field(default_factory=dict)
+    # per shape dimension: a DimRule (multiple_of(16), at_least(32), at_most(4096), combined with &)
+    # or (value) -> why it is refused | None
+    dims: Mapping[str, DimConstraint] = field(default_factory=dict)
+    # (params, dims, config) -> why the kernel cannot take the case | None; config is the case's
+    # own ({} for the kernel's default choice)
+    constraint: Callable[[Mapping, Mapping, Mapping], str | None] | None = None
     # documented choices of the kernel that the oracle should answer for instead of its strict
     # default (e.g. ``{"qmax": 224.0}`` for an fp8 e4m3fnuz quantizer, ``{"amax_floor": 1 / 512}``):
     # a mapping of the op's convention keys (``qkcheck list --ops`` / the oracle family's
@@ -75,6 +174,52 @@ class KernelAdapter:
             raise AdapterError(f"adapter {self.name!r}: conventions must be a mapping (or a function of params "
                                f"returning one), got {type(conv).__name__}")
         return dict(conv)
+
+    def param_values(self, name: str, values: tuple) -> tuple:
+        """The values of op parameter ``name`` (the op's ``values``) this kernel takes, in the op's order."""
+        keep = tuple(values)
+        if name in self.params:
+            keep = tuple(v for v in keep if any(v == w and type(v) is type(w) for w in self.params[name]))
+        if name == "layout" and self.layouts:
+            keep = tuple(v for v in keep if v in self.layouts)
+        return keep
+
+    def dim_reason(self, name: str, value: int) -> str | None:
+        """Why dimension ``name`` = ``value`` is outside what the kernel takes, or None."""
+        rule = self.dims.get(name)
+        if rule is None:
+            return None
+        if isinstance(rule, DimRule):
+            return rule.reason(name, value)
+        return _predicate_reason(f"the adapter's dims[{name!r}] predicate", rule(value))
+
+    def outside(self, params: Mapping, dims: Mapping | None = None, config: Mapping | None = None) -> str | None:
+        """Why a case (``params``, and where given ``dims`` and ``config``) lies outside the case
+        space this adapter declares, or None: its parameter values (``params``, ``layouts``), the
+        values of the tunables it declares, its dimension rules, ``supports`` and ``constraint``.
+        Config keys it does not declare are not its business here (it never receives them)."""
+        for name, allowed in self.params.items():
+            if name in params and not any(params[name] == w and type(params[name]) is type(w) for w in allowed):
+                return f"{self.name} takes {name} in ({', '.join(map(repr, allowed))}), not {params[name]!r}"
+        layout = params.get("layout")
+        if self.layouts and layout is not None and layout not in self.layouts:
+            return f"{self.name} takes layout in ({', '.join(map(repr, self.layouts))}), not {layout!r}"
+        for key, value in (config or {}).items():
+            if key in self.tunables and value not in self.tunables[key]:
+                return f"{self.name} takes {key} in ({', '.join(map(str, self.tunables[key]))}), not {value!r}"
+        for name, value in (dims or {}).items():
+            msg = self.dim_reason(name, value)
+            if msg:
+                return f"{self.name}: {msg}"
+        if self.supports is not None:
+            msg = _predicate_reason("the adapter's supports()", self.supports(params))
+            if msg:
+                return msg
+        if self.constraint is not None and dims is not None:
+            msg = _predicate_reason("the adapter's constraint", self.constraint(params, dims, config or {}))
+            if msg:
+                return msg
+        return None
 
     def check_signature(self) -> str | None:
         """None when ``target``'s parameters start with ``signature``; otherwise what drifted."""

@@ -154,6 +154,7 @@ SPEC = OpSpec(
     out_dtype=lambda p: p["out_dtype"],
     outputs=_outputs,
     fp8_conversion=lambda p: p["scheme"] == "fp8_block",  # activations quantized to fp8 in-kernel
+    tiles={"h": "block_k", "i": "block_n"},  # K of the first GEMM; N of its gate / up halves
 )
 SPECS = (SPEC,)
 
@@ -471,25 +472,27 @@ GRIDS = {OP: grid}
 
 @st.composite
 def _cases(draw, adapter) -> Case:
-    schemes = [s for s in SCHEME_VALUES if s != "fp8_block" or fp8_runs_here()]
-    scheme = draw(st.sampled_from(schemes))
-    k = draw(st.integers(1, 4))
+    from qkcheck.cases.space import CaseSpace
+
+    space = CaseSpace(SPEC, adapter)
+    schemes = [s for s in space.values("scheme") if s != "fp8_block" or fp8_runs_here()]
+    scheme = draw(st.sampled_from(schemes) if schemes else st.nothing())
+    k = draw(space.sample("top_k"))
     e = draw(st.integers(k, 8))
-    routing = draw(st.sampled_from(PARAMS["routing"]))
+    routing = draw(space.sample("routing"))
     if routing == "sparse" and e <= k:
         routing = "spread"
-    grouped = draw(st.booleans()) and e % 2 == 0 and e // 2 >= max(2, k)
-    on_input = k == 1 and draw(st.booleans())
-    layouts = tuple(adapter.layouts) or PARAMS["layout"]
+    grouped = draw(space.sample("grouped")) and e % 2 == 0 and e // 2 >= max(2, k)
+    on_input = k == 1 and draw(space.sample("weight_on_input"))
     params = {
-        "scheme": scheme, "top_k": k, "scoring": draw(st.sampled_from(PARAMS["scoring"])),
-        "renorm": draw(st.booleans()), "grouped": grouped, "bias": draw(st.booleans()),
-        "act": draw(st.sampled_from(PARAMS["act"])), "weight_on_input": on_input,
-        "ep": draw(st.booleans()), "routing": routing,
-        "layout": draw(st.sampled_from(layouts)) if scheme == "w4a16" else "gptq",
-        "zp": draw(st.booleans()) if scheme == "w4a16" else False,
-        "act_dtype": draw(st.sampled_from(PARAMS["act_dtype"])),
-        "out_dtype": draw(st.sampled_from(PARAMS["out_dtype"])),
+        "scheme": scheme, "top_k": k, "scoring": draw(space.sample("scoring")),
+        "renorm": draw(space.sample("renorm")), "grouped": grouped, "bias": draw(space.sample("bias")),
+        "act": draw(space.sample("act")), "weight_on_input": on_input,
+        "ep": draw(space.sample("ep")), "routing": routing,
+        "layout": draw(space.sample("layout")) if scheme == "w4a16" else "gptq",
+        "zp": draw(space.sample("zp")) if scheme == "w4a16" else False,
+        "act_dtype": draw(space.sample("act_dtype")),
+        "out_dtype": draw(space.sample("out_dtype")),
     }
     regimes = ["exact", "realistic", "adversarial"]
     if scheme == "fp8_block" or params["act"] == "swiglu7" or (
@@ -499,11 +502,12 @@ def _cases(draw, adapter) -> Case:
     dims = {"t": draw(st.integers(1, 24)), "h": draw(st.sampled_from((32, 64, 96))),
             "i": draw(st.sampled_from((32, 64))), "e": e}
     config = {}
-    if draw(st.booleans()):
-        tun = {key: tuple(adapter.tunables.get(key, vals)) for key, vals in TUNABLES.items()}
-        block_ks = [b for b in tun["block_k"] if b <= 64 and (scheme != "fp8_block" or b >= 32)]
-        config = {"block_m": draw(st.sampled_from(tun["block_m"])), "block_n": draw(st.sampled_from(tun["block_n"])),
-                  "block_k": draw(st.sampled_from(block_ks)), "fuse_activation": draw(st.sampled_from(tun["fuse_activation"]))}
+    tun = {key: tuple(vals) for key, vals in adapter.tunables.items() if key in TUNABLES}  # declared only
+    if tun and draw(st.booleans()):
+        for key, vals in tun.items():
+            if key == "block_k":
+                vals = [b for b in vals if b <= 64 and (scheme != "fp8_block" or b >= 32)] or list(vals)
+            config[key] = draw(st.sampled_from(vals))
     return SPEC.case(shape=dims, params=params, config=config, regime=regime, seed=draw(st.integers(0, 2**16)))
 
 

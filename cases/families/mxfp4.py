@@ -28,6 +28,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.space import CaseSpace
 from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, configs_for, k_multiple_of, tunables_for
 from qkcheck.oracle.ops import exact_problem
 from qkcheck.oracle.ops.mxfp4 import MX_BLOCK
@@ -62,6 +63,7 @@ SPEC = OpSpec(
                                    "elements along K)"),
            GEMM_CONFIG_COMPLETE),
     compute_dtype=_compute_dtype,
+    tiles={"m": "block_m", "n": "block_n", "k": "block_k"},
 )  # outputs: one out [M, N] in out_dtype (the OpSpec default)
 SPECS = (SPEC,)
 
@@ -243,13 +245,14 @@ def _strategy(draw, adapter) -> Case:
     k = MX_BLOCK * blocks
     m = draw(st.one_of(st.just(1), st.integers(1, 40)))
     n = draw(st.sampled_from((16, 24, 32, 40, 48, 64)))
-    block_ks = sorted(b for b in tunables_for(SPEC, adapter)["block_k"] if b <= 128)
+    space = CaseSpace(SPEC, adapter)
+    block_ks = sorted(b for b in tunables_for(SPEC, adapter).get("block_k", ()) if b <= 128)
     config = draw(configs_for(SPEC, adapter, block_k=block_ks))
     params = {
-        "act": draw(st.sampled_from(ACTS)),
-        "act_dtype": draw(st.sampled_from(FLOAT16S)),
-        "out_dtype": draw(st.sampled_from(OUT_DTYPES)),
-        "bias": draw(st.booleans()),
+        "act": draw(space.sample("act")),
+        "act_dtype": draw(space.sample("act_dtype")),
+        "out_dtype": draw(space.sample("out_dtype")),
+        "bias": draw(space.sample("bias")),
     }
     regime = draw(st.sampled_from(REGIMES))
     seed = draw(st.integers(0, 2**16))

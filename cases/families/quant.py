@@ -58,6 +58,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.space import CaseSpace
 from qkcheck.cases.spec import OpSpec, Output, config_complete, k_multiple_of
 from qkcheck.oracle.formats import FORMATS, IntFormat
 from qkcheck.oracle.numerics import round_to
@@ -107,6 +108,18 @@ _TILE_CONFIG_COMPLETE = config_complete("block_m", "block_k")
 _GROUP_CONFIG_COMPLETE = config_complete("block_m", "block_g")
 
 
+def _group_tail(case):
+    """The grid's goal for grouped quantizers: more groups than a tile holds, the last tile partial."""
+    bg = case.cfg.get("block_g")
+    g = case.p.get("group_size") or (MX_BLOCK if "fmt" in case.p else NVFP4_BLOCK)
+    groups = case.dims["k"] // g
+    return (("group_tail",),) if bg and groups > bg and groups % bg else ()
+
+
+_TILE_DIMS = {"m": "block_m", "k": "block_k"}
+_GROUP_GOALS = dict(tiles={"m": "block_m"}, features=_group_tail, goals=(("group_tail",),))
+
+
 def _codes(dims, params) -> Output:
     return Output("codes", (dims["m"], dims["k"]), params["quant_dtype"])
 
@@ -121,6 +134,7 @@ SPECS = (
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
         outputs=lambda d, p: (_codes(d, p), Output("scales", (d["m"], 1), "float32")),
+        tiles=_TILE_DIMS,
     ),
     OpSpec(
         "static_quant",
@@ -131,6 +145,7 @@ SPECS = (
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
         outputs=lambda d, p: (_codes(d, p),),
+        tiles=_TILE_DIMS,
     ),
     OpSpec(
         "per_token_group_quant",
@@ -142,6 +157,7 @@ SPECS = (
         compute_dtype=lambda p: "float32",
         out_dtype=lambda p: p["quant_dtype"],
         outputs=lambda d, p: (_codes(d, p), Output("scales", (d["m"], d["k"] // p["group_size"]), "float32")),
+        **_GROUP_GOALS,
     ),
     OpSpec(
         "mx_quant",
@@ -154,6 +170,7 @@ SPECS = (
         # bytes: mxfp4 packed two e2m1 codes per byte along K, the others one code per byte; E8M0 scale codes
         outputs=lambda d, p: (Output("codes", (d["m"], d["k"] // 2 if p["fmt"] == "mxfp4" else d["k"]), "uint8"),
                               Output("scales", (d["m"], d["k"] // MX_BLOCK), "uint8")),
+        **_GROUP_GOALS,
     ),
     OpSpec(
         "nvfp4_quant",
@@ -166,6 +183,7 @@ SPECS = (
         # two e2m1 codes per byte along K, E4M3 scale codes
         outputs=lambda d, p: (Output("codes", (d["m"], d["k"] // 2), "uint8"),
                               Output("scales", (d["m"], d["k"] // NVFP4_BLOCK), "uint8")),
+        **_GROUP_GOALS,
     ),
 )
 _SPEC = {s.op: s for s in SPECS}
@@ -349,12 +367,11 @@ MATERIALIZERS = {s.op: _materializer(s.op) for s in SPECS}
 
 
 def _supported(adapter, cfg: dict) -> dict | None:
-    """cfg restricted to the adapter's tunables; None when a value is not one it declares."""
+    """cfg restricted to the adapter's tunables (a key it does not declare is dropped: a kernel
+    without tunables runs the case with its own choice); None when a value is not one it declares."""
     out = {}
     for key, value in cfg.items():
         if key not in adapter.tunables:
-            if key in ("block_m", "block_k", "block_g"):
-                return None
             continue
         if value not in adapter.tunables[key]:
             return None
@@ -518,12 +535,16 @@ GRIDS = {"per_token_quant": _grid_per_token, "static_quant": _grid_static,
 
 
 def _draw_config(draw, adapter, op: str, m: int, k: int, quant_dtype: str | None) -> dict:
-    if not adapter.tunables or not draw(st.booleans()):  # shrinks toward the kernel's default config
+    """A config of the tunables ``adapter`` declares only (none: the kernel's default)."""
+    t = {key: vals for key, vals in adapter.tunables.items() if key in _SPEC[op].tunables}
+    if not t or not draw(st.booleans()):  # shrinks toward the kernel's default config
         return {}
-    t = adapter.tunables
     other = "block_k" if op in ("per_token_quant", "static_quant") else "block_g"
-    cfg = {"block_m": draw(st.sampled_from([b for b in t["block_m"] if b <= 16] or t["block_m"])),
-           other: draw(st.sampled_from([b for b in t[other] if b <= 256] or t[other]))}
+    cfg = {}
+    if "block_m" in t:
+        cfg["block_m"] = draw(st.sampled_from([b for b in t["block_m"] if b <= 16] or t["block_m"]))
+    if other in t:
+        cfg[other] = draw(st.sampled_from([b for b in t[other] if b <= 256] or t[other]))
     if "num_warps" in t and draw(st.booleans()):
         cfg["num_warps"] = draw(st.sampled_from(t["num_warps"]))
     if "sw_fp8" in t and quant_dtype not in (None, "int8"):
@@ -536,28 +557,30 @@ def _draw_config(draw, adapter, op: str, m: int, k: int, quant_dtype: str | None
 def _strategy(op: str):
     @st.composite
     def draw_case(draw, adapter) -> Case:
+        space = CaseSpace(_SPEC[op], adapter)
         m = draw(st.integers(1, 24))
-        in_dtype = draw(st.sampled_from(IN_DTYPES))
+        in_dtype = draw(space.sample("in_dtype"))
         if op == "mx_quant":
             k = MX_BLOCK * draw(st.integers(1, 8))
-            params = {"fmt": draw(st.sampled_from(MX_FORMATS)), "in_dtype": in_dtype,
-                      "scale_rule": draw(st.sampled_from(SCALE_RULES))}
+            params = {"fmt": draw(space.sample("fmt")), "in_dtype": in_dtype,
+                      "scale_rule": draw(space.sample("scale_rule"))}
             q = None
         elif op == "nvfp4_quant":
             k = NVFP4_BLOCK * draw(st.integers(1, 16))
             params = {"in_dtype": in_dtype}
             q = None
         else:
-            q = draw(st.sampled_from(QUANT_DTYPES))
+            q = draw(space.sample("quant_dtype"))
             params = {"quant_dtype": q, "in_dtype": in_dtype}
             if op == "per_token_group_quant":
-                g = draw(st.sampled_from(GROUP_SIZES))
+                g = draw(space.sample("group_size"))
                 k = g * draw(st.integers(1, 4))
-                params.update(group_size=g, column_major_scales=draw(st.booleans()), scale_ue8m0=draw(st.booleans()))
+                params.update(group_size=g, column_major_scales=draw(space.sample("column_major_scales")),
+                              scale_ue8m0=draw(space.sample("scale_ue8m0")))
             else:
                 k = draw(st.one_of(st.integers(1, 16), st.integers(16, 300)))
                 if op == "per_token_quant":
-                    params["scale_ub"] = draw(st.booleans())
+                    params["scale_ub"] = draw(space.sample("scale_ub"))
         cfg = _draw_config(draw, adapter, op, m, k, q)
         regime = draw(st.sampled_from(REGIMES))
         seed = draw(st.integers(0, 2**16))

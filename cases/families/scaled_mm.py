@@ -31,7 +31,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
-from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, block_k_relative, configs_for
+from qkcheck.cases.space import CaseSpace
+from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, RELATIONS, OpSpec, block_k_relative, configs_for
 from qkcheck.oracle.ops import exact_problem
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.numerics import round_to
@@ -47,6 +48,18 @@ TILES_8BIT_K = (32, 64, 128, 256)  # 8-bit operand dots need K tiles >= 32
 
 
 # ------------------------------------------------------------------------------------------ rules
+_TILES = {"m": "block_m", "n": "block_n", "k": "block_k"}
+
+
+def _block_k_vs_scale_block(case):
+    """The grid's goal: BLOCK_K smaller than, equal to, larger than the scale block along K."""
+    bk = case.cfg.get("block_k")
+    if bk is None:
+        return ()
+    sb = case.p["scale_block_k"]
+    return (("block_k_vs_scale_block", "lt" if bk < sb else "eq" if bk == sb else "gt"),)
+
+
 def _positive_dims(case) -> str | None:
     bad = [k for k, v in case.dims.items() if v < 1]
     if bad:
@@ -78,6 +91,7 @@ SPECS = (
                   "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE, _azp_int8),
         compute_dtype=lambda p: p["quant_dtype"],  # the dot runs on the codes themselves
+        tiles=_TILES,
     ),
     OpSpec(
         "block_scaled_mm",
@@ -94,6 +108,9 @@ SPECS = (
                   "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["quant_dtype"],
+        tiles=_TILES,
+        features=_block_k_vs_scale_block,
+        goals=tuple(("block_k_vs_scale_block", r) for r in RELATIONS),
     ),
     OpSpec(
         "fp8_w8a16_gemm",
@@ -111,6 +128,7 @@ SPECS = (
                   "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["act_dtype"],  # the dequantized weight tile is cast to x.dtype for tl.dot
+        tiles=_TILES,
     ),
 )
 _SPEC = {s.op: s for s in SPECS}
@@ -411,16 +429,17 @@ def _dims(draw, *, k_step: int, k_max: int) -> tuple[int, int, int]:
 
 @st.composite
 def _st_scaled_mm(draw, adapter) -> Case:
-    fmt = draw(st.sampled_from(QUANT))
+    space = CaseSpace(_SPEC["scaled_mm"], adapter)
+    fmt = draw(space.sample("quant_dtype"))
     m, n, k = _dims(draw, k_step=16, k_max=192)
     params = {
         "quant_dtype": fmt,
-        "a_scale_shape": draw(st.sampled_from(A_SCALE_SHAPES)),
-        "b_scale_shape": draw(st.sampled_from(B_SCALE_SHAPES)),
-        "b_storage": draw(st.sampled_from(("nk", "kn"))),
-        "azp": draw(st.booleans()) if fmt == "int8" else False,
-        "bias": draw(st.booleans()),
-        "out_dtype": draw(st.sampled_from(OUT)),
+        "a_scale_shape": draw(space.sample("a_scale_shape")),
+        "b_scale_shape": draw(space.sample("b_scale_shape")),
+        "b_storage": draw(space.sample("b_storage")),
+        "azp": draw(space.sample("azp")) if fmt == "int8" else draw(space.sample("azp", (False,))),
+        "bias": draw(space.sample("bias")),
+        "out_dtype": draw(space.sample("out_dtype")),
     }
     return _SPEC["scaled_mm"].case(shape={"m": m, "n": n, "k": k}, params=params,
                                    config=draw(configs_for(_SPEC["scaled_mm"], adapter, block_k=(32, 64, 128))),
@@ -429,20 +448,21 @@ def _st_scaled_mm(draw, adapter) -> Case:
 
 @st.composite
 def _st_block(draw, adapter) -> Case:
-    bk = draw(st.sampled_from((32, 64, 128)))
-    bn = draw(st.sampled_from((32, 64, 128)))
+    space = CaseSpace(_SPEC["block_scaled_mm"], adapter)
+    bk = draw(space.sample("scale_block_k"))
+    bn = draw(space.sample("scale_block_n"))
     relation = draw(st.sampled_from(("eq", "gt", "lt")))
     block_k = block_k_relative(relation, bk)
     m = draw(st.one_of(st.just(1), st.integers(1, 40)))
     k = draw(st.sampled_from((bk, 2 * bk, 2 * bk + 32, 3 * bk)))
     n = k if draw(st.booleans()) and k <= 256 else draw(st.sampled_from((16, 40, 64, 72, 128)))
     params = {
-        "quant_dtype": draw(st.sampled_from(FP8)),
+        "quant_dtype": draw(space.sample("quant_dtype")),
         "scale_block_k": bk,
         "scale_block_n": bn,
-        "a_scale_major": draw(st.sampled_from(("row", "column"))),
-        "bias": draw(st.booleans()),
-        "out_dtype": draw(st.sampled_from(OUT)),
+        "a_scale_major": draw(space.sample("a_scale_major")),
+        "bias": draw(space.sample("bias")),
+        "out_dtype": draw(space.sample("out_dtype")),
     }
     return _SPEC["block_scaled_mm"].case(shape={"m": m, "n": n, "k": k}, params=params,
                                          config=draw(configs_for(_SPEC["block_scaled_mm"], adapter, block_k=(max(32, block_k),))),
@@ -451,16 +471,17 @@ def _st_block(draw, adapter) -> Case:
 
 @st.composite
 def _st_fp8_w8a16(draw, adapter) -> Case:
+    space = CaseSpace(_SPEC["fp8_w8a16_gemm"], adapter)
     m, n, k = _dims(draw, k_step=16, k_max=192)
-    act = draw(st.sampled_from(("float16", "bfloat16")))
+    act = draw(space.sample("act_dtype"))
     params = {
-        "quant_dtype": draw(st.sampled_from(FP8)),
-        "weight_layout": draw(st.sampled_from(("nk", "kn"))),
-        "weight_storage": draw(st.sampled_from(("contiguous", "transposed"))),
-        "scale_shape": draw(st.sampled_from(SPECS[2].params["scale_shape"])),
+        "quant_dtype": draw(space.sample("quant_dtype")),
+        "weight_layout": draw(space.sample("weight_layout")),
+        "weight_storage": draw(space.sample("weight_storage")),
+        "scale_shape": draw(space.sample("scale_shape")),
         "act_dtype": act,
-        "bias": draw(st.booleans()),
-        "out_dtype": draw(st.sampled_from(OUT)),
+        "bias": draw(space.sample("bias")),
+        "out_dtype": draw(space.sample("out_dtype")),
     }
     return _SPEC["fp8_w8a16_gemm"].case(shape={"m": m, "n": n, "k": k}, params=params,
                                         config=draw(configs_for(_SPEC["fp8_w8a16_gemm"], adapter, block_k=(16, 32, 64, 128))),

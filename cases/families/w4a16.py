@@ -30,6 +30,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from qkcheck.cases.case import REGIMES, Case
+from qkcheck.cases.space import CaseSpace
 from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, RELATIONS, OpSpec, block_k_relative, configs_for, tunables_for
 from qkcheck.oracle.numerics import round_to
 
@@ -57,6 +58,15 @@ def _packing_fits(case) -> str | None:
     return None
 
 
+def _block_k_vs_group(case):
+    """The grid's goal: BLOCK_K smaller than, equal to, larger than the quantization group."""
+    bk = case.cfg.get("block_k")
+    if bk is None:
+        return ()
+    g = case.dims["k"] if case.p["group_size"] == -1 else case.p["group_size"]
+    return (("block_k_vs_group", "lt" if bk < g else "eq" if bk == g else "gt"),)
+
+
 SPEC = OpSpec(
     OP,
     shape_keys=("m", "n", "k"),
@@ -71,6 +81,9 @@ SPEC = OpSpec(
     tunables={"block_m": TILE_SIZES, "block_n": TILE_SIZES, "block_k": TILE_SIZES,
               "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
     rules=(_group_divides_k, _packing_fits, GEMM_CONFIG_COMPLETE),
+    tiles={"m": "block_m", "n": "block_n", "k": "block_k"},
+    features=_block_k_vs_group,
+    goals=tuple(("block_k_vs_group", r) for r in RELATIONS),
 )
 SPECS = (SPEC,)
 
@@ -183,8 +196,9 @@ def from_adapter(draw, adapter) -> Case:
     """Cases ``adapter`` can run: BLOCK_K smaller than / equal to / larger than the group, every
     layout it declares; shrinks toward M=1, one group, square N == K."""
     tun = tunables_for(SPEC, adapter)
-    layout = draw(st.sampled_from(tuple(adapter.layouts or SPEC.params["layout"])))
-    group_size = draw(st.sampled_from(GROUP_SIZES))
+    space = CaseSpace(SPEC, adapter)
+    layout = draw(space.sample("layout"))
+    group_size = draw(space.sample("group_size"))
     g = 32 if group_size == -1 else group_size
     relation = draw(st.sampled_from(("gt", "eq", "lt")))
     # BLOCK_K larger than the group only means a tile spanning groups when K has two or more
@@ -192,21 +206,21 @@ def from_adapter(draw, adapter) -> Case:
     groups = draw(st.integers(2 if relation == "gt" and group_size != -1 else 1, 4 if g >= 64 else 6))
     k = g * groups
     bk = block_k_relative(relation, k if group_size == -1 else g)
-    bk = min(max(bk, 16), max(tun["block_k"]))
+    bk = min(max(bk, 16), max(tun.get("block_k", (256,))))
     m = draw(st.one_of(st.just(1), st.integers(1, 40)))
     square = draw(st.booleans())
     n = k if square and k <= 256 else draw(st.sampled_from((16, 24, 32, 40, 64)))
     if layout == "awq" and n % 8:
         n = 8 * max(1, n // 8)
     config = draw(configs_for(SPEC, adapter, block_k=(bk,)))
-    act = draw(st.sampled_from(tuple(SPEC.params["act_dtype"])))
+    act = draw(space.sample("act_dtype"))
     params = {
         "group_size": group_size,
-        "zero_points": draw(st.booleans()),
+        "zero_points": draw(space.sample("zero_points")),
         "layout": layout,
         "act_dtype": act,
-        "out_dtype": draw(st.sampled_from(tuple(SPEC.params["out_dtype"]))),
-        "bias": draw(st.booleans()),
+        "out_dtype": draw(space.sample("out_dtype")),
+        "bias": draw(space.sample("bias")),
     }
     regime = draw(st.sampled_from(tuple(REGIMES)))
     seed = draw(st.integers(0, 2**16))

@@ -545,7 +545,9 @@ def _block_call(fn):
 
 # ------------------------------------------------------------------ awq_gemm_triton
 
-AWQ_DEFAULT = {"block_m": 32, "block_n": 32, "block_k": 32, "split_k": 1}
+# vLLM's own call (auto_awq.py apply -> _custom_ops.awq_gemm -> awq_gemm_triton with VLLM_USE_TRITON_AWQ=1,
+# fewer than 256 tokens): default blocks, split_k_iters = pack_factor = 8
+AWQ_DEFAULT = {"block_m": 32, "block_n": 32, "block_k": 32, "split_k": 8}
 
 
 def _awq_supports(p) -> str | None:

@@ -279,3 +279,13 @@ def test_bundled_gate_keeps_its_cases_first():
     for a in resolve("bundled"):
         raw = list(dict.fromkeys(registry._registry().grids[a.op](a)))
         assert registry.grid(a)[:len(raw)] == raw, a.name
+
+
+def test_readme_documents_the_case_space_with_the_worked_example():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Your kernel"):readme.index("## On GPU runners")]
+    for text in ("### Its case space", "examples/narrow_w4a16_adapter.py", "multiple_of(32)", "constraint=",
+                 "### Conventions", '{"qmax": 224.0}', "::example:narrow_w4a16", "qkcheck replay"):
+        assert text in section, text
+    adapters = resolve("examples/narrow_w4a16_adapter.py::example:narrow_w4a16")
+    assert [a.name for a in adapters] == ["example:narrow_w4a16"]

@@ -241,6 +241,28 @@ def _report(args) -> int:
     return EXIT_FAIL if failed else EXIT_PASS
 
 
+def _engine_lines() -> list[str]:
+    """One line per engine: its adapters and that they can run here, or why none can."""
+    import importlib
+
+    from qkcheck.kernels.engines import ENGINES
+
+    lines = []
+    for name, module in ENGINES.items():
+        try:
+            mod = importlib.import_module(module)
+        except Exception as exc:  # an engine module that breaks must not take the listing down
+            lines.append(f"{name}: cannot run here (its adapter module failed: {type(exc).__name__}: {exc})")
+            continue
+        if mod.UNAVAILABLE:
+            lines.append(f"{name}: cannot run here ({mod.UNAVAILABLE})")
+            continue
+        note = mod.version_note() if hasattr(mod, "version_note") else ""
+        lines.append(f"{name}: can run here, {len(mod.ADAPTERS)} adapters" + (f" ({note})" if note else ""))
+        lines.extend(f"  {a.name}  ({a.op})" for a in mod.ADAPTERS)
+    return lines
+
+
 def _list(args) -> int:
     from qkcheck.cases.registry import OP_SPECS
     from qkcheck.kernels import device as _device
@@ -259,6 +281,9 @@ def _list(args) -> int:
     print("kernels:")
     for name, a in available().items():
         print(f"  {name}  ({a.op}) {a.description}")
+    print("engines (--kernels NAME; adapters for the kernels each engine ships, loaded from its installed package):")
+    for line in _engine_lines():
+        print(f"  {line}")
     print(f"device: {dev} (platform {_device.platform_name(dev)}, native fp8 {_device.native_fp8_format(dev)})")
     print("interpreter probes:")
     for name, r in probes.probe_results().items():
@@ -281,7 +306,7 @@ def main(argv=None) -> int:
     rep = sub.add_parser("report", help="render results (JSON lines, several files merge) as HTML")
     rep.add_argument("results", nargs="+")
     rep.add_argument("-o", "--output", required=True)
-    lp = sub.add_parser("list", help="ops, kernels (bundled and zoo:<name>), device, interpreter probes")
+    lp = sub.add_parser("list", help="ops, kernels (bundled and zoo:<name>), engines, device, interpreter probes")
     lp.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if args.command == "gate":

@@ -468,8 +468,6 @@ def _tsm_supports(p) -> str | None:
         return "azp: triton_scaled_mm has no activation zero points"
     if p["b_scale_shape"] == "[1,N]":
         return "b_scale_shape='[1,N]': triton_scaled_mm takes scale_b as [N, 1], [N], [1, 1] or a scalar"
-    if p["quant_dtype"] == "float8_e4m3fnuz":
-        return "quant_dtype='float8_e4m3fnuz': not run here (its dot needs ROCm MI300 hardware or emulation)"
     return None
 
 
@@ -512,8 +510,6 @@ def _block_supports(p) -> str | None:
         return "bias: w8a8_triton_block_scaled_mm takes no bias (the linear layer adds it afterwards)"
     if p["quant_dtype"] not in FP8_E4M3:
         return f"quant_dtype={p['quant_dtype']!r}: vLLM's block FP8 path quantizes to the platform's e4m3 type"
-    if p["quant_dtype"] == "float8_e4m3fnuz":
-        return "quant_dtype='float8_e4m3fnuz': not run here (its dot needs ROCm MI300 hardware or emulation)"
     return None
 
 

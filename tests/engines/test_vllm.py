@@ -201,3 +201,10 @@ def test_a_drifted_engine_signature_fails_the_signature_check():
     sig = next(c for c in res.checks if c.name == "signature")
     assert res.status == FAIL and sig.outcome == FAIL
     assert "parameter 2 is 'qzeros'" in sig.detail and "binds 'scales'" in sig.detail
+
+
+def test_awq_triton_cannot_compile_bfloat16():
+    """Same defect, bf16 side: tl.dot(..., out_dtype=tl.bfloat16) is refused by Triton's front end."""
+    res = _status(_w4(1, 16, 64, 32, False, "exact", 0, layout="awq", act="bfloat16",
+                      config={"block_m": 16, "block_n": 16, "block_k": 32, "split_k": 1}), BY["vllm:awq_gemm_triton"])
+    assert res.status == FAIL and "out_dtype=bfloat16 is unsupported" in res.summary()

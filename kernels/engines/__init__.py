@@ -31,7 +31,8 @@ import importlib
 from typing import Callable, Mapping
 
 ENGINES = {"vllm": "qkcheck.kernels.engines.vllm", "aiter": "qkcheck.kernels.engines.aiter",
-           "torchao": "qkcheck.kernels.engines.torchao"}
+           "torchao": "qkcheck.kernels.engines.torchao", "sglang": "qkcheck.kernels.engines.sglang",
+           "gemlite": "qkcheck.kernels.engines.gemlite"}
 
 # adapter name -> params -> reason the case is outside the engine's API (None: supported)
 SUPPORTS: dict[str, Callable[[Mapping], str | None]] = {}

@@ -1,0 +1,70 @@
+"""SGLang 0.5.23's Triton quant kernels through qkcheck (skipped where sglang is not installed)."""
+import os
+
+import pytest
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+sg = pytest.importorskip("qkcheck.kernels.engines.sglang")
+if sg.UNAVAILABLE:
+    pytest.skip(sg.UNAVAILABLE, allow_module_level=True)
+
+import torch  # noqa: E402
+
+from qkcheck.kernels.adapters import KernelAdapter  # noqa: E402
+
+
+def _adapter(name):
+    return next(a for a in sg.ADAPTERS if a.name == name)
+
+
+def test_adapters_resolve_and_signatures_match():
+    import qkcheck
+
+    names = {a.name for a in qkcheck.resolve_kernels("sglang", device="cpu")}
+    assert {"sglang:per_token_group_quant_int8", "sglang:per_token_group_quant_fp8_triton",
+            "sglang:per_token_quant_int8"} <= names
+    for a in sg.ADAPTERS:
+        assert a.target is not None, a.description
+        assert a.check_signature() is None
+
+
+def test_signature_drift_is_caught():
+    a = _adapter("sglang:per_token_group_quant_int8")
+
+    def renamed(x, group_size, epsilon=1e-10, dtype=torch.int8):
+        return None
+
+    twin = KernelAdapter(name="twin", op=a.op, pack=a.pack, call=a.call, target=renamed, signature=a.signature)
+    assert "parameter 2 is 'epsilon' where the adapter binds 'eps'" in twin.check_signature()
+
+
+def test_fp8_group_quant_matches_rounding():
+    a = _adapter("sglang:per_token_group_quant_fp8_triton")
+    x = torch.tensor([[0.5, 1.49, 2.6, -127.0, 3.3, 0.2, -0.7, 1.0]])
+    q, s = a.call({"x": x}, {"quant_dtype": "float8_e4m3fn", "group_size": 4, "column_major_scales": False,
+                             "scale_ue8m0": False}, {})
+    ref = (x.view(2, 4) / s.view(2, 1)).clamp(-448, 448).to(torch.float8_e4m3fn).view(1, 8)
+    assert torch.equal(q.float(), ref.float())
+
+
+def test_int8_group_quant_truncates_finding():
+    """docs/findings/sglang-int8-group-quant-truncates.md: a real bug, kept failing in the gate."""
+    a = _adapter("sglang:per_token_group_quant_int8")
+    x = torch.tensor([[0.5, 1.49, 2.6, -127.0, 3.3, 0.2, -0.7, 1.0]])
+    q, s = a.call({"x": x}, {"quant_dtype": "int8", "group_size": 4, "column_major_scales": False,
+                             "scale_ue8m0": False}, {})
+    v = x.view(2, 4) / s.view(2, 1)
+    assert torch.equal(q.view(2, 4), v.trunc().to(torch.int8))      # what 0.5.23 does
+    assert not torch.equal(q.view(2, 4), v.round().to(torch.int8))  # what a rounding quantizer gives
+
+
+def test_gate_int8_fails_and_fp8_passes():
+    import qkcheck
+
+    res = {}
+    for name in ("sglang:per_token_group_quant_int8", "sglang:per_token_group_quant_fp8_triton"):
+        a = _adapter(name)
+        cases = list(qkcheck.gate_cases(a))[:2]
+        res[name] = [r.status for r in qkcheck.run_cases(cases, [a], device="cpu")]
+    assert res["sglang:per_token_group_quant_int8"] and set(res["sglang:per_token_group_quant_int8"]) == {"fail"}
+    assert set(res["sglang:per_token_group_quant_fp8_triton"]) == {"pass"}

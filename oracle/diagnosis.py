@@ -45,6 +45,8 @@ class Hypothesis:
     rewrite: Callable[[OpReference, Mapping, Mapping], Iterator[tuple[dict, str]]] | None = None
     # yields (alternative expected, alternative bound, sentence) from the correct expectation
     outputs: Callable[..., Iterator[tuple[np.ndarray, np.ndarray, str]]] | None = None
+    # a generic output hypothesis (a tail never written) gives way to a specific mechanism
+    generic: bool = False
 
 
 def present(p: Mapping, key: str) -> bool:
@@ -176,7 +178,11 @@ def missing_tail(ref, p, ctx, actual, e: Expectation, out_dtype):
     a = np.asarray(actual, np.float64)
     if a.ndim != 2 or a.size == 0:
         return
-    fills = [("zeros", np.zeros_like(a)), ("NaN", np.full_like(a, np.nan))]
+    # NaN is not among the fills: no output buffer a kernel writes into starts as NaN (the
+    # runner's is sentinel-filled; a fresh allocation is not NaN-filled), while NaN rows are what a
+    # read through a wrong stride into poisoned padding gives (``strides_assumed_contiguous``); a
+    # caller whose buffer did hold NaN passes it as ``out_prefill``
+    fills = [("zeros", np.zeros_like(a))]
     if ctx.get("out_prefill") is not None:
         fills.append(("the buffer's prior contents", np.broadcast_to(np.asarray(ctx["out_prefill"], np.float64), a.shape)))
     for axis, name, label in ((1, "column", "BLOCK_N"), (0, "row", "BLOCK_M")):
@@ -236,43 +242,261 @@ def output_dtype_reinterpreted(ref, p, ctx, actual, e: Expectation, out_dtype):
         f"and stores the bits into the {out_dtype} buffer)")
 
 
+# ------------------------------------------------------------------ hypotheses per bug class over the op's structure
+#
+# Builders: an op declares which of its inputs a class of bug concerns (its K-grouped scales, its
+# activations, ...) and gets the hypothesis; nothing here names a kernel.
+
+
+@dataclass(frozen=True)
+class KGroups:
+    """How an op's scales are grouped along K, for the tile / group-index hypotheses.
+
+    ``size(p)`` -> ``(K, rows per scale group)`` (None: not grouped along K in this problem);
+    ``regroup(p, group_of_k)`` -> the problem with k-row k dequantized with the scales (and zero
+    points) of group ``group_of_k[k]`` (an equivalent problem with one group per k row)."""
+
+    size: Callable[[Mapping], tuple[int, int] | None]
+    regroup: Callable[[Mapping, np.ndarray], dict]
+
+
+def first_group_scale_per_tile(groups: KGroups) -> Hypothesis:
+    """A K-tile of BLOCK_K > group rows spans several scale groups, but the kernel applies the
+    scale of the tile's first group to the whole tile (seed 003's class)."""
+    def rewrite(ref, p, ctx):
+        size, bk = groups.size(p), ctx.get("block_k")
+        if size is None or not bk:
+            return
+        k, g = size
+        if bk <= g or k <= g:
+            return
+        ks = np.arange(k)
+        yield groups.regroup(p, np.minimum((ks // bk) * bk // g, -(-k // g) - 1)), (
+            f"the first scale group of each BLOCK_K={bk} tile is applied to the whole tile "
+            f"(group_size={g}): k-rows past the first group of every tile use the wrong scale")
+    return Hypothesis("first_group_scale_per_tile", rewrite)
+
+
+def group_index_not_advancing(groups: KGroups) -> Hypothesis:
+    """The scale-group index does not follow k: group 0's scale used for all of K (the index is
+    computed once, or from a tile offset that stays 0 when BLOCK_K < group), or the index taken
+    from the K-tile counter instead of ``k // group`` (wrong whenever BLOCK_K != group)."""
+    def rewrite(ref, p, ctx):
+        size, bk = groups.size(p), ctx.get("block_k")
+        if size is None:
+            return
+        k, g = size
+        n_groups = -(-k // g)
+        if n_groups < 2:
+            return
+        ks = np.arange(k)
+        tiles = f" (BLOCK_K={bk} < group size {g})" if bk and bk < g else ""
+        yield groups.regroup(p, np.zeros(k, dtype=np.int64)), (
+            f"the scale-group index never advances: group 0's scale is applied to all {k} k-rows"
+            f"{tiles}, so every later group of {g} rows uses the wrong scale")
+        if bk and bk != g and (k - 1) // bk < n_groups:
+            yield groups.regroup(p, ks // bk), (
+                f"the scale-group index is the K-tile index (k // BLOCK_K={bk}) instead of k // {g}: "
+                "tiles and groups are confused")
+    return Hypothesis("group_index_not_advancing", rewrite)
+
+
+def _poison(a: np.ndarray, kind: str, p: Mapping):
+    """What a read outside an input view returns in the runner's poisoned buffers (every byte
+    0xFF): NaN for float values; for integer / fp8 codes the all-ones code."""
+    if kind == "values" or a.dtype.kind == "f":
+        return np.nan
+    if kind == "codes" and str(p.get("quant_dtype", "")) in FORMATS and str(p.get("quant_dtype")).startswith("float8"):
+        return 0xFF
+    return -1 if a.dtype.kind == "i" else np.iinfo(a.dtype).max
+
+
+def _row_padded_read(a: np.ndarray, pad: int, poison, offsets: np.ndarray) -> np.ndarray:
+    """Elements of ``a`` [R, C] laid out as the runner lays out inputs (``pad`` poison elements
+    before the first row and after every row), read at element ``offsets`` from the view's start;
+    anything outside the rows (the padding, past the end) reads ``poison``."""
+    r, c = a.shape
+    stride = c + pad
+    row, col = np.divmod(offsets, stride)
+    inside = (offsets >= 0) & (row < r) & (col < c)
+    out = np.full(offsets.shape, poison, dtype=np.float64 if isinstance(poison, float) else a.dtype)
+    out[inside] = a[row[inside], col[inside]]
+    return out
+
+
+def strides_assumed_contiguous(*keys: tuple[str, str]) -> Hypothesis:
+    """A 2-D input (``keys``: (problem key, "values" | "codes")) read with the row stride of a
+    contiguous array (its column count) while the tensor handed over is a strided view: row m is
+    read from element ``m * C`` of the view, running into the padding after earlier rows (the
+    runner's inputs sit in poisoned buffers with ``context['input_row_pad']`` elements after
+    every row: NaN / all-ones codes)."""
+    def rewrite(ref, p, ctx):
+        pad = ctx.get("input_row_pad")
+        if not pad:
+            return
+        for key, kind in keys:
+            if not present(p, key):
+                continue
+            a = np.asarray(p[key])
+            if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] == 0:
+                continue
+            r, c = a.shape
+            offs = np.arange(r)[:, None] * c + np.arange(c)[None, :]
+            alt = _row_padded_read(a, pad, _poison(a, kind, p), offs)
+            yield dict(p, **{key: alt}), (
+                f"{key} [{r}, {c}] is read as if contiguous (row stride {c}, its stride argument ignored) "
+                f"while the tensor is a strided view (row stride {c + pad}): rows past the first read "
+                "shifted data and the padding between rows")
+    return Hypothesis("strides_assumed_contiguous", rewrite)
+
+
+def k_tail_unmasked(key: str) -> Hypothesis:
+    """The last, partial K-tile (K % BLOCK_K != 0) is loaded without its K mask: each row of the
+    activations ``key`` is read past its end, into poison (NaN), which every output then carries."""
+    def outputs(ref, p, ctx, actual, e, out_dtype):
+        bk = ctx.get("block_k")
+        if not bk or not present(p, key):
+            return
+        k = np.asarray(p[key]).shape[-1]
+        a = np.asarray(actual, np.float64)
+        if k % bk == 0 or a.size == 0 or not np.isnan(a).all():
+            return
+        yield np.full_like(a, np.nan), np.zeros_like(a), (
+            f"the last K-tile is read without its mask (K={k} is not a multiple of BLOCK_K={bk}): "
+            f"the {key} loads run past each row's end into the padding (poison), and every output is NaN")
+    return Hypothesis("k_tail_unmasked", outputs=outputs)
+
+
+def split_k_reduction_wrong(key: str, zero_code=0) -> Hypothesis:
+    """Split-K (``context['split_k']`` > 1) whose partial sums are not all reduced: only the first
+    split's partial reaches the output, or the last split's is lost. Rewritten as the activations
+    ``key`` zeroed outside the K range that did arrive (``zero_code``: the input's zero)."""
+    def rewrite(ref, p, ctx):
+        sk, bk = ctx.get("split_k") or 1, ctx.get("block_k")
+        if sk < 2 or not bk or not present(p, key) or present(p, "azp"):
+            return
+        a = np.asarray(p[key])
+        k = a.shape[1]
+        per = -(-(-(-k // bk)) // sk) * bk  # k rows per split
+        ranges = [(s * per, min((s + 1) * per, k)) for s in range(sk) if s * per < k]
+        if len(ranges) < 2:
+            return
+
+        def keep(lo, hi):
+            out = np.full_like(a, zero_code)
+            out[:, lo:hi] = a[:, lo:hi]
+            return out
+
+        yield dict(p, **{key: keep(*ranges[0])}), (
+            f"only the first of the {len(ranges)} split-K partial sums (split_k={sk}) reaches the "
+            f"output: k-rows {ranges[1][0]}..{k - 1} contribute nothing")
+        yield dict(p, **{key: keep(0, ranges[-1][0])}), (
+            f"the last split-K partial sum (k-rows {ranges[-1][0]}..{k - 1}, split_k={sk}) is lost")
+    return Hypothesis("split_k_reduction_wrong", rewrite)
+
+
+def scale_granularity_confused(ref, p, ctx):
+    """A per-channel / per-token / per-group scale array taken for a per-tensor one: its first
+    element applied to every element."""
+    for key, kind in ref.scale_keys:
+        if kind != "float" or not present(p, key):
+            continue
+        s = np.asarray(p[key], np.float64)
+        if s.size < 2 or np.all(s == s.flat[0]):
+            continue
+        what = {True: "per-token", False: "per-channel"}[s.ndim == 2 and s.shape[1] == 1] \
+            if s.ndim == 2 and 1 in s.shape else "grouped"
+        yield dict(p, **{key: np.full_like(s, s.flat[0])}), (
+            f"the {what} scales {key} {list(s.shape)} are read as one per-tensor scale: the first "
+            f"element ({s.flat[0]:g}) is applied everywhere")
+
+
 SCALES_TRANSPOSED = Hypothesis("scales_transposed", scales_transposed)
 WEIGHT_SCALE_ON_WRONG_AXIS = Hypothesis("scale_vector_on_wrong_axis", weight_scale_on_wrong_axis)
 NIBBLE_ORDER_SWAPPED = Hypothesis("nibble_order_swapped", nibble_order_swapped)
 WEIGHT_TRANSPOSED = Hypothesis("weight_transposed", weight_transposed)
 SCALE_MISAPPLIED = Hypothesis("scale_misapplied", scale_misapplied)
+SCALE_GRANULARITY_CONFUSED = Hypothesis("scale_granularity_confused", scale_granularity_confused)
 # what every GEMM ends with: a bias, then how the output was written
 GEMM_TAIL: tuple[Hypothesis, ...] = (
     Hypothesis("bias_dropped_or_spurious", bias_dropped_or_spurious),
-    Hypothesis("missing_tail", outputs=missing_tail),
+    Hypothesis("missing_tail", outputs=missing_tail, generic=True),
     Hypothesis("output_dtype_reinterpreted", outputs=output_dtype_reinterpreted),
 )
 
 
+NO_MECHANISM = "no_known_mechanism"
+AMBIGUOUS = "ambiguous"
+
+
+def no_mechanism(count: int) -> Finding:
+    """The finding of a failure that none of an op's ``count`` hypothesis variants reproduces."""
+    return Finding(NO_MECHANISM, f"no known mechanism matches: none of the {count} bug hypotheses tried "
+                                 "reproduces this output within its bound")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A hypothesis variant whose alternative output the kernel's output matched."""
+
+    name: str
+    sentence: str
+    expected: np.ndarray
+    bound: np.ndarray
+    generic: bool = False
+
+
+def conclude(candidates: list[Candidate], tried: int, *, failed: bool = True) -> list[Finding]:
+    """The findings named for ``candidates`` (the variants the output matched, each already
+    distinguishable from the correct output). A mechanism is named only where it alone explains
+    the output: generic output hypotheses (a tail never written) give way to a specific mechanism
+    that matched too; several mechanisms that still match are named only as indistinguishable on
+    this case (``ambiguous``); nothing matched on a failing output: ``no_known_mechanism``."""
+    if not candidates:
+        return [no_mechanism(tried)] if failed else []
+    if any(not c.generic for c in candidates):
+        candidates = [c for c in candidates if not c.generic]
+    names = list(dict.fromkeys(c.name for c in candidates))
+    if len(names) == 1:
+        return [Finding(c.name, c.sentence) for c in candidates]
+    firsts = [next(c for c in candidates if c.name == n) for n in names]
+    return [Finding(AMBIGUOUS, "several mechanisms reproduce this output and this case cannot tell them apart: "
+                    + "; or ".join(f"{c.name} ({c.sentence})" for c in firsts))]
+
+
+def _distinct(alt_expected, alt_bound, base: Expectation) -> bool:
+    """Whether the correct output is told apart from the alternative (it would not pass as it)."""
+    return compare(base.expected, alt_expected, alt_bound) is not None
+
+
 def diagnose(ref: OpReference, problem: Mapping, actual, *, exact: bool, compute_dtype: str, out_dtype: str,
              context: Mapping | None = None) -> list[Finding]:
-    """Every variant of ``ref.hypotheses`` whose alternative output the kernel's ``actual`` matches
-    (an ``OpReference.diagnoser``)."""
+    """The mechanism among ``ref.hypotheses`` that reproduces the kernel's ``actual`` (an
+    ``OpReference.diagnoser``): each variant whose alternative output ``actual`` matches within
+    the alternative's bound, while the correct output would not, goes to ``conclude``."""
     ctx = dict(context or {})
-    found: list[Finding] = []
-    base: Expectation | None = None
+    candidates: list[Candidate] = []
+    tried = 0
+    base = ref.expect(problem, exact=exact, compute_dtype=compute_dtype, out_dtype=out_dtype)
+    failed = compare(actual, base.expected, base.bound) is not None
+    if not failed:
+        return []
     for hyp in ref.hypotheses:
         if hyp.rewrite is not None:
             for alt_problem, sentence in hyp.rewrite(ref, problem, ctx):
+                tried += 1
                 try:
-                    alt = ref.expect(alt_problem, exact=exact, compute_dtype=compute_dtype, out_dtype=out_dtype)
-                except ValueError:
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        alt = ref.expect(alt_problem, exact=exact, compute_dtype=compute_dtype, out_dtype=out_dtype)
+                except (ValueError, IndexError):
                     continue  # the rewrite made an invalid problem (e.g. zero point out of range)
-                if base is None:
-                    base = ref.expect(problem, exact=exact, compute_dtype=compute_dtype, out_dtype=out_dtype)
                 if np.array_equal(alt.exact_value, base.exact_value, equal_nan=True):
                     continue  # a no-op on this problem (e.g. symmetric scales transposed): tells nothing
-                if compare(actual, alt.expected, alt.bound) is None:
-                    found.append(Finding(hyp.name, sentence))
+                if compare(actual, alt.expected, alt.bound) is None and _distinct(alt.expected, alt.bound, base):
+                    candidates.append(Candidate(hyp.name, sentence, alt.expected, alt.bound, hyp.generic))
         if hyp.outputs is not None:
-            if base is None:
-                base = ref.expect(problem, exact=exact, compute_dtype=compute_dtype, out_dtype=out_dtype)
             for alt_expected, alt_bound, sentence in hyp.outputs(ref, problem, ctx, actual, base, out_dtype):
-                if compare(actual, alt_expected, alt_bound) is None:
-                    found.append(Finding(hyp.name, sentence))
-    return found
+                tried += 1
+                if compare(actual, alt_expected, alt_bound) is None and _distinct(alt_expected, alt_bound, base):
+                    candidates.append(Candidate(hyp.name, sentence, alt_expected, alt_bound, hyp.generic))
+    return conclude(candidates, tried)

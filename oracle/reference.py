@@ -65,6 +65,10 @@ class Finding:
     sentence: str
 
 
+NO_MECHANISM = Finding("no_known_mechanism", "no known mechanism matches: none of the op's bug hypotheses "
+                                             "reproduces this output within its bound")
+
+
 @dataclass(frozen=True)
 class Judge:
     """How an op's outputs are judged, as four functions of the record (see the module docstring):
@@ -149,8 +153,13 @@ class OpReference:
         """Every hypothesis whose alternative output ``actual`` matches (none without a diagnoser)."""
         if self.diagnoser is None:
             return []
-        return self.diagnoser(self, problem, actual, exact=exact, compute_dtype=compute_dtype,
-                              out_dtype=out_dtype, context=context)
+        found = self.diagnoser(self, problem, actual, exact=exact, compute_dtype=compute_dtype,
+                               out_dtype=out_dtype, context=context)
+        if not found:  # said plainly, rather than left blank, when the output is wrong
+            e = self.expect(problem, exact=exact, compute_dtype=compute_dtype, out_dtype=out_dtype)
+            if self.compare(e, actual) is not None:
+                return [NO_MECHANISM]
+        return found
 
 
 # ------------------------------------------------------------------ the values judge

@@ -1087,12 +1087,26 @@ def renormalization_wrong(p, ctx):
         yield dict(p, renormalize=True), "the top-k weights are renormalized although renormalize=False"
 
 
+def routing_group_scoring(p, ctx):
+    """Grouped top-k with the groups scored the other way (sum of the top two scores <-> the
+    largest score)."""
+    if p.get("topk_ids") is not None or p.get("num_groups") is None or p.get("topk_groups") is None:
+        return
+    mine = p.get("group_score") or "top2_sum"
+    other = "max" if mine == "top2_sum" else "top2_sum"
+    words = {"top2_sum": "the sum of its two largest scores", "max": "its largest score"}
+    yield dict(p, group_score=other), (
+        f"grouped top-k scores each expert group by {words[other]} instead of {words[mine]}: other "
+        "groups are kept, so other experts are routed to")
+
+
 MOE_HYPOTHESES: tuple[MoeHypothesis, ...] = (
     MoeHypothesis("token_rows_misplaced", ("fused_moe",), token_rows_misplaced),
     MoeHypothesis("weights_of_another_expert", ("fused_moe",), weights_of_another_expert),
     MoeHypothesis("router_weight_misapplied", ("fused_moe",), router_weight_misapplied),
     MoeHypothesis("expert_map_ignored", ("fused_moe",), expert_map_ignored),
     MoeHypothesis("renormalization_wrong", ("fused_moe",), renormalization_wrong),
+    MoeHypothesis("routing_group_scoring", ("fused_moe",), routing_group_scoring),
 )
 
 

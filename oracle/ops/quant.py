@@ -840,6 +840,23 @@ def _ties_away(op: str, problem: Mapping, actual) -> float | None:
 
 
 _LINEAR_OPS = ("per_token_quant", "static_quant", "per_token_group_quant")
+E4M3_MAXES = (448.0, 240.0, 224.0)  # e4m3fn's, e4m3fnuz's, and the fnuz-safe 224 of some kernels
+
+
+def _qmax_confused(op: str, problem: Mapping, actual) -> float | None:
+    """Quantized against another e4m3 maximum (448 / 240 / 224) than the one asked for."""
+    requested = problem.get("quant_dtype")
+    if op not in _LINEAR_OPS or requested not in FNUZ_PARTNER or FORMATS[requested].exponent_bits != 4:
+        return None
+    mine = expect_quant(op, problem).rounding.limit
+    best = None
+    for qmax in E4M3_MAXES:
+        if qmax == mine or qmax > FORMATS[requested].max:
+            continue
+        alt = expect_quant(op, {**problem, "qmax": qmax})
+        got = _admitted(alt.codes, alt.codes_alt, _in_format(requested, _as_bytes(actual)))
+        best = got if best is None else max(best, got or 0.0)
+    return best
 
 QUANT_HYPOTHESES: tuple[QuantHypothesis, ...] = (
     QuantHypothesis(
@@ -856,6 +873,12 @@ QUANT_HYPOTHESES: tuple[QuantHypothesis, ...] = (
             _output_is(name),
         )
         for name in LINEAR_QUANT_DTYPES
+    ),
+    QuantHypothesis(
+        "qmax_confused",
+        "the codes are quantized against another e4m3 maximum (448 for e4m3fn, 240 for e4m3fnuz, or "
+        "224) than the {requested} maximum asked for: scales and codes follow the other qmax",
+        _qmax_confused,
     ),
     QuantHypothesis(
         "ties_away_from_zero",

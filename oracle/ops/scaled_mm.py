@@ -391,6 +391,25 @@ def fn_fnuz_confused(ref, p, ctx):
 FN_FNUZ_CONFUSED = Hypothesis("fn_fnuz_confused", fn_fnuz_confused)
 
 
+def _block_k_groups(p):
+    k, bk = np.asarray(p["a"]).shape[1], p.get("block", (128, 128))[0]
+    return (k, bk) if bk < k else None
+
+
+def _block_regroup(p, group_of_k):
+    """block_scaled_mm with k-row k scaled by the a / b scales of K-block ``group_of_k[k]``: one
+    scale block per k row (block (1, bn))."""
+    bn = p.get("block", (128, 128))[1]
+    return dict(p, a_scale=np.asarray(p["a_scale"], np.float64)[:, group_of_k],
+                b_scale=np.asarray(p["b_scale"], np.float64)[group_of_k, :], block=(1, bn))
+
+
+# the op's structure the per-class hypotheses (oracle.diagnosis) read
+BLOCK_K_GROUPS = diagnosis.KGroups(_block_k_groups, _block_regroup)
+_GEMM_CLASSES = (diagnosis.SCALE_GRANULARITY_CONFUSED, diagnosis.k_tail_unmasked("a"),
+                 diagnosis.split_k_reduction_wrong("a"))
+
+
 # ------------------------------------------------------------------ the records
 
 
@@ -421,7 +440,8 @@ REFERENCES: tuple[OpReference, ...] = (
         scale_keys=(("b_scale", "float"), ("a_scale", "float")),
         hypotheses=(diagnosis.SCALES_TRANSPOSED, Hypothesis("scale_vector_on_wrong_axis", scale_vector_on_wrong_axis),
                     Hypothesis("azp_off_by_one", azp_off_by_one), diagnosis.WEIGHT_TRANSPOSED, FN_FNUZ_CONFUSED,
-                    diagnosis.SCALE_MISAPPLIED, *diagnosis.GEMM_TAIL),
+                    diagnosis.SCALE_MISAPPLIED, diagnosis.strides_assumed_contiguous(("a", "codes")),
+                    *_GEMM_CLASSES, *diagnosis.GEMM_TAIL),
         **_COMMON),
     OpReference(
         "block_scaled_mm",
@@ -431,8 +451,10 @@ REFERENCES: tuple[OpReference, ...] = (
         bound=_block_bound, operands=_block_ops, generate=_gen_block,
         generator_params=dict(quant_dtype="float8_e4m3fn", block=(128, 128), bias=False),
         scale_keys=(("b_scale", "float"), ("a_scale", "float")),
-        hypotheses=(diagnosis.SCALES_TRANSPOSED, diagnosis.WEIGHT_TRANSPOSED, FN_FNUZ_CONFUSED,
-                    diagnosis.SCALE_MISAPPLIED, *diagnosis.GEMM_TAIL),
+        hypotheses=(diagnosis.first_group_scale_per_tile(BLOCK_K_GROUPS), diagnosis.SCALES_TRANSPOSED,
+                    diagnosis.WEIGHT_TRANSPOSED, FN_FNUZ_CONFUSED, diagnosis.SCALE_MISAPPLIED,
+                    diagnosis.group_index_not_advancing(BLOCK_K_GROUPS),
+                    diagnosis.strides_assumed_contiguous(("a", "codes")), *_GEMM_CLASSES, *diagnosis.GEMM_TAIL),
         **_COMMON),
     OpReference(
         "fp8_w8a16_gemm",
@@ -443,6 +465,8 @@ REFERENCES: tuple[OpReference, ...] = (
         scale_keys=(("b_scale", "float"),),
         hypotheses=(Hypothesis("scales_transposed", scales_along_k), diagnosis.SCALES_TRANSPOSED,
                     diagnosis.WEIGHT_SCALE_ON_WRONG_AXIS, diagnosis.WEIGHT_TRANSPOSED, FN_FNUZ_CONFUSED,
-                    diagnosis.SCALE_MISAPPLIED, *diagnosis.GEMM_TAIL),
+                    diagnosis.SCALE_MISAPPLIED, diagnosis.strides_assumed_contiguous(("x", "values")),
+                    diagnosis.SCALE_GRANULARITY_CONFUSED, diagnosis.k_tail_unmasked("x"),
+                    diagnosis.split_k_reduction_wrong("x"), *diagnosis.GEMM_TAIL),
         **_COMMON),
 )

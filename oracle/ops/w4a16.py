@@ -195,18 +195,6 @@ def _per_k(p: Mapping, group_of_k: np.ndarray) -> dict:
     return out
 
 
-def first_group_scale_per_tile(ref, p, ctx):
-    k, g = _group_rows(p)
-    bk = ctx.get("block_k")
-    if not bk or bk <= g or k <= g:
-        return
-    ks = np.arange(k)
-    yield _per_k(p, ((ks // bk) * bk) // g), (
-        f"the first scale group of each BLOCK_K={bk} tile is applied to the whole tile "
-        f"(group_size={g}): k-rows past the first group of every tile use the wrong scale"
-    )
-
-
 def _zero_point_off_by_one(default: int):
     """The hypothesis for an op whose implicit zero point (``zeros`` None) is ``default``."""
     def zero_point_off_by_one(ref, p, ctx):
@@ -235,7 +223,18 @@ def awq_order_ignored(ref, p, ctx):
         yield out, f"columns within each group of 8 are permuted: {why}"
 
 
-FIRST_GROUP_SCALE_PER_TILE = Hypothesis("first_group_scale_per_tile", first_group_scale_per_tile)
+def _k_groups(p: Mapping):
+    k, g = _group_rows(p)
+    return (k, g) if 0 < g < k else None
+
+
+# the op's structure the per-class hypotheses (oracle.diagnosis) read: scales grouped along K
+K_GROUPS = diagnosis.KGroups(_k_groups, _per_k)
+FIRST_GROUP_SCALE_PER_TILE = diagnosis.first_group_scale_per_tile(K_GROUPS)
+# every bug class of oracle.diagnosis that applies to an integer-weight A16 GEMM, beside the family's own
+_CLASSES = (diagnosis.group_index_not_advancing(K_GROUPS), diagnosis.strides_assumed_contiguous(("x", "values")),
+            diagnosis.k_tail_unmasked("x"), diagnosis.split_k_reduction_wrong("x"),
+            diagnosis.SCALE_GRANULARITY_CONFUSED)
 
 
 # ------------------------------------------------------------------ the records
@@ -268,7 +267,7 @@ REFERENCES: tuple[OpReference, ...] = (
         hypotheses=(FIRST_GROUP_SCALE_PER_TILE, diagnosis.SCALES_TRANSPOSED, diagnosis.WEIGHT_SCALE_ON_WRONG_AXIS,
                     Hypothesis("zero_point_off_by_one", _zero_point_off_by_one(UINT4_SYMMETRIC_ZERO)),
                     diagnosis.NIBBLE_ORDER_SWAPPED, Hypothesis("awq_order_ignored", awq_order_ignored),
-                    diagnosis.WEIGHT_TRANSPOSED, diagnosis.SCALE_MISAPPLIED, *diagnosis.GEMM_TAIL),
+                    diagnosis.WEIGHT_TRANSPOSED, diagnosis.SCALE_MISAPPLIED, *_CLASSES, *diagnosis.GEMM_TAIL),
         **_KEYS),
     OpReference(
         "w8a16_gemm",
@@ -276,6 +275,6 @@ REFERENCES: tuple[OpReference, ...] = (
         bound=a16_bound(_w8a16_ops), operands=_w8a16_ops, generate=_generator(W8_CODES),
         hypotheses=(FIRST_GROUP_SCALE_PER_TILE, diagnosis.SCALES_TRANSPOSED, diagnosis.WEIGHT_SCALE_ON_WRONG_AXIS,
                     Hypothesis("zero_point_off_by_one", _zero_point_off_by_one(0)),
-                    diagnosis.WEIGHT_TRANSPOSED, diagnosis.SCALE_MISAPPLIED, *diagnosis.GEMM_TAIL),
+                    diagnosis.WEIGHT_TRANSPOSED, diagnosis.SCALE_MISAPPLIED, *_CLASSES, *diagnosis.GEMM_TAIL),
         **_KEYS),
 )

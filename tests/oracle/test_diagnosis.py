@@ -120,7 +120,7 @@ def test_hypothesis_names_a_misread_input(op, params, c, misread, name, words, s
     assert any(words in f.sentence for f in found if f.hypothesis == name), [f.sentence for f in found]
 
 
-@pytest.mark.parametrize("fill,what", [(0.0, "zeros"), (np.nan, "NaN"), (7.0, "prior contents")])
+@pytest.mark.parametrize("fill,what", [(0.0, "zeros"), (7.0, "prior contents")])
 @pytest.mark.parametrize("axis", [0, 1])
 def test_missing_tail_is_named_with_its_start(fill, what, axis):
     p = _problem("block_scaled_mm", "random", block=(32, 8))
@@ -137,6 +137,18 @@ def test_missing_tail_is_named_with_its_start(fill, what, axis):
     name = "row" if axis == 0 else "column"
     assert tail and tail[0].startswith(f"{name}s {start}..") and what in tail[0], tail
     assert ("is a multiple of BLOCK_N=4" in tail[0]) == (axis == 1)
+
+
+def test_a_nan_tail_is_not_called_unwritten():
+    """NaN rows come from reads into poisoned padding (a wrong stride), not from an unwritten
+    buffer (the runner's is sentinel-filled): no tail is named, and the failure says so plainly."""
+    p = _problem("block_scaled_mm", "random", block=(32, 8))
+    actual = _run("block_scaled_mm", p, "float8_e4m3fn", "bfloat16")
+    actual[5:] = np.nan
+    found = diagnose("block_scaled_mm", p, actual, exact=False, compute_dtype="float8_e4m3fn", out_dtype="bfloat16",
+                     context={"block_n": 4, "block_m": 4})
+    assert [f.hypothesis for f in found] == ["no_known_mechanism"], found
+    assert found[0].sentence.startswith("no known mechanism matches")
 
 
 @pytest.mark.parametrize("out_dtype,other", [("bfloat16", "float16"), ("float16", "bfloat16")])
@@ -240,3 +252,127 @@ def test_fp8_w8a16_scales_along_k_needs_a_square_per_channel_scale():
     square = _problem("fp8_w8a16_gemm", "exact", shape=dict(m=4, k=32, n=32))
     (alt, sentence), = scales_along_k(ref, square, {})
     assert np.array_equal(alt["x"], square["x"] * square["b_scale"].reshape(1, 32)) and np.all(alt["b_scale"] == 1)
+
+
+# ---------------------------------------------------------------- hypotheses per bug class over the op's structure
+
+PAD = 7  # the runner's poison padding between the rows of an input view (cases.runner.POISON_PAD)
+
+
+def _padded_contiguous_read(a, poison):
+    """What a kernel reading ``a`` [R, C] with row stride C sees when rows are PAD apart."""
+    r, c = a.shape
+    flat = np.full(r * (c + PAD), poison, dtype=np.float64)
+    flat.reshape(r, c + PAD)[:, :c] = a
+    return flat[:r * c].reshape(r, c)
+
+
+def _per_k_w4a16(p, group_of_k):
+    return dict(p, scales=p["scales"][group_of_k], group_size=1)
+
+
+def _per_k_block(p, group_of_k):
+    return dict(p, a_scale=p["a_scale"][:, group_of_k], b_scale=p["b_scale"][group_of_k], block=(1, 8))
+
+
+def _split_first(key, k, per):
+    def misread(p):
+        a = np.array(p[key], copy=True)
+        a[:, per:] = 0
+        return dict(p, **{key: a})
+    return misread
+
+
+# (name, op, generator params, compute dtype, misread, context, expected hypothesis, words)
+CLASSES = [
+    ("w4a16 first group per tile", "w4a16_gemm", dict(group_size=32), "float16",
+     lambda p: _per_k_w4a16(p, (np.arange(128) // 64) * 64 // 32), {"block_k": 64},
+     "first_group_scale_per_tile", "BLOCK_K=64"),
+    ("block-scaled first group per tile", "block_scaled_mm", dict(block=(32, 8)), "float8_e4m3fn",
+     lambda p: _per_k_block(p, (np.arange(128) // 64) * 64 // 32), {"block_k": 64},
+     "first_group_scale_per_tile", "BLOCK_K=64"),
+    ("w4a16 group 0 forever", "w4a16_gemm", dict(group_size=64), "float16",
+     lambda p: _per_k_w4a16(p, np.zeros(128, dtype=int)), {"block_k": 32},
+     "group_index_not_advancing", "never advances"),
+    ("w4a16 group from the tile index", "w4a16_gemm", dict(group_size=32), "float16",
+     lambda p: _per_k_w4a16(p, np.arange(128) // 64), {"block_k": 64},
+     "group_index_not_advancing", "K-tile index"),
+    ("block-scaled group 0 forever", "block_scaled_mm", dict(block=(32, 8)), "float8_e4m3fn",
+     lambda p: _per_k_block(p, np.zeros(128, dtype=int)), {"block_k": 32},
+     "group_index_not_advancing", "never advances"),
+    ("w4a16 x read as contiguous", "w4a16_gemm", dict(group_size=32), "float16",
+     lambda p: dict(p, x=_padded_contiguous_read(p["x"], np.nan)), {"input_row_pad": PAD},
+     "strides_assumed_contiguous", "read as if contiguous"),
+    ("scaled_mm int8 a read as contiguous", "scaled_mm", dict(quant_dtype="int8"), "int8",
+     lambda p: dict(p, a=_padded_contiguous_read(p["a"], -1).astype(np.asarray(p["a"]).dtype)), {"input_row_pad": PAD},
+     "strides_assumed_contiguous", "row stride 128"),
+    ("w4a16 split-K partial lost", "w4a16_gemm", dict(group_size=32), "float16", _split_first("x", 128, 64),
+     {"block_k": 32, "split_k": 2}, "split_k_reduction_wrong", "only the first"),
+    ("scaled_mm per-token scale as per-tensor", "scaled_mm", dict(quant_dtype="float8_e4m3fn"), "float8_e4m3fn",
+     lambda p: dict(p, a_scale=np.full_like(p["a_scale"], p["a_scale"].flat[0])), {},
+     "scale_granularity_confused", "per-token"),
+    ("w8a16 per-channel scale as per-tensor", "w8a16_gemm", dict(group_size=-1), "float16",
+     lambda p: dict(p, scales=np.full_like(p["scales"], p["scales"].flat[0])), {},
+     "scale_granularity_confused", "per-channel"),
+]
+ALL_CONTEXT = {"block_k": 64, "split_k": 2, "input_row_pad": PAD}
+
+
+@pytest.mark.parametrize("label,op,params,c,misread,ctx,name,words", CLASSES, ids=[x[0] for x in CLASSES])
+@pytest.mark.parametrize("style", ["random", "exact"])
+def test_each_bug_class_names_its_own_mutation_alone(label, op, params, c, misread, ctx, name, words, style):
+    p = _problem(op, style, seed=5, **params)
+    o = "float16"
+    actual = _run(op, misread(p), c, o)
+    found = diagnose(op, p, actual, exact=style == "exact", compute_dtype=c, out_dtype=o, context=ctx)
+    assert [f.hypothesis for f in found] == [name] * len(found) and found, [(f.hypothesis, f.sentence) for f in found]
+    assert any(words in f.sentence for f in found), [f.sentence for f in found]
+    # the correct output, diagnosed with every context the new classes read, names nothing
+    correct = _run(op, p, c, o)
+    assert diagnose(op, p, correct, exact=style == "exact", compute_dtype=c, out_dtype=o,
+                    context={**ALL_CONTEXT, **ctx}) == []
+
+
+@pytest.mark.parametrize("label,op,params,c,misread,ctx,name,words", CLASSES, ids=[x[0] for x in CLASSES])
+def test_a_bug_class_does_not_fire_on_another_class_mutation(label, op, params, c, misread, ctx, name, words):
+    """Each mutation diagnosed with the context every class reads: only its own class is named."""
+    p = _problem(op, "random", seed=6, **params)
+    actual = _run(op, misread(p), c, "float16")
+    found = diagnose(op, p, actual, exact=False, compute_dtype=c, out_dtype="float16", context={**ALL_CONTEXT, **ctx})
+    assert {f.hypothesis for f in found} <= {name, "ambiguous", "no_known_mechanism"}, [(f.hypothesis, f.sentence) for f in found]
+
+
+def test_k_tail_unmasked_names_an_all_nan_output_only_with_a_k_tail():
+    p = _problem("w4a16_gemm", "random", shape=dict(m=8, k=96, n=16), group_size=32)
+    nan = np.full((8, 16), np.nan)
+    found = diagnose("w4a16_gemm", p, nan, exact=False, compute_dtype="float16", out_dtype="float16",
+                     context={"block_k": 64})
+    assert [f.hypothesis for f in found] == ["k_tail_unmasked"] and "K=96" in found[0].sentence
+    found = diagnose("w4a16_gemm", p, nan, exact=False, compute_dtype="float16", out_dtype="float16",
+                     context={"block_k": 32})  # 96 = 3 x 32: no partial tile
+    assert [f.hypothesis for f in found] == ["no_known_mechanism"]
+
+
+def test_nan_rows_from_a_strided_read_are_not_called_unwritten():
+    """The foreign-kernel report of issue 24: rows read through a wrong stride were called 'never
+    written'. M = 2: row 1 reads the padding (NaN) and is NaN throughout."""
+    p = _problem("w4a16_gemm", "random", shape=dict(m=2, k=64, n=16), group_size=32)
+    actual = _run("w4a16_gemm", dict(p, x=_padded_contiguous_read(p["x"], np.nan)), "float16", "float16")
+    assert np.isnan(actual[1]).all() and not np.isnan(actual[0]).any()
+    found = diagnose("w4a16_gemm", p, actual, exact=False, compute_dtype="float16", out_dtype="float16",
+                     context={"block_m": 1, "input_row_pad": PAD})
+    assert [f.hypothesis for f in found] == ["strides_assumed_contiguous"], found
+
+
+def test_fn_read_as_fnuz_is_not_named_a_scale_applied_twice():
+    """e4m3fn bytes read as fnuz halve every value: with a_scale 0.25 'a_scale applied twice'
+    (0.0625 = 0.25 / 4) reproduces it exactly too; the two are reported as indistinguishable on
+    this case, never the wrong one alone."""
+    p = _problem("scaled_mm", "random", quant_dtype="float8_e4m3fn", per_token=False)
+    p = dict(p, a_scale=np.full((1, 1), 0.25))
+    actual = _run("scaled_mm", _swap_fnuz(p), "float8_e4m3fn", "float16")
+    found = diagnose("scaled_mm", p, actual, exact=False, compute_dtype="float8_e4m3fn", out_dtype="float16")
+    names = [f.hypothesis for f in found]
+    assert names in (["fn_fnuz_confused"], ["ambiguous"]), found
+    if names == ["ambiguous"]:
+        assert "fn_fnuz_confused" in found[0].sentence

@@ -20,10 +20,12 @@ bf16 only, AITER's per-token quant has no ``scale_ub``). Those limits are data:
 ``unsupported(adapter, params)`` returns the reason a case is outside the engine's API, or
 None, and each adapter's ``call`` raises :class:`EngineUnsupported` with that reason first.
 
-``CONVENTIONS`` (per adapter name) lists the oracle options (``oracle.ops.quant``) under which the
-engine's documented behaviour is the correct answer: ``amax_floor`` as a float, ``qmax`` as a
-mapping quant dtype -> value (it differs per dtype, e.g. 224 for vLLM's float8_e4m3fnuz). The
-runner does not apply them yet; a case hitting one reports a divergence the convention explains.
+``CONVENTIONS`` (per adapter name) holds each adapter's ``conventions``: the oracle options (the
+op's convention keys, e.g. ``oracle.ops.quant``'s ``qmax``, ``amax_floor``, ``int8_clamp``) under
+which the engine's documented behaviour is the correct answer, as a mapping or as a function of
+the case's params (``qmax`` 224 only where the case asks for float8_e4m3fnuz, as vLLM on ROCm
+does). The runner sets them on the oracle's problem and records them with each result
+(``KernelAdapter.conventions``); what an adapter does not declare stays strict.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ ENGINES = {"vllm": "qkcheck.kernels.engines.vllm", "aiter": "qkcheck.kernels.eng
 # adapter name -> params -> reason the case is outside the engine's API (None: supported)
 SUPPORTS: dict[str, Callable[[Mapping], str | None]] = {}
 # adapter name -> oracle problem options the engine's documented semantics correspond to
-CONVENTIONS: dict[str, dict] = {}
+CONVENTIONS: dict[str, Mapping | Callable[[Mapping], Mapping]] = {}
 
 
 class EngineUnsupported(ValueError):
@@ -166,7 +168,7 @@ def register(specs) -> None:
     """Publish each adapter spec's API limits and conventions under its adapter name."""
     for s in specs:
         SUPPORTS[s["name"]] = s["supports"]
-        CONVENTIONS[s["name"]] = dict(s["conventions"])
+        CONVENTIONS[s["name"]] = s["conventions"]  # a mapping, or a function of params
 
 
 def build(specs, engine: str, install_hint: str):

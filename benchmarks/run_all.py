@@ -227,10 +227,38 @@ def render_table() -> str:
             lines.append(f"| {r['name']} | {_fmt(r['value'])} {r['unit']} | {r['goal'] or '-'} | {met} | {detail} | "
                          f"`{r['command']}` |")
         lines.append("")
+    lines += mutant_section()
     notes = ROOT / "benchmarks" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     return "\n".join(lines)
+
+
+def mutant_section() -> list[str]:
+    """The mutant table (benchmarks/bench_mutants.py -> results/mutants/mutants.json): per mutant of a
+    bundled kernel, caught by the gate / by the fuzzer, and the diagnosis against its label."""
+    path = RESULTS / "mutants" / "mutants.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    gate = sum(r["gate"]["detected"] for r in rows)
+    fuzz = sum(r["fuzz"]["caught"] for r in rows)
+    verdicts = [r["gate"]["diagnosis"] if r["gate"]["detected"] else r["fuzz"].get("diagnosis", "-") for r in rows]
+    lines = [f"## Mutants — {data['machine']} (measured {data['measured']})", "",
+             f"`{data['command']}`: {len(rows)} mutants of the bundled kernels (`benchmarks/mutants/mutants.py`, "
+             f"each labelled with the mechanism that should be named). Caught by the gate: {gate}/{len(rows)}; by "
+             f"`fuzz --budget {rows[0]['fuzz']['budget'] if rows else '-'}`: {fuzz}/{len(rows)}; diagnosis correct "
+             f"{verdicts.count('correct')}, none {verdicts.count('none')}, WRONG {verdicts.count('WRONG')} (gate "
+             "verdict: WRONG if any failing case names another mechanism, else correct if any names the label).", "",
+             "| mutant | expected | gate: failed / cases | gate diagnosis | fuzz: caught (s to first) | fuzz diagnosis |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        g, f = r["gate"], r["fuzz"]
+        caught = f"yes ({f['first_failure_s']} s)" if f["caught"] else "**no**"
+        lines.append(f"| {r['mutant']} | {r['expected']} | {g['failed']} / {g['cases']} | {g['diagnosis']} | "
+                     f"{caught} | {f.get('diagnosis', '-')} |")
+    return lines + [""]
 
 
 def main(argv=None) -> int:

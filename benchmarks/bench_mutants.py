@@ -1,0 +1,120 @@
+"""Mutant table: every mutant of ``benchmarks/mutants/mutants.py`` (a small broken twin of a bundled
+kernel, labelled with the hypothesis that should name it) through the gate and through the fuzzer,
+one at a time, on this machine; the diagnosis named on each failure is scored against the label.
+
+    python benchmarks/bench_mutants.py --device cpu --budget 60s      # -> benchmarks/results/mutants/mutants.json
+    python benchmarks/bench_mutants.py --only w4a16_nibble_order --budget 20s --no-save
+
+Per mutant: gate (detected yes/no, cases failed of cases run), fuzz (caught yes/no, seconds to the
+first failure), and the diagnosis: *correct* (the expected mechanism named alone), *none* ("no
+known mechanism matches", or several mechanisms named as indistinguishable), or *WRONG* (another
+mechanism named). A mutant's gate verdict is WRONG if any failing gate case names a wrong
+mechanism, else correct if any names the right one, else none; its fuzz verdict is that of the
+shrunk failing case, replayed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "mutants" / "mutants.json"
+SPEC = "benchmarks/mutants/mutants.py"
+NEUTRAL = ("no_known_mechanism", "ambiguous")
+
+
+def verdict(names: list[str], expected: str) -> str:
+    named = [n for n in names if n not in NEUTRAL]
+    if not named:
+        return "none"
+    return "correct" if set(named) == {expected} else "WRONG"
+
+
+def combine(verdicts: list[str]) -> str:
+    if "WRONG" in verdicts:
+        return "WRONG"
+    return "correct" if "correct" in verdicts else "none"
+
+
+def machine() -> str:
+    import torch
+    import triton
+
+    return (f"{platform.machine()} {os.cpu_count()}-core, {platform.system()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, Triton {triton.__version__} (interpreter)")
+
+
+def run_one(m, adapter, device: str, budget: str) -> dict:
+    import qkcheck
+
+    row = {"mutant": m.name, "kernel": m.adapter, "what": m.what, "expected": m.expected}
+    t0 = time.perf_counter()
+    cases = qkcheck.gate_cases(adapter)
+    results = qkcheck.run_cases(cases, adapter, device=device)
+    ran = [r for r in results if r.status != "skip"]
+    failed = [r for r in results if r.status == "fail"]
+    per_case = [verdict([d["hypothesis"] for d in r.diagnosis], m.expected) for r in failed]
+    wrong = sorted({d["hypothesis"] for r in failed for d in r.diagnosis
+                    if d["hypothesis"] not in NEUTRAL and d["hypothesis"] != m.expected})
+    numeric = [r for r in failed if r.divergence is not None]
+    row["gate"] = {"cases": len(ran), "failed": len(failed), "detected": bool(failed),
+                   "diagnosis": combine(per_case) if failed else "-",
+                   "failures_correct": per_case.count("correct"), "failures_none": per_case.count("none"),
+                   "failures_wrong": per_case.count("WRONG"), "numeric_failures": len(numeric),
+                   "wrong_names": wrong, "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"{m.name}: gate {len(failed)}/{len(ran)} failed, diagnosis {row['gate']['diagnosis']}", file=sys.stderr)
+
+    outcome, = qkcheck.fuzz(adapter, budget=budget, device=device)
+    fz = {"budget": budget, "caught": outcome.failure is not None, "cases": outcome.cases,
+          "first_failure_s": round(outcome.found_at, 1) if outcome.failure is not None else None,
+          "seconds": round(outcome.seconds, 1)}
+    if outcome.failure is not None:
+        res, = qkcheck.run_cases([outcome.failure], adapter, device=device)
+        names = [d["hypothesis"] for d in res.diagnosis]
+        fz.update(diagnosis=verdict(names, m.expected) if res.status == "fail" else "flaky", named=names,
+                  sentence=res.diagnosis[0]["sentence"] if res.diagnosis else "", case=res.case_id)
+    row["fuzz"] = fz
+    print(f"{m.name}: fuzz caught={fz['caught']} at {fz['first_failure_s']} s, diagnosis {fz.get('diagnosis')}",
+          file=sys.stderr)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budget", default="60s", help="fuzz budget per mutant (the run ends at its first failure)")
+    ap.add_argument("--only", default=None, help="comma-separated mutant names")
+    ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the record as JSON")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    import qkcheck
+
+    adapters = {a.name.removeprefix("mutant:"): a for a in qkcheck.resolve_kernels(SPEC, device=args.device)}
+    sys.path.insert(0, str(ROOT / "benchmarks" / "mutants"))
+    from mutants import MUTANTS
+
+    todo = [m for m in MUTANTS if not args.only or m.name in args.only.split(",")]
+    previous = json.loads(OUT.read_text()) if OUT.exists() and args.only else None
+    rows = {r["mutant"]: r for r in (previous or {}).get("rows", [])}
+    record = {"device": args.device, "machine": machine(), "measured": time.strftime("%Y-%m-%d"),
+              "command": f"python benchmarks/bench_mutants.py --device {args.device} --budget {args.budget}"
+                         + (f" --only {args.only}" if args.only else ""), "rows": []}
+    for m in todo:
+        rows[m.name] = run_one(m, adapters[m.name], args.device, args.budget)
+        record["rows"] = [rows[x.name] for x in MUTANTS if x.name in rows]
+        if not args.no_save:
+            OUT.parent.mkdir(parents=True, exist_ok=True)
+            OUT.write_text(json.dumps(record, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

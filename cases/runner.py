@@ -673,7 +673,9 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
         res.divergence = div.to_dict()
         if diagnose_failures:
             t0 = time.perf_counter()
-            ctx = {"block_k": effective_config(case, adapter).get("block_k")}
+            cfg = effective_config(case, adapter)  # the tiles that ran, and the inputs' padding (poison)
+            ctx = {**{key: cfg.get(key) for key in ("block_k", "block_n", "block_m", "split_k")},
+                   "input_row_pad": POISON_PAD}
             res.diagnosis = [asdict(f) for f in ref.diagnose(problem, actual, context=ctx, **exp_kwargs)]
             try:
                 res.k_profile = _k_profile(ref, case, problem, run, adapter, device, exp_kwargs)

@@ -135,6 +135,10 @@ def validate_adapter(adapter) -> None:
                                f"have (allowed: {', '.join(map(repr, spec.params[name]))})")
         if not adapter.param_values(name, spec.params[name]):
             raise AdapterError(f"adapter {adapter.name!r}: takes no value of {name!r} (params and layouts exclude each other)")
+    bad = sorted(set(adapter.accepts) - set(spec.optional_contracts))
+    if bad:
+        raise AdapterError(f"adapter {adapter.name!r}: accepts {bad}, which {adapter.op} does not have (allowed: "
+                           f"{', '.join(spec.optional_contracts) or 'none: the op has no optional contracts'})")
     bad = sorted(set(adapter.dims) - set(spec.shape_keys))
     if bad:
         raise AdapterError(f"adapter {adapter.name!r}: declares dims {bad} that {adapter.op} does not have "

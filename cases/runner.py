@@ -6,7 +6,8 @@ backend) -> checks:
 
 - ``signature``: the adapter's declared binding matches the external callable's parameters;
 - ``raised``: the kernel raised (recorded as a failure of this case; the run goes on);
-- ``contract``: output dtype is the requested one, shape, device;
+- ``contract``: output dtype is the requested one, shape (padded as the adapter's
+  ``output_layouts`` declare: only the contract's region is read after it), device;
 - ``numerics``: the record's ``compare`` of the outputs (read by the record, or by the adapter's
   ``unpack``) against its expectation; on failure the record's ``diagnose`` and, where its
   activations are grouped along K, a K-localization (error by k-group, re-running the kernel on
@@ -14,7 +15,9 @@ backend) -> checks:
 - ``inputs_unchanged``: the kernel did not write into its inputs;
 - ``determinism``: a repeat run is bitwise identical (unless the adapter declares otherwise);
 - ``fake_vs_real``: for torch.library ops, the fake implementation's output metadata;
-- ``backend``: the backend that ran is the one the adapter expects.
+- ``backend``: the backend that ran is the one the adapter expects;
+- ``workspace`` (adapters that declare one): a run with the workspace filled with another
+  pattern returns the same bits, and nothing around the workspace was written.
 """
 from __future__ import annotations
 
@@ -188,10 +191,11 @@ class OutputBuffer:
     filled with a sentinel. After the call, padding that changed is an out-of-bounds write and
     view elements still holding the sentinel were never written."""
 
-    def __init__(self, shape, dtype, device):
+    def __init__(self, shape, dtype, device, region=None):
         import torch
 
         self.shape = tuple(shape)
+        self.region = None if region is None or tuple(region) == self.shape else tuple(region)
         rows, cols = (self.shape if len(self.shape) == 2 else (1, int(np.prod(self.shape))))
         self.buf = torch.empty(_padded_length((rows, cols)), dtype=dtype, device=device)
         raw = self.buf.view(torch.uint8)
@@ -222,7 +226,13 @@ class OutputBuffer:
         if oob.numel():
             found.append(f"{oob.numel()} element(s) outside the output were overwritten (out-of-bounds writes; "
                          f"first at buffer offset {int(oob[0]) - POISON_PAD} relative to the output's start)")
-        unwritten = (~changed & ~self.canary).nonzero().flatten()
+        inside = ~self.canary
+        if self.region is not None:  # a declared padding: only the contract's region must be written
+            keep = torch.zeros(self.shape, dtype=torch.bool, device=self.buf.device)
+            keep[: self.region[0], : self.region[1]] = True
+            inside = inside.clone()
+            inside[~self.canary] = keep.reshape(-1)
+        unwritten = (~changed & inside).nonzero().flatten()
         if unwritten.numel():
             idx = (~self.canary).nonzero().flatten()
             first = int((idx == unwritten[0]).nonzero()[0])
@@ -230,6 +240,46 @@ class OutputBuffer:
             found.append(f"{unwritten.numel()} output element(s) were never written (first at "
                          f"{list(map(int, pos))}; they still hold the sentinel)")
         return found
+
+
+WORKSPACE_FILLS = (0xFF, 0x5A)  # poison (NaN / -1), then a finite pattern (0x5A5A: 203.25 in fp16)
+
+
+class WorkspaceBuffer:
+    """A declared workspace (``kernels.adapters.Workspace``): a view of its shape inside a flat
+    buffer with POISON_PAD elements of guard on each side, every byte ``fill``. ``problems()``
+    names writes into the guard."""
+
+    def __init__(self, spec, shape, dtype, device, fill: int):
+        import torch
+
+        self.name, self.fill = spec.name, fill
+        n = int(np.prod(shape, dtype=np.int64))
+        self.buf = torch.empty(n + 2 * POISON_PAD, dtype=dtype, device=device)
+        self.buf.view(torch.uint8).fill_(fill)
+        self.view = self.buf[POISON_PAD:POISON_PAD + n].view(shape)
+        self.n = n
+
+    def problems(self) -> list[str]:
+        import torch
+
+        raw = self.buf.view(torch.uint8).view(-1, self.buf.element_size())
+        bad = (raw != self.fill).any(dim=1)
+        bad[POISON_PAD:POISON_PAD + self.n] = False
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0]) - POISON_PAD
+            return [f"{int(bad.sum())} element(s) around workspace {self.name!r} were overwritten (out-of-bounds "
+                    f"writes; first at offset {first if first < 0 else first - self.n} "
+                    f"{'before its start' if first < 0 else 'past its end'})"]
+        return []
+
+
+def _describe_fill(fill: int, dtype) -> str:
+    import torch
+
+    one = torch.full((1,), fill, dtype=torch.uint8).repeat(torch.empty((), dtype=dtype).element_size())
+    value = one.view(dtype)[0].item()
+    return f"bytes {fill:#04x} ({value!r} as {_dtype_name(dtype)})"
 
 
 def _dtype_name(dtype) -> str:
@@ -306,11 +356,13 @@ def effective_config(case: Case, adapter) -> dict:
 
 
 class _Run:
-    def __init__(self, adapter, tensors, params, config, new_output=None):
+    def __init__(self, adapter, tensors, params, config, new_output=None, new_workspace=None):
         self.adapter, self.tensors, self.params, self.config = adapter, tensors, params, config
         self.new_output = new_output  # () -> OutputBuffer, for kernels that write into a given output
+        self.new_workspace = new_workspace  # (fill) -> [WorkspaceBuffer], for kernels that take a workspace
+        self.workspaces: list = []  # every workspace handed to the kernel, for the guard check
 
-    def __call__(self, tensors=None):
+    def __call__(self, tensors=None, fill: int = WORKSPACE_FILLS[0]):
         from qkcheck.kernels import backends
 
         tensors = tensors or self.tensors
@@ -318,6 +370,10 @@ class _Run:
         if self.adapter.out_param and self.adapter.out_param not in tensors:
             buffer = self.new_output()
             tensors = {**tensors, self.adapter.out_param: buffer.view}
+        if self.new_workspace is not None and any(w.name not in tensors for w in self.adapter.workspace):
+            made = self.new_workspace(fill)
+            self.workspaces += made
+            tensors = {**tensors, **{w.name: w.view for w in made}}
         with backends.recording() as ran:
             out = self.adapter.call(tensors, self.params, self.config)
         if out is None and buffer is not None:
@@ -404,7 +460,7 @@ def _k_profile(ref, case, problem, run, adapter, device, exp_kwargs) -> dict | N
         return None
     k = np.asarray(problem["x"]).shape[1]
     g = ref.k_group_size(problem)
-    groups = k // g
+    groups = -(-k // g)  # a partial last group (partial_groups) counts as one
     if groups < 2 or groups > K_PROFILE_MAX_GROUPS:
         return None
     ratios = []
@@ -421,10 +477,12 @@ def _k_profile(ref, case, problem, run, adapter, device, exp_kwargs) -> dict | N
     return {"group_size": g, "groups": groups, "max_ratio": ratios, "block_k": block_k}
 
 
-def contract_problems(promised, outs, device: str) -> list[str]:
-    """What differs between the outputs a kernel returned and the op's contract."""
+def contract_problems(promised, outs, device: str, layouts=None) -> list[str]:
+    """What differs between the outputs a kernel returned and the op's contract (``layouts``: the
+    adapter's ``output_layouts``, an output declared padded is held to its padded shape)."""
     import torch
 
+    layouts = layouts or {}
     if len(outs) != len(promised):
         return [f"returned {len(outs)} output(s), the op promises {len(promised)} "
                 f"({', '.join(o.name for o in promised)})"]
@@ -433,8 +491,11 @@ def contract_problems(promised, outs, device: str) -> list[str]:
         name = "" if len(promised) == 1 else f"{want.name}: "
         if _dtype_name(got.dtype) != want.dtype:
             problems.append(f"{name}output dtype {_dtype_name(got.dtype)}, requested {want.dtype}")
-        if tuple(got.shape) != tuple(want.shape):
-            problems.append(f"{name}output shape {list(got.shape)}, expected {list(want.shape)}")
+        layout = layouts.get(want.name)
+        shape = tuple(want.shape) if layout is None else layout.shape(tuple(want.shape))
+        if tuple(got.shape) != shape:
+            problems.append(f"{name}output shape {list(got.shape)}, expected {list(shape)}"
+                            + ("" if layout is None else f" (the contract's {list(want.shape)} {layout}, as declared)"))
         if got.device.type != torch.device(device).type:
             problems.append(f"{name}output on {got.device.type}, inputs on {device}")
     return problems
@@ -459,10 +520,28 @@ def _describe_meta(meta) -> str:
     return ", ".join(f"shape {list(s)} dtype {_dtype_name(d)} on {dev}" for s, d, dev in meta)
 
 
+def contract_regions(promised, outs, layouts) -> tuple:
+    """The outputs as the contract reads them: an output declared padded (``layouts``) and
+    returned in its padded shape is cut to the contract's region; the padding is never read."""
+    if not layouts or len(outs) != len(promised):
+        return tuple(outs)
+    cut = []
+    for want, got in zip(promised, outs):
+        layout = layouts.get(want.name)
+        if layout is not None and tuple(got.shape) == layout.shape(tuple(want.shape)):
+            got = got[: want.shape[0], : want.shape[1]]
+        cut.append(got)
+    return tuple(cut)
+
+
 def _numerics(ref, spec, case, expectation, outs, res, adapter):
     """The numerics check through the op's oracle record; returns (divergence or None, actual)."""
     raw = _raw_outputs(outs)
-    why = ref.unreadable(expectation, raw, [o.dtype for o in spec.outputs(case.dims, case.p)])
+    promised = spec.outputs(case.dims, case.p)
+    why = ref.unreadable(expectation, raw, [o.dtype for o in promised])
+    if not why and adapter.unpack is None and (len(raw) != len(promised) or any(
+            tuple(r.array.shape) != tuple(o.shape) for r, o in zip(raw, promised))):
+        why = "the outputs' shapes differ from the contract; not compared"
     if why:
         res.checks.append(Check("numerics", SKIP, why))
         return None, None
@@ -537,7 +616,10 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
         return res
 
     # an interpreter defect, or a case outside the space the adapter declares (supports, params, dims, constraint)
-    reason = skip_reason(case, device, adapter) or adapter.outside(case.p, case.dims, case.cfg)
+    from qkcheck.cases.space import undeclared
+
+    reason = (skip_reason(case, device, adapter) or adapter.outside(case.p, case.dims, case.cfg)
+              or undeclared(op_spec(case.op), adapter, case))
     if reason:
         res.skip_reason = reason
         return finish(SKIP)
@@ -560,6 +642,12 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
     p = case.p
     spec = op_spec(case.op)
     ref = reference(case.op)
+    promised = spec.outputs(case.dims, p)
+    layouts = adapter.output_layouts
+    unknown = sorted(set(layouts) - {o.name for o in promised})
+    if unknown:
+        raise ValueError(f"output_layouts names {unknown}, which {case.op} does not return "
+                         f"(its outputs: {', '.join(o.name for o in promised)})")
     stage[0] = "conventions"
     conventions = adapter.conventions_for(p)
     if conventions:  # the engine's documented choices, answered for instead of the strict default
@@ -580,14 +668,26 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
     if adapter.out_param:
         from qkcheck.kernels.torch_io import torch_dtype
 
-        want = spec.outputs(case.dims, p)[0]
+        want = promised[0]
+        layout = layouts.get(want.name)
 
-        def new_output():
-            return OutputBuffer(want.shape, torch_dtype(want.dtype), device)
+        def new_output():  # a declared padding is allocated; only the contract's region must be written
+            if layout is None:
+                return OutputBuffer(want.shape, torch_dtype(want.dtype), device)
+            return OutputBuffer(layout.shape(tuple(want.shape)), torch_dtype(want.dtype), device, region=want.shape)
 
         out_buffer = new_output()
         tensors[adapter.out_param] = out_buffer.view
-    run = _Run(adapter, tensors, p, case.cfg, new_output)
+    new_workspace = None
+    if adapter.workspace:
+        from qkcheck.kernels.torch_io import torch_dtype
+
+        cfg_now = effective_config(case, adapter)
+        ws_specs = [(w, w.shape_for(case.dims, p, cfg_now), torch_dtype(w.dtype_for(p))) for w in adapter.workspace]
+
+        def new_workspace(fill):
+            return [WorkspaceBuffer(w, shape, dtype, device, fill) for w, shape, dtype in ws_specs]
+    run = _Run(adapter, tensors, p, case.cfg, new_output, new_workspace)
     tick("pack", t0)
 
     # Everything from the first launch to the checks is queued on the device without waiting
@@ -609,7 +709,8 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
     if out is None and out_buffer is not None:  # kernels that only write into the given output
         out = out_buffer.view
     stage[0] = "outputs"
-    outs = as_outputs(out)
+    outs_full = as_outputs(out)
+    outs = contract_regions(promised, outs_full, layouts)  # a declared padding is never read
     host_outs = [_host_copy(o) for o in outs]  # taken now: a repeat run may reuse the output's memory
     changed_flag = inputs.changed_flag()
     host_again = repeat_error = None
@@ -621,14 +722,24 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
         except Exception as exc:
             repeat_error = traceback.format_exception_only(type(exc), exc)[-1].strip()
         else:
-            host_again = [_host_copy(o) for o in as_outputs(again)]
+            host_again = [_host_copy(o) for o in contract_regions(promised, as_outputs(again), layouts)]
+    host_other = other_error = None
+    if adapter.workspace:  # the same inputs, the workspace filled with another pattern
+        try:
+            other, _ = run({k: v for k, v in tensors.items() if k != adapter.out_param}, fill=WORKSPACE_FILLS[1])
+        except CaseTimeout:
+            raise
+        except Exception as exc:
+            other_error = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        else:
+            host_other = [_host_copy(o) for o in contract_regions(promised, as_outputs(other), layouts)]
     _wait(device)  # every launch and copy above
     changed, around = inputs.changed(changed_flag)
     tick("kernel", t0)
 
     t0 = time.perf_counter()
     stage[0] = "checks"
-    problems = contract_problems(spec.outputs(case.dims, p), outs, device)
+    problems = contract_problems(promised, outs_full, device, layouts)
     res.checks.append(Check("contract", FAIL if problems else PASS, "; ".join(problems)))
 
     div, actual = _numerics(ref, spec, case, expectation, host_outs, res, adapter)
@@ -644,14 +755,25 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
         res.checks.append(Check("determinism", PASS if same else FAIL,
                                 "" if same else f"the repeat run raised {repeat_error}" if repeat_error
                                 else "a repeat run with the same inputs returned different bits"))
+    if adapter.workspace:
+        found = [msg for w in run.workspaces for msg in w.problems()]
+        if other_error is not None:
+            found.append(f"the run with the workspace filled with other contents raised {other_error}")
+        elif not _bits_equal(host_other, host_outs):
+            ws = run.workspaces[0]
+            found.append(f"the output depends on the workspace's initial contents: filled with "
+                         f"{_describe_fill(WORKSPACE_FILLS[0], ws.buf.dtype)} and with "
+                         f"{_describe_fill(WORKSPACE_FILLS[1], ws.buf.dtype)}, the same inputs returned different bits")
+        res.checks.append(Check("workspace", FAIL if found else PASS, "; ".join(dict.fromkeys(found))))
     tick("checks", t0)
 
     if adapter.custom_op:
         t0 = time.perf_counter()
         try:
-            meta = fake_metadata(adapter, clean, p, case.cfg, None if out_buffer is None else out_buffer.view)
-            real = [(tuple(o.shape), o.dtype, o.device.type) for o in outs]
-            broken = contract_problems(spec.outputs(case.dims, p), [_Meta(*m) for m in meta], device)
+            fake_in = {**clean, **{w.name: w.view for w in run.workspaces[:len(adapter.workspace)]}}
+            meta = fake_metadata(adapter, fake_in, p, case.cfg, None if out_buffer is None else out_buffer.view)
+            real = [(tuple(o.shape), o.dtype, o.device.type) for o in outs_full]
+            broken = contract_problems(promised, [_Meta(*m) for m in meta], device, layouts)
             ok = meta == real and not broken
             detail = "; ".join(([] if meta == real else [f"fake says {_describe_meta(meta)}; real gives {_describe_meta(real)}"])
                                + [f"fake: {b}" for b in broken])

@@ -37,6 +37,24 @@ def _member(value, values) -> bool:
     return any(value == v and type(value) is type(v) for v in values)
 
 
+def undeclared(spec, adapter, case: Case) -> str | None:
+    """Why ``case`` needs a contract ``adapter`` does not state, or None: an optional contract of
+    the op (``spec.optional_contracts``) the adapter does not list in ``accepts``, or an opt-in
+    parameter value (``spec.opt_in``) its ``params`` does not name."""
+    accepts = tuple(getattr(adapter, "accepts", ()) or ())
+    for name, needs in spec.optional_contracts.items():
+        if name not in accepts:
+            why = needs(case)
+            if why:
+                return f"{why}: {adapter.name} does not declare accepts=({name!r},)"
+    declared = getattr(adapter, "params", {}) or {}
+    for name, values in spec.opt_in.items():
+        v = case.p.get(name)
+        if _member(v, values) and not _member(v, tuple(declared.get(name, ()))):
+            return f"{name}={v!r} is taken only where declared: {adapter.name} does not name it in params[{name!r}]"
+    return None
+
+
 def _first(name: str, values: tuple, current) -> Any:
     return values[0]
 
@@ -63,6 +81,10 @@ class CaseSpace:
     def __init__(self, spec, adapter):
         self.spec, self.adapter = spec, adapter
         self.params = {k: adapter.param_values(k, v) for k, v in spec.params.items()}
+        for k, opt in spec.opt_in.items():  # opt-in values: only those the adapter names
+            named = tuple(adapter.params.get(k, ()))
+            self.params[k] = tuple(v for v in self.params[k] if not _member(v, opt) or _member(v, named))
+        self.accepts = tuple(n for n in adapter.accepts if n in spec.optional_contracts)
         self.tunables = {k: tuple(v for v in vals if v in spec.tunables[k])
                          for k, vals in adapter.tunables.items() if k in spec.tunables}
         self._complete = [k for rule in spec.rules for k in getattr(rule, "config_keys", ()) if k in self.tunables]
@@ -99,7 +121,8 @@ class CaseSpace:
             self.spec.validate(case, declared=self.tunables)
         except CaseError as exc:
             return str(exc)
-        return self.config_reason(case.cfg) or self.adapter.outside(case.p, case.dims, case.cfg)
+        return (self.config_reason(case.cfg) or undeclared(self.spec, self.adapter, case)
+                or self.adapter.outside(case.p, case.dims, case.cfg))
 
     def contains(self, case: Case) -> bool:
         return self.reason(case) is None
@@ -131,10 +154,21 @@ class CaseSpace:
                 return v
         return None
 
+    def _case(self, **kw) -> Case:
+        """``spec.case``, refusing (CaseError) a case that needs a contract the adapter does not
+        state, as the op's own rules refuse what no adapter takes."""
+        return self._declared(self.spec.case(**kw))
+
+    def _declared(self, case: Case) -> Case:
+        why = undeclared(self.spec, self.adapter, case)
+        if why:
+            raise CaseError(why)
+        return case
+
     def _build(self, shape: dict, params: dict, cfg: dict, regime: str, seed: int, why: str) -> Case | None:
         for reg in [regime] + [r for r in REGIMES if r != regime]:
             try:
-                case = self.spec.case(shape=shape, params=params, config=cfg, regime=reg, seed=seed, why=why)
+                case = self._case(shape=shape, params=params, config=cfg, regime=reg, seed=seed, why=why)
             except CaseError as exc:
                 if "regime" in str(exc) or reg == regime:
                     continue
@@ -227,6 +261,7 @@ class CaseSpace:
             if t and dims[dim] > t and dims[dim] % t:
                 out.add(("tail", dim, tile))
         out |= set(self.spec.features(case))
+        out |= {("accepts", name) for name in self.accepts if self.spec.optional_contracts[name](case)}
         return out
 
     def goals(self) -> list[tuple]:
@@ -235,6 +270,7 @@ class CaseSpace:
         goals += [("tunable", k, v) for k, vals in self.tunables.items() for v in vals]
         goals += [("tail", dim, tile) for dim, tile in self.spec.tiles.items() if tile in self.tunables]
         goals += list(getattr(self.spec, "goals", ()) or ())
+        goals += [("accepts", name) for name in self.accepts]
         return goals
 
     def grid(self, raw: Iterable[Case]) -> list[Case]:
@@ -271,6 +307,10 @@ class CaseSpace:
             for t in sorted(self.tunables[tile], key=lambda v: v != base.cfg.get(tile)):
                 for size in self._tail_sizes(dim, t, base.p):
                     yield base.replace, {"shape": {**base.dims, dim: size}, "config": {**base.cfg, tile: t}}
+        elif kind == "accepts":  # a stated contract: one dimension moved off the op's strict rules
+            for dim, value in base.dims.items():
+                for step in (8, 16, 24, 32, 48):
+                    yield base.replace, {"shape": {**base.dims, dim: value + step}}
         else:  # an op goal: any one parameter or tunable changed
             for key, vals in self.tunables.items():
                 for v in vals:
@@ -316,7 +356,7 @@ class CaseSpace:
                 found = None
                 for make, changes in self._candidates(base, goal):
                     try:
-                        candidate = make(**changes, why=f"covers {' '.join(map(str, goal))}")
+                        candidate = self._declared(make(**changes, why=f"covers {' '.join(map(str, goal))}"))
                     except CaseError:
                         candidate = self._loose(base, changes)
                         if candidate is None:
@@ -337,8 +377,8 @@ class CaseSpace:
         cfg = changes.get("config", base.cfg)
         for dims in [shape, *self._repairs(shape, params)]:
             try:
-                return self.spec.case(shape=dims, params=params, config=cfg, regime=base.regime, seed=base.seed,
-                                      why=base.why)
+                return self._case(shape=dims, params=params, config=cfg, regime=base.regime, seed=base.seed,
+                                  why=base.why)
             except CaseError:
                 continue
         return None

@@ -60,6 +60,12 @@ class OpSpec:
     # covered by its grid (``cases.space``)
     features: Callable[[Case], Iterable[tuple]] = lambda case: ()
     goals: tuple[tuple, ...] = ()  # every feature ``features`` can name, for the grid to cover
+    # contracts beyond the strict default an adapter may state (``KernelAdapter.accepts``): name ->
+    # (case) -> why the case needs it (None: it does not). Such cases are valid cases of the op
+    # (a case file replays them), but lie outside every adapter's space that does not accept it.
+    optional_contracts: Mapping[str, Callable[[Case], str | None]] = field(default_factory=dict)
+    # parameter values an adapter takes only when its ``params`` names them (not by default)
+    opt_in: Mapping[str, tuple] = field(default_factory=dict)
 
     def case(self, *, shape: Mapping[str, int], params: Mapping[str, Any], config: Mapping[str, int] | None = None,
              regime: str = "exact", seed: int = 0, why: str = "") -> Case:

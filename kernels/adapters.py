@@ -20,6 +20,17 @@ grid, the fuzzer's strategies and shrinking all stay inside it:
 - ``constraint``: ``(params, dims, config) -> reason | None`` for anything else (a BLOCK_K that
   must divide the group, ...); ``supports(params)`` is kept and is one more such predicate.
 
+Contracts beyond the op's strict default are stated too, and only where stated do they apply:
+
+- ``accepts``: named cases of the op outside its strict default that the kernel takes, e.g.
+  ``("partial_groups",)`` for a W4A16 whose group size need not divide K (each op lists its
+  names: ``OpSpec.optional_contracts``); some op parameter values are likewise taken only when
+  ``params`` names them (``OpSpec.opt_in``: fused_moe's clamped ``silu7``);
+- ``output_layouts``: an output returned larger than the contract's shape, ``{"scales":
+  padded(cols=4)}``: its shape is checked padded, and only the contract's region is read;
+- ``workspace``: scratch tensors the runner allocates poisoned and passes by name
+  (:class:`Workspace`); the output must not depend on their initial contents.
+
 This module imports nothing of the project: a user's adapter file imports it without loading any
 kernel. Turning a ``--kernels`` spec into adapters is ``kernels.catalog``'s job.
 """
@@ -106,6 +117,63 @@ def between(lo: int, hi: int) -> DimRule:
     return DimRule(min=lo, max=hi)
 
 
+@dataclass(frozen=True)
+class Padded:
+    """An output layout: the kernel returns the output with its rows rounded up to a multiple of
+    ``rows`` and its columns to a multiple of ``cols`` (e.g. scales padded to 4 columns for
+    16-byte aligned rows). The returned shape must be exactly that; the contract's region
+    (``[:M, :C]``) is what is read and checked, the padding is never read."""
+
+    rows: int = 1
+    cols: int = 1
+
+    def __post_init__(self):
+        for name in ("rows", "cols"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise AdapterError(f"padded({name}={v!r}): the multiple must be a positive integer")
+
+    def shape(self, contract: tuple) -> tuple:
+        """The shape the kernel returns for an output whose contract shape is ``contract`` (2-D)."""
+        if len(contract) != 2:
+            raise AdapterError(f"{self} applies to 2-D outputs; the contract's shape is {list(contract)}")
+        r, c = contract
+        return (-(-r // self.rows) * self.rows, -(-c // self.cols) * self.cols)
+
+    def __str__(self) -> str:
+        parts = ([f"rows={self.rows}"] if self.rows > 1 else []) + ([f"cols={self.cols}"] if self.cols > 1 else [])
+        return f"padded({', '.join(parts)})"
+
+
+def padded(rows: int = 1, cols: int = 1) -> Padded:
+    """An output returned padded: rows to a multiple of ``rows``, columns to a multiple of ``cols``
+    (``output_layouts={"scales": padded(cols=4)}``)."""
+    return Padded(rows, cols)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A scratch tensor the kernel takes: passed under ``name`` in the tensors ``call`` gets, of
+    ``shape`` (a tuple, or ``(dims, params, config) -> tuple``) and ``dtype`` (a torch dtype name,
+    or ``(params) -> name``). The runner allocates it filled with poison (NaN for floats, all-ones
+    for integers) inside a guard; a second run with other contents (a finite pattern) must return
+    the same bits, and nothing around it may be written."""
+
+    name: str
+    shape: tuple | Callable[[Mapping, Mapping, Mapping], tuple]
+    dtype: str | Callable[[Mapping], str] = "float32"
+
+    def shape_for(self, dims: Mapping, params: Mapping, config: Mapping) -> tuple:
+        shape = self.shape(dims, params, config) if callable(self.shape) else self.shape
+        shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in shape):
+            raise AdapterError(f"workspace {self.name!r}: shape {list(shape)} has a negative size")
+        return shape
+
+    def dtype_for(self, params: Mapping) -> str:
+        return self.dtype(params) if callable(self.dtype) else self.dtype
+
+
 # a dimension's constraint: a DimRule, or (value) -> why it is refused | None (False also refuses)
 DimConstraint = Union[DimRule, Callable[[int], Union[str, bool, None]]]
 
@@ -165,7 +233,28 @@ class KernelAdapter:
     # docstring), or (params) -> such a mapping. The runner sets them on every problem it checks
     # and records them with the result; what is not declared stays strict.
     conventions: Mapping[str, Any] | Callable[[Mapping], Mapping[str, Any]] = field(default_factory=dict)
+    # --- contracts beyond the strict default (module docstring) ------------------------------
+    # named cases outside the op's strict default the kernel takes (``OpSpec.optional_contracts``),
+    # e.g. ("partial_groups",): a W4A16 whose group size need not divide K
+    accepts: tuple[str, ...] = ()
+    # output name -> layout it is returned in (``padded(cols=4)``); the contract region is checked
+    output_layouts: Mapping[str, Padded] = field(default_factory=dict)
+    # scratch tensors the runner allocates poisoned and passes (a Workspace, or a tuple of them)
+    workspace: Workspace | tuple[Workspace, ...] = ()
     description: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.workspace, Workspace):
+            object.__setattr__(self, "workspace", (self.workspace,))
+        if isinstance(self.accepts, str):
+            object.__setattr__(self, "accepts", (self.accepts,))
+        for w in self.workspace:
+            if not isinstance(w, Workspace):
+                raise AdapterError(f"adapter {self.name!r}: workspace must be Workspace records, got {type(w).__name__}")
+        for name, layout in self.output_layouts.items():
+            if not isinstance(layout, Padded):
+                raise AdapterError(f"adapter {self.name!r}: output_layouts[{name!r}] must be a layout such as "
+                                   f"padded(cols=4), got {layout!r}")
 
     def conventions_for(self, params: Mapping) -> dict:
         """The conventions that apply to a case with ``params`` (a copy; empty when none)."""

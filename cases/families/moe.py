@@ -3,7 +3,8 @@
 A case: shape ``t`` tokens, hidden ``h``, intermediate ``i``, ``e`` global experts; params: the
 expert ``scheme`` (``SCHEME_VALUES``), ``top_k``, ``scoring``, ``renorm`` (renormalize the
 selected weights), ``grouped`` (grouped top-k: two groups, one kept), ``bias``
-(a correction bias), ``act`` (``silu``, ``swiglu``, ``swiglu7``: swiglu with limit 7),
+(a correction bias), ``act`` (``silu``, ``swiglu``, ``swiglu7``: swiglu with limit 7;
+``silu7``: silu(min(gate, 7)) * clip(up, -7, 7), taken only by an adapter whose ``params`` names it),
 ``weight_on_input`` (router weight applied to the input), ``ep`` (an expert map: about half of
 the experts local, in a shuffled local order), ``routing`` (``spread``: random selections;
 ``one``: every token's first expert is expert 0; ``sparse``: every token picks the same k
@@ -63,6 +64,7 @@ OP = "fused_moe"
 SCHEME_VALUES = ("dense", "w4a16", "w_mxfp4", "w_mxfp4_a_mxfp4", "fp8_block")
 GATE_ON = 64.0  # gate pre-activation where silu / swiglu are exactly the identity in float64 and float32
 SWIGLU_LIMIT = 7.0
+CLAMPED = ("swiglu7", "silu7")  # the activations clamped at SWIGLU_LIMIT
 _E2M1 = get_format("float4_e2m1fn")
 _E4M3 = get_format("float8_e4m3fn")
 
@@ -77,7 +79,7 @@ PARAMS = {
     "renorm": (False, True),
     "grouped": (False, True),
     "bias": (False, True),
-    "act": ("silu", "swiglu", "swiglu7"),
+    "act": ("silu", "swiglu", "swiglu7", "silu7"),
     "weight_on_input": (False, True),
     "ep": (False, True),
     "routing": ("spread", "one", "sparse"),
@@ -133,8 +135,9 @@ def _exact_fits(case):
     p = case.p
     if p["scheme"] == "fp8_block":
         return "fp8_block has no exact regime (dynamic amax / 448 activation scales); use realistic or adversarial"
-    if p["act"] == "swiglu7":
-        return "the exact regime's gate (64) is clamped by swiglu7's limit 7, where swiglu is not exact; use silu or swiglu"
+    if p["act"] in CLAMPED:
+        return (f"the exact regime's gate (64) is clamped by {p['act']}'s limit 7, where the activation is not exact; "
+                "use silu or swiglu")
     if p["top_k"] == 3 and (p["scoring"] == "softmax" or p["renorm"]):
         return "the exact regime's router weights are 1/top_k there: top_k must be 1, 2 or 4"
     return None
@@ -155,6 +158,7 @@ SPEC = OpSpec(
     outputs=_outputs,
     fp8_conversion=lambda p: p["scheme"] == "fp8_block",  # activations quantized to fp8 in-kernel
     tiles={"h": "block_k", "i": "block_n"},  # K of the first GEMM; N of its gate / up halves
+    opt_in={"act": ("silu7",)},  # the clamped silu*up: only for kernels that state it
 )
 SPECS = (SPEC,)
 
@@ -388,8 +392,8 @@ def materialize(case) -> dict:
         "x": x, "router_logits": logits, "scoring": p["scoring"], "top_k": k, "renormalize": p["renorm"],
         "num_groups": num_groups, "topk_groups": topk_groups, "correction_bias": bias,
         "w13": w13, "w2": w2,
-        "activation": "silu" if act_name == "silu" else "swiglu",
-        "swiglu_limit": SWIGLU_LIMIT if act_name == "swiglu7" else None,
+        "activation": "silu" if act_name in ("silu", "silu7") else "swiglu",
+        "swiglu_limit": SWIGLU_LIMIT if act_name in CLAMPED else None,
         "apply_router_weight_on_input": p["weight_on_input"],
         "expert_map": emap,
         "act_quant": act_quant(scheme, block),
@@ -495,7 +499,7 @@ def _cases(draw, adapter) -> Case:
         "out_dtype": draw(space.sample("out_dtype")),
     }
     regimes = ["exact", "realistic", "adversarial"]
-    if scheme == "fp8_block" or params["act"] == "swiglu7" or (
+    if scheme == "fp8_block" or params["act"] in CLAMPED or (
             k == 3 and (params["scoring"] == "softmax" or params["renorm"])):
         regimes.remove("exact")
     regime = draw(st.sampled_from(regimes))

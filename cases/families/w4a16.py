@@ -42,10 +42,12 @@ GROUP_SIZES = (32, 64, 128, -1)  # -1: one group spanning K
 # ------------------------------------------------------------------------------------ rules
 
 
-def _group_divides_k(case) -> str | None:
+def _partial_group(case) -> str | None:
+    """The optional contract ``partial_groups``: a group size that does not divide K (the last
+    group holds K % G rows; scales and zero points have ceil(K / G) rows)."""
     g, k = case.p["group_size"], case.dims["k"]
     if g != -1 and k % g:
-        return f"group_size={g} must divide K={k} (allowed: 32, 64, 128, -1); pick K a multiple of {g}"
+        return f"group_size={g} does not divide K={k} (a partial last group of {k % g} rows)"
     return None
 
 
@@ -80,7 +82,8 @@ SPEC = OpSpec(
     },
     tunables={"block_m": TILE_SIZES, "block_n": TILE_SIZES, "block_k": TILE_SIZES,
               "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
-    rules=(_group_divides_k, _packing_fits, GEMM_CONFIG_COMPLETE),
+    rules=(_packing_fits, GEMM_CONFIG_COMPLETE),
+    optional_contracts={"partial_groups": _partial_group},
     tiles={"m": "block_m", "n": "block_n", "k": "block_k"},
     features=_block_k_vs_group,
     goals=tuple(("block_k_vs_group", r) for r in RELATIONS),
@@ -93,12 +96,12 @@ SPECS = (SPEC,)
 
 def materialize(case) -> dict:
     """The canonical ``w4a16_gemm`` problem of ``case`` (``oracle.ops.w4a16`` keys): ``x`` [M, K],
-    ``q`` [K, N] codes 0..15, ``scales`` [K/G, N], ``zeros`` [K/G, N] or None, ``group_size``,
-    ``bias`` [N] or None; values representable in ``act_dtype`` (module docstring)."""
+    ``q`` [K, N] codes 0..15, ``scales`` [ceil(K/G), N], ``zeros`` [ceil(K/G), N] or None,
+    ``group_size``, ``bias`` [N] or None; values representable in ``act_dtype`` (module docstring)."""
     d, p = case.dims, case.p
     m, n, k = d["m"], d["n"], d["k"]
     g = k if p["group_size"] == -1 else p["group_size"]
-    groups = k // g
+    groups = -(-k // g)  # a partial last group (partial_groups) has a row of its own
     rng = np.random.default_rng(case.seed)
     act = p["act_dtype"]
     q = rng.integers(0, 16, (k, n))
@@ -205,6 +208,8 @@ def from_adapter(draw, adapter) -> Case:
     # (with one group the tile is merely wider than K): "gt" draws at least two
     groups = draw(st.integers(2 if relation == "gt" and group_size != -1 else 1, 4 if g >= 64 else 6))
     k = g * groups
+    if "partial_groups" in adapter.accepts and group_size != -1:  # drawn only where stated
+        k -= 8 * draw(st.integers(0, g // 8 - 1))  # the last group short by a multiple of 8 rows (or whole)
     bk = block_k_relative(relation, k if group_size == -1 else g)
     bk = min(max(bk, 16), max(tun.get("block_k", (256,))))
     m = draw(st.one_of(st.just(1), st.integers(1, 40)))

@@ -22,7 +22,7 @@ w13                            [E, H, 2I] float64, every (global) expert's dequa
                                weight, canonical [K, N]; columns [:I] gate, [I:] up
 w2                             [E, I, H] float64, the down projection
 activation                     ``"silu"`` (default) or ``"swiglu"``
-swiglu_limit                   None or a float > 0 (swiglu only)
+swiglu_limit                   None or a float > 0: the clamp limit, of either activation
 swiglu_alpha, swiglu_up_offset swiglu's alpha (default 1.702) and up offset (default 1.0)
 apply_router_weight_on_input   bool (default False); needs top_k == 1
 expert_map                     [E] ints or None: global expert -> local index, -1 = not local
@@ -69,9 +69,10 @@ Experts, for each selected (token t, expert e) with weight w, in float64:
     x' = w * x[t] if apply_router_weight_on_input else x[t]
     xq = dequantize(quantize(x', act_quant)) if act_quant else x'        (per token, along H)
     h  = xq @ w13[e];  g = h[:I], u = h[I:]
-    silu:   a = silu(g) * u,  silu(g) = g * sigmoid(g)
-    swiglu: G = min(g, limit), U = clip(u, -limit, limit)  (no clamp when limit is None)
-            a = G * sigmoid(alpha * G) * (U + up_offset)    (OpenAI gpt-oss: alpha 1.702, +1)
+    G = min(g, limit), U = clip(u, -limit, limit)            (no clamp when limit is None)
+    silu:   a = silu(G) * U,  silu(G) = G * sigmoid(G)       (with a limit: the clamped silu*up
+                                                              of several MoE kernels)
+    swiglu: a = G * sigmoid(alpha * G) * (U + up_offset)    (OpenAI gpt-oss: alpha 1.702, +1)
     aq = dequantize(quantize(a, act_quant)) if act_quant else a          (per row, along I)
     o  = aq @ w2[e]
     y[t] += o if apply_router_weight_on_input else w * o
@@ -422,16 +423,15 @@ def _parse(p: Mapping) -> _Spec:
         raise ValueError(f"activation={activation!r} is not known (allowed: {', '.join(map(repr, ACTIVATIONS))})")
     limit = p.get("swiglu_limit")
     alpha, up_offset = p.get("swiglu_alpha"), p.get("swiglu_up_offset")
+    if limit is not None and not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
+        raise ValueError(f"swiglu_limit={limit!r} must be None or a finite float > 0; gpt-oss uses 7.0")
     if activation == "silu":
-        extra = [n for n, v in (("swiglu_limit", limit), ("swiglu_alpha", alpha), ("swiglu_up_offset", up_offset))
-                 if v is not None]
+        extra = [n for n, v in (("swiglu_alpha", alpha), ("swiglu_up_offset", up_offset)) if v is not None]
         if extra:
             raise ValueError(f"{extra} apply to activation='swiglu' only, got activation='silu'; drop them or "
                              f"use 'swiglu'")
         alpha, up_offset = 1.0, 0.0
     else:
-        if limit is not None and not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
-            raise ValueError(f"swiglu_limit={limit!r} must be None or a finite float > 0; gpt-oss uses 7.0")
         alpha = SWIGLU_ALPHA if alpha is None else alpha
         up_offset = SWIGLU_UP_OFFSET if up_offset is None else up_offset
         for n, v in (("swiglu_alpha", alpha), ("swiglu_up_offset", up_offset)):

@@ -29,6 +29,14 @@ production kernels differ on:
   capped by ``scale_ub``: with a dynamic scale |x / scale| <= 127 (1 + 2**-20), so -128 never
   legitimately appears.
 
+Optional key of every quantization op (the five above):
+
+* ``signed_zero``: ``"strict"`` (default) or ``"either"``. Strict: where the expected float code is
+  -0 (a -0.0 input, or a small negative value that rounds to zero) only -0 is accepted, and +0
+  only where +0 is expected. ``"either"``: a zero code of either sign is accepted wherever a zero
+  code is (a quantizer that maps -0.0 to code +0, harmless when the codes are dequantized). int8
+  has no signed zero: no effect there.
+
 Unknown keys raise ValueError (a misspelt option must not be ignored silently).
 
 Semantics (what kernels compute)
@@ -220,6 +228,8 @@ class QuantExpectation:
     global_scale:  NVFP4's dequantization multiplier, else None.
     x:             [M, K] float64 input (to check codes against the kernel's own scales).
     rounding:      the element rounding rule.
+    signed_zero_either: a zero code of either sign is accepted where a zero code is expected
+                   (the ``signed_zero="either"`` convention).
     """
 
     op: str
@@ -238,6 +248,7 @@ class QuantExpectation:
     global_scale: float | None
     x: np.ndarray
     rounding: Rounding
+    signed_zero_either: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -410,7 +421,13 @@ def _group_amax(x: np.ndarray, g: int) -> np.ndarray:
 # ---------------------------------------------------------------- the ops
 
 
-_LINEAR_OPTIONS = {"qmax": None, "int8_clamp": "full"}
+SIGNED_ZERO = ("strict", "either")
+_LINEAR_OPTIONS = {"qmax": None, "int8_clamp": "full", "signed_zero": "strict"}
+
+
+def _either_zero(op: str, p: Mapping) -> bool:
+    """The ``signed_zero`` convention of a checked problem: True for "either"."""
+    return check_choice("signed_zero", p["signed_zero"], SIGNED_ZERO, op=op) == "either"
 
 
 def _dynamic(op: str, p: Mapping, x: np.ndarray, g: int, ue8m0: bool, ub: float | None) -> QuantExpectation:
@@ -439,7 +456,7 @@ def _dynamic(op: str, p: Mapping, x: np.ndarray, g: int, ue8m0: bool, ub: float 
         exact = _is_pow2(scales) & (scales == q)
     codes, alt, v, a = _code_bounds(x, scales, exact, rounding)
     return QuantExpectation(op, rounding.elem, codes, alt, v, a, scales, scale_codes, "float32", q,
-                            candidates, ue8m0, g, None, x, rounding)
+                            candidates, ue8m0, g, None, x, rounding, _either_zero(op, p))
 
 
 def _per_token(p: Mapping) -> QuantExpectation:
@@ -471,12 +488,12 @@ def _static(p: Mapping) -> QuantExpectation:
     scales = np.array([[s]])
     codes, alt, v, a = _code_bounds(x, scales, _is_pow2(scales), rounding)
     return QuantExpectation(op, rounding.elem, codes, alt, v, a, scales, None, "", scales.copy(), None, True,
-                            x.shape[1], None, x, rounding)
+                            x.shape[1], None, x, rounding, _either_zero(op, p))
 
 
 def _mx(p: Mapping) -> QuantExpectation:
     op = "mx_quant"
-    p = _check_keys(op, p, ("x", "fmt", "scale_rule"), {})
+    p = _check_keys(op, p, ("x", "fmt", "scale_rule"), {"signed_zero": "strict"})
     fmt = check_choice("fmt", p["fmt"], tuple(MX_FORMATS), op=op)
     rule = check_choice("scale_rule", p["scale_rule"], tuple(MX_SCALE_RULES), op=op)
     x = _check_x(op, p["x"])
@@ -496,12 +513,12 @@ def _mx(p: Mapping) -> QuantExpectation:
     if not np.array_equal(codes, qt.codes):  # one computation, two implementations: must agree
         raise RuntimeError("oracle.ops.quant and oracle.schemes disagree on MX codes; this is an oracle bug")
     return QuantExpectation(op, rounding.elem, codes, alt, v, a, scales, scale_codes, E8M0, q, (lo, hi), True,
-                            MX_BLOCK, None, x, rounding)
+                            MX_BLOCK, None, x, rounding, _either_zero(op, p))
 
 
 def _nvfp4(p: Mapping) -> QuantExpectation:
     op = "nvfp4_quant"
-    p = _check_keys(op, p, ("x", "global_scale"), {})
+    p = _check_keys(op, p, ("x", "global_scale"), {"signed_zero": "strict"})
     x = _check_x(op, p["x"])
     if x.shape[1] % NVFP4_BLOCK:
         raise ValueError(f"{op}: K={x.shape[1]} must be a multiple of the NVFP4 block size {NVFP4_BLOCK}; pad K")
@@ -516,7 +533,7 @@ def _nvfp4(p: Mapping) -> QuantExpectation:
     eff = scales * g
     codes, alt, v, a = _code_bounds(x, eff, _is_pow2(eff), rounding)
     return QuantExpectation(op, NVFP4_ELEM, codes, alt, v, a, scales, scale_codes, NVFP4_SCALE, r, (lo, hi), True,
-                            NVFP4_BLOCK, g, x, rounding)
+                            NVFP4_BLOCK, g, x, rounding, _either_zero(op, p))
 
 
 @dataclass(frozen=True)
@@ -534,12 +551,12 @@ QUANT_OPS: Mapping[str, QuantOp] = MappingProxyType({
     o.name: o
     for o in (
         QuantOp("per_token_quant", _per_token,
-                "x, quant_dtype, scale_ub=None [, qmax, amax_floor, int8_clamp]"),
-        QuantOp("static_quant", _static, "x, scale, quant_dtype [, qmax, int8_clamp]"),
+                "x, quant_dtype, scale_ub=None [, qmax, amax_floor, int8_clamp, signed_zero]"),
+        QuantOp("static_quant", _static, "x, scale, quant_dtype [, qmax, int8_clamp, signed_zero]"),
         QuantOp("per_token_group_quant", _per_token_group,
-                "x, group_size, quant_dtype, scale_ue8m0=False [, qmax, amax_floor, int8_clamp]"),
-        QuantOp("mx_quant", _mx, "x, fmt, scale_rule"),
-        QuantOp("nvfp4_quant", _nvfp4, "x, global_scale"),
+                "x, group_size, quant_dtype, scale_ue8m0=False [, qmax, amax_floor, int8_clamp, signed_zero]"),
+        QuantOp("mx_quant", _mx, "x, fmt, scale_rule [, signed_zero]"),
+        QuantOp("nvfp4_quant", _nvfp4, "x, global_scale [, signed_zero]"),
     )
 })
 
@@ -679,15 +696,23 @@ def compare_quant(op: str, expectation: QuantExpectation, actual_codes, actual_s
     exact = _is_pow2(eff) & (exp.scale_direct | (used == exp.scale_exact))
     want, alt, _, _ = _code_bounds(exp.x, eff, exact, exp.rounding)
     ok = (codes == want) | (codes == alt)
+    n_zero = 0
+    fmt = exp.rounding.format
+    if exp.signed_zero_either and isinstance(fmt, FloatFormat):  # a zero of the other sign, declared harmless
+        table = fmt.decode_table
+        zero_ok = ~ok & (table[codes] == 0) & ((table[want] == 0) | (table[alt] == 0))
+        n_zero = int(zero_ok.sum())
+        ok |= zero_ok
     ordinal = exp.rounding.ordinal
     cdiv = compare(np.where(ok, ordinal(want), ordinal(codes)), ordinal(want), 0.0, unit=1.0,
                    axis_names=rec.axis_names)
     if sdiv is None and cdiv is None:
         return None
-    n_alt = int((ok & (codes != want)).sum())
+    n_alt = int((ok & (codes != want)).sum()) - n_zero
     code_note = (f"codes [{exp.shape[0]}, {exp.shape[1]}] ({exp.quant_dtype}): "
                  + ("all match" if cdiv is None else f"{cdiv.count} of {cdiv.total} wrong")
-                 + (f"; {n_alt} took the other neighbour of a tie within the float32 ambiguity (accepted)" if n_alt else ""))
+                 + (f"; {n_alt} took the other neighbour of a tie within the float32 ambiguity (accepted)" if n_alt else "")
+                 + (f"; {n_zero} zero(s) of the other sign (accepted: signed_zero='either')" if n_zero else ""))
     if sdiv is not None:
         sdiv.notes += [f"quantity: scales {list(exp.scales.shape)} ({exp.scale_format}), compared in {sunit}",
                        code_note + " (checked against the kernel's scale where accepted, the expected one elsewhere)"]
@@ -1043,9 +1068,11 @@ CODES = Judge(expect=_expect, unreadable=_unreadable, read=_read, compare=_compa
 
 # the optional keys of each op that are engine conventions (see the module docstring)
 CONVENTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "per_token_quant": ("qmax", "amax_floor", "int8_clamp"),
-    "static_quant": ("qmax", "int8_clamp"),
-    "per_token_group_quant": ("qmax", "amax_floor", "int8_clamp"),
+    "per_token_quant": ("qmax", "amax_floor", "int8_clamp", "signed_zero"),
+    "static_quant": ("qmax", "int8_clamp", "signed_zero"),
+    "per_token_group_quant": ("qmax", "amax_floor", "int8_clamp", "signed_zero"),
+    "mx_quant": ("signed_zero",),
+    "nvfp4_quant": ("signed_zero",),
 })
 
 REFERENCES: tuple[OpReference, ...] = tuple(

@@ -5,8 +5,9 @@ hypotheses; the kernel twins are ``kernels/w4a16``.
 Problem keys (orientation and conventions: ``oracle.gemm``; optional keys default to None):
 
 - ``w4a16_gemm``: ``x [M,K]`` values, ``q [K,N]`` uint4 codes 0..15, ``scales [K/G,N]``,
-  ``zeros [K/G,N] | None`` (None = 8), ``group_size`` (32 | 64 | 128 | -1 | any divisor of K),
-  ``bias [N] | None``.
+  ``zeros [K/G,N] | None`` (None = 8), ``group_size`` (32 | 64 | 128 | -1 | any positive size),
+  ``bias [N] | None``. A group size that does not divide K leaves a partial last group of
+  ``K % G`` rows with a scale (and zero point) row of its own: ``ceil(K/G)`` rows.
 - ``w8a16_gemm``: ``x [M,K]``, ``q [K,N]`` int8 codes (-128..127; uint8 0..255 with zero
   points), ``scales [K/G,N]`` (group_size -1: per-channel ``[1,N]``), ``zeros [K/G,N] | None``
   (None = 0), ``group_size``, ``bias``.
@@ -45,20 +46,36 @@ def dequant_int_grouped(q, scales, zeros=None, *, group_size: int, default_zero:
     q: ints [K, N]; scales: float [K/G, N]; zeros: ints [K/G, N] (true zero points) or None for
     ``default_zero`` (8: the symmetric uint4 convention; W8A16 passes 0). group_size=-1: one
     group over K. ``group_size=1`` with per-k scales [K, N] expresses any per-row scale
-    assignment (used by diagnosis hypotheses). Returns float64 [K, N].
+    assignment (used by diagnosis hypotheses). A ``group_size`` that does not divide K leaves a
+    partial last group of ``K % group_size`` rows: scales and zeros have ``ceil(K/G)`` rows.
+    Returns float64 [K, N].
     """
     q = np.asarray(q)
     if q.ndim != 2:
         raise ValueError(f"q must be 2-D, got shape {q.shape}; reshape it to [rows, cols]")
     k, n = q.shape
-    g = check_group_size(group_size, k)
-    groups = k // g if g else 1  # K = 0 with group_size -1: one (empty) group
+    partial = (isinstance(group_size, (int, np.integer)) and not isinstance(group_size, bool)
+               and group_size > 0 and k % group_size != 0)
+    g = int(group_size) if partial else check_group_size(group_size, k)
+    groups = -(-k // g) if g else 1  # K = 0 with group_size -1: one (empty) group
     s = as_2d("scales", scales)
-    check_shape("scales", s, (groups, n), f"one row per group of {g} along K, one column per N")
+    check_shape("scales", s, (groups, n), f"one row per group of {g} along K"
+                + (f" (the last one partial: {k % g} rows)" if partial else "") + ", one column per N")
     if not np.all(np.isfinite(s)):
         bad = np.argwhere(~np.isfinite(s))[0]
         raise ValueError(f"scales[{bad[0]}, {bad[1]}] is {s[tuple(bad)]}; scales must be finite")
     w = np.array(q, dtype=np.float64, order="C")  # a fresh array, modified in place below
+    if partial:  # each k row takes its group's row (the same products, element for element)
+        of_k = np.arange(k) // g
+        if zeros is None:
+            if default_zero:
+                w -= default_zero
+        else:
+            z = as_2d("zeros", zeros)
+            check_shape("zeros", z, s.shape, "zero points have the same shape as scales")
+            w -= z[of_k]
+        w *= s[of_k]
+        return w
     view = w.reshape(groups, g, n)
     if zeros is None:
         if default_zero:
@@ -199,7 +216,7 @@ def _zero_point_off_by_one(default: int):
     """The hypothesis for an op whose implicit zero point (``zeros`` None) is ``default``."""
     def zero_point_off_by_one(ref, p, ctx):
         k, g = _group_rows(p)
-        shape = (k // g, np.asarray(p["q"]).shape[1])
+        shape = (-(-k // g), np.asarray(p["q"]).shape[1])
         z = np.full(shape, default) if p.get("zeros") is None else np.asarray(p["zeros"])
         for d, why in ((-1, "the stored 'z - 1' (GPTQ) convention is not undone"), (+1, "the zero point is incremented twice")):
             out = dict(p)

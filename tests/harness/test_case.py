@@ -42,7 +42,7 @@ def test_why_does_not_change_identity():
     [
         pytest.param(lambda d: d.update(op="w5a16"), r"unknown op 'w5a16' \(allowed: [a-z0-9_, ]*w4a16_gemm", id="op"),
         pytest.param(lambda d: d["params"].update(group_size=48), r"params\['group_size'\]=48 is not allowed \(allowed: 32, 64, 128, -1\)", id="group"),
-        pytest.param(lambda d: d["shape"].update(k=80), r"group_size=32 must divide K=80 \(allowed: 32, 64, 128, -1\)", id="k-divides"),
+        pytest.param(lambda d: d["shape"].update(k=84), r"K=84 must be a multiple of 8 \(int4 codes are packed", id="k-packs"),
         pytest.param(lambda d: d["params"].pop("bias"), r"params is missing \['bias'\]", id="missing-param"),
         pytest.param(lambda d: d.update(regime="wild"), r"regime='wild' is not an input regime \(allowed: exact, realistic, adversarial\)", id="regime"),
         pytest.param(lambda d: d["config"].update(block_k=48), r"config\['block_k'\]=48 is not allowed", id="tile"),

@@ -405,6 +405,16 @@ def test_swiglu_formula_with_limit(limit):
     np.testing.assert_allclose(alt[:, :32], gc / (1 + np.exp(-gc)) * uc, rtol=4 * 2.0**-53 * 8, atol=0)
 
 
+@pytest.mark.parametrize("limit", [7.0, 0.5])
+def test_clamped_silu_and_mul_formula(limit):
+    # silu(min(g, limit)) * clip(u, -limit, limit): the clamped silu*up of several MoE kernels
+    x = np.linspace(-40, 40, 128).reshape(2, 64)
+    y = fused_moe(_identity_problem(x, "silu", swiglu_limit=limit))[:, :32]
+    g, u = np.minimum(x[:, :32], limit), np.clip(x[:, 32:], -limit, limit)
+    np.testing.assert_allclose(y, g / (1 + np.exp(-g)) * u, rtol=4 * 2.0**-53 * 8, atol=0)
+    assert not np.allclose(y, fused_moe(_identity_problem(x, "silu"))[:, :32])  # the clamp matters here
+
+
 def test_silu_and_mul_formula():
     x = np.linspace(-40, 40, 128).reshape(2, 64)
     y = fused_moe(_identity_problem(x, "silu"))[:, :32]
@@ -588,7 +598,8 @@ BAD = [
      ValueError, r"excludes the router keys \['router_logits', 'scoring', 'renormalize'\]"),
     ("scoring", dict(scoring="relu"), ValueError, r"scoring='relu' is not known \(allowed: 'softmax', 'sigmoid'\)"),
     ("activation", dict(activation="gelu"), ValueError, r"activation='gelu' is not known"),
-    ("limit with silu", dict(swiglu_limit=7.0), ValueError, r"\['swiglu_limit'\] apply to activation='swiglu' only"),
+    ("alpha with silu", dict(swiglu_alpha=1.0), ValueError, r"\['swiglu_alpha'\] apply to activation='swiglu' only"),
+    ("negative silu limit", dict(swiglu_limit=-1.0), ValueError, r"swiglu_limit=-1.0 must be None or a finite float > 0"),
     ("negative limit", dict(activation="swiglu", swiglu_limit=-1.0), ValueError, r"swiglu_limit=-1.0 must be None or a finite float > 0"),
     ("groups dont divide", dict(num_groups=3, topk_groups=1), ValueError, r"num_groups=3 must be a positive int dividing E=4"),
     ("topk groups", dict(num_groups=2, topk_groups=3), ValueError, r"topk_groups=3 must be an int in 1..num_groups=2"),

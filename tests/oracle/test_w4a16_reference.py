@@ -100,7 +100,9 @@ def test_exact_regime_expected_is_rne_in_output_dtype():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        pytest.param(dict(group_size=48), r"group_size=48 must divide K=128", id="group-size"),
+        pytest.param(dict(group_size=0), r"group_size=0 must divide K=128", id="group-size"),
+        pytest.param(dict(group_size=48), r"scales has shape \(4, 8\), expected \(3, 8\) \(one row per group of 48 "
+                     r"along K \(the last one partial: 32 rows\)", id="partial-group-scale-shape"),
         pytest.param(dict(q=np.zeros((64, 8))), r"x has K=128 columns but q has K=64 rows", id="k-mismatch"),
         pytest.param(dict(q=np.full((128, 8), 16)), r"codes in \[16, 16\], uint4 codes are 0..15", id="code-range"),
         pytest.param(dict(scales=np.ones((2, 8))), r"scales has shape \(2, 8\), expected \(4, 8\)", id="scale-shape"),

@@ -5,6 +5,9 @@ fp16 / bf16 activations).
 Case space (``SPECS``): shape ``m, n, k``; params ``group_size`` (32, 64, 128, or -1 for one
 group spanning K), ``zero_points``, ``layout``, ``act_dtype``, ``out_dtype``, ``bias``. Kernel
 tunables: ``block_m``, ``block_n``, ``block_k`` (``TILE_SIZES``), ``split_k``, ``group_m``.
+Optional contract ``partial_groups``: a group size that does not divide K (a shorter last group
+with its own scale row) is a valid case, but only in the space of an adapter that declares
+``accepts=("partial_groups",)``; the strategy draws such K only for those.
 
 Regimes (``MATERIALIZERS``; all draws from ``numpy.random.default_rng(case.seed)``, so the same
 case gives the same bytes):

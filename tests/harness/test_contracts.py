@@ -327,3 +327,24 @@ def test_signed_zero_is_a_convention_of_every_quant_op():
         assert (compare_quant("per_token_quant", e, plus, e.scales.astype(np.float32)) is None) == passes
     with pytest.raises(ValueError, match=r"signed_zero='maybe' is not allowed \(allowed: 'strict', 'either'\)"):
         expect_quant("per_token_quant", {"x": x, "quant_dtype": "float8_e4m3fn", "signed_zero": "maybe"})
+
+
+# ------------------------------------------------------------------ through the command line
+
+
+def test_the_gate_passes_the_stated_contracts_from_the_file(qkcheck_here, tmp_path):
+    results = tmp_path / "r.jsonl"
+    r = qkcheck_here("gate", "--kernels", f"{FILE}::contract:group_quant_padded", "--kernels",
+                     f"{FILE}::contract:fp8_plus_zero", "--kernels", f"{FILE}::contract:token_quant_workspace",
+                     "--device", "cpu", "--isolate", "off", "--results", results)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    import json
+
+    lines = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]
+    res = [x for x in lines if x.get("kernel")]
+    assert {x["kernel"] for x in res} == {"contract:group_quant_padded", "contract:fp8_plus_zero",
+                                          "contract:token_quant_workspace"}
+    assert all(x["status"] == "pass" for x in res)
+    assert all(x["conventions"] == {"signed_zero": "either"} for x in res if x["kernel"] == "contract:fp8_plus_zero")
+    assert all(any(c["name"] == "workspace" for c in x["checks"]) for x in res
+               if x["kernel"] == "contract:token_quant_workspace")

@@ -326,7 +326,10 @@ def _bits_equal(a, b) -> bool:
 def torch_equal_bits(a, b) -> bool:
     import torch
 
-    a, b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
+    # contiguous_format: a size-1 view keeps its odd stride under .contiguous() (a column-major
+    # [1, G] output), which a byte view refuses
+    a = a.clone(memory_format=torch.contiguous_format).reshape(-1)
+    b = b.clone(memory_format=torch.contiguous_format).reshape(-1)
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
 

@@ -131,7 +131,8 @@ def materialize(case) -> dict:
         if z is not None:
             z = rng.choice([0, 15], (groups, n))
         zero_group = rng.integers(groups)
-        q[zero_group * g:(zero_group + 1) * g] = 8 if z is None else np.repeat(z[zero_group:zero_group + 1], g, axis=0)
+        rows = slice(zero_group * g, min((zero_group + 1) * g, k))  # a partial last group is shorter
+        q[rows] = 8 if z is None else np.repeat(z[zero_group:zero_group + 1], rows.stop - rows.start, axis=0)
         x = rng.standard_normal((m, k)) * 4
         x[:, rng.integers(k)] = 60000.0 / (16 * g * 2.0**7 * max(groups, 1))  # a large, still finite, channel
         bias = rng.standard_normal(n) * 100 if p["bias"] else None

@@ -83,7 +83,8 @@ def test_partial_groups_reference_against_an_independent_dequantization():
 
 def test_partial_groups_run_only_where_declared(ck):
     a = ck.w4a16_partial_adapter()
-    cases = [_w4(80, 32), _w4(104, 64, "realistic", bias=True), _w4(40, 64, "adversarial", zp=False)]
+    cases = [_w4(80, 32), _w4(104, 64, "realistic", bias=True), _w4(40, 64, "adversarial", zp=False),
+             _w4(24, 32, "adversarial", bias=True, m=1, seed=2892)]  # one group, shorter than G, zeroed
     for c in cases:
         res = run_case(c, a, "cpu")
         assert res.status == "pass", res.summary()
@@ -160,7 +161,7 @@ def test_padding_is_held_to_the_declared_shape_and_the_region_strictly(ck):
 
 def test_column_major_scales_need_no_declaration(ck):
     a = ck.group_quant_padded_adapter("cm", output_layouts={}, column_major=True)
-    for m, k, regime in GQ_CASES:
+    for m, k, regime in GQ_CASES + [(1, 32, "exact")]:  # M = 1: a [1, 1] view with column stride 4
         res = run_case(_gq(m, k, regime), a, "cpu")
         assert res.status == "pass", res.summary()
 

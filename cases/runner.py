@@ -326,11 +326,18 @@ def _bits_equal(a, b) -> bool:
 def torch_equal_bits(a, b) -> bool:
     import torch
 
-    # contiguous_format: a size-1 view keeps its odd stride under .contiguous() (a column-major
-    # [1, G] output), which a byte view refuses
-    a = a.clone(memory_format=torch.contiguous_format).reshape(-1)
-    b = b.clone(memory_format=torch.contiguous_format).reshape(-1)
-    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    return torch.equal(_flat(a).view(torch.uint8), _flat(b).view(torch.uint8))
+
+
+def _flat(t):
+    """``t`` as a 1-D tensor of stride 1: a size-1 view keeps an odd stride under .contiguous()
+    (a column-major [1, G] output), which a byte view refuses; such a one is copied."""
+    import torch
+
+    t = t.contiguous().reshape(-1)
+    if t.numel() and t.stride(0) != 1:
+        t = t.clone(memory_format=torch.contiguous_format)
+    return t
 
 
 def _wait(device: str) -> None:

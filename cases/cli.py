@@ -148,8 +148,12 @@ def _pytest(suite: str, args) -> int:
             argv += [f"--qkcheck-{opt.replace('_', '-')}", str(value)]
     workers = auto_workers(args.device, args.isolate) if args.workers == "auto" else args.workers
     if workers:
-        # loadgroup: the gate's cases that share compiled kernel variants go to one worker
-        argv += ["-n", str(workers), "--dist", "loadgroup"]
+        # load, not loadgroup: under pytest 9 loadgroup groups nothing (pytest-xdist can no longer
+        # suffix node ids with the group), and its scheduler, when a worker dies after the queue
+        # has drained, re-queues the dead worker's cases where no worker takes them: the run hung.
+        # load hands them to the replacement worker; the case that was running is recorded as
+        # crashed (plugin.pytest_handlecrashitem)
+        argv += ["-n", str(workers), "--dist", "load"]
     argv += list(args.pytest_args)
     code = int(pytest.main(argv))
     if code == 0:

@@ -26,7 +26,7 @@ from typing import Any
 from qkcheck.cases.case import Case
 from qkcheck.cases.runner import FAIL, CaseTimeout, Check, Result, run_case
 
-STARTUP_TIMEOUT_S = 300.0  # a child imports torch/triton and the kernels before its first case
+STARTUP_TIMEOUT_S = 300.0  # a child imports torch/triton and the kernels, and warms up, before its first case
 
 
 def _failed(case: Case, adapter_name: str, op: str, device: str, check: str, detail: str, seconds: float) -> Result:
@@ -81,11 +81,40 @@ def _device_healthy(device: str) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when its parent dies (a SIGKILLed xdist worker leaves no
+    case runner behind, hung or not). Elsewhere the closed pipe ends it at its next message."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _warm_up(adapters: dict, device: str) -> None:
+    """One-time costs a first case would otherwise carry, paid before the child says it is ready,
+    so they never run on a case's clock (--case-timeout): a first case and the first case after
+    a restart see the same warm process as the others."""
+    if any(a.custom_op for a in adapters.values()):
+        # the first call of a torch.library custom op imports torch._dynamo (torch disables dynamo
+        # around the op's implementation): 1.5-5 s
+        import torch._dynamo  # noqa: F401
+    if any(a.triton for a in adapters.values()):
+        from qkcheck.kernels.triton import warmup
+
+        try:
+            warmup.first_compile(device)  # the compiler back end's set-up (~1.7 s on an H100 host)
+        except Exception:  # noqa: BLE001 - only a head start: the cases meet and report any such error
+            pass
+
+
 def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) -> None:  # runs in the child
     from qkcheck.cases.registry import validate_adapter
     from qkcheck.kernels import device as _device
     from qkcheck.kernels.catalog import resolve
 
+    _die_with_parent()
     device = _device.activate(device)
     # the GPU of the parent's xdist worker (gwN takes GPU N mod count on a multi-GPU host)
     _device.assign_worker_gpu(device, worker_id)
@@ -94,30 +123,21 @@ def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) ->
         for a in resolve(spec):
             validate_adapter(a)
             adapters[a.name] = a
-    conn.send(("ready", None))
-    # idle until the parent's first case: pay now for one-time costs that case would otherwise
-    # carry (a case that arrives meanwhile waits only for the rest of them)
-    if any(a.custom_op for a in adapters.values()) and not conn.poll(0):
-        # the first call of a torch.library custom op imports torch._dynamo (torch disables dynamo
-        # around the op's implementation): 1.5-5 s
-        import torch._dynamo  # noqa: F401
-    if any(a.triton for a in adapters.values()) and not conn.poll(0):
-        from qkcheck.kernels.triton import warmup
-
-        try:
-            warmup.first_compile(device)  # the compiler back end's set-up (~1.7 s on an H100 host)
-        except Exception:  # noqa: BLE001 - only a head start: the cases meet and report any such error
-            pass
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:  # the parent closed its end or died
-            return
-        case_dict, name, diagnose = msg
-        result = run_case(Case.from_dict(case_dict), adapters[name], device, diagnose_failures=diagnose)
-        conn.send(("result", result.to_dict()))
-        if any(c.name == "raised" for c in result.failed_checks) and not _device_healthy(device):
-            return  # the device context is gone: exit, the parent starts a fresh child
+    _warm_up(adapters, device)
+    try:
+        conn.send(("ready", None))
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:  # the parent closed its end or died
+                return
+            case_dict, name, diagnose = msg
+            result = run_case(Case.from_dict(case_dict), adapters[name], device, diagnose_failures=diagnose)
+            conn.send(("result", result.to_dict()))
+            if any(c.name == "raised" for c in result.failed_checks) and not _device_healthy(device):
+                return  # the device context is gone: exit, the parent starts a fresh child
+    except (BrokenPipeError, ConnectionResetError):  # the parent died mid-case: nobody to answer
+        return
 
 
 def _describe_exit(code: int | None) -> str:

@@ -400,6 +400,44 @@ def pytest_runtest_makereport(item, call):
     if pending:  # on this phase's report only (the item's own user_properties go on every phase's)
         report.user_properties = [*report.user_properties, *(("qkcheck_result", r) for r in pending)]
         pending.clear()
+    if call.when == "setup" and _worker_id(item.config) is not None:
+        started = _case_started(item)
+        if started is not None:  # the controller records the case as crashed if this worker dies in it
+            report.user_properties = [*report.user_properties, ("qkcheck_started", started)]
+
+
+def _case_started(item) -> dict | None:
+    """What the controller needs to record a gate case whose worker died while running it."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    adapter, case = params.get("adapter"), params.get("gate_case")
+    if adapter is None or case is None:
+        return None
+    spec = item.config.__dict__.get("_qkcheck_spec_of", {}).get(adapter.name, adapter.name)
+    return {"case": case.to_dict(), "case_id": case.id, "kernel": adapter.name, "op": adapter.op, "spec": spec}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_handlecrashitem(crashitem, report, sched) -> None:
+    """xdist controller: a worker died while running ``crashitem`` (a segfault in process, a
+    SIGKILL, the OOM killer). pytest-xdist reports the test failed and gives the worker's other
+    tests to a fresh worker; the case it was running is recorded here as crashed, so it is in the
+    results file and the report, with its case file saved, never silently missing."""
+    config = _CONFIG.get("config")
+    started = config.__dict__.get("_qkcheck_started", {}).pop(crashitem, None) if config is not None else None
+    if started is None:  # not a gate case, or the worker died before its setup was reported
+        return
+    from qkcheck.cases.runner import FAIL, Check, Result
+
+    worker = getattr(getattr(report, "node", None), "gateway", None)
+    res = Result(case=started["case"], case_id=started["case_id"], kernel=started["kernel"], op=started["op"],
+                 status=FAIL, device=config.getoption("--qkcheck-device"))
+    res.checks.append(Check("crashed", FAIL, f"the xdist worker {getattr(worker, 'id', '?')} running this case died "
+                                             "(killed by a signal, or the kernel crashed it); the run went on"))
+    config.__dict__.setdefault("_qkcheck_spec_of", {})[res.kernel] = started["spec"]
+    record(config, res)
+    report.user_properties = [*report.user_properties,
+                              *(("qkcheck_result", r) for r in config._qkcheck_pending)]
+    config._qkcheck_pending.clear()
 
 
 def pytest_runtest_logreport(report) -> None:
@@ -408,11 +446,16 @@ def pytest_runtest_logreport(report) -> None:
     config = _CONFIG.get("config")
     if config is None or _worker_id(config) is not None:
         return
+    started = config.__dict__.setdefault("_qkcheck_started", {})
     for name, value in getattr(report, "user_properties", ()):
         if name == "qkcheck_result":
             config.qkcheck_results.append(value)
+        elif name == "qkcheck_started" and report.when == "setup":
+            started[report.nodeid] = value
         elif name == "qkcheck_fuzz" and report.when == "call":
             config.qkcheck_fuzz_stats.append(value)
+    if report.when == "teardown":
+        started.pop(report.nodeid, None)
 
 
 _CONFIG: dict = {}  # this process's pytest config, for hooks that are not given it

@@ -99,3 +99,55 @@ def test_gate_run_goes_on_and_records_every_case(adapter_file, tmp_path):
     assert set(by_kernel["test:exits"]) == {"fail"}
     assert by_kernel["test:good"] and set(by_kernel["test:good"]) <= {"pass", "skip"}
     assert "pass" in by_kernel["test:good"]
+
+
+# A kernel behind a torch.library custom op (its first call in a process imports torch._dynamo,
+# 1.5-5 s): it raises if that import was left to it, i.e. if the case runner's warm-up ran on the
+# case's clock instead of before the child said it was ready.
+WARM_ADAPTERS = GOOD_W4A16 + textwrap.dedent('''
+    import sys
+    from typing import Optional
+
+    @torch.library.custom_op("qkchecktest::w4a16_warm", mutates_args=())
+    def good_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: Optional[torch.Tensor],
+                bias: Optional[torch.Tensor], group_size: int, out_dtype: str) -> torch.Tensor:
+        return good({"x": x, "qweight": qweight, "scales": scales, "zeros": zeros, "bias": bias},
+                    {"group_size": group_size, "out_dtype": out_dtype}, {})
+
+    @good_op.register_fake
+    def _(x, qweight, scales, zeros, bias, group_size, out_dtype):
+        return x.new_empty((x.shape[0], scales.shape[1]), dtype=getattr(torch, out_dtype))
+
+    def warm(t, params, config):
+        if "torch._dynamo" not in sys.modules:
+            raise RuntimeError("torch._dynamo not imported yet: the warm-up is on this case's clock")
+        return good_op(t["x"], t["qweight"], t["scales"], t["zeros"], t["bias"], params["group_size"],
+                       params["out_dtype"])
+
+    def exits(t, params, config):
+        os._exit(3)
+
+    ADAPTERS = [KernelAdapter(name="test:warm", op="w4a16_gemm", pack=W4A16.pack, call=warm, layouts=("gptq",),
+                              triton=False, custom_op="qkchecktest::w4a16_warm"),
+                KernelAdapter(name="test:exits", op="w4a16_gemm", pack=W4A16.pack, call=exits, layouts=("gptq",),
+                              triton=False)]
+''')
+
+
+def test_warm_up_never_runs_on_a_cases_clock(tmp_path):
+    """The child's one-time costs (here torch._dynamo's import for a custom op) are paid before
+    it says it is ready: the first case, and the first case after a crash restarted the child,
+    start in a warm process (so --case-timeout 2s does not time out a correct first case)."""
+    path = tmp_path / "warm.py"
+    path.write_text(WARM_ADAPTERS)
+    adapters = _by_name(path)
+    runner = IsolatedRunner([str(path)], "cpu", timeout=60.0)
+    try:
+        first = runner.run(CASE, adapters["test:warm"])
+        crashed = runner.run(CASE, adapters["test:exits"])
+        after_restart = runner.run(CASE, adapters["test:warm"])
+    finally:
+        runner.close()
+    assert first.status == "pass", first.summary()
+    assert "exited with code 3" in _failed(crashed)["crashed"]
+    assert after_restart.status == "pass" and runner.restarts == 1, after_restart.summary()

@@ -126,6 +126,40 @@ def _device_stand_in():
         torch.cuda.get_device_capability, torch.cuda.get_device_properties, cfg._active = saved
 
 
+@contextlib.contextmanager
+def _interpreter_stand_in():
+    """Under the Triton interpreter (``TRITON_INTERPRET=1``, tensors on the CPU), for the duration of a call:
+
+    * ``gemv_kernels.fp4_mapping`` -- a list built at import with one tensor per CUDA device and indexed by
+      ``W_q.device.index`` (``gemv_kernels.py`` line 676), which is None for a CPU tensor -- answers that
+      index with the same 16-entry table on the CPU (the INT kernel receives it and never reads it; only
+      the MX kernel dequantizes through it). Without this every GEMV case raises ``TypeError: list
+      indices must be integers or slices, not NoneType``.
+    * bf16 output: ``tl.atomic_add`` on bf16 is not implemented by the interpreter (``ValueError:
+      Unsupported data type``). gemlite's own switch ``set_native_atomic_bfp16(False)`` (core.py line
+      116) selects the path it takes on GPUs without bf16 atomics (sm < 90): an fp32 output buffer
+      atomically accumulated, cast to bf16 at the end. fp16 keeps the native fp16 atomics (the H100
+      path the stand-in device selects).
+
+    Nothing is changed where CUDA is available or outside the interpreter."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        yield
+        return
+    import torch
+    from gemlite.triton_kernels import gemv_kernels, utils
+
+    table = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=torch.int8)
+    saved = (gemv_kernels.fp4_mapping, utils.GEMLITE_USE_NATIVE_ATOMIC_BFP16)
+    gemv_kernels.fp4_mapping = {None: table}
+    utils.GEMLITE_USE_NATIVE_ATOMIC_BFP16 = False
+    try:
+        yield
+    finally:
+        gemv_kernels.fp4_mapping, utils.GEMLITE_USE_NATIVE_ATOMIC_BFP16 = saved
+
+
 def _gemlite():
     global _GEMLITE
     if _GEMLITE is None:
@@ -158,6 +192,23 @@ def _supports(p) -> str | None:
     return None
 
 
+def _interpreter_reason(mode: str) -> str | None:
+    import os
+
+    if mode == "GEMM" and os.environ.get("TRITON_INTERPRET") == "1":
+        return ("the Triton interpreter cannot run it: gemm_kernels.py line 417 computes "
+                "(k * stride_mul).to(tl.int32) with the K-loop variable k, which the interpreter hands out as a "
+                "Python int (InterpreterError: AttributeError: 'float' object has no attribute 'to'); "
+                "compiled on a GPU only")
+    return None
+
+
+def _mode_supports(mode: str):
+    def supports(p) -> str | None:
+        return _supports(p) or _interpreter_reason(mode)
+    return supports
+
+
 def _pack(problem, params, device):
     import torch
 
@@ -183,7 +234,7 @@ def _make_call(mode: str, name: str):
     def call(t, params, config):
         import torch
 
-        reason = _supports(params)
+        reason = _mode_supports(mode)(params)
         if reason:
             raise EngineUnsupported(f"{name}: {reason}")
         core = _gemlite()
@@ -197,7 +248,7 @@ def _make_call(mode: str, name: str):
         n, k = wq.shape
         g = int(t["group_size"])
         dt = core.DType.FP16 if x.dtype == torch.float16 else core.DType.BF16
-        with _device_stand_in():
+        with _device_stand_in(), _interpreter_stand_in():
             lin = core.GemLiteLinearTriton(W_nbits=4, group_size=g, in_features=k, out_features=n,
                                            input_dtype=dt, output_dtype=dt)
             lin.pack(W_q=wq, scales=t["scales"], zeros=t["zeros"], bias=None)
@@ -216,7 +267,8 @@ def _make_call(mode: str, name: str):
 
 
 _SPECS = tuple(
-    dict(name=f"gemlite:w4a16_{mode.lower()}", op="w4a16_gemm", mode=mode, supports=_supports, conventions={})
+    dict(name=f"gemlite:w4a16_{mode.lower()}", op="w4a16_gemm", mode=mode, supports=_mode_supports(mode),
+         conventions={})
     for mode in MODES
 )
 
@@ -237,7 +289,7 @@ def load() -> tuple[list[KernelAdapter], str | None]:
         adapters.append(KernelAdapter(
             name=s["name"], op=s["op"], pack=_pack, call=call, layouts=("gptq",), tunables=TUNABLES[s["mode"]],
             triton=True, deterministic=s["mode"] not in ("GEMM_SPLITK",),
-            target=target, signature=("self", "x", "matmul_type"), supports=_supports, conventions=s["conventions"],
+            target=target, signature=("self", "x", "matmul_type"), supports=s["supports"], conventions=s["conventions"],
             default_config=lambda dims, params, m=s["mode"]: {k: DEFAULTS[m][v] for k, v in TUNABLE_KEYS.items()
                                                               if k in TUNABLES[m]},
             description=f"gemlite GemLiteLinearTriton (W4, fp16/bf16 activations, fma_mode packing) "

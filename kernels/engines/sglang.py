@@ -32,7 +32,18 @@ sglang:per_token_group_quant_fp8_triton    per_token_group_quant   quantization/
                                                                    per_token_group_quant_fp8 off CUDA)
 sglang:per_token_quant_int8                per_token_quant         quantization/int8_kernel.py
                                                                    per_token_quant_int8
+sglang:w8a8_block_fp8_matmul               block_scaled_mm         gemm/fp8_kernel.py
+                                                                   w8a8_block_fp8_matmul_triton
+sglang:triton_scaled_mm                    scaled_mm               gemm/fp8_kernel.py triton_scaled_mm
 =========================================  ======================  =====================================
+
+Not bound: ``gemm/int8_kernel.py`` ``w8a8_block_int8_matmul`` (block-scaled int8 W8A8): qkcheck's
+``block_scaled_mm`` op has FP8 codes only (no int8 reference or bound for block scales yet). SGLang's
+per-channel int8 W8A8 Triton GEMM is ``triton_scaled_mm`` (int8 codes, int32 accumulator), bound above.
+The GEMM module also imports ``sglang.srt.layers.deep_gemm_wrapper``, ``sglang.srt.runtime_context`` and
+``sglang.srt.utils.custom_op``; in files mode these are stand-ins serving only what the bound launchers
+read (``get_platform().is_sm90``) or DeepGEMM paths that are never called, and ``get_device_name`` answers
+``"cpu"`` off an accelerator (SGLang's returns None there, which its config lookup cannot take).
 
 Inputs: the launchers assert a contiguous ``x``; ``call`` hands them a contiguous copy inside a NaN-poisoned
 buffer (the padded-row view the runner makes is what is given up).
@@ -57,6 +68,7 @@ INSTALL_HINT = ("pip install --no-deps sglang==0.5.23 (the Triton kernel files n
                 "qkcheck loads them without SGLang's import chain)")
 INT8_KERNEL = "kernels/ops/quantization/int8_kernel.py"
 FP8_KERNEL = "kernels/ops/quantization/fp8_kernel.py"
+GEMM_FP8_KERNEL = "kernels/ops/gemm/fp8_kernel.py"  # w8a8_block_fp8_matmul_triton, triton_scaled_mm
 EPS = 1e-10  # the eps both group quant functions default to; passed explicitly (= the oracle's default floor)
 FP8 = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
 
@@ -115,7 +127,11 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
     utils.is_xpu = lambda: hasattr(torch, "xpu") and torch.xpu.is_available()
     utils.is_musa = lambda: False  # needs torch.version.musa and torchada, neither of which a CPU build has
     utils.ceil_align = lambda x, y: (x + y - 1) // y * y
-    utils.get_device_name = _not_here("sglang.srt.utils.get_device_name")
+    utils.get_device_name = _device_name
+    utils.get_device_core_count = lambda device_id=0: (torch.cuda.get_device_properties(device_id).multi_processor_count
+                                                       if torch.cuda.is_available() else 0)
+    utils.is_gfx1250_supported = lambda: bool(torch.version.hip) and "gfx1250" in torch.cuda.get_device_properties(0).gcnArchName
+    utils.log_info_on_rank0 = lambda logger, msg: logger.info(msg)
     jit = types.ModuleType("sglang.kernels.jit.utils")
     jit.is_arch_support_pdl = lambda *a, **k: False
     jit.get_jit_cuda_arch = _not_here("sglang.kernels.jit.utils.get_jit_cuda_arch")
@@ -123,7 +139,32 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
     jit.is_musa_runtime = lambda: False
     patch = types.ModuleType("sglang.srt.utils.patch_torch")
     patch.register_fake_if_exists = _not_here("sglang.srt.utils.patch_torch.register_fake_if_exists")
-    return {m.__name__: m for m in (utils, jit, patch)}
+    # gemm/fp8_kernel.py (0.5.23) imports these at module level; the Triton launchers qkcheck binds use only
+    # get_platform().is_sm90 (which selects the Hopper split-K kernel for tuned configs that ask for it)
+    dg = types.ModuleType("sglang.srt.layers.deep_gemm_wrapper")
+    dg.ENABLE_JIT_DEEPGEMM = False  # read only by the DeepGEMM paths, which are not bound
+    ctx = types.ModuleType("sglang.srt.runtime_context")
+    platform = types.SimpleNamespace(is_sm90=torch.cuda.is_available() and torch.version.cuda is not None
+                                     and torch.cuda.get_device_capability() == (9, 0))
+    ctx.get_platform = lambda: platform
+    op = types.ModuleType("sglang.srt.utils.custom_op")
+    # decorates only the DeepGEMM wrappers (deep_gemm_fp8_fp8_bf16_nt ...), which are not bound: left undecorated
+    op.register_custom_op = lambda fn=None, **kw: (lambda f: f) if fn is None else fn
+    return {m.__name__: m for m in (utils, jit, patch, dg, ctx, op)}
+
+
+def _device_name(device_id: int = 0):
+    """sglang/srt/utils/common.py get_device_name (0.5.23): the accelerator's name. Where there is none it
+    returns None and the GEMM launchers' config lookup (``get_device_name().replace(" ", "_")``) would raise;
+    off an accelerator the stand-in answers ``"cpu"``, a name no tuned config file carries, so the
+    launchers take their default config -- what they do on a GPU without a tuned table."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(device_id)
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return torch.xpu.get_device_name(device_id)
+    return "cpu"
 
 
 @contextlib.contextmanager
@@ -282,6 +323,91 @@ def _per_token_int8_call(fn):
     return call
 
 
+# ------------------------------------------------------------------ w8a8_block_fp8_matmul_triton
+
+
+def _block_fp8_supports(p) -> str | None:
+    if p["bias"]:
+        return "bias: w8a8_block_fp8_matmul_triton takes no bias (the linear layer adds it afterwards)"
+    if p["quant_dtype"] not in ("float8_e4m3fn", "float8_e4m3fnuz"):
+        return f"quant_dtype={p['quant_dtype']!r}: SGLang's block FP8 linear quantizes to the platform's e4m3 type"
+    return None
+
+
+def _block_fp8_pack(problem, params, device):
+    import numpy as np
+
+    from qkcheck.kernels.scaled_mm.adapter import code_tensor
+    from qkcheck.kernels.torch_io import float_tensor
+
+    fmt = params["quant_dtype"]
+    a_scale = np.asarray(problem["a_scale"], np.float64)
+    return {
+        "a": code_tensor(problem["a"], fmt, device),
+        "b": code_tensor(np.asarray(problem["b"]).T, fmt, device),  # B: [N, K]
+        # column-major: the [ceil(K/bk), M] storage, passed as .t()
+        "a_scale": float_tensor(a_scale.T if params["a_scale_major"] == "column" else a_scale, "float32", device),
+        "b_scale": float_tensor(np.asarray(problem["b_scale"]).T, "float32", device),  # Bs: [N/bn, K/bk]
+    }
+
+
+def _block_fp8_call(fn):
+    require = _supported("sglang:w8a8_block_fp8_matmul", _block_fp8_supports)
+
+    def call(t, params, config):
+        require(params)
+        a_scale = t["a_scale"].t() if params["a_scale_major"] == "column" else t["a_scale"]
+        # A and B: asserted contiguous (prepare_block_fp8_matmul_inputs); As and Bs are read by their strides
+        return fn(A=t["a"].contiguous(), B=t["b"].contiguous(), As=a_scale, Bs=t["b_scale"],
+                  block_size=[params["scale_block_n"], params["scale_block_k"]],
+                  output_dtype=_torch_dtype(params["out_dtype"]))
+    return call
+
+
+# ------------------------------------------------------------------ triton_scaled_mm
+
+
+def _tsm_supports(p) -> str | None:
+    if p["azp"]:
+        return "azp: triton_scaled_mm has no activation zero points"
+    return None
+
+
+def _tsm_pack(problem, params, device):
+    import numpy as np
+
+    from qkcheck.kernels.scaled_mm.adapter import code_tensor, scale_arrival
+    from qkcheck.kernels.torch_io import float_tensor
+
+    fmt = params["quant_dtype"]
+    b = np.asarray(problem["b"])
+    bias = problem.get("bias")
+    return {
+        "a": code_tensor(problem["a"], fmt, device),
+        "b": code_tensor(b.T if params["b_storage"] == "nk" else b, fmt, device),
+        "a_scale": scale_arrival(problem["a_scale"], params["a_scale_shape"], device),
+        "b_scale": scale_arrival(problem["b_scale"], params["b_scale_shape"], device),
+        "bias": None if bias is None else float_tensor(bias, "float32", device),
+    }
+
+
+def _tsm_call(fn):
+    require = _supported("sglang:triton_scaled_mm", _tsm_supports)
+
+    def call(t, params, config):
+        require(params)
+        b = t["b"].t() if params["b_storage"] == "nk" else t["b"]
+        kw = {}
+        if config:  # the gate's tiles (use_heuristic=False); no config: SGLang's own M/N heuristic
+            kw = dict(block_size_m=config["block_m"], block_size_n=config["block_n"], block_size_k=config["block_k"],
+                      use_heuristic=False)
+        # a and b by their strides (is_weak_contiguous); the scales are indexed without strides, as SGLang's
+        # layers hold them (contiguous)
+        return fn(input=t["a"], weight=b, scale_a=t["a_scale"].contiguous(), scale_b=t["b_scale"].contiguous(),
+                  out_dtype=_torch_dtype(params["out_dtype"]), bias=t["bias"], **kw)
+    return call
+
+
 # ------------------------------------------------------------------ table
 
 # Conventions read from the installed source (0.5.23). Declared ones go in the adapter's
@@ -296,6 +422,12 @@ CONVENTIONS_NOTES = {
         "e4m3fnuz on gfx94x): declared as qmax 224 for float8_e4m3fnuz only where torch.version.hip is set"),
     "sglang:per_token_quant_int8": (
         "codes = libdevice.round(x * (127 / absmax)): rounding ties away from zero (CUDA roundf)"),
+    "sglang:w8a8_block_fp8_matmul": (
+        "fp32 accumulator; per K-tile acc += dot(a, b) * a_s[:, None] * b_s[None, :] (as vLLM's); off sm90 "
+        "(and on sm90 without a tuned SPLIT_K / SWAP_AB config) the one-pass kernel _w8a8_block_fp8_matmul"),
+    "sglang:triton_scaled_mm": (
+        "int32 (int8) or fp32 (fp8) accumulator, scale_a * scale_b applied to the accumulator in fp32, bias "
+        "added, then the output cast: the epilogue qkcheck's scaled_mm bound models"),
 }
 
 
@@ -328,6 +460,24 @@ _SPECS = (
          conventions={},
          description="SGLang Triton per_token_quant_int8 (scales absmax / 127 as (M, 1) float32, codes "
                      "libdevice.round(x * (127 / absmax)), absmax floored at 1e-10)"),
+    dict(name="sglang:w8a8_block_fp8_matmul", op="block_scaled_mm", file=GEMM_FP8_KERNEL,
+         symbol="w8a8_block_fp8_matmul_triton", signature=("A", "B", "As", "Bs", "block_size", "output_dtype"),
+         pack=_block_fp8_pack, make_call=_block_fp8_call, fields=dict(triton=True), supports=_block_fp8_supports,
+         conventions={},
+         description="SGLang w8a8_block_fp8_matmul_triton (B [N, K], Bs [N/bn, K/bk], block_size=[bn, bk]; "
+                     "its default tiles BLOCK_M 64, BLOCK_N = bn, BLOCK_K = bk where no tuned config file "
+                     "names the device; no bias)"),
+    dict(name="sglang:triton_scaled_mm", op="scaled_mm", file=GEMM_FP8_KERNEL,
+         symbol="triton_scaled_mm",
+         signature=("input", "weight", "scale_a", "scale_b", "out_dtype", "bias", "block_size_m", "block_size_n",
+                    "block_size_k", "use_heuristic", "num_warps", "num_stages"),
+         pack=_tsm_pack, make_call=_tsm_call,
+         fields=dict(triton=True, tunables={"block_m": (16, 32, 64, 128), "block_n": (16, 32, 64, 128),
+                                            "block_k": (32, 64, 128, 256)}),
+         supports=_tsm_supports, conventions={},
+         description="SGLang triton_scaled_mm (int8 / fp8 W8A8, per-token / per-tensor a scales, per-channel "
+                     "/ per-tensor b scales, float bias; gate tiles with use_heuristic=False, SGLang's own "
+                     "heuristic where the case has no config)"),
 )
 
 # the registry's table form (per quant dtype), for what the adapter's function answers on ROCm

@@ -98,7 +98,9 @@ def pytest_configure(config: pytest.Config) -> None:
             _device.check_name(config.getoption("--qkcheck-device"))
             share_cpu_threads(int(config.option.numprocesses))
             config.qkcheck_device = None
-            config._qkcheck_device_check = _DeviceCheck(config.getoption("--qkcheck-device"))
+            config._qkcheck_device_check = _DeviceCheck(
+                config.getoption("--qkcheck-device"),
+                [s for s in config.qkcheck_kernel_specs if _foreign(s)] if _runs_gate_suites(config, workers=True) else [])
         else:
             config.qkcheck_device = _device.activate(config.getoption("--qkcheck-device"))
         runner = getattr(config, "_qkcheck_isolated", None)
@@ -125,6 +127,10 @@ def pytest_configure(config: pytest.Config) -> None:
     _CONFIG["config"] = config
     if _worker_id(config) is None:
         _finish_on_sigterm(config)
+    if _worker_id(config) is None and _runs_gate_suites(config):
+        # the kernels of a qkcheck gate/fuzz run: a bad spec or adapter file is one usage error
+        # now, not a collection error with a traceback
+        selected_adapters(config)
 
 
 def _finish_on_sigterm(config: pytest.Config) -> None:
@@ -148,11 +154,14 @@ def pytest_configure_node(node) -> None:
 
 
 class _DeviceCheck(threading.Thread):
-    """Resolves the requested device in the background (``error``: why it is unavailable)."""
+    """Resolves the requested device in the background (``error``: why it is unavailable), then
+    loads the foreign kernel ``specs`` (a user's files and modules, engines): a file that fails to
+    import, exits at import or defines wrong ADAPTERS is one usage error here, not a collection
+    error with a traceback on every worker."""
 
-    def __init__(self, requested: str):
+    def __init__(self, requested: str, specs=()):
         super().__init__(daemon=True, name="qkcheck-device-check")
-        self.requested, self.error = requested, None
+        self.requested, self.specs, self.error = requested, list(specs), None
         self.start()
 
     def run(self) -> None:
@@ -162,8 +171,27 @@ class _DeviceCheck(threading.Thread):
             _device.resolve(self.requested)
         except ValueError as exc:
             self.error = str(exc)
+            return
         except Exception as exc:  # e.g. torch failing to import: the same error reaches every worker
             self.error = f"{type(exc).__name__}: {exc}"
+            return
+        if not self.specs:
+            return
+        from qkcheck.cases.registry import validate_adapter
+        from qkcheck.kernels.adapters import AdapterError, KernelsUnavailable
+        from qkcheck.kernels.catalog import resolve
+
+        try:
+            for spec in self.specs:
+                try:
+                    for a in resolve(spec):
+                        validate_adapter(a)
+                except KernelsUnavailable:  # the workers report it as skipped, with the reason
+                    pass
+        except AdapterError as exc:
+            self.error = str(exc)
+        except Exception:  # noqa: BLE001 - only a head start: the workers meet and report it
+            pass
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -203,10 +231,10 @@ def share_cpu_threads(workers: int, environ=os.environ) -> int | None:
     return threads
 
 
-def _runs_gate_suites(config: pytest.Config) -> bool:
+def _runs_gate_suites(config: pytest.Config, workers: bool = False) -> bool:
     """This process runs the gate or fuzz suites itself (not an xdist controller, whose workers
-    run them, and not a run of other tests)."""
-    if _xdist_controller(config):
+    run them, and not a run of other tests); ``workers``: or its xdist workers run them."""
+    if _xdist_controller(config) and not workers:
         return False
     args = [Path(str(a).split("::")[0]).resolve() for a in config.args]
     return bool(args) and all(a == SUITES or SUITES in a.parents for a in args)

@@ -12,8 +12,11 @@ its kernel on first call), so listing the catalogue is safe before the device is
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from qkcheck.kernels.adapters import AdapterError, KernelAdapter, KernelsUnavailable
@@ -39,22 +42,74 @@ def _from_module_object(mod, where: str) -> list[KernelAdapter]:
     adapters = getattr(mod, "ADAPTERS", None)
     if adapters is None:
         raise AdapterError(f"{where}: defines no ADAPTERS (a list of kernels.adapters.KernelAdapter)")
+    if not isinstance(adapters, (list, tuple)):
+        raise AdapterError(f"{where}: ADAPTERS is {type(adapters).__name__} {adapters!r:.60}; expected a list of "
+                           "kernels.adapters.KernelAdapter records (ADAPTERS = [KernelAdapter(...), ...])")
     adapters = list(adapters)
     if not adapters and getattr(mod, "UNAVAILABLE", None):
         raise KernelsUnavailable(where, mod.UNAVAILABLE)
-    for a in adapters:
+    for i, a in enumerate(adapters):
         if not isinstance(a, KernelAdapter):
-            raise AdapterError(f"{where}: ADAPTERS holds {type(a).__name__}, expected KernelAdapter records")
+            raise AdapterError(f"{where}: ADAPTERS[{i}] is {type(a).__name__}, expected KernelAdapter records")
+        _check_fields(a, f"{where}: ADAPTERS[{i}]")
     return adapters
+
+
+def _check_fields(a: KernelAdapter, where: str) -> None:
+    """The fields every run needs have the types the harness calls them with (a user's record
+    is checked here once, not found wrong in every case)."""
+    for field in ("name", "op"):
+        value = getattr(a, field)
+        if not isinstance(value, str) or not value:
+            raise AdapterError(f"{where}: {field}={value!r}; expected a non-empty string")
+    for field, what in (("pack", "(problem, params, device) -> dict of tensors"),
+                        ("call", "(tensors, params, config) -> output")):
+        value = getattr(a, field)
+        if not callable(value):
+            raise AdapterError(f"{where} ({a.name}): {field}={value!r:.60} is not callable; expected a function {what}")
+    if isinstance(a.layouts, (str, bytes)) or not isinstance(a.layouts, (tuple, list)) or not all(
+            isinstance(x, str) for x in a.layouts):
+        raise AdapterError(f"{where} ({a.name}): layouts={a.layouts!r:.60}; expected a tuple of layout names")
+    if not isinstance(a.tunables, Mapping):
+        raise AdapterError(f"{where} ({a.name}): tunables={a.tunables!r:.60}; expected a dict of name -> values")
+
+
+class _ExitAtImport(BaseException):
+    """Raised in place of ``os._exit`` while a user's adapter file is imported."""
+
+
+@contextlib.contextmanager
+def _no_exit_at_import():
+    """``os._exit`` called by module-level code of a user's file raises instead of ending the
+    process without a word (``sys.exit`` raises SystemExit already)."""
+    def refuse(code=0):
+        raise _ExitAtImport(code)
+
+    real, os._exit = os._exit, refuse
+    try:
+        yield
+    finally:
+        os._exit = real
 
 
 def _load_file(path: Path) -> list[KernelAdapter]:
     if not path.exists():
         raise AdapterError(f"--kernels {path}: no such file")
+    if path.is_dir():
+        raise AdapterError(f"--kernels {path}: is a directory; expected a .py file defining ADAPTERS "
+                           f"(e.g. {path / 'adapters.py'}) or a module path")
     spec = importlib.util.spec_from_file_location(f"qkcheck_user_adapters_{abs(hash(path))}", path)
+    if spec is None or spec.loader is None:
+        raise AdapterError(f"--kernels {path}: cannot be imported as Python (expected a .py file defining ADAPTERS)")
     mod = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(mod)
+        with _no_exit_at_import():
+            spec.loader.exec_module(mod)
+    except (SystemExit, _ExitAtImport) as exc:
+        how = "sys.exit" if isinstance(exc, SystemExit) else "os._exit"
+        raise AdapterError(f"--kernels {path}: exited while being imported ({how}({exc.args[0] if exc.args else ''})); "
+                           "an adapter file must define ADAPTERS without exiting (move scripts under "
+                           "if __name__ == '__main__':)") from None
     except Exception as exc:  # a user's file: report, don't traceback
         raise AdapterError(f"--kernels {path}: failed to import ({type(exc).__name__}: {exc})") from None
     return _from_module_object(mod, str(path))
@@ -92,10 +147,14 @@ def resolve(spec: str) -> list[KernelAdapter]:
             raise AdapterError(f"--kernels {spec}: unknown kernel (allowed: bundled, zoo, {', '.join(sorted(known))}, "
                                "a .py file defining ADAPTERS, or a module path)")
         return [known[spec]]
-    if spec.endswith(".py") or "/" in spec:
+    if spec.endswith(".py") or "/" in spec or (Path(spec).is_dir() and not (Path(spec) / "__init__.py").exists()):
         return _load_file(Path(spec))
     try:
-        mod = importlib.import_module(spec)
+        with _no_exit_at_import():
+            mod = importlib.import_module(spec)
+    except (SystemExit, _ExitAtImport) as exc:
+        raise AdapterError(f"--kernels {spec}: the module exited while being imported "
+                           f"({exc.args[0] if exc.args else ''}); it must define ADAPTERS without exiting") from None
     except Exception as exc:
         raise AdapterError(f"--kernels {spec}: not a known kernel, file or importable module "
                            f"({type(exc).__name__}: {exc}); allowed: bundled, zoo, zoo:<name>, path.py, module") from None

@@ -306,3 +306,35 @@ def test_a_read_outside_an_inputs_view_reads_poison(elements):
 
     r = run_case(CASE, dataclasses.replace(ex, call=call), "cpu")
     assert r.status == "fail" and "numerics" in {c.name for c in r.failed_checks}, r.summary()
+
+
+BAD_ADAPTER_FILES = {
+    "exits-sys": ("import sys\nsys.exit(0)\n", "exited while being imported (sys.exit(0))"),
+    "exits-os": ("import os\nos._exit(0)\n", "exited while being imported (os._exit(0))"),
+    "adapters-int": ("ADAPTERS = 5\n", "ADAPTERS is int 5; expected a list of kernels.adapters.KernelAdapter"),
+    "pack-none": ("import dataclasses, importlib.util\n"
+                  f"spec = importlib.util.spec_from_file_location('ex', {str(EXAMPLE)!r})\n"
+                  "ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)\n"
+                  "ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], pack=None)]\n",
+                  "ADAPTERS[0] (example:torch_w4a16): pack=None is not callable"),
+    "directory": (None, "is a directory; expected a .py file defining ADAPTERS"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ADAPTER_FILES))
+def test_a_bad_adapter_file_is_one_usage_error_naming_it(name, tmp_path, capsys, monkeypatch):
+    """An adapter file that exits at import (sys.exit or os._exit), defines ADAPTERS that is not a
+    list, or an adapter whose pack is not callable, or a directory given as --kernels: exit 2 and
+    one line naming the file (not exit 0 without a word, nor a collection traceback)."""
+    source, message = BAD_ADAPTER_FILES[name]
+    path = tmp_path / ("kernels" if source is None else f"{name}.py")
+    if source is None:
+        path.mkdir()
+    else:
+        path.write_text(source)
+    monkeypatch.chdir(tmp_path)
+    code = main(["gate", "--device", "cpu", "--kernels", path.name, "--results", str(tmp_path / "r.jsonl")])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.strip().count("\n") == 0, out[-2000:] + err
+    assert message in err and str(path.name) in err, err
+    assert not (tmp_path / "r.jsonl").exists()

@@ -114,6 +114,9 @@ class Case:
                 raise CaseError(f"{source}: field {key!r} must be a {'string' if kind is str else 'JSON object'}, got {d[key]!r}")
         if not isinstance(d.get("config", {}), Mapping):
             raise CaseError(f"{source}: field 'config' must be a JSON object, got {d['config']!r}")
+        for k, v in dict(d.get("config") or {}).items():
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise CaseError(f"{source}: config[{k!r}]={v!r} must be an integer (a tile size or count, e.g. 32)")
         seed = d.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise CaseError(f"{source}: seed={seed!r} must be a non-negative integer")
@@ -129,15 +132,23 @@ class Case:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             raise CaseError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        except RecursionError:
+            raise CaseError(f"{source}: JSON nested too deeply to be a case (a case is an object of "
+                            "op, shape, params, config, regime, seed)") from None
+        if isinstance(d, Mapping) and isinstance(d.get("shape"), Mapping):
+            _check_shape(d["shape"], source)
         return cls.from_dict(d, source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> "Case":
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode("utf-8")
         except OSError as exc:
-            raise CaseError(f"{path}: cannot read the case file ({exc.strerror})") from None
+            raise CaseError(f"{path}: cannot read the case file ({exc.strerror or exc})") from None
+        except UnicodeDecodeError as exc:
+            raise CaseError(f"{path}: not a text file (byte {exc.start} is not UTF-8); a case file is JSON "
+                            "as written by qkcheck (out/failures/<case>.json)") from None
         return cls.from_json(text, source=str(path))
 
     def save(self, path: str | Path) -> Path:
@@ -155,6 +166,38 @@ class Case:
 
             spec = op_spec(self.op)
         spec.validate(self)
+
+
+MAX_CASE_ELEMENTS = 2 ** 28  # default limit on a case's largest operand: 2 GiB as the float64 reference holds it
+MAX_ELEMENTS_VARIABLE = "QKCHECK_MAX_CASE_ELEMENTS"
+
+
+def max_case_elements() -> int:
+    """The largest operand a case read from a file may have (elements): ``QKCHECK_MAX_CASE_ELEMENTS``
+    or MAX_CASE_ELEMENTS."""
+    import os
+
+    text = os.environ.get(MAX_ELEMENTS_VARIABLE, "")
+    return int(text) if text.strip().isdigit() else MAX_CASE_ELEMENTS
+
+
+def _check_shape(shape: Mapping[str, Any], source: str) -> None:
+    """A case file's shape: positive integers, and no operand past the memory limit, refused
+    before anything is allocated. The largest operand is estimated as the product of the dims
+    (two dims) or of all but the smallest (three or more: a GEMM's largest of m*k, k*n, m*n, a
+    MoE's expert weights e*h*i)."""
+    import math
+
+    for k, v in shape.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise CaseError(f"{source}: shape[{k!r}]={v!r} must be a positive integer")
+    dims = sorted(shape.values())
+    largest = math.prod(dims[1:] if len(dims) >= 3 else dims)
+    limit = max_case_elements()
+    if largest > limit:
+        raise CaseError(f"{source}: shape {dict(shape)} has an operand of about {largest:.3g} elements "
+                        f"({largest * 8 / 2**30:.3g} GiB as the float64 reference holds it), past the limit of "
+                        f"{limit} elements; refused before allocating (set {MAX_ELEMENTS_VARIABLE}=N to raise it)")
 
 
 def _short(v: Any) -> str:

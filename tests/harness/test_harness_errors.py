@@ -338,3 +338,35 @@ def test_a_bad_adapter_file_is_one_usage_error_naming_it(name, tmp_path, capsys,
     assert code == 2 and err.strip().count("\n") == 0, out[-2000:] + err
     assert message in err and str(path.name) in err, err
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def _case_file(**changes):
+    d = CASE.to_dict()
+    for key, value in changes.items():
+        d[key] = {**d[key], **value} if isinstance(value, dict) else value
+    return json.dumps(d)
+
+
+BAD_CASE_FILES = {
+    "huge-shape": (_case_file(shape={"m": 10 ** 9}), "refused before allocating (set QKCHECK_MAX_CASE_ELEMENTS=N"),
+    "k0-group-all": (_case_file(shape={"k": 0}, params={"group_size": -1}), "shape['k']=0 must be a positive integer"),
+    "negative-dim": (_case_file(shape={"n": -16}), "shape['n']=-16 must be a positive integer"),
+    "float-tile": (_case_file(config={"block_k": 32.0, "block_m": 16, "block_n": 16}),
+                   "config['block_k']=32.0 must be an integer"),
+    "deeply-nested": ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+    "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe\x00", "not a text file (byte 0 is not UTF-8)"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CASE_FILES))
+def test_a_bad_case_file_is_one_usage_error_naming_it(name, tmp_path, capsys):
+    """Refused before anything is allocated or run: exit 2, one line naming the file and what is
+    allowed (not a 477 GiB allocation attempt, a ZeroDivisionError, a RecursionError, a float tile
+    size taken as 32, or a decode error without the file's name)."""
+    content, message = BAD_CASE_FILES[name]
+    path = tmp_path / f"{name}.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    code = main(["replay", str(path), "--device", "cpu", "--kernels", str(EXAMPLE)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert err.startswith(f"qkcheck: error: {path}: ") and message in err, err

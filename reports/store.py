@@ -70,7 +70,48 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict:
                              f"expected the fields {', '.join(REQUIRED_RESULT_FIELDS)}")
         if obj["status"] not in STATUSES:
             raise ValueError(f"{path}:{lineno}: status is {obj['status']!r}; expected one of {', '.join(STATUSES)}")
+        _check_types(obj, f"{path}:{lineno}")
     return obj
+
+
+_STR, _DICT, _LIST = (str,), (dict,), (list,)
+# a result record's fields and the JSON types each may have (None where the field is optional)
+RESULT_TYPES = {
+    "case": _DICT, "case_id": _STR, "kernel": _STR, "op": _STR, "status": _STR, "device": (str, type(None)),
+    "checks": _LIST, "backends": _LIST, "divergence": (dict, type(None)), "diagnosis": _LIST,
+    "k_profile": (dict, type(None)), "skip_reason": (str, type(None)), "timings": _DICT, "replay": (str, type(None)),
+    "error": (dict, type(None)), "conventions": _DICT, "run_id": (str, type(None)),
+}
+_JSON_NAMES = {str: "a string", dict: "an object", list: "a list", type(None): "null"}
+
+
+def _json_type(value) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", dict: "an object",
+            list: "a list", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _check_types(obj: dict, where: str) -> None:
+    """Each known field of a result record has its JSON type, and each check is an object with
+    string name, outcome and detail: a wrong one is named (file:line, field, value) here rather
+    than breaking the report later."""
+    for key, allowed in RESULT_TYPES.items():
+        if key in obj and not isinstance(obj[key], allowed):
+            want = " or ".join(_JSON_NAMES[t] for t in allowed)
+            raise ValueError(f"{where}: field {key!r} is {_json_type(obj[key])} ({json.dumps(obj[key])[:60]}); "
+                             f"expected {want}")
+    for i, check in enumerate(obj.get("checks") or []):
+        bad = (not isinstance(check, dict) or not all(isinstance(check.get(k), str) for k in ("name", "outcome"))
+               or not isinstance(check.get("detail", ""), str))
+        if bad:
+            raise ValueError(f"{where}: field 'checks' item {i} is {json.dumps(check)[:60]}; expected an object "
+                             "with string name, outcome and detail")
+    for key in ("backends",):
+        for i, item in enumerate(obj.get(key) or []):
+            if not isinstance(item, str):
+                raise ValueError(f"{where}: field {key!r} item {i} is {_json_type(item)}; expected a string")
+    for i, item in enumerate(obj.get("diagnosis") or []):
+        if not isinstance(item, dict):
+            raise ValueError(f"{where}: field 'diagnosis' item {i} is {_json_type(item)}; expected an object")
 
 
 def read_file(path: Path) -> tuple[dict | None, list[dict]]:

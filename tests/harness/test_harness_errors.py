@@ -370,3 +370,21 @@ def test_a_bad_case_file_is_one_usage_error_naming_it(name, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0, err
     assert err.startswith(f"qkcheck: error: {path}: ") and message in err, err
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("status", 5, "status is 5; expected one of pass, fail, skip, error"),
+    ("checks", "x", "field 'checks' is a string (\"x\"); expected a list"),
+    ("checks", [5], "field 'checks' item 0 is 5; expected an object with string name, outcome and detail"),
+    ("case", [1], "field 'case' is a list ([1]); expected an object"),
+    ("timings", "fast", "field 'timings' is a string (\"fast\"); expected an object"),
+], ids=["status-int", "checks-str", "check-int", "case-list", "timings-str"])
+def test_report_on_wrongly_typed_fields_names_file_line_and_field(field, value, message, tmp_path, capsys):
+    r = run_case(CASE, _example_adapter(), "cpu").to_dict()
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"kind": "run"}) + "\n" + json.dumps({**r, "kind": "result"}) + "\n"
+                    + json.dumps({**r, field: value, "kind": "result"}) + "\n")
+    code = main(["report", str(path), "-o", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert err == f"qkcheck: error: {path}:3: {message}", err

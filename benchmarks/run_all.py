@@ -17,6 +17,9 @@ Sets:
 - cuda: the GPU gate wall time (same case list; cold and warm Triton cache), harness overhead and
   fuzz throughput on the GPU,
   time to detection on the GPU, bundled-kernel speed vs their floors (bench_kernels).
+
+Run on their own (minutes each), their saved tables appended: mutants (bench_mutants.py ->
+results/mutants/mutants.json) and fault injection (bench_faults.py -> results/faults/faults.json).
 """
 from __future__ import annotations
 
@@ -228,10 +231,42 @@ def render_table() -> str:
                          f"`{r['command']}` |")
         lines.append("")
     lines += mutant_section()
+    lines += fault_section()
     notes = ROOT / "benchmarks" / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     return "\n".join(lines)
+
+
+def fault_section() -> list[str]:
+    """The fault-injection table (benchmarks/bench_faults.py -> results/faults/faults.json): per
+    hostile adapter, what a gate run over it kept, recorded and exited with."""
+    path = RESULTS / "faults" / "faults.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    rows = data["rows"]
+    lost_on = sum(r["lost"] or 0 for r in rows if not r["interrupted"] and r["isolation"] != "off")
+    lost_off = [r for r in rows if r["isolation"] == "off" and r["lost"]]
+    off_note = "".join(f" With `--isolate off` in one process, the {r['fault'].split(',')[0]} ended the run "
+                       f"(exit {r['exit']}, {r['lost']} of {r['expected']} cases lost): the reason isolation "
+                       "is on by default for a user's file." for r in lost_off)
+    lines = [f"## Fault injection — {data['machine']} (measured {data['measured']})", "",
+             f"`{data['command']}`: each hostile adapter (the README's example kernel, misbehaving on the cases "
+             f"with a bias) through `qkcheck gate --device cpu --shard {data['shard']}`. *kept*: results in the "
+             "results file of the shard's cases; *lost*: cases missing from it (an interrupted run is marked "
+             f"so and keeps what finished). Cases lost by runs with isolation on: {lost_on}.{off_note} "
+             f"{data.get('note', '')}".rstrip(), "",
+             "| fault | isolation | -n | exit | kept / cases | lost | fail / error recorded | case files | "
+             "report renders | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lost_cell = "interrupted" if r["interrupted"] else (str(r["lost"]) if r["lost"] is not None else "-")
+        if r["lost"] and not r["interrupted"]:
+            lost_cell = f"**{lost_cell}**"
+        lines.append(f"| {r['fault']} | {r['isolation']} | {r['workers']} | {r['exit']} | {r['results']} / "
+                     f"{r['expected']} | {lost_cell} | {r['failed']} / {r['errors']} | {r['case_files']} | "
+                     f"{'yes' if r['report_renders'] else '**no**'} | {r['seconds']:.0f} |")
+    return lines + [""]
 
 
 def mutant_section() -> list[str]:

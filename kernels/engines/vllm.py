@@ -38,14 +38,21 @@ vllm:w8a8_block_fp8_matmul     block_scaled_mm         fp8_utils.py ``w8a8_trito
 vllm:per_token_group_fp8       per_token_group_quant   fp8_utils.py ``per_token_group_quant_fp8`` (Triton
                                                        fallback in files mode; CUDA op in import mode)
 vllm:triton_scaled_mm          scaled_mm               compressed_tensors/triton_scaled_mm.py
+vllm:fused_moe                 fused_moe               layers/fused_moe/fused_moe.py
+                                                       ``dispatch_fused_moe_kernel`` (+ torch glue, below)
 vllm:scaled_fp8_quant          per_token_quant         _custom_ops (import mode only: CUDA)
 vllm:scaled_int8_quant         per_token_quant         _custom_ops (import mode only: CUDA)
 vllm:cutlass_scaled_mm         scaled_mm               _custom_ops (import mode only: CUDA)
 =============================  ======================  =======================================================
 
-Not bound: the fused MoE Triton kernel (``fused_moe.py``: ``fused_experts`` needs
-``moe_align_block_size`` and the gated activation from ``vllm._C``; binding ``fused_moe_kernel``
-alone means rebuilding the routing, alignment and activation around it, not done yet).
+``vllm:fused_moe`` (op ``fused_moe``; dense bf16/fp16, int4 W4A16 and block-FP8 experts) binds
+``fused_moe.py``'s ``dispatch_fused_moe_kernel`` (hence ``fused_moe_kernel`` and
+``fused_moe_kernel_gptq_awq``), ``_prepare_expert_assignment``, ``get_default_config`` and
+``fused_moe/utils.py``'s ``moe_kernel_quantize_input``, called in ``fused_experts_impl``'s order.
+``fused_experts`` itself needs compiled ops (``moe_align_block_size``, the gated activation,
+``moe_sum``), so the router, the block alignment, the activation between the GEMMs and the top-k sum
+are qkcheck's torch glue (the MoE section below says which and why; tests/engines checks them
+against the oracle with a torch stand-in for vLLM's launcher).
 """
 from __future__ import annotations
 
@@ -71,9 +78,12 @@ QUANT_UTILS = "model_executor/layers/quantization/utils/quant_utils.py"
 AWQ_TRITON = "model_executor/layers/quantization/awq_triton.py"
 TRITON_SCALED_MM = "model_executor/layers/quantization/compressed_tensors/triton_scaled_mm.py"
 TRITON_W4A16 = "model_executor/kernels/linear/mixed_precision/triton_w4a16.py"
+MATH_UTILS = "utils/math_utils.py"  # cdiv, round_up, next_power_of_2 (the MoE files use them)
+MOE_UTILS = "model_executor/layers/fused_moe/utils.py"  # enable_swap_ab, resolve_moe_use_td, moe_kernel_quantize_input
+FUSED_MOE = "model_executor/layers/fused_moe/fused_moe.py"
 # the files a files-mode run executes (for carrying to a machine without the wheel)
 FILES = ("envs.py", "triton_utils/tensor_descriptor.py", QUANT_UTILS, FP8_UTILS, AWQ_TRITON, TRITON_SCALED_MM,
-         TRITON_W4A16)
+         TRITON_W4A16, MATH_UTILS, MOE_UTILS, FUSED_MOE)
 EPS = 1e-10  # the eps per_token_group_quant_fp8 defaults to; passed explicitly (= oracle default floor)
 FP8_E4M3 = ("float8_e4m3fn", "float8_e4m3fnuz")
 
@@ -181,6 +191,17 @@ class Platform:
     def is_xpu(self):
         return False
 
+    # the fused MoE files (fused_moe.py, fused_moe/utils.py) ask these: no CUDA device capability
+    # (enable_swap_ab is False: the SWAP_AB kernel path is Hopper's), and the torch.compile backend of a
+    # decorated torch helper the bound functions never call
+    simple_compile_backend = "eager"
+
+    def is_device_capability(self, capability) -> bool:
+        return False
+
+    def has_device_capability(self, capability) -> bool:
+        return False
+
     def __getattr__(self, attr):
         raise AttributeError(f"qkcheck's stand-in vLLM platform does not model current_platform.{attr}: the "
                              "kernel's path depends on it, so it cannot run from the package files here")
@@ -279,6 +300,10 @@ def _stand_ins() -> None:
     mod(f"{ENGINE}.triton_utils", triton=triton, tl=tl, HAS_TRITON=True)
     # direct_register_custom_op: not registered into torch.ops.vllm here; adapters bind the impl
     mod(f"{ENGINE}.utils.torch_utils", direct_register_custom_op=lambda *a, **k: None)
+    # no DeepGEMM without a CUDA Hopper/Blackwell build: is_deep_gemm_e8m0_used() is False there (its first
+    # check, is_deep_gemm_supported()); per_token_group_quant_fp8 asks it when use_ue8m0 is left None, as
+    # moe_kernel_quantize_input leaves it
+    mod(f"{ENGINE}.utils.deep_gemm", is_deep_gemm_e8m0_used=lambda: False)
 
 
 def _load_files() -> tuple[dict | None, str | None]:
@@ -677,6 +702,319 @@ def _w4_kernel_call(kernel, name="vllm:triton_w4a16_kernel", check_tiles=True):
     return call
 
 
+# ------------------------------------------------------------------ fused MoE (fused_moe.py)
+#
+# vLLM's bound code: ``dispatch_fused_moe_kernel`` (its launcher choice: ``invoke_fused_moe_triton_kernel``
+# -> ``fused_moe_kernel`` for bf16/fp16 and block FP8 experts, ``invoke_fused_moe_wna16_triton_kernel`` ->
+# ``fused_moe_kernel_gptq_awq`` for int4 W4A16 experts where ``should_moe_wna16_use_cuda`` is False, as on
+# every non-CUDA platform), called twice as ``fused_experts_impl`` calls it (GEMM 1 with top_k, GEMM 2 with
+# top_k=1, the router weight on GEMM 2's output or, with apply_router_weight_on_input, on GEMM 1's);
+# ``_prepare_expert_assignment`` (vLLM's choice between the aligned and the naive one-token-per-block
+# assignment); ``moe_kernel_quantize_input`` (block FP8: ``per_token_group_quant_fp8``, the Triton fallback).
+#
+# qkcheck's glue, not vLLM's (vLLM runs compiled ops here, which a CPU box does not have): the router
+# (``kernels.moe.kernel.route_torch``, the bundled MoE's torch router: vLLM's ``fused_topk`` /
+# ``grouped_topk`` are CUDA ops), ``moe_align_block_size`` (``align_block_size_torch`` below, installed
+# in place of vLLM's wrapper around ``torch.ops._moe_C.moe_align_block_size`` in files mode only; import
+# mode keeps vLLM's own), the gated activation between the GEMMs (``moe_activation_torch``: float32
+# from the compute dtype, rounded back; vLLM: ``torch.ops._C.silu_and_mul`` and friends), and the top-k
+# sum (vLLM: ``ops.moe_sum``; here float32, rounded to the case's out_dtype). Each is checked against
+# qkcheck's oracle with a torch stand-in for vLLM's launcher (``torch_dispatch``, tests/engines), so a
+# failure of the adapter with vLLM's launcher is vLLM's kernel.
+
+MOE_SCHEMES = ("dense", "w4a16", "fp8_block")
+MOE_TILES = {"block_m": (16, 32, 64), "block_n": (16, 32, 64), "block_k": (16, 32, 64, 128)}
+SWIGLU_ALPHA, SWIGLU_LIMIT = 1.702, 7.0  # gpt-oss swiglu (the op's swiglu / swiglu7)
+
+
+def align_block_size_torch(topk_ids, block_size, num_experts, expert_map=None, pad_sorted_ids=False,
+                           ignore_invalid_experts=False, return_scatter_idx=False):
+    """qkcheck's torch twin of vLLM's ``moe_align_block_size`` (its contract, per the docstring of
+    ``fused_moe/moe_align_block_size.py`` 0.33.0): the flat slots of each expert in slot order, padded
+    to a multiple of ``block_size`` with the value ``topk_ids.numel()``, experts in increasing id;
+    ``expert_ids`` one per block; ``num_tokens_post_padded`` the padded total. With ``expert_map`` and
+    ``ignore_invalid_experts`` the slots of non-local experts are left out and ids are local; without
+    it every expert counts and blocks of non-local experts get -1 (``expert_map[expert_ids]``)."""
+    import torch
+
+    if return_scatter_idx:
+        raise NotImplementedError("qkcheck's moe_align_block_size stand-in does not build scatter_idx")
+    numel = topk_ids.numel()
+    cap = numel + num_experts * (block_size - 1)
+    if pad_sorted_ids:
+        cap = -(-cap // block_size) * block_size
+    if numel < num_experts:
+        cap = min(numel * block_size, cap)
+    dev = topk_ids.device
+    ids = topk_ids.reshape(-1).long()
+    if expert_map is not None and ignore_invalid_experts:
+        ids = expert_map.long()[ids]
+    sorted_ids = torch.full((cap,), numel, dtype=torch.int32, device=dev)
+    expert_ids = torch.full((-(-cap // block_size),), -1, dtype=torch.int32, device=dev)
+    pos = 0
+    for e in range(num_experts):
+        slots = (ids == e).nonzero().flatten()
+        if slots.numel() == 0:
+            continue
+        padded = -(-slots.numel() // block_size) * block_size
+        sorted_ids[pos:pos + slots.numel()] = slots.to(torch.int32)
+        expert_ids[pos // block_size:(pos + padded) // block_size] = e
+        pos += padded
+    if expert_map is not None and not ignore_invalid_experts:
+        used = -(-pos // block_size)
+        expert_ids[:used] = expert_map.to(torch.int32)[expert_ids[:used].long()]
+    return sorted_ids, expert_ids, torch.tensor([pos], dtype=torch.int32, device=dev)
+
+
+def moe_activation_torch(h, act: str):
+    """qkcheck's gated activation of GEMM 1's output ``h [R, 2I]`` (gate ``[:, :I]``, up ``[:, I:]``,
+    the layout of the packed w13), in float32 from the compute dtype and rounded back: ``silu``
+    silu(g) * u; ``swiglu`` (gpt-oss) g sigmoid(1.702 g) (u + 1); the ``7`` variants clamp g <= 7 and
+    u to [-7, 7] first (the op's definitions, ``oracle.ops.moe``)."""
+    import torch
+
+    i = h.shape[-1] // 2
+    g, u = h[:, :i].float(), h[:, i:].float()
+    if act in ("swiglu7", "silu7"):
+        g, u = g.clamp(max=SWIGLU_LIMIT), u.clamp(-SWIGLU_LIMIT, SWIGLU_LIMIT)
+    if act.startswith("silu"):
+        a = g * torch.sigmoid(g) * u
+    else:
+        a = g * torch.sigmoid(SWIGLU_ALPHA * g) * (u + 1.0)
+    return a.to(h.dtype)
+
+
+def _moe_supports(p) -> str | None:
+    if p["scheme"] not in MOE_SCHEMES:
+        return (f"scheme={p['scheme']!r}: vLLM's fused_moe_kernel takes bf16/fp16, block FP8 and int4/int8 "
+                "W4A16 experts; MXFP4 experts run through other vLLM backends (triton_kernels, emulation)")
+    return None
+
+
+def _moe_constraint(params, dims, config) -> str | None:
+    if params["scheme"] == "fp8_block" and config and config.get("block_k", 32) < 32:
+        return "fp8_block: block_k >= 32"
+    return None
+
+
+def _moe_pack(problem, params, device):
+    """Canonical problem -> vLLM's expert layouts (``B [E, N, K]``, the transposed canonical [K, N]),
+    local experts only, in local-index order; storage from the canonical values by the bundled MoE's
+    rules (``kernels.moe.adapter``): dense in the activation dtype; w4a16 (groups of 32 along K):
+    ``B`` uint8 ``[E, N, K/2]`` (k = 2r in the low nibble of byte r), scales ``[E, N, K/32]`` in the
+    activation dtype, zero points uint8 ``[E, N/2, K/32]`` (n = 2c in the low nibble) or none
+    (symmetric, vLLM's implicit 8), the MoeWNA16 layout vLLM repacks GPTQ and AWQ checkpoints into;
+    fp8_block: e4m3fn codes ``[E, N, K]``, float32 scales ``[E, N/bn, K/bk]``."""
+    import torch
+
+    from qkcheck.kernels.moe.adapter import GROUP_SIZE, fp8_block, fp8_storage, local_experts, w4a16_storage
+    from qkcheck.kernels.torch_io import to_device, torch_dtype
+
+    scheme, act = params["scheme"], torch_dtype(params["act_dtype"])
+
+    def tensor(a, dtype=None):
+        return to_device(torch.from_numpy(np.ascontiguousarray(a)), device, dtype)
+
+    experts = local_experts(problem)
+    bias, emap = problem.get("correction_bias"), problem.get("expert_map")
+    t = {"x": tensor(np.asarray(problem["x"], np.float64), act),
+         "router_logits": tensor(np.asarray(problem["router_logits"], np.float64), torch.float32),
+         "correction_bias": None if bias is None else tensor(np.asarray(bias, np.float64), torch.float32),
+         "expert_map": None if emap is None else tensor(np.asarray(emap, np.int64), torch.int32)}
+    h, i2 = np.asarray(problem["w13"]).shape[1:]
+    for key in ("w13", "w2"):
+        ws = [np.asarray(problem[key], np.float64)[e] for e in experts]  # canonical [K, N] each
+        scales = zeros = None
+        if scheme == "dense":
+            weight = tensor(np.stack([w.T for w in ws]), act)
+        elif scheme == "w4a16":
+            parts = [w4a16_storage(w, params["zp"], f"{key}[expert {experts[j]}]") for j, w in enumerate(ws)]
+            q = np.stack([p[0].T for p in parts]).astype(np.uint8)  # [E, N, K]
+            weight = tensor(q[:, :, 0::2] | (q[:, :, 1::2] << 4))
+            scales = tensor(np.stack([p[1].T for p in parts]), act)  # [E, N, K/G]
+            if params["zp"]:
+                z = np.stack([p[2].T for p in parts]).astype(np.uint8)  # [E, N, K/G]
+                zeros = tensor(z[:, 0::2, :] | (z[:, 1::2, :] << 4))
+            assert GROUP_SIZE == 32
+        else:
+            parts = [fp8_storage(w, fp8_block(h, i2 // 2), f"{key}[expert {experts[j]}]") for j, w in enumerate(ws)]
+            codes = np.stack([c.T for c, _ in parts]).astype(np.uint8)
+            weight = tensor(codes).view(torch.float8_e4m3fn)
+            scales = tensor(np.stack([s.T for _, s in parts]), torch.float32)  # [E, N/bn, K/bk]
+        t[key], t[f"{key}_scale"], t[f"{key}_zp"] = weight, scales, zeros
+    return t
+
+
+def _vllm_config(cfg) -> dict:
+    return {"BLOCK_SIZE_M": cfg["block_m"], "BLOCK_SIZE_N": cfg["block_n"], "BLOCK_SIZE_K": cfg["block_k"],
+            "GROUP_SIZE_M": 1, "SPLIT_K": 1}
+
+
+def _moe_globals(fn) -> dict:
+    import inspect
+
+    return inspect.unwrap(fn).__globals__  # fused_moe.py's module namespace (files or import mode)
+
+
+MOE_MODULE = "vllm.model_executor.layers.fused_moe.fused_moe"
+
+
+def _files_overlay():
+    """The stand-in imports while the MoE glue runs vLLM's functions (files mode); nothing in import mode."""
+    return _overlay() if MOE_MODULE in _PROVIDED else contextlib.nullcontext()
+
+
+def _moe_default_config(dims, params):
+    """vLLM's own tile choice for the case (``get_default_config``, and for W4A16 the Triton
+    branch of ``get_moe_wna16_block_config``), as block_m/n/k."""
+    mod = _PROVIDED.get(MOE_MODULE) or sys.modules.get(MOE_MODULE)
+    if mod is None:
+        return dict(MOE_TILES_DEFAULT)
+    g = vars(mod)
+    scheme, t, k = params["scheme"], dims["t"], params["top_k"]
+    e = max(1, dims["e"] // 2) if params["ep"] else dims["e"]
+    dtype = {"dense": None, "w4a16": "int4_w4a16", "fp8_block": "fp8_w8a8"}.get(scheme)
+    block = None
+    if scheme == "fp8_block":
+        from qkcheck.kernels.moe.adapter import fp8_block
+        block = list(fp8_block(dims["h"], dims["i"]))
+    elif scheme == "w4a16":
+        block = [0, 32]
+    with _files_overlay():
+        c = dict(g["get_default_config"](t, e, dims["i"], dims["h"], k, dtype, block))
+        if scheme == "w4a16":
+            c.update(g["get_moe_wna16_block_config"](config=c, use_moe_wna16_cuda=False, num_valid_tokens=t * k,
+                                                      size_k=dims["h"], size_n=2 * dims["i"], num_experts=e,
+                                                      group_size=32, real_top_k=k, block_size_m=c["BLOCK_SIZE_M"]))
+    return {"block_m": c["BLOCK_SIZE_M"], "block_n": c["BLOCK_SIZE_N"], "block_k": c["BLOCK_SIZE_K"]}
+
+
+@contextlib.contextmanager
+def _moe_align(g, align):
+    """vLLM's ``moe_align_block_size`` as ``_prepare_expert_assignment`` finds it: qkcheck's torch
+    stand-in where the loaded module has only the inert placeholder (files mode), or ``align`` when
+    given (a test's broken twin); vLLM's own otherwise."""
+    saved = g.get("moe_align_block_size")
+    use = align if align is not None else (align_block_size_torch if isinstance(saved, _Inert) else saved)
+    g["moe_align_block_size"] = use
+    try:
+        yield
+    finally:
+        g["moe_align_block_size"] = saved
+
+
+def _moe_call(fn, launcher=None, align=None, name="vllm:fused_moe"):
+    """``fused_experts_impl``'s sequence around vLLM's ``dispatch_fused_moe_kernel`` ``fn``; ``launcher``
+    (a twin with its keywords, e.g. ``torch_dispatch``) and ``align`` replace vLLM's launcher and the
+    alignment (tests: the glue checked alone, a broken alignment caught)."""
+    import inspect
+
+    launch = launcher if launcher is not None else inspect.unwrap(fn)
+
+    def call(t, params, config):
+        import torch
+
+        from qkcheck.kernels.moe.kernel import route_torch
+        from qkcheck.kernels.torch_io import torch_dtype
+
+        require_supported(name, params)
+        g = _moe_globals(fn)
+        tl = g["tl"]
+        scheme, k = params["scheme"], params["top_k"]
+        x = t["x"].contiguous()
+        T, H = x.shape
+        E = t["router_logits"].shape[1]
+        two_i = t["w13"].shape[1]
+        cfg = _vllm_config({**MOE_TILES_DEFAULT, **(config or {})})
+        ng, tg = (2, 1) if params["grouped"] else (None, None)
+        ids, weights = route_torch(t["router_logits"], k, scoring=params["scoring"], renormalize=params["renorm"],
+                                   num_groups=ng, topk_groups=tg, correction_bias=t["correction_bias"])
+        emap = t["expert_map"]
+        fp8 = scheme == "fp8_block"
+        block_shape = None
+        if fp8:
+            from qkcheck.kernels.moe.adapter import fp8_block
+            block_shape = list(fp8_block(H, two_i // 2))
+        elif scheme == "w4a16":
+            block_shape = [0, 32]
+        compute = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[x.dtype]
+        quant_dtype = torch.float8_e4m3fn if fp8 else None
+        flags = dict(use_fp8_w8a8=fp8, use_int8_w8a8=False, use_int8_w8a16=False, use_int4_w4a16=scheme == "w4a16",
+                     per_channel_quant=False, block_shape=block_shape, B_bias=None)
+        with _files_overlay(), platform(fp8="float8_e4m3fn"), _moe_align(g, align):
+            sorted_ids, expert_ids, npp = g["_prepare_expert_assignment"](
+                ids, cfg, T, k, E, emap, use_int8_w8a16=False, use_int4_w4a16=scheme == "w4a16",
+                block_shape=block_shape, ignore_invalid_experts=True, weights_host_resident=False)
+            quantize = g["moe_kernel_quantize_input"]
+            a1, a1_scale = quantize(A=x, A_scale=None, quant_dtype=quant_dtype, per_act_token_quant=False,
+                                    block_shape=block_shape)
+            c1 = torch.empty((T, k, two_i), dtype=x.dtype, device=x.device)
+            launch(A=a1, B=t["w13"], C=c1, A_scale=a1_scale, B_scale=t["w13_scale"], B_zp=t["w13_zp"],
+               topk_weights=weights, sorted_token_ids=sorted_ids, expert_ids=expert_ids, num_tokens_post_padded=npp,
+               mul_routed_weight=params["weight_on_input"], top_k=k, config=cfg, compute_type=compute, **flags)
+            a = moe_activation_torch(c1.view(T * k, two_i), params["act"])  # qkcheck's glue
+            a2, a2_scale = quantize(A=a, A_scale=None, quant_dtype=quant_dtype, per_act_token_quant=False,
+                                    block_shape=block_shape)
+            c3 = torch.empty((T, k, H), dtype=x.dtype, device=x.device)
+            if emap is not None:
+                c3.zero_()  # as fused_experts_impl does: slots of non-local experts are never written
+            launch(A=a2, B=t["w2"], C=c3, A_scale=a2_scale, B_scale=t["w2_scale"], B_zp=t["w2_zp"],
+               topk_weights=weights, sorted_token_ids=sorted_ids, expert_ids=expert_ids, num_tokens_post_padded=npp,
+               mul_routed_weight=not params["weight_on_input"], top_k=1, config=cfg, compute_type=compute, **flags)
+        return c3.float().sum(dim=1).to(torch_dtype(params["out_dtype"]))  # qkcheck's top-k sum
+    return call
+
+
+MOE_TILES_DEFAULT = {"block_m": 16, "block_n": 64, "block_k": 64}
+
+
+def torch_dispatch(A, B, C, A_scale, B_scale, B_zp, topk_weights, sorted_token_ids, expert_ids,
+                   num_tokens_post_padded, mul_routed_weight, top_k, config, compute_type, use_fp8_w8a8,
+                   use_int8_w8a8, use_int8_w8a16, use_int4_w4a16, per_channel_quant, block_shape=None, B_bias=None):
+    """qkcheck's torch stand-in for ``dispatch_fused_moe_kernel`` (same keywords, same contract as
+    the 0.33.0 kernels read it): used only to check the adapter's glue against the oracle."""
+    import torch
+
+    dt = C.dtype
+    bm = config["BLOCK_SIZE_M"]
+    if use_int4_w4a16:
+        q = torch.stack([B & 0xF, B >> 4], dim=-1).reshape(B.shape[0], B.shape[1], -1).float()  # [E, N, K]
+        gs = block_shape[1]
+        s = B_scale.float().repeat_interleave(gs, dim=2)
+        if B_zp is None:
+            z = 8.0
+        else:
+            z = torch.stack([B_zp & 0xF, B_zp >> 4], dim=2).reshape(B.shape[0], -1, B_zp.shape[2]).float()
+            z = z.repeat_interleave(gs, dim=2)
+        w = ((q - z) * s).to(dt).float()
+    elif use_fp8_w8a8:
+        bn, bk = block_shape
+        w = B.float() * B_scale.repeat_interleave(bn, dim=1).repeat_interleave(bk, dim=2)
+    else:
+        w = B.float()
+    a = A.float()
+    if use_fp8_w8a8:
+        a = a * A_scale.repeat_interleave(block_shape[1], dim=1)
+    numel = C.shape[0] * C.shape[1]  # num_valid_tokens: M * top_k
+    c = C.view(-1, C.shape[-1])
+    if sorted_token_ids is None:  # naive: block m is slot m
+        blocks = [(torch.tensor([m]), int(expert_ids[m])) for m in range(numel)]
+    else:
+        n = int(num_tokens_post_padded[0])
+        blocks = [(sorted_token_ids[m * bm:(m + 1) * bm].long(), int(expert_ids[m])) for m in range(n // bm)]
+    for rows, e in blocks:
+        rows = rows[rows < numel]
+        if rows.numel() == 0:
+            continue
+        if e == -1:
+            c[rows] = 0
+            continue
+        acc = a[rows // top_k] @ w[e].T
+        if mul_routed_weight:
+            acc = acc * topk_weights.reshape(-1)[rows].float()[:, None]
+        c[rows] = acc.to(dt)
+
+
 # ------------------------------------------------------------------ table
 
 _VERSION = "verified against vllm 0.33.0 (files mode, Triton interpreter)"
@@ -745,6 +1083,20 @@ _SPECS = (
          description="vLLM triton_scaled_mm (int8 / fp8 W8A8, per-token / per-tensor a scales, per-channel "
                      "[N, 1] / per-tensor b scales, float bias; gate tiles with use_heuristic=False, vLLM's own "
                      "heuristic where the case has no config; use_td=False); " + _VERSION),
+    dict(name="vllm:fused_moe", op="fused_moe", file=FUSED_MOE, paths=(MOE_MODULE,), symbol="dispatch_fused_moe_kernel",
+         signature=("A", "B", "C", "A_scale", "B_scale", "B_zp", "topk_weights", "sorted_token_ids", "expert_ids",
+                    "num_tokens_post_padded", "mul_routed_weight", "top_k", "config", "compute_type", "use_fp8_w8a8",
+                    "use_int8_w8a8", "use_int8_w8a16", "use_int4_w4a16", "per_channel_quant", "block_shape",
+                    "B_bias"),
+         pack=_moe_pack, make_call=_moe_call,
+         fields=dict(triton=True, tunables=MOE_TILES, default_config=_moe_default_config, constraint=_moe_constraint,
+                     params={"scheme": MOE_SCHEMES, "act": ("silu", "swiglu", "swiglu7", "silu7")}),
+         supports=_moe_supports, conventions={}, modes=("files", "import"),
+         description="vLLM fused MoE: dispatch_fused_moe_kernel (fused_moe_kernel for bf16/fp16 and block-FP8 "
+                     "experts, fused_moe_kernel_gptq_awq for int4 W4A16) called as fused_experts_impl calls it, "
+                     "_prepare_expert_assignment and moe_kernel_quantize_input (per_token_group_quant_fp8) "
+                     "vLLM's; the router, moe_align_block_size (files mode), the gated activation and the top-k "
+                     "sum are qkcheck's torch glue (vLLM's are compiled ops); " + _VERSION),
     dict(name="vllm:scaled_fp8_quant", op="per_token_quant", paths=CUSTOM_OPS, symbol="scaled_fp8_quant",
          signature=("input", "scale", "num_token_padding", "scale_ub", "use_per_token_if_dynamic"),
          pack=_fp8_pack, make_call=_fp8_call, fields=dict(triton=False), supports=_fp8_supports, modes=("import",),

@@ -38,6 +38,16 @@ def _w4(m, n, k, g, zp, regime, seed, layout="gptq", config=None, act="float16")
                      config=config or {}, regime=regime, seed=seed)
 
 
+MOE_BASE = {"scheme": "dense", "top_k": 2, "scoring": "softmax", "renorm": False, "grouped": False, "bias": False,
+            "act": "silu", "weight_on_input": False, "ep": False, "routing": "spread", "layout": "gptq", "zp": False,
+            "act_dtype": "float16", "out_dtype": "float32"}
+
+
+def _moe(t, e, regime, seed, config=None, h=64, i=32, **params):
+    return Case.make("fused_moe", shape={"t": t, "h": h, "i": i, "e": e}, params={**MOE_BASE, **params},
+                     config=config or {}, regime=regime, seed=seed)
+
+
 def _status(case, adapter):
     res = run_case(case, adapter, "cpu")
     return res
@@ -48,7 +58,8 @@ def _status(case, adapter):
 
 def test_files_mode_resolves_every_triton_adapter_and_leaves_no_vllm_module_behind():
     assert set(FILES_MODE) == {"vllm:triton_w4a16_gemm", "vllm:triton_w4a16_kernel", "vllm:awq_gemm_triton",
-                               "vllm:w8a8_block_fp8_matmul", "vllm:per_token_group_fp8", "vllm:triton_scaled_mm"}
+                               "vllm:w8a8_block_fp8_matmul", "vllm:per_token_group_fp8", "vllm:triton_scaled_mm",
+                               "vllm:fused_moe"}
     assert [a.name for a in resolve("vllm")] == FILES_MODE
     for a in engine.ADAPTERS:
         assert a.check_signature() is None, (a.name, a.check_signature())
@@ -96,6 +107,15 @@ PASSING = {
                   params={"quant_dtype": "float8_e4m3fn", "a_scale_shape": "[1]", "b_scale_shape": "[N,1]",
                           "b_storage": "kn", "azp": False, "bias": False, "out_dtype": "float16"},
                   config={"block_m": 16, "block_n": 32, "block_k": 64}, regime="realistic", seed=7)],
+    "vllm:fused_moe": [
+        # aligned blocks, an expert map (non-local experts left out of the alignment), sigmoid top-3
+        _moe(7, 8, "exact", 4, {"block_m": 16, "block_n": 16, "block_k": 32}, top_k=3, scoring="sigmoid", ep=True,
+             bias=True),
+        # int4 W4A16 experts with zero points (fused_moe_kernel_gptq_awq), K tiles of 64 over groups of 32
+        _moe(7, 6, "exact", 10, {"block_m": 16, "block_n": 16, "block_k": 64}, scheme="w4a16", layout="nibble",
+             zp=True, routing="sparse"),
+        # one token, one expert: vLLM's naive one-slot-per-block assignment (no alignment), its default tiles
+        _moe(1, 4, "exact", 27, top_k=1)],
 }
 
 
@@ -208,3 +228,60 @@ def test_awq_triton_cannot_compile_bfloat16():
     res = _status(_w4(1, 16, 64, 32, False, "exact", 0, layout="awq", act="bfloat16",
                       config={"block_m": 16, "block_n": 16, "block_k": 32, "split_k": 1}), BY["vllm:awq_gemm_triton"])
     assert res.status == FAIL and "out_dtype=bfloat16 is unsupported" in res.summary()
+
+
+# ------------------------------------------------------------------ fused MoE: qkcheck's glue around vLLM's kernel
+
+
+def test_moe_alignment_stand_in_matches_vllm_s_documented_example():
+    """moe_align_block_size's docstring (0.33.0): ids 1..4, block 4 -> per expert 3 slots + 1 pad."""
+    import torch
+
+    ids = torch.tensor([[2, 3, 4], [1, 2, 4], [1, 3, 4], [1, 2, 3]], dtype=torch.int32)
+    sorted_ids, expert_ids, npp = engine.align_block_size_torch(ids, 4, 5)
+    assert sorted_ids[:16].tolist() == [3, 6, 9, 12, 0, 4, 10, 12, 1, 7, 11, 12, 2, 5, 8, 12]
+    assert expert_ids[:4].tolist() == [1, 2, 3, 4] and npp.tolist() == [16]
+    emap = torch.tensor([-1, 0, -1, 1, -1], dtype=torch.int32)  # experts 1 and 3 local
+    sorted_ids, expert_ids, npp = engine.align_block_size_torch(ids, 4, 5, emap, ignore_invalid_experts=True)
+    assert sorted_ids[:8].tolist() == [3, 6, 9, 12, 1, 7, 11, 12] and expert_ids[:2].tolist() == [0, 1]
+    sorted_ids, expert_ids, npp = engine.align_block_size_torch(ids, 4, 5, emap)  # every expert counted, -1 blocks
+    assert expert_ids[:4].tolist() == [0, -1, 1, -1] and npp.tolist() == [16]
+
+
+def _moe_twin(**kw):
+    fn = engine._PROVIDED[engine.MOE_MODULE].dispatch_fused_moe_kernel
+    return dataclasses.replace(BY["vllm:fused_moe"], call=engine._moe_call(fn, **kw))
+
+
+GLUE_CASES = [
+    _moe(7, 8, "exact", 4, {"block_m": 16, "block_n": 16, "block_k": 32}, top_k=3, scoring="sigmoid", ep=True,
+         bias=True),
+    _moe(7, 4, "exact", 9, {"block_m": 16, "block_n": 16, "block_k": 32}, scheme="w4a16", layout="awq", zp=True,
+         act="swiglu"),
+    _moe(7, 4, "realistic", 24, {"block_m": 16, "block_n": 16, "block_k": 32}, scheme="fp8_block"),
+    _moe(7, 4, "exact", 3, top_k=1, scoring="sigmoid", weight_on_input=True),
+]
+
+
+def test_moe_glue_with_a_torch_launcher_passes_the_oracle():
+    """The adapter's own parts (router, alignment, activation, top-k sum, packing) checked alone:
+    vLLM's launcher replaced by a torch GEMM with its keywords and contract, so a failure of the
+    real adapter is attributable to vLLM's kernel."""
+    twin = _moe_twin(launcher=engine.torch_dispatch)
+    for case in GLUE_CASES:
+        res = _status(case, twin)
+        assert res.status == PASS, res.summary()
+
+
+def test_moe_with_a_wrong_expert_ids_mapping_fails():
+    """Can-fail twin: an alignment whose blocks name the next expert (expert_ids off by one)."""
+    def shifted(topk_ids, block_size, num_experts, expert_map=None, **kw):
+        sorted_ids, expert_ids, npp = engine.align_block_size_torch(topk_ids, block_size, num_experts, expert_map, **kw)
+        used = expert_ids >= 0
+        expert_ids[used] = (expert_ids[used] + 1) % num_experts
+        return sorted_ids, expert_ids, npp
+
+    case = _moe(7, 4, "exact", 0, {"block_m": 16, "block_n": 16, "block_k": 32})
+    assert _status(case, BY["vllm:fused_moe"]).status == PASS
+    res = _status(case, _moe_twin(align=shifted))
+    assert res.status == FAIL and next(c for c in res.checks if c.name == "numerics").outcome == FAIL

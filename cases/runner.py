@@ -659,7 +659,7 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
         raise ValueError(f"output_layouts names {unknown}, which {case.op} does not return "
                          f"(its outputs: {', '.join(o.name for o in promised)})")
     stage[0] = "conventions"
-    conventions = adapter.conventions_for(p)
+    conventions = adapter.conventions_for(p, case.dims, effective_config(case, adapter))
     if conventions:  # the engine's documented choices, answered for instead of the strict default
         ref.check_conventions(conventions)
         problem = {**problem, **conventions}

@@ -230,9 +230,11 @@ class KernelAdapter:
     # documented choices of the kernel that the oracle should answer for instead of its strict
     # default (e.g. ``{"qmax": 224.0}`` for an fp8 e4m3fnuz quantizer, ``{"amax_floor": 1 / 512}``):
     # a mapping of the op's convention keys (``qkcheck list --ops`` / the oracle family's
-    # docstring), or (params) -> such a mapping. The runner sets them on every problem it checks
-    # and records them with the result; what is not declared stays strict.
-    conventions: Mapping[str, Any] | Callable[[Mapping], Mapping[str, Any]] = field(default_factory=dict)
+    # docstring), or (params) -> such a mapping, or (params, dims, config) -> one (a convention that
+    # depends on the shape or the config that runs, e.g. a number of split-K partials). The runner
+    # sets them on every problem it checks and records them with the result; what is not declared
+    # stays strict.
+    conventions: Mapping[str, Any] | Callable[..., Mapping[str, Any]] = field(default_factory=dict)
     # --- contracts beyond the strict default (module docstring) ------------------------------
     # named cases outside the op's strict default the kernel takes (``OpSpec.optional_contracts``),
     # e.g. ("partial_groups",): a W4A16 whose group size need not divide K
@@ -256,9 +258,19 @@ class KernelAdapter:
                 raise AdapterError(f"adapter {self.name!r}: output_layouts[{name!r}] must be a layout such as "
                                    f"padded(cols=4), got {layout!r}")
 
-    def conventions_for(self, params: Mapping) -> dict:
-        """The conventions that apply to a case with ``params`` (a copy; empty when none)."""
-        conv = self.conventions(params) if callable(self.conventions) else self.conventions
+    def conventions_for(self, params: Mapping, dims: Mapping | None = None, config: Mapping | None = None) -> dict:
+        """The conventions that apply to a case with ``params`` (a copy; empty when none). A function
+        taking three arguments is called with (params, dims, config): the case's shape and the config
+        that runs (the case's own, or the kernel's default choice), for a convention that depends on
+        them (the number of split-K partials); a one-argument function with params alone."""
+        conv = self.conventions
+        if callable(conv):
+            try:
+                inspect.signature(conv).bind(params, dims, config)
+                takes_three = True
+            except (TypeError, ValueError):
+                takes_three = False
+            conv = conv(params, dict(dims or {}), dict(config or {})) if takes_three else conv(params)
         if not isinstance(conv, Mapping):
             raise AdapterError(f"adapter {self.name!r}: conventions must be a mapping (or a function of params "
                                f"returning one), got {type(conv).__name__}")

@@ -26,7 +26,9 @@ instead (they are zero unless double rounding changes a value). ``T_op = 0`` whe
 are exact in ``c``: small integers, fp8 / e2m1 codes times power-of-two scales, or a dot that
 runs in the code domain (int8 / fp8 / e2m1 ``compute_dtype``). Assumed: a dequantized weight is
 ``(q - z) * s`` formed from the exact integer ``q - z`` with one rounding; the "scaled zero"
-form ``q * s - z * s`` (an extra rounding of ``z * s``) is not covered. Ops whose scales need
+form ``q * s - z * s`` (an extra rounding of ``z * s``) is covered only where a kernel declares
+it (``partial_sums_bound``: the kernel's weights are passed, and ``T_op`` is taken against them
+exactly). Ops whose scales need
 more than one fp32 product to dequantize (NVFP4: code x block scale x global, where the scale
 product may be rounded first) add ``extra_relative * P_hat`` with ``extra_relative = gamma_2``
 (one more rounding of each operand).
@@ -244,6 +246,96 @@ def gemm_bound(
     """
     # an underflowing product or scale multiply is the last multiply on its path: A = 1
     return dot_bound(x, w, y, bias=bias, compute_dtype=compute_dtype, out_dtype=out_dtype, scale_roundings=1)
+
+
+
+def partial_sums_bound(
+    x: np.ndarray,
+    w: np.ndarray,
+    y: np.ndarray,
+    *,
+    bias,
+    compute_dtype: str,
+    out_dtype: str,
+    partials: int,
+    block_k: int,
+    w_kernel: np.ndarray | None = None,
+    w_alt: np.ndarray | None = None,
+) -> np.ndarray:
+    """Bound for an A16 GEMM whose kernel reduces ``partials`` fp32 partial sums **in the output
+    dtype** (a declared convention: split-K or per-K-block programs that round their fp32
+    accumulator to the output dtype and ``atomic_add`` it into a zeroed output buffer of that
+    dtype), optionally over weights the kernel dequantizes its own declared way (``w_kernel``).
+
+    x: float64 [M, K] activations; w: float64 [K, N] exact dequantized weights; y = x @ w (+ b),
+    float64 [M, N]; partials: S, the number of partial sums; block_k: the K tile: tile ``t`` (rows
+    ``[t*block_k, (t+1)*block_k)``) belongs to partial ``t % S`` (split-K with S splits; one
+    partial per tile when S = cdiv(K, block_k)). w_kernel: the weights the kernel multiplies
+    (exact in the compute dtype; default: ``w`` rounded as ``operand_rounding`` allows); w_alt:
+    another value a weight may take (a second rounding path), or None. S <= 1 is ``gemm_bound``.
+
+    Derivation. Let ``R_i`` be partial i's rows of K, ``W~ = w_kernel``, ``p_i = x[:, R_i] @
+    w[R_i]`` (exact), ``c_i`` the kernel's fp32 partial and ``out`` its result.
+
+    1. fp32 partials (as ``dot_bound``, per partial): ``|c_i - x_i @ W~_i| <= a_i`` with
+       ``a_i = T_op,i' + gamma_{|R_i|+2}(ACC_U) Phat_i + 3 (|R_i|+1) eta_32`` (``T_op,i'``: the
+       rounding of the activations into the compute dtype, ``operand_rounding(x_i, W~_i)``; one
+       more rounding than the K_i additions allows a scale applied to the accumulator; the
+       partial that takes the bias carries ``|b|`` too).
+    2. The weight model, signed: ``|sum_i x_i @ W~_i - x @ w| = |x @ W~ - x @ w| + |x| @ |W_alt -
+       W~|`` (``T_w``; computed exactly, so it cancels where the weight errors do).
+    3. The reduction (Higham eq. 3.4 with the output dtype's ``u_o``): ``out`` is the sum of the S
+       values ``RNE_o(c_i)`` formed by S - 1 additions in the output dtype, in any order, from a
+       zeroed buffer (adding to zero is exact). Each conversion is ``c_i (1 + d) + e`` with
+       ``|d| <= u_o``, ``|e| <= eta_o / 2`` (subnormal), each addition ``(1 + d)`` (a subnormal
+       sum is exact), so each term carries at most S factors: ``|out - sum_i c_i| <= gamma_S(u_o)
+       sum_i |c_i| + (1 + gamma_S(u_o)) S eta_o / 2`` with ``|c_i| <= |p_i| + t_i + a_i``,
+       ``t_i`` = partial i's share of step 2 taken in absolute value.
+    4. ``out`` is a value of the output dtype within ``E = T_w + sum_i a_i + T_red + T_64`` of
+       ``y``; RNE is monotone, so it lies in ``[RNE_o(y - E), RNE_o(y + E)]``: ``output_reach``.
+
+    For S = 2 partials each rounded once and added once, this is two roundings of each partial's
+    magnitude (``gamma_2(u_o) (|p_0| + |p_1|)``), not of ``P``: it stays a few output ulps of the
+    partials, and a kernel that drops a partial, or multiplies a partial by another group's
+    scale, is off by that partial's whole value. Assumed: no partial and no intermediate sum
+    overflows the output dtype (one that does is reported).
+    """
+    if partials <= 1 and w_kernel is None:
+        return gemm_bound(x, w, y, bias=bias, compute_dtype=compute_dtype, out_dtype=out_dtype)
+    if not isinstance(partials, (int, np.integer)) or isinstance(partials, bool) or partials < 1:
+        raise ValueError(f"partials={partials!r}: the number of partial sums is a positive integer")
+    if not isinstance(block_k, (int, np.integer)) or isinstance(block_k, bool) or block_k < 1:
+        raise ValueError(f"block_k={block_k!r}: the K tile of the partial sums is a positive integer")
+    check_compute_dtype(compute_dtype, WIDE, "a partial-sum A16 GEMM")
+    k = x.shape[1]
+    wk = round_to(w, compute_dtype) if w_kernel is None else np.asarray(w_kernel, np.float64)
+    alt = np.zeros_like(wk) if w_alt is None else np.abs(np.asarray(w_alt, np.float64) - wk)
+    if w_kernel is None:  # the kernel may form each weight either way operand_rounding allows
+        alt = alt + np.abs(_paths(w, compute_dtype)[1] - wk)
+    b = _bias_abs(bias, w.shape[1])
+    o = wide_float(out_dtype)
+    of_row = (np.arange(k) // block_k) % partials
+    t_w = np.abs(x @ wk - x @ w) + np.abs(x) @ alt
+    e_fp32 = np.zeros_like(y)
+    mags = np.zeros_like(y)
+    for i in range(partials):
+        rows = of_row == i
+        if not rows.any():
+            continue
+        xi, wi, wki = x[:, rows], w[rows], wk[rows]
+        t_x, p_hat = operand_rounding(xi, wki, compute_dtype)
+        p_hat = p_hat + np.abs(xi) @ alt[rows]
+        bi = b if i == 0 else 0.0
+        ki = int(rows.sum())
+        a_i = t_x + gamma(ki + 2, ACC_U) * (p_hat + bi) + 3 * (ki + 1) * ETA32
+        e_fp32 += a_i
+        t_i = np.abs(xi @ wki - xi @ wi) + np.abs(xi) @ alt[rows]
+        mags += np.abs(xi @ wi) + (bi if bias is not None else 0.0) + t_i + a_i
+    g = gamma(partials, o.unit_roundoff) if partials > 1 else 0.0
+    t_red = g * mags + (1 + g) * partials * o.min_subnormal / 2 if partials > 1 else 0.0
+    p_all = np.abs(x) @ (np.abs(wk) + alt) + b
+    e = t_w + e_fp32 + t_red + 2 * gamma(k + 2, U64) * (np.abs(x) @ np.abs(w) + p_all)
+    return output_reach(y, e, out_dtype)
 
 
 INT32_LIMIT = 2**31

@@ -266,9 +266,63 @@ def _make_call(mode: str, name: str):
     return call
 
 
+def _native_atomics(out_dtype: str) -> bool:
+    """Whether gemlite's atomic modes add into an output buffer of the output dtype (True) or into a
+    float32 buffer cast once at the end: float16 always; bfloat16 where ``gpu_supports_bfloat16_atomicadd()``
+    (sm_90+ and ``GEMLITE_USE_NATIVE_ATOMIC_BFP16``; ``gemv_kernels.py`` lines 619-620,
+    ``gemm_splitK_kernels.py`` lines 789-790), which the interpreter stand-in turns off."""
+    import os
+
+    if out_dtype != "bfloat16":
+        return True
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    from gemlite.triton_kernels.utils import gpu_supports_bfloat16_atomicadd
+
+    return bool(gpu_supports_bfloat16_atomicadd())
+
+
+def partials(mode: str, k: int, config) -> tuple[int, int]:
+    """(S, rows per tile) of gemlite's reduction for ``mode`` at K = ``k`` under ``config`` (the
+    adapter's tunable names): GEMM_SPLITK, ``SPLIT_K`` fp32 partials over the BLOCK_K tiles
+    ``t = k*SPLIT_K + pid_k`` (``gemm_splitK_kernels.py`` lines 381-477); GEMV, one per BLOCK_K block
+    (grid ``cdiv(K, BLOCK_SIZE_K)``, ``gemv_kernels.py`` line 649); GEMV_REVSPLITK, one per two blocks
+    (grid ``cdiv(K, 2 * BLOCK_SIZE_K)``, ``gemv_revsplitK_kernels.py`` line 487, ``pid_k`` doubled at line
+    306); GEMV_SPLITK, ``SPLIT_K`` (1 here: a plain store); GEMM, 1."""
+    cfg = dict(DEFAULTS[mode])
+    for key, val in (config or {}).items():
+        if key in TUNABLE_KEYS:
+            cfg[TUNABLE_KEYS[key]] = int(val)
+    bk = cfg["BLOCK_SIZE_K"]
+    if mode == "GEMM_SPLITK":
+        return cfg["SPLIT_K"], bk
+    if mode == "GEMV":
+        return -(-k // bk), bk
+    if mode == "GEMV_REVSPLITK":
+        return -(-k // (2 * bk)), 2 * bk
+    if mode == "GEMV_SPLITK":
+        return cfg["SPLIT_K"], bk
+    return 1, bk
+
+
+def _conventions(mode: str):
+    """gemlite's documented arithmetic, declared (see ``oracle/ops/w4a16.py``): ``fma_mode`` packing
+    (``dequant="fma_zs_rounded"``: ``core.py`` line 674 stores ``-z*s`` rounded to the activation
+    dtype, ``triton_kernels/utils.py`` line 103 ``tl.fma(q, s, zeros')``) in every mode, and where the
+    kernel atomically adds several fp32 partials into an output of the output dtype, their number
+    and tile (``partial_sums``, ``partial_block_k``)."""
+    def conventions(params, dims, config):
+        conv = {"dequant": "fma_zs_rounded"}
+        s, bk = partials(mode, int(dims.get("k", 0)), config)
+        if s > 1 and _native_atomics(params["out_dtype"]):
+            conv.update(partial_sums=s, partial_block_k=bk)
+        return conv
+    return conventions
+
+
 _SPECS = tuple(
     dict(name=f"gemlite:w4a16_{mode.lower()}", op="w4a16_gemm", mode=mode, supports=_mode_supports(mode),
-         conventions={})
+         conventions=_conventions(mode))
     for mode in MODES
 )
 

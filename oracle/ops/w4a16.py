@@ -16,8 +16,24 @@ The bound is ``oracle.bounds.gemm_bound`` (one scale rounding). Generator parame
 defaults in brackets; ``oracle.exact``): ``group_size`` [32], ``zeros`` (bool) [False], ``bias``
 [False]. Scales are drawn exact in both float16 and bfloat16 (8 significand bits), so one
 problem serves every compute dtype.
+
+Declared conventions of ``w4a16_gemm`` (``KernelAdapter.conventions``; absent = the strict default
+above), for kernels that do not form one fp32 result rounded once:
+
+- ``dequant="fma_zs_rounded"``: the weight is ``fma(q, s, RNE_c(-z * s))`` in the compute dtype
+  ``c`` (gemlite's ``fma_mode``): ``-z*s`` is rounded to ``c``, then one fused rounding. The bound
+  takes ``T_op`` against those weights exactly (``fma_zs_rounded_weights``).
+- ``partial_sums=S`` with ``partial_block_k=BK``: the K tiles of ``BK`` rows are reduced into
+  ``S`` fp32 partial sums (tile ``t`` into partial ``t % S``), each rounded to the output dtype
+  and added into a zeroed output in the output dtype, in any order (split-K ``atomic_add`` into
+  a float16 output; S = cdiv(K, BK) where every K block is its own program).
+
+Either makes the exact regime bounded (its promise, RNE(y) only, presumes one rounding of an
+exact result); the bound is ``oracle.bounds.partial_sums_bound``.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from dataclasses import dataclass
 from typing import Mapping
@@ -26,10 +42,11 @@ import numpy as np
 
 from qkcheck.oracle import diagnosis
 from qkcheck.oracle.arguments import as_2d, check_group_size, check_shape
-from qkcheck.oracle.bounds import a16_bound
+from qkcheck.oracle.bounds import a16_bound, partial_sums_bound
 from qkcheck.oracle.diagnosis import Hypothesis
 from qkcheck.oracle.exact import draw_bias, half16, ints, scale_span, signs, x16, xmax
 from qkcheck.oracle.gemm import Operands, bias_vector, check_k, finish, int_codes
+from qkcheck.oracle.numerics import round_to
 from qkcheck.oracle.reference import VALUES, OpReference
 
 UINT4_SYMMETRIC_ZERO = 8  # "uint4b8": codes 0..15 with the implicit zero point 8
@@ -254,6 +271,61 @@ _CLASSES = (diagnosis.group_index_not_advancing(K_GROUPS), diagnosis.strides_ass
             diagnosis.SCALE_GRANULARITY_CONFUSED)
 
 
+# ------------------------------------------------------------------ declared conventions
+
+CONVENTIONS = ("dequant", "partial_sums", "partial_block_k")
+DEQUANT_CONVENTIONS = ("fma_zs_rounded",)
+
+
+def fma_zs_rounded_weights(q, scales, zeros, *, group_size: int, compute_dtype: str):
+    """(W~, W_alt) float64 [K, N]: ``W~ = RNE_c(q*s + RNE_c(-z*s))`` (one fused rounding, as
+    ``fma.rn`` does), and ``W_alt = RNE_c(RNE_32(q*s + RNE_c(-z*s)))`` (the same fma evaluated in
+    float32 first, as an emulation may). ``s`` is the scale rounded to ``c`` (the kernel holds
+    it in ``c``); ``z`` the zero point (None: 8). ``q*s`` and the sum are exact in float64 for
+    float16 (and for bfloat16 unless the two terms lie more than 40 binades apart)."""
+    q = np.asarray(q, np.float64)
+    k, n = q.shape
+    g = k if group_size == -1 else int(group_size)
+    s = round_to(np.asarray(scales, np.float64), compute_dtype)
+    z = np.full(s.shape, float(UINT4_SYMMETRIC_ZERO)) if zeros is None else np.asarray(zeros, np.float64)
+    of_k = np.arange(k) // g
+    s_k, z_k = s[of_k], z[of_k]
+    fused = q * s_k + round_to(-z_k * s_k, compute_dtype)
+    return round_to(fused, compute_dtype), round_to(round_to(fused, "float32"), compute_dtype)
+
+
+def _declared(p) -> bool:
+    return p.get("dequant") is not None or (p.get("partial_sums") or 1) > 1
+
+
+def _w4a16_bound(p, y, compute_dtype, out_dtype):
+    """The A16 bound, or under a declared convention ``partial_sums_bound``."""
+    if not _declared(p):
+        return _A16_W4(p, y, compute_dtype, out_dtype)
+    dq = p.get("dequant")
+    if dq is not None and dq not in DEQUANT_CONVENTIONS:
+        raise ValueError(f"dequant={dq!r} is not a w4a16_gemm dequantization convention "
+                         f"(known: {', '.join(DEQUANT_CONVENTIONS)})")
+    ops = _w4a16_ops(p)
+    k = ops.x.shape[1]
+    s_count = p.get("partial_sums") or 1
+    block_k = p.get("partial_block_k")
+    if s_count > 1 and block_k is None:
+        raise ValueError("partial_sums needs partial_block_k: the K tile whose partials are reduced")
+    wk = alt = None
+    if dq == "fma_zs_rounded":
+        wk, alt = fma_zs_rounded_weights(p["q"], p["scales"], p.get("zeros"), group_size=p["group_size"],
+                                         compute_dtype=compute_dtype)
+    return partial_sums_bound(ops.x, ops.w, y, bias=ops.bias, compute_dtype=compute_dtype, out_dtype=out_dtype,
+                              partials=int(s_count), block_k=int(block_k or max(k, 1)), w_kernel=wk, w_alt=alt)
+
+
+def _expect_declared(ref, problem, *, exact, compute_dtype, out_dtype):
+    """VALUES' expectation; under a declared convention the exact regime is bounded too."""
+    return VALUES.expect(ref, problem, exact=exact and not _declared(problem), compute_dtype=compute_dtype,
+                         out_dtype=out_dtype)
+
+
 # ------------------------------------------------------------------ the records
 
 
@@ -275,17 +347,20 @@ _KEYS = dict(required=("x", "q", "scales", "group_size"), optional=("zeros", "bi
              scale_keys=(("scales", "float"),), weight_key="q", k_group_size=_k_group_size,
              judge=VALUES, diagnoser=diagnosis.diagnose)
 
+_A16_W4 = a16_bound(lambda p: _w4a16_ops(p))
+
 REFERENCES: tuple[OpReference, ...] = (
     OpReference(
         "w4a16_gemm",
         lambda p: w4a16_gemm(p["x"], p["q"], p["scales"], p.get("zeros"), group_size=p["group_size"], bias=p.get("bias")),
-        bound=a16_bound(_w4a16_ops), operands=_w4a16_ops, generate=_generator(W4_CODES),
+        bound=_w4a16_bound, operands=_w4a16_ops, conventions=CONVENTIONS, generate=_generator(W4_CODES),
         nibble_keys=(("q", 0),),
         hypotheses=(FIRST_GROUP_SCALE_PER_TILE, diagnosis.SCALES_TRANSPOSED, diagnosis.WEIGHT_SCALE_ON_WRONG_AXIS,
                     Hypothesis("zero_point_off_by_one", _zero_point_off_by_one(UINT4_SYMMETRIC_ZERO)),
                     diagnosis.NIBBLE_ORDER_SWAPPED, Hypothesis("awq_order_ignored", awq_order_ignored),
                     diagnosis.WEIGHT_TRANSPOSED, diagnosis.SCALE_MISAPPLIED, *_CLASSES, *diagnosis.GEMM_TAIL),
-        **_KEYS),
+        **{**_KEYS, "optional": _KEYS["optional"] + CONVENTIONS,
+           "judge": dataclasses.replace(VALUES, expect=_expect_declared)}),
     OpReference(
         "w8a16_gemm",
         lambda p: w8a16_gemm(p["x"], p["q"], p["scales"], p.get("zeros"), group_size=p["group_size"], bias=p.get("bias")),

@@ -261,6 +261,7 @@ def partial_sums_bound(
     block_k: int,
     w_kernel: np.ndarray | None = None,
     w_alt: np.ndarray | None = None,
+    roundings: int = 1,
 ) -> np.ndarray:
     """Bound for an A16 GEMM whose kernel reduces ``partials`` fp32 partial sums **in the output
     dtype** (a declared convention: split-K or per-K-block programs that round their fp32
@@ -272,7 +273,9 @@ def partial_sums_bound(
     ``[t*block_k, (t+1)*block_k)``) belongs to partial ``t % S`` (split-K with S splits; one
     partial per tile when S = cdiv(K, block_k)). w_kernel: the weights the kernel multiplies
     (exact in the compute dtype; default: ``w`` rounded as ``operand_rounding`` allows); w_alt:
-    another value a weight may take (a second rounding path), or None. S <= 1 is ``gemm_bound``.
+    another value a weight may take (a second rounding path), or None. roundings: r, the roundings
+    to the output dtype each partial takes before it is added (1; 2 for ``RNE_o(RNE_o(c) * s)``, a
+    per-channel scale applied in the output dtype). S = r = 1 without ``w_kernel`` is ``gemm_bound``.
 
     Derivation. Let ``R_i`` be partial i's rows of K, ``W~ = w_kernel``, ``p_i = x[:, R_i] @
     w[R_i]`` (exact), ``c_i`` the kernel's fp32 partial and ``out`` its result.
@@ -290,7 +293,8 @@ def partial_sums_bound(
        ``|d| <= u_o``, ``|e| <= eta_o / 2`` (subnormal), each addition ``(1 + d)`` (a subnormal
        sum is exact), so each term carries at most S factors: ``|out - sum_i c_i| <= gamma_S(u_o)
        sum_i |c_i| + (1 + gamma_S(u_o)) S eta_o / 2`` with ``|c_i| <= |p_i| + t_i + a_i``,
-       ``t_i`` = partial i's share of step 2 taken in absolute value.
+       ``t_i`` = partial i's share of step 2 taken in absolute value. With r roundings of each
+       partial (an exact scale multiply between them), S - 1 + r factors and r S subnormal terms.
     4. ``out`` is a value of the output dtype within ``E = T_w + sum_i a_i + T_red + T_64`` of
        ``y``; RNE is monotone, so it lies in ``[RNE_o(y - E), RNE_o(y + E)]``: ``output_reach``.
 
@@ -300,7 +304,7 @@ def partial_sums_bound(
     scale, is off by that partial's whole value. Assumed: no partial and no intermediate sum
     overflows the output dtype (one that does is reported).
     """
-    if partials <= 1 and w_kernel is None:
+    if partials <= 1 and w_kernel is None and roundings <= 1:
         return gemm_bound(x, w, y, bias=bias, compute_dtype=compute_dtype, out_dtype=out_dtype)
     if not isinstance(partials, (int, np.integer)) or isinstance(partials, bool) or partials < 1:
         raise ValueError(f"partials={partials!r}: the number of partial sums is a positive integer")
@@ -331,8 +335,9 @@ def partial_sums_bound(
         e_fp32 += a_i
         t_i = np.abs(xi @ wki - xi @ wi) + np.abs(xi) @ alt[rows]
         mags += np.abs(xi @ wi) + (bi if bias is not None else 0.0) + t_i + a_i
-    g = gamma(partials, o.unit_roundoff) if partials > 1 else 0.0
-    t_red = g * mags + (1 + g) * partials * o.min_subnormal / 2 if partials > 1 else 0.0
+    factors = partials - 1 + roundings
+    g = gamma(factors, o.unit_roundoff) if factors > 1 else 0.0
+    t_red = g * mags + (1 + g) * partials * roundings * o.min_subnormal / 2 if factors > 1 else 0.0
     p_all = np.abs(x) @ (np.abs(wk) + alt) + b
     e = t_w + e_fp32 + t_red + 2 * gamma(k + 2, U64) * (np.abs(x) @ np.abs(w) + p_all)
     return output_reach(y, e, out_dtype)

@@ -308,12 +308,22 @@ def partials(mode: str, k: int, config) -> tuple[int, int]:
 def _conventions(mode: str):
     """gemlite's documented arithmetic, declared (see ``oracle/ops/w4a16.py``): ``fma_mode`` packing
     (``dequant="fma_zs_rounded"``: ``core.py`` line 674 stores ``-z*s`` rounded to the activation
-    dtype, ``triton_kernels/utils.py`` line 103 ``tl.fma(q, s, zeros')``) in every mode, and where the
-    kernel atomically adds several fp32 partials into an output of the output dtype, their number
-    and tile (``partial_sums``, ``partial_block_k``)."""
+    dtype, ``triton_kernels/utils.py`` line 103 ``tl.fma(q, s, zeros')``) in every mode with grouped
+    scales, and where the kernel atomically adds several fp32 partials into an output of the output
+    dtype, their number and tile (``partial_sums``, ``partial_block_k``); with one group over K the
+    channelwise path instead (``partial_roundings=2``)."""
     def conventions(params, dims, config):
+        k = int(dims.get("k", 0))
+        s, bk = partials(mode, k, config)
+        if params["group_size"] in (-1, k):
+            # one group over K: the scales are channelwise (core.py line 664), so no fma packing (line 673)
+            # and W_group_mode 1 (line 691): codes minus zero point, exact; the fp32 accumulator is rounded
+            # to the activation dtype and scaled there (acc.to(meta_dtype) * scales_b, gemm_splitK_kernels.py
+            # line 499, gemv_kernels.py line 398): two roundings before the partial is added. Declared with
+            # the output-dtype additions even where bf16 adds in float32 (a sum the same bound covers).
+            return {"partial_sums": s, "partial_block_k": bk, "partial_roundings": 2} if s > 1 else {
+                "partial_roundings": 2}
         conv = {"dequant": "fma_zs_rounded"}
-        s, bk = partials(mode, int(dims.get("k", 0)), config)
         if s > 1 and _native_atomics(params["out_dtype"]):
             conv.update(partial_sums=s, partial_block_k=bk)
         return conv

@@ -27,6 +27,8 @@ above), for kernels that do not form one fp32 result rounded once:
   ``S`` fp32 partial sums (tile ``t`` into partial ``t % S``), each rounded to the output dtype
   and added into a zeroed output in the output dtype, in any order (split-K ``atomic_add`` into
   a float16 output; S = cdiv(K, BK) where every K block is its own program).
+  ``partial_roundings=r`` (default 1): each partial is rounded to the output dtype r times before
+  it is added (2 for ``RNE_o(RNE_o(c) * s)``: a per-channel scale applied in the output dtype).
 
 Either makes the exact regime bounded (its promise, RNE(y) only, presumes one rounding of an
 exact result); the bound is ``oracle.bounds.partial_sums_bound``.
@@ -273,7 +275,7 @@ _CLASSES = (diagnosis.group_index_not_advancing(K_GROUPS), diagnosis.strides_ass
 
 # ------------------------------------------------------------------ declared conventions
 
-CONVENTIONS = ("dequant", "partial_sums", "partial_block_k")
+CONVENTIONS = ("dequant", "partial_sums", "partial_block_k", "partial_roundings")
 DEQUANT_CONVENTIONS = ("fma_zs_rounded",)
 
 
@@ -295,7 +297,7 @@ def fma_zs_rounded_weights(q, scales, zeros, *, group_size: int, compute_dtype: 
 
 
 def _declared(p) -> bool:
-    return p.get("dequant") is not None or (p.get("partial_sums") or 1) > 1
+    return p.get("dequant") is not None or (p.get("partial_sums") or 1) > 1 or (p.get("partial_roundings") or 1) > 1
 
 
 def _w4a16_bound(p, y, compute_dtype, out_dtype):
@@ -317,7 +319,8 @@ def _w4a16_bound(p, y, compute_dtype, out_dtype):
         wk, alt = fma_zs_rounded_weights(p["q"], p["scales"], p.get("zeros"), group_size=p["group_size"],
                                          compute_dtype=compute_dtype)
     return partial_sums_bound(ops.x, ops.w, y, bias=ops.bias, compute_dtype=compute_dtype, out_dtype=out_dtype,
-                              partials=int(s_count), block_k=int(block_k or max(k, 1)), w_kernel=wk, w_alt=alt)
+                              partials=int(s_count), block_k=int(block_k or max(k, 1)), w_kernel=wk, w_alt=alt,
+                              roundings=int(p.get("partial_roundings") or 1))
 
 
 def _expect_declared(ref, problem, *, exact, compute_dtype, out_dtype):

@@ -81,7 +81,8 @@ def test_a_declared_convention_is_answered_exactly_not_loosely():
 
 @pytest.mark.parametrize("op, conventions, says", [
     ("per_token_quant", {"qmaks": 224.0}, "['qmaks'] are not conventions of per_token_quant (allowed: qmax, amax_floor"),
-    ("w4a16_gemm", {"qmax": 224.0}, "not conventions of w4a16_gemm (allowed: none"),
+    ("w4a16_gemm", {"qmax": 224.0}, "not conventions of w4a16_gemm (allowed: dequant, partial_sums"),
+    ("scaled_mm", {"qmax": 224.0}, "not conventions of scaled_mm (allowed: none"),
 ])
 def test_an_unknown_convention_is_a_usage_error(op, conventions, says):
     bad = dataclasses.replace(_adapter(conventions), op=op)

@@ -187,8 +187,8 @@ CRASHES = (lambda: ctypes.string_at(0), lambda: os._exit(3), os.abort)  # segfau
 def call(t, params, config):
     if params["bias"]:
         CRASHES[int(t["x"].shape[0] + t["qweight"].shape[1] + int(params["group_size"])) % 3]()
-    elif os.environ.get("PYTEST_XDIST_WORKER"):  # in the case runner of an xdist worker: SIGKILL that
-        try:                                       # worker, once in the run (the first case to get here)
+    elif {kill_worker!r}:  # the run has xdist workers (this runs in one's case runner): SIGKILL that
+        try:                # worker, once in the run (the first case to get here)
             os.close(os.open({killed!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             os.kill(os.getppid(), signal.SIGKILL)
         except FileExistsError:
@@ -208,7 +208,7 @@ def test_a_crashing_foreign_kernel_costs_its_cases_never_the_run(tmp_path, worke
     run on its replacement."""
     adapters = tmp_path / "crash.py"
     killed = tmp_path / "worker-killed"
-    adapters.write_text(CRASH_FILE.format(example=str(EXAMPLE), killed=str(killed)))
+    adapters.write_text(CRASH_FILE.format(example=str(EXAMPLE), killed=str(killed), kill_worker=bool(workers)))
     results = tmp_path / "r.jsonl"
     r = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels",
                         str(adapters), "--results", str(results), *(["-n", workers] if workers else []),

@@ -100,7 +100,7 @@ def pytest_configure(config: pytest.Config) -> None:
             config.qkcheck_device = None
             config._qkcheck_device_check = _DeviceCheck(
                 config.getoption("--qkcheck-device"),
-                [s for s in config.qkcheck_kernel_specs if _foreign(s)] if _runs_gate_suites(config, workers=True) else [])
+                [s for s in config.qkcheck_kernel_specs if _users(s)] if _runs_gate_suites(config, workers=True) else [])
         else:
             config.qkcheck_device = _device.activate(config.getoption("--qkcheck-device"))
         runner = getattr(config, "_qkcheck_isolated", None)
@@ -522,6 +522,14 @@ SHIPPED_SPECS = ("bundled", "zoo")
 def _foreign(spec) -> bool:
     """A kernel spec naming code qkcheck did not write: a user's file or module, or an engine."""
     return not (spec in SHIPPED_SPECS or spec.startswith(tuple(f"{s}:" for s in SHIPPED_SPECS)))
+
+
+def _users(spec) -> bool:
+    """A kernel spec naming a user's file or module (not qkcheck's kernels, not an engine, whose
+    package may need the device set up before it imports)."""
+    from qkcheck.kernels.engines import ENGINES
+
+    return isinstance(spec, str) and _foreign(spec) and spec.split("::")[0] not in ENGINES
 
 
 def isolated(config: pytest.Config) -> bool:

@@ -57,6 +57,9 @@ def _parse_line(path: Path, lineno: int, line: str) -> dict:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
                          f"expected one JSON object per line as written by reports.store.write_results") from None
+    except RecursionError:
+        raise ValueError(f"{path}:{lineno}: JSON nested too deeply to be a result line; expected one JSON object "
+                         "per line as written by reports.store.write_results") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}:{lineno}: got a JSON {type(obj).__name__}; expected a JSON object "
                          f"with \"kind\": \"run\" or \"result\"")
@@ -121,8 +124,13 @@ def read_file(path: Path) -> tuple[dict | None, list[dict]]:
         raise ValueError(f"{path}: results file not found; expected a JSON-lines file written by "
                          f"reports.store.write_results (pytest --results PATH)")
     info, records = None, []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not text (byte {exc.start} of the line is not UTF-8); expected "
+                                 "a JSON-lines results file as written by reports.store.write_results") from None
             if not line.strip():
                 continue
             obj = _parse_line(path, lineno, line)

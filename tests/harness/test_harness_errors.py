@@ -378,13 +378,17 @@ def test_a_bad_case_file_is_one_usage_error_naming_it(name, tmp_path, capsys):
     ("checks", [5], "field 'checks' item 0 is 5; expected an object with string name, outcome and detail"),
     ("case", [1], "field 'case' is a list ([1]); expected an object"),
     ("timings", "fast", "field 'timings' is a string (\"fast\"); expected an object"),
-], ids=["status-int", "checks-str", "check-int", "case-list", "timings-str"])
+    ("deep", None, "JSON nested too deeply to be a result line"),
+    ("binary", None, "not text (byte 0 of the line is not UTF-8)"),
+], ids=["status-int", "checks-str", "check-int", "case-list", "timings-str", "deeply-nested", "binary"])
 def test_report_on_wrongly_typed_fields_names_file_line_and_field(field, value, message, tmp_path, capsys):
     r = run_case(CASE, _example_adapter(), "cpu").to_dict()
     path = tmp_path / "r.jsonl"
-    path.write_text(json.dumps({"kind": "run"}) + "\n" + json.dumps({**r, "kind": "result"}) + "\n"
-                    + json.dumps({**r, field: value, "kind": "result"}) + "\n")
+    third = {"deep": b"[" * 100_000 + b"]" * 100_000, "binary": b"\x89PNG\xff\xfe"}.get(
+        field, json.dumps({**r, field: value, "kind": "result"}).encode())
+    path.write_bytes((json.dumps({"kind": "run"}) + "\n" + json.dumps({**r, "kind": "result"}) + "\n").encode()
+                     + third + b"\n")
     code = main(["report", str(path), "-o", str(tmp_path / "r.html")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "Traceback" not in err, err
-    assert err == f"qkcheck: error: {path}:3: {message}", err
+    assert err.startswith(f"qkcheck: error: {path}:3: {message}"), err

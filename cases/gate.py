@@ -46,7 +46,8 @@ def gate_cases(adapter, shard: tuple[int, int] | None = None) -> list[Case]:
 
 def compile_group(adapter, case: Case) -> str:
     """Cases that share a kernel, its params and its config share compiled kernel variants (the
-    shape changes no constexpr but a few of Triton's integer specializations): under
-    ``--dist loadgroup`` (the CLI's choice with ``-n``) such a group runs on one xdist worker, so a
-    variant is compiled once per run instead of once per worker."""
+    shape changes no constexpr but a few of Triton's integer specializations). The gate items
+    carry it as their ``xdist_group``; the CLI schedules with ``--dist load`` (under pytest 9,
+    pytest-xdist's ``loadgroup`` groups nothing and re-queues a dead worker's cases where no worker
+    takes them), so today a variant may compile once per worker that meets it."""
     return f"{adapter.name}|{sorted(case.p.items())}|{sorted(case.cfg.items())}"

@@ -42,7 +42,7 @@ def runs_on_cpu(case) -> bool:
 
 def test_grid_is_small_covers_the_space_and_runs_mostly_on_cpu():
     cases = [c for op in OPS for c in GRIDS[op]]
-    assert 60 <= len(cases) < 90
+    assert 60 <= len(cases) < 100  # the family's grid plus the case space's coverage cases
     assert sum(runs_on_cpu(c) for c in cases) > len(cases) / 2  # int8 and MX: the interpreter runs them
     for op in OPS:
         spec_params = OP_SPECS[op].params

@@ -129,6 +129,9 @@ def torch_moe(p, compute: str, out: str, *, bug: str | None = None, ids_override
         w = torch.ones_like(w)
     if bug == "no_renormalize":
         w = torch_router(dict(p, renormalize=False), ids_override=ids)[1]
+    if bug == "group_score_max":  # groups scored by their largest score, not the sum of the top two
+        ids, w = torch_router(dict(p, group_score="max"))
+        ids = ids.copy()
     k = ids.shape[1]
     emap = p.get("expert_map")
     local = np.ones(E, bool) if emap is None or bug == "expert_map_ignored" else np.asarray(emap) >= 0
@@ -547,6 +550,7 @@ BUGS = [
     ("router_weight_none", "router_weight_misapplied", {}),
     ("expert_map_ignored", "expert_map_ignored", {"expert_map": True}),
     ("no_renormalize", "renormalization_wrong", {}),
+    ("group_score_max", "routing_group_scoring", {"groups": (4, 2), "scoring": "sigmoid"}),
 ]
 
 

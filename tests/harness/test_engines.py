@@ -145,7 +145,7 @@ def test_a_broken_engine_install_is_reported_with_its_error(monkeypatch):
 def test_an_engine_without_the_bound_symbols_still_yields_every_adapter(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))  # imports, holds nothing
     adapters, reason = vllm_engine.load()
-    assert reason is None and len(adapters) == 9
+    assert reason is None and len(adapters) == 10
     assert all(a.target is None for a in adapters)  # each call fails loudly (tested below)
 
 
@@ -161,7 +161,8 @@ def test_vllm_stand_in_resolves_binds_by_keyword_and_passes_real_cases(monkeypat
     by = _by_name(adapters)
     assert set(by) == {"vllm:scaled_fp8_quant", "vllm:scaled_int8_quant", "vllm:per_token_group_fp8",
                        "vllm:cutlass_scaled_mm", "vllm:awq_gemm_triton", "vllm:triton_w4a16_gemm",
-                       "vllm:triton_w4a16_kernel", "vllm:w8a8_block_fp8_matmul", "vllm:triton_scaled_mm"}
+                       "vllm:triton_w4a16_kernel", "vllm:w8a8_block_fp8_matmul", "vllm:triton_scaled_mm",
+                       "vllm:fused_moe"}
     int8 = by["vllm:scaled_int8_quant"]
     assert int8.check_signature() is None
     for case in INT8_CASES:

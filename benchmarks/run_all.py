@@ -218,6 +218,9 @@ def render_table() -> str:
              "(`--device cuda` on a GPU host adds the GPU rows). Every row carries its command and the machine",
              "it ran on; ratios are measured side by side in one run. Oracle throughput is in *units*: one",
              "float64 elementwise multiply of two 4096 x 4096 arrays timed in the same process.", ""]
+    summary = ROOT / "benchmarks" / "SUMMARY.md"  # the readable summary, kept by hand, goes first
+    if summary.exists():
+        lines += [summary.read_text().rstrip(), ""]
     for path in sorted(RESULTS.glob("*.json")):
         data = json.loads(path.read_text())
         lines += [f"## {data['device']} — {data['machine']} (measured {data['measured']})", "",

@@ -50,6 +50,27 @@ class EngineSymbolMissing(ImportError):
     """The engine imported, but a callable an adapter binds is not where any known release has it."""
 
 
+def installed_version(dist: str) -> str | None:
+    """The installed release of the distribution ``dist`` (its metadata), or None."""
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
+
+
+def version_note(dist: str, verified: tuple[str, ...]) -> str:
+    """What each adapter's description says of the installed release against the verified ones."""
+    v = installed_version(dist)
+    if v is None:
+        return f"installed {dist} version unknown (verified against {', '.join(verified)})"
+    if v in verified:
+        return f"{dist} {v} (verified)"
+    return (f"{dist} {v}: NOT the verified release ({', '.join(verified)}); signatures are checked, semantics "
+            f"may have drifted")
+
+
 def unsupported(adapter, params: Mapping) -> str | None:
     """Why ``params`` lie outside what ``adapter``'s engine callable supports, or None."""
     check = SUPPORTS.get(getattr(adapter, "name", adapter))

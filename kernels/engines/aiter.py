@@ -63,21 +63,15 @@ def _torch_dtype(name: str):
 
 
 def installed_version() -> str | None:
-    try:
-        from importlib.metadata import version
+    from qkcheck.kernels.engines import installed_version as _installed
 
-        return version(DIST)
-    except Exception:
-        return None
+    return _installed(DIST)
 
 
 def version_note() -> str:
-    v = installed_version()
-    if v is None:
-        return f"installed {DIST} version unknown (verified against {', '.join(VERIFIED)})"
-    if v in VERIFIED:
-        return f"{DIST} {v} (verified)"
-    return f"{DIST} {v}: NOT the verified release ({', '.join(VERIFIED)}); signatures are checked, semantics may have drifted"
+    from qkcheck.kernels.engines import version_note as _note
+
+    return _note(DIST, VERIFIED)
 
 
 def _package_dir() -> str | None:

@@ -77,22 +77,15 @@ _GEMLITE = None
 
 
 def installed_version() -> str | None:
-    try:
-        from importlib.metadata import version
+    from qkcheck.kernels.engines import installed_version as _installed
 
-        return version(ENGINE)
-    except Exception:
-        return None
+    return _installed(ENGINE)
 
 
 def version_note() -> str:
-    v = installed_version()
-    if v is None:
-        return f"installed {ENGINE} version unknown (verified against {', '.join(VERIFIED)})"
-    if v in VERIFIED:
-        return f"{ENGINE} {v} (verified)"
-    return (f"{ENGINE} {v}: NOT the verified release ({', '.join(VERIFIED)}); signatures are checked, semantics "
-            f"may have drifted")
+    from qkcheck.kernels.engines import version_note as _note
+
+    return _note(ENGINE, VERIFIED)
 
 
 @contextlib.contextmanager

@@ -71,6 +71,37 @@ def version_note(dist: str, verified: tuple[str, ...]) -> str:
             f"may have drifted")
 
 
+def fnuz_lowering_missing(params: Mapping) -> str | None:
+    """Why a case naming a fnuz FP8 type cannot run compiled here, or None. Triton lowers
+    float8_e4m3fnuz / float8_e5m2fnuz only for AMD GPUs: on an NVIDIA GPU an engine kernel holding
+    them fails to compile ("type fp8e4b8 not supported in this architecture"), which says nothing
+    of the kernel. The interpreter (CPU) and ROCm builds run them. (qkcheck's bundled kernels
+    convert fnuz in software there and keep those cases.)"""
+    names = sorted({v for v in params.values() if isinstance(v, str) and v.startswith("float8") and v.endswith("fnuz")})
+    if not names:
+        return None
+    from qkcheck.kernels import device
+
+    if device.interpreted():
+        return None
+    import torch
+
+    if getattr(torch.version, "hip", None) or not torch.cuda.is_available():
+        return None
+    return (f"{', '.join(names)}: Triton lowers the fnuz FP8 types only for AMD GPUs, so this engine kernel "
+            f"cannot be compiled with them on this GPU")
+
+
+def platform_limited(supports: Callable[[Mapping], str | None] | None) -> Callable[[Mapping], str | None]:
+    """An engine adapter's ``supports`` with the platform limits every engine kernel shares
+    (``fnuz_lowering_missing``) checked first."""
+
+    def check(params: Mapping) -> str | None:
+        return fnuz_lowering_missing(params) or (supports(params) if supports else None)
+
+    return check
+
+
 def unsupported(adapter, params: Mapping) -> str | None:
     """Why ``params`` lie outside what ``adapter``'s engine callable supports, or None."""
     check = SUPPORTS.get(getattr(adapter, "name", adapter))
@@ -207,5 +238,5 @@ def build(specs, engine: str, install_hint: str):
         call = s["make_call"](fn) if fn is not None else missing_call(f"{s['name']}: {where}")
         adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call, target=fn,
                                       signature=s["signature"], description=s["description"],
-                                      supports=s["supports"], **s["fields"]))
+                                      supports=platform_limited(s["supports"]), **s["fields"]))
     return adapters, None

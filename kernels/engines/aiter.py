@@ -43,7 +43,7 @@ import json
 import os
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.engines import EngineUnsupported, register
+from qkcheck.kernels.engines import EngineUnsupported, platform_limited, register
 
 ENGINE = "aiter"
 DIST = "amd-aiter"
@@ -105,11 +105,31 @@ def _module(relpath: str):
     return load_module_from(ENGINE, relpath)
 
 
+# launch options only Triton's AMD back end knows; the NVIDIA back end rejects them by name
+AMD_ONLY_LAUNCH_KEYS = ("waves_per_eu", "matrix_instr_nonkdim", "kpack")
+
+
+def _compiled_off_amd() -> bool:
+    """True where kernels compile for a GPU that is not AMD's (the interpreter takes any option)."""
+    from qkcheck.kernels import device
+
+    if device.interpreted():
+        return False
+    import torch
+
+    return torch.cuda.is_available() and not getattr(torch.version, "hip", None)
+
+
 def _mi300x_config(name: str) -> dict:
-    """AITER's MI300X ``"any"`` tile config for a GEMM (``configs/gemm/MI300X-<name>.json``)."""
+    """AITER's MI300X ``"any"`` tile config for a GEMM (``configs/gemm/MI300X-<name>.json``), less
+    the AMD-only launch options where the kernel compiles for another GPU (same tiles there)."""
     path = os.path.join(_package_dir(), "ops", "triton", "configs", "gemm", f"MI300X-{name}.json")
     with open(path) as f:
-        return dict(json.load(f)["any"])
+        cfg = dict(json.load(f)["any"])
+    if _compiled_off_amd():
+        for key in AMD_ONLY_LAUNCH_KEYS:
+            cfg.pop(key, None)
+    return cfg
 
 
 def _supported(name: str, check):
@@ -175,6 +195,9 @@ def _mx_supports(p) -> str | None:
     if p["scale_rule"] != "floor":
         return (f"scale_rule={p['scale_rule']!r}: dynamic_mxfp4_quant's only mode ('even', SCALING_MODE=0) is a "
                 f"floor-style rule; it has no RCEIL mode")
+    if _compiled_off_amd():
+        return ("dynamic_mxfp4_quant launches with AMD-only options (waves_per_eu), which Triton rejects when "
+                "compiling for another GPU; it runs on ROCm and under the interpreter")
     return None
 
 
@@ -378,7 +401,7 @@ def load() -> tuple[list[KernelAdapter], str | None]:
         call = s["make_call"](fn) if callable(fn) else missing_call(f"{s['name']}: {where}")
         adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call,
                                       target=fn if callable(fn) else None, signature=s["signature"],
-                                      description=f"{s['description']}; {note}", supports=s["supports"],
+                                      description=f"{s['description']}; {note}", supports=platform_limited(s["supports"]),
                                       conventions=s["conventions"], **s["fields"]))
     return adapters, None
 

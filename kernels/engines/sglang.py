@@ -60,7 +60,7 @@ import sys
 import types
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.engines import EngineUnsupported, missing_call, register
+from qkcheck.kernels.engines import EngineUnsupported, missing_call, platform_limited, register
 
 ENGINE = "sglang"
 VERIFIED = ("0.5.23",)
@@ -496,7 +496,7 @@ def load() -> tuple[list[KernelAdapter], str | None]:
         adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call,
                                       target=fn if callable(fn) else None, signature=s["signature"],
                                       description=f"{s['description']}; {note}; loaded via {LOADED_VIA}",
-                                      supports=s["supports"], conventions=s["conventions"], **s["fields"]))
+                                      supports=platform_limited(s["supports"]), conventions=s["conventions"], **s["fields"]))
     return adapters, None
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.engines import EngineUnsupported, import_engine, register
+from qkcheck.kernels.engines import EngineUnsupported, import_engine, platform_limited, register
 
 ENGINE = "torchao"
 VERIFIED = ("0.18.0",)
@@ -284,7 +284,7 @@ def load() -> tuple[list[KernelAdapter], str | None]:
         target = _signature_target(fn) if callable(fn) else None
         adapters.append(KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call,
                                       target=target, signature=s["signature"],
-                                      description=f"{s['description']}; {note}", supports=s["supports"],
+                                      description=f"{s['description']}; {note}", supports=platform_limited(s["supports"]),
                                       conventions=s["conventions"], **s["fields"]))
     return adapters, None
 

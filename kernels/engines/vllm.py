@@ -66,7 +66,7 @@ import types
 import numpy as np
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.engines import EngineUnsupported, build, register, require_supported
+from qkcheck.kernels.engines import EngineUnsupported, build, platform_limited, register, require_supported
 
 ENGINE = "vllm"
 INSTALL_HINT = ("pip install vllm on a GPU runner; on a CPU box: pip download --no-deps vllm==0.33.0, "
@@ -1147,7 +1147,7 @@ def _adapter(s, fn, where, mode: str) -> KernelAdapter:
     call = s["make_call"](fn) if fn is not None else missing_call(f"{s['name']}: {where}")
     desc = s["description"] + ("" if mode == "import" else f" [{version_note()}]")
     return KernelAdapter(name=s["name"], op=s["op"], pack=s["pack"], call=call, target=target,
-                         signature=s["signature"], description=desc, supports=s["supports"], **fields)
+                         signature=s["signature"], description=desc, supports=platform_limited(s["supports"]), **fields)
 
 
 def _files_adapters(mods) -> list[KernelAdapter]:

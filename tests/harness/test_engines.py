@@ -251,3 +251,26 @@ def test_a_wrong_engine_result_fails_the_numerics_through_the_adapter(monkeypatc
     res = run_case(_mm_case("int8", False, "exact", 14), mm, "cpu")
     assert res.status == FAIL
     assert next(c for c in res.checks if c.name == "numerics").outcome == FAIL
+
+
+def test_fnuz_cases_of_engine_kernels_are_outside_a_compiled_nvidia_run(monkeypatch):
+    """Triton lowers the fnuz FP8 types only for AMD: compiled on another GPU an engine kernel
+    cannot hold them, so such a case is outside the adapter's space there (with the reason), and
+    runs under the interpreter and on ROCm; the adapter's own limits still apply."""
+    import torch
+
+    from qkcheck.kernels import device
+
+    fnuz, fn = {"quant_dtype": "float8_e4m3fnuz"}, {"quant_dtype": "float8_e4m3fn"}
+    inner = engines.platform_limited(lambda p: "int8 only" if p["quant_dtype"] != "int8" else None)
+    monkeypatch.setattr(device, "interpreted", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    assert "only for AMD GPUs" in engines.fnuz_lowering_missing(fnuz)
+    assert engines.fnuz_lowering_missing(fn) is None
+    assert "only for AMD GPUs" in inner(fnuz) and inner(fn) == "int8 only"
+    monkeypatch.setattr(torch.version, "hip", "6.4", raising=False)  # a ROCm build
+    assert engines.fnuz_lowering_missing(fnuz) is None
+    monkeypatch.setattr(device, "interpreted", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
+    assert engines.fnuz_lowering_missing(fnuz) is None and inner(fnuz) == "int8 only"

@@ -233,24 +233,12 @@ def _gemm_supports(p) -> str | None:
 
 
 def _gemm_pack(problem, params, device):
-    import numpy as np
+    from qkcheck.kernels.scaled_mm.adapter import pack_scaled_mm_operands
 
-    from qkcheck.kernels.scaled_mm.adapter import code_tensor, scale_arrival
-    from qkcheck.kernels.torch_io import float_tensor
-
-    fmt = params["quant_dtype"]
-    b = np.asarray(problem["b"])
-    bias = problem.get("bias")
-    return {
-        "a": code_tensor(problem["a"], fmt, device),
-        # "nk": w is the [N, K] storage itself; "kn": [K, N] storage, passed as its .t() view
-        "b": code_tensor(b.T if params["b_storage"] == "nk" else b, fmt, device),
-        "a_scale": scale_arrival(problem["a_scale"], params["a_scale_shape"], device),
-        "b_scale": scale_arrival(problem["b_scale"], params["b_scale_shape"], device),
-        # the kernel adds bias in bias's dtype after casting the accumulator to it: float32 keeps
-        # the only rounding at the output cast
-        "bias": None if bias is None else float_tensor(bias, "float32", device),
-    }
+    # "nk": b is the [N, K] storage itself (passed as is); "kn": [K, N] storage, passed as its .t()
+    # view; the kernel adds bias in bias's dtype after casting the accumulator: float32 keeps the
+    # only rounding at the output cast
+    return pack_scaled_mm_operands(problem, params, device)
 
 
 def _gemm_config(config, name: str) -> dict:

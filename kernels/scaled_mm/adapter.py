@@ -79,21 +79,27 @@ def _default(dims, params):
 
 
 # ---------------------------------------------------------------------------------- scaled_mm
-def _scaled_mm_pack(problem, params, device):
-    import torch
-
+def pack_scaled_mm_operands(problem, params, device) -> dict:
+    """A scaled_mm problem's codes, scales (as the case says they arrive) and a float32 bias (the
+    only rounding stays at the output cast): what every scaled_mm adapter passes, engines' too.
+    ``b`` is the [N, K] storage for ``b_storage == "nk"`` (a kernel takes its ``.t()`` view), else [K, N]."""
     fmt = params["quant_dtype"]
     b = np.asarray(problem["b"])
-    azp = problem.get("azp")
     return {
         "a": code_tensor(problem["a"], fmt, device),
-        # "nk": the [N, K] storage; call passes its .t() view
         "b": code_tensor(b.T if params["b_storage"] == "nk" else b, fmt, device),
         "a_scale": scale_arrival(problem["a_scale"], params["a_scale_shape"], device),
         "b_scale": scale_arrival(problem["b_scale"], params["b_scale_shape"], device),
-        "azp": None if azp is None else to_device(torch.from_numpy(np.asarray(azp, np.int32).reshape(-1, 1)), device),
         "bias": _bias(problem, "float32", device),
     }
+
+
+def _scaled_mm_pack(problem, params, device):
+    import torch
+
+    azp = problem.get("azp")
+    return {**pack_scaled_mm_operands(problem, params, device),
+            "azp": None if azp is None else to_device(torch.from_numpy(np.asarray(azp, np.int32).reshape(-1, 1)), device)}
 
 
 def _scaled_mm_call(t, params, config):

@@ -302,6 +302,16 @@ def skip_reason(case: Case, device: str, adapter=None) -> str | None:
                               output_dtype=plain[0] if plain else None)
 
 
+def raised_skip_reason(exc: BaseException, device: str) -> str | None:
+    """Why an exception from an adapter's pack or call is the interpreter's known defect (a probe
+    raised the same, kernels.probes.defect_raised), not the kernel's; None otherwise."""
+    if device != "cpu":
+        return None
+    from qkcheck.kernels import probes
+
+    return probes.defect_raised(exc)
+
+
 def as_outputs(out) -> tuple:
     """A kernel's return value as a tuple of tensors (one op may return several); anything else
     raises TypeError naming what came back."""
@@ -591,6 +601,11 @@ def run_case(case: Case, adapter, device: str, *, diagnose_failures: bool = True
     except (CaseTimeout, KeyboardInterrupt):
         raise
     except BaseException as exc:  # noqa: BLE001 — any escape is this case's recorded error, never a lost result
+        known = raised_skip_reason(exc, device) if stage[0] == "pack" else None
+        if known:  # a Triton kernel the adapter's pack launches hit a probed interpreter defect
+            return Result(case=case.to_dict(), case_id=case.id, kernel=getattr(adapter, "name", "?"), op=case.op,
+                          status=SKIP, device=device, skip_reason=known,
+                          timings={"total": round(time.perf_counter() - t_start, 6)})
         what = traceback.format_exception_only(type(exc), exc)[-1].strip()
         res = Result(case=case.to_dict(), case_id=case.id, kernel=getattr(adapter, "name", "?"), op=case.op,
                      status=ERROR, device=device,
@@ -712,6 +727,10 @@ def _run_case(case: Case, adapter, device: str, diagnose_failures: bool, stage: 
         raise
     except (Exception, SystemExit) as exc:  # the kernel's failure is this case's failure, not the run's
         tick("kernel", t0)
+        known = raised_skip_reason(exc, device)
+        if known:
+            res.skip_reason = known
+            return finish(SKIP)
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
         res.checks.append(Check("raised", FAIL, f"the kernel raised {tb}"))
         return finish(FAIL)

@@ -64,6 +64,15 @@ Where compiled Triton and this interpreter still differ (by design, not defects)
 - Summation order of ``tl.dot`` and ``tl.sum`` differs from the GPU's.
 - Transcendental functions (exp, log, ...) on bf16 are numpy's float32 functions, rounded.
 
+One NumPy compatibility fix, not numerics: a scalar tensor used as a Python int (``range(begin,
+end)`` with tensor bounds, an index) goes through ``tensor.__index__``, which Triton 3.6's
+interpreter implements as ``int(handle.data)`` on a one-element array of shape (1,). NumPy 2.5
+refuses that conversion (``TypeError: only 0-dimensional arrays can be converted to Python
+scalars``; NumPy 1.25-2.4 warn), so every kernel with tensor loop bounds raised there. Triton 3.9
+squeezes the array first; ``_patch_lang_tensor`` (which installs those tensor methods at each
+launch) is hooked so that 3.6 does the same. The probe ``tensor_index`` (``kernels.probes``)
+shows the defect and the fix.
+
 Version awareness: the module names the Triton interpreter series it was written against
 (:data:`KNOWN_INTERNALS`) with a fingerprint of the source of every internal it hooks or relies
 on. :func:`install` patches only when the running Triton's series is known *and* its internals
@@ -90,8 +99,8 @@ __all__ = ["KNOWN_INTERNALS", "Status", "install", "uninstall", "status", "bypas
 # Triton interpreter series -> fingerprint of the internals this module hooks or relies on
 # (see fingerprint(); recompute it when adding a series, after reading the diff of those internals)
 KNOWN_INTERNALS = {
-    "3.6": "7a841b52d78e0f24",
-    "3.9": "7288a9dabd3f1bc3",
+    "3.6": "7a056d11c7497ee4",
+    "3.9": "83ab9d9f98cc3531",
 }
 
 # internals replaced by install(): "Owner.attribute" in triton.runtime.interpreter
@@ -109,6 +118,7 @@ _HOOKED = (
     "ReduceOps.min_max",
     "ScanOps.cumsum",
     "ScanOps.cumprod",
+    "_patch_lang_tensor",
 )
 # internals not replaced but relied on: the storage of bf16 / fp8 as raw bits, the one-line
 # builder methods that route every float op and cast into the hooked ones, the reduction dispatch
@@ -118,6 +128,7 @@ _ROUTED = (
     "ReduceScanOpInterface.to_tensor",
     "ReduceOps.apply_impl",
     "ScanOps.apply_impl",
+    "_LangPatchScope.set_attr",
     "InterpreterBuilder.get_bf16",
     "InterpreterBuilder.create_clampf",
     *(f"InterpreterBuilder.create_{op}" for op in (
@@ -563,7 +574,21 @@ def _scan(method, interp, ufunc):
     return scan
 
 
+def _patch_lang_tensor(function, interp):
+    """After the interpreter's own tensor methods are installed for a launch, ``__index__``
+    converts the squeezed array (a scalar tensor's data has shape (1,)), as Triton 3.9 does."""
+
+    @functools.wraps(function)
+    def wrapper(tensor, scope):
+        function(tensor, scope)
+        if _active():
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    return wrapper
+
+
 _WRAPPERS = {
+    "_patch_lang_tensor": _patch_lang_tensor,
     "cast_impl": _cast_impl,
     "create_fp_to_fp": _create_fp_to_fp,
     "binary_op": _via_float32,

@@ -18,6 +18,12 @@ Defects probed (all seen in the raw Triton 3.9.0 and 3.6.0 interpreters):
   by one bf16 ULP (bf16 loads, bf16 -> float32 and bf16 stores of bf16 values are right);
 - ``fp8_conversion``: float32 -> fp8 ``.to()`` does not round to nearest even nor saturate like
   compiled Triton (golden rows for float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz);
+- ``tensor_index``: a scalar tensor used as a Python int (``range`` with tensor bounds) raises
+  ``TypeError: only 0-dimensional arrays can be converted to Python scalars`` in the Triton 3.6
+  interpreter under NumPy >= 2.5 (it converts a shape-(1,) array with ``int``); the correction
+  fixes it. Which cases it hits cannot be told before they run, so nothing is skipped up front:
+  a kernel that raises the very exception this probe saw, while the probe is still defective, is
+  skipped with the probe's evidence instead of failing (:func:`defect_raised`);
 - ``unchecked_oob_load``: an unmasked load past the end of a tensor returns neighbouring memory
   instead of failing, so the interpreter cannot show a missing mask (canaries must). The
   correction does not address it (it is not numerics); no dtype's cases are skipped for it.
@@ -33,13 +39,14 @@ from dataclasses import dataclass
 
 from qkcheck.kernels import interpreter
 
-__all__ = ["ProbeResult", "PROBES", "probe_results", "skip_reason"]
+__all__ = ["ProbeResult", "PROBES", "probe_results", "skip_reason", "defect_raised"]
 
 # what a probe's defect makes uncheckable; skip_reason maps case properties onto these
 AFFECTS_BF16 = "bf16 compute"
 AFFECTS_BF16_OUTPUT = "bf16 output"
 AFFECTS_FP8 = "fp8 output"
 AFFECTS_MASKS = "out-of-bounds masking"
+AFFECTS_RAISES = "kernels raising the probe's exception"
 
 # compute dtype spellings accepted by skip_reason -> the category they fall under (None: none)
 _COMPUTE_CATEGORIES = {
@@ -68,6 +75,7 @@ class ProbeResult:
     affects: str
     corrected_defective: bool
     corrected_detail: str
+    raised: tuple[str, ...] = ()  # "Type: message" of each exception the probe's kernels raised (corrected column)
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,15 @@ def _kernels():
         offs = tl.arange(0, BLOCK)
         tl.store(out_ptr + offs, tl.load(src_ptr + offs))  # deliberately unmasked
 
-    return fma_kernel, dot_kernel, convert_kernel, copy_kernel
+    @triton.jit
+    def index_kernel(out_ptr, END: tl.constexpr):
+        begin = tl.program_id(0) + 1  # a scalar tensor used as a Python int by range()
+        count = 0
+        for _ in range(begin, END):
+            count += 1
+        tl.store(out_ptr, count)
+
+    return fma_kernel, dot_kernel, convert_kernel, copy_kernel, index_kernel
 
 
 _BLOCK = 16
@@ -211,16 +227,17 @@ _FP8_GOLDEN = {
 def _probe_fp8_conversion():
     import torch
 
-    wrong = []
+    wrong, raised = [], []
     for name, golden in _FP8_GOLDEN.items():
         try:
             defective, detail = _convert_golden(golden, getattr(torch, name), name)
         except Exception as exc:  # this interpreter cannot convert to the format at all
             defective, detail = True, f"float32 -> {name}: the probe kernel raised {type(exc).__name__}: {exc}"
+            raised.append(_signature(exc))
         if defective:
             wrong.append(detail)
     if wrong:
-        return True, "; ".join(wrong)
+        return True, "; ".join(wrong), raised
     return False, f"float32 -> {', '.join(_FP8_GOLDEN)} round to nearest even and saturate on all golden rows"
 
 
@@ -242,21 +259,58 @@ def _probe_unchecked_oob_load():
     )
 
 
+def _probe_tensor_index():
+    import torch
+
+    index_kernel = _kernels()[4]
+    out = torch.full((1,), -1, dtype=torch.int32)
+    index_kernel[(1,)](out, END=4)  # an exception here is the defect (_launch records it)
+    got = int(out.item())
+    return got != 3, f"a loop over range(program_id + 1, 4) ran {got} times (expected 3)"
+
+
 PROBES: tuple[_Probe, ...] = (
     _Probe("bf16_arithmetic", "bf16 arithmetic", AFFECTS_BF16, _probe_bf16_arithmetic),
     _Probe("bf16_dot", "bf16 tl.dot", AFFECTS_BF16, _probe_bf16_dot),
     _Probe("bf16_conversion", "float32 -> bf16 conversion", AFFECTS_BF16_OUTPUT, _probe_bf16_conversion),
     _Probe("fp8_conversion", "float32 -> fp8 conversion", AFFECTS_FP8, _probe_fp8_conversion),
+    _Probe("tensor_index", "a scalar tensor as a Python int (range with tensor bounds)", AFFECTS_RAISES,
+           _probe_tensor_index),
     _Probe("unchecked_oob_load", "out-of-bounds load checking", AFFECTS_MASKS, _probe_unchecked_oob_load,
            corrected=False),
 )
 
 
-def _launch(probe: _Probe) -> tuple[bool, str]:
+def _launch(probe: _Probe) -> tuple[bool, str, tuple[str, ...]]:
+    """(defective, detail, raised): raised holds the innermost exception's "Type: message" of each
+    probe kernel that raised (the interpreter wraps what a kernel raises in InterpreterError); a
+    probe's run() returns (defective, detail) or, when it catches exceptions itself, also those."""
     try:
-        return probe.run()
+        defective, detail, *raised = probe.run()
+        return defective, detail, tuple(raised[0]) if raised else ()
     except Exception as exc:  # the probe kernel itself does not run: the operation is unusable
-        return True, f"the probe kernel raised {type(exc).__name__}: {exc}"
+        return True, f"the probe kernel raised {type(exc).__name__}: {exc}", (_signature(exc),)
+
+
+def _signature(exc: BaseException) -> str:
+    root = _innermost(exc)
+    return f"{type(root).__name__}: {root}"
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _run(probe: _Probe) -> ProbeResult:
@@ -264,12 +318,12 @@ def _run(probe: _Probe) -> ProbeResult:
         not_run = "not run: compiled Triton (TRITON_INTERPRET is not 1)"
         return ProbeResult(probe.name, probe.what, False, not_run, probe.affects, False, not_run)
     with interpreter.bypassed():
-        defective, detail = _launch(probe)
+        defective, detail, raised = _launch(probe)
     correction = interpreter.status()
     if not correction.installed:
-        corrected = defective, f"not corrected ({correction.reason}): {detail}"
+        corrected = defective, f"not corrected ({correction.reason}): {detail}", raised
     elif not probe.corrected:
-        corrected = defective, f"outside qkcheck's correction: {detail}"
+        corrected = defective, f"outside qkcheck's correction: {detail}", raised
     else:
         corrected = _launch(probe)
     return ProbeResult(probe.name, probe.what, defective, detail, probe.affects, *corrected)
@@ -328,3 +382,21 @@ def skip_reason(*, compute_dtype: str, fp8_output: bool, output_dtype: str | Non
     findings = "; ".join(f"{r.what} is wrong (probe {r.name}: {r.detail})" for r in hits)
     return (f"Triton {_triton_version()} interpreter: {findings}; {affected} cases run only compiled "
             f"(qkcheck's interpreter correction is off: {correction.reason})")
+
+
+def defect_raised(exc: BaseException) -> str | None:
+    """The skip reason when ``exc`` (a kernel's exception, anywhere in its cause chain) is the
+    exception a probe's kernel raised and that probe is still defective here (under the
+    correction where installed), else None: such a failure is the interpreter's, not the
+    kernel's. Under compiled Triton nothing is probed and this is always None."""
+    if not interpreting():
+        return None
+    signatures = {raised: r for r in _results(interpreter.status()) if r.corrected_defective for raised in r.raised}
+    for link in _chain(exc):
+        seen = f"{type(link).__name__}: {link}"
+        hit = signatures.get(seen)
+        if hit is not None:
+            return (f"Triton {_triton_version()} interpreter: {hit.what} raises {seen} "
+                    f"(probe {hit.name}: {hit.corrected_detail}); the kernel raised the same, so the case "
+                    f"runs only compiled")
+    return None

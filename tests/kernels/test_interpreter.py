@@ -607,3 +607,84 @@ def test_broken_twin_of_the_correction_is_caught_by_its_probe(corrected, monkeyp
     probe = next(p for p in probes.PROBES if p.name == probe_name)
     result = probes._run(probe)
     assert result.corrected_defective and evidence in result.corrected_detail
+
+
+# ------------------------------------------------ a scalar tensor as a Python int (NumPy >= 2.5)
+NUMPY25_REFUSAL = "only 0-dimensional arrays can be converted to Python scalars"
+
+
+def _numpy25_int(data: np.ndarray) -> int:
+    """int() of an array as NumPy >= 2.5 does it: refused unless the array is 0-dimensional."""
+    if np.ndim(data):
+        raise TypeError(NUMPY25_REFUSAL)
+    return int(data)
+
+
+@pytest.fixture
+def numpy25_index(corrected, monkeypatch):
+    """Triton 3.6's interpreter under NumPy 2.5: tensor.__index__ is int() of the handle's
+    shape-(1,) array, which raises. Returns (the 3.6-style _patch_lang_tensor, the interpreter
+    module); the probes' cache is cleared around the test."""
+    import triton.runtime.interpreter as interp
+
+    own = interp._patch_lang_tensor.__wrapped__  # this Triton's original, under qkcheck's hook
+
+    def patch_lang_tensor_36(tensor, scope):
+        own(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: _numpy25_int(self.handle.data))
+
+    probes._results.cache_clear()
+    yield patch_lang_tensor_36, interp
+    monkeypatch.undo()
+    probes._results.cache_clear()
+
+
+def test_tensor_index_probe_passes_here(corrected):
+    result = probes.probe_results()["tensor_index"]
+    assert not result.defective and not result.corrected_defective, result.detail
+    assert result.raised == ()
+
+
+def test_broken_twin_the_tensor_index_probe_sees_the_numpy25_refusal(numpy25_index, monkeypatch):
+    patch_lang_tensor_36, interp = numpy25_index
+    monkeypatch.setattr(interp, "_patch_lang_tensor", patch_lang_tensor_36)  # no correction over it
+    result = probes.probe_results()["tensor_index"]
+    assert result.defective and result.corrected_defective
+    assert result.raised == (f"TypeError: {NUMPY25_REFUSAL}",)
+
+
+def test_the_correction_squeezes_before_int(numpy25_index, monkeypatch):
+    patch_lang_tensor_36, interp = numpy25_index
+    monkeypatch.setattr(interp, "_patch_lang_tensor", interpreter._WRAPPERS["_patch_lang_tensor"](patch_lang_tensor_36, interp))
+    result = probes.probe_results()["tensor_index"]
+    assert result.defective, "the raw column (correction bypassed) must still see the refusal"
+    assert not result.corrected_defective, result.corrected_detail
+
+
+def test_a_kernel_raising_a_probed_defect_is_skipped_with_the_evidence_not_failed(numpy25_index, monkeypatch):
+    """The bundled W4A16 kernel loops over range(tile_begin, tile_end) with tensor bounds: under
+    the 3.6-style interpreter it raises the probe's exception, and the case is skipped naming the
+    probe. Broken twin: any other exception from a kernel still fails the case."""
+    import dataclasses
+
+    from qkcheck.cases.case import Case
+    from qkcheck.cases.runner import run_case
+    from qkcheck.kernels.catalog import resolve
+
+    patch_lang_tensor_36, interp = numpy25_index
+    monkeypatch.setattr(interp, "_patch_lang_tensor", patch_lang_tensor_36)
+    adapter = next(a for a in resolve("bundled") if a.name == "bundled:w4a16_gemm")
+    case = Case.make("w4a16_gemm", shape={"m": 3, "n": 32, "k": 128},
+                     params={"group_size": 32, "zero_points": False, "layout": "gptq", "act_dtype": "float16",
+                             "out_dtype": "float16", "bias": False}, regime="exact", seed=3)
+    result = run_case(case, adapter, "cpu")
+    assert result.status == "skip", result.checks
+    assert f"raises TypeError: {NUMPY25_REFUSAL} (probe tensor_index: " in result.skip_reason
+
+    def call(*args, **kwargs):
+        raise TypeError("only 1-dimensional arrays are welcome here")
+
+    twin = run_case(case, dataclasses.replace(adapter, call=call), "cpu")
+    assert twin.status == "fail" and twin.skip_reason is None
+    assert "only 1-dimensional arrays are welcome here" in str(twin.checks)
+    assert probes.defect_raised(TypeError("only 1-dimensional arrays are welcome here")) is None

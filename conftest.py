@@ -28,3 +28,12 @@ settings.load_profile(os.environ.get("QKCHECK_HYPOTHESIS_PROFILE", "ci"))
 def device(pytestconfig: pytest.Config) -> str:
     """The concrete device kernels run on: 'cpu' (interpreter), 'cuda' or 'xpu'."""
     return pytestconfig.qkcheck_device
+
+
+# The tests that run qkcheck in processes of their own (seconds to a minute each) go first, so the
+# two xdist workers end together instead of one finishing a long test alone at the end.
+_END_TO_END_FIRST = ("tests/test_packaging.py", "tests/harness/", "tests/test_pytest_plugin.py", "tests/gate/")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.startswith(_END_TO_END_FIRST))  # stable: order kept within each

@@ -4,6 +4,11 @@ one at a time, on this machine; the diagnosis named on each failure is scored ag
 
     python benchmarks/bench_mutants.py --device cpu --budget 60s      # -> benchmarks/results/mutants/mutants.json
     python benchmarks/bench_mutants.py --only w4a16_nibble_order --budget 20s --no-save
+    python benchmarks/bench_mutants.py --device cpu --budget 60s --jobs 2   # two mutants at a time
+
+With ``--jobs N`` each mutant runs in a process of its own, N at a time (``--jobs 1``, the
+default, runs them one after another in this process); the fuzz budget is wall time, so on a
+machine with fewer free cores than N each fuzz run gets fewer cases in its budget.
 
 Per mutant: gate (detected yes/no, cases failed of cases run), fuzz (caught yes/no, seconds to the
 first failure), and the diagnosis: *correct* (the expected mechanism named alone), *none* ("no
@@ -91,7 +96,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated mutant names")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the record as JSON")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own process")
     args = ap.parse_args(argv)
+    if args.jobs < 1:
+        ap.error(f"--jobs {args.jobs}: must be 1 or more")
     sys.path.insert(0, str(ROOT))
     import qkcheck
 
@@ -105,12 +113,34 @@ def main(argv=None) -> int:
     record = {"device": args.device, "machine": machine(), "measured": time.strftime("%Y-%m-%d"),
               "command": f"python benchmarks/bench_mutants.py --device {args.device} --budget {args.budget}"
                          + (f" --only {args.only}" if args.only else ""), "rows": []}
-    for m in todo:
-        rows[m.name] = run_one(m, adapters[m.name], args.device, args.budget)
+    if args.jobs > 1:
+        record["command"] += f" --jobs {args.jobs}"
+
+    def save(row):
+        rows[row["mutant"]] = row
         record["rows"] = [rows[x.name] for x in MUTANTS if x.name in rows]
         if not args.no_save:
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(record, indent=2) + "\n")
+
+    if args.jobs == 1:
+        for m in todo:
+            save(run_one(m, adapters[m.name], args.device, args.budget))
+    else:
+        import concurrent.futures
+        import subprocess
+
+        def child(m):
+            done = subprocess.run([sys.executable, __file__, "--device", args.device, "--budget", args.budget,
+                                   "--only", m.name, "--no-save", "--json"], capture_output=True, text=True)
+            sys.stderr.write(done.stderr[-2000:])
+            if done.returncode:
+                raise RuntimeError(f"mutant {m.name}: the child exited {done.returncode}")
+            return next(r for r in json.loads(done.stdout)["rows"] if r["mutant"] == m.name)
+
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            for row in pool.map(child, todo):
+                save(row)
     if args.json:
         print(json.dumps(record, indent=2))
     return 0

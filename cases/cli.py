@@ -136,6 +136,8 @@ def _pytest(suite: str, args) -> int:
             "-p", "qkcheck.cases.plugin", "-p", "no:cacheprovider", "-q", "--qkcheck-device", args.device,
             "--qkcheck-failures-dir", str(Path(args.failures_dir).resolve()), "--qkcheck-isolate", args.isolate,
             "--qkcheck-case-timeout", args.case_timeout]
+    if suite != "test_fuzz.py":  # the gate draws nothing: hypothesis' pytest plugin would import it (~1 s)
+        argv += ["-p", "no:hypothesispytest"]
     for spec in args.kernels or ["bundled"]:
         argv += ["--qkcheck-kernels", _absolute_if_file(spec)]
     for op in args.op or []:

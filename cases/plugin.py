@@ -671,8 +671,14 @@ def _device_info(config) -> dict:
         import triton
 
         info["versions"] = {"torch": str(torch.__version__), "triton": str(triton.__version__)}
-        info["probes"] = {n: {"defective": r.defective, "detail": r.detail, "corrected_defective": r.corrected_defective,
-                              "corrected_detail": r.corrected_detail} for n, r in probes.probe_results().items()}
+        adapters = [a for specs, (found, *_) in config.__dict__.get("_qkcheck_adapters", {}).items() for a in found]
+        if adapters and not any(a.triton for a in adapters):
+            # the probes concern Triton kernels only (runner.skip_reason): not run for a torch-only run
+            info["probes"] = {}
+        else:
+            info["probes"] = {n: {"defective": r.defective, "detail": r.detail,
+                                  "corrected_defective": r.corrected_defective,
+                                  "corrected_detail": r.corrected_detail} for n, r in probes.probe_results().items()}
     except Exception as exc:  # info only; never lose results over it
         info["probe_error"] = f"{type(exc).__name__}: {exc}"
     return info

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
-from hypothesis import assume
-from hypothesis import strategies as st
+from qkcheck.cases.hyp import assume
+from qkcheck.cases.hyp import st
 
 from qkcheck.cases.case import REGIMES, Case, CaseError
 

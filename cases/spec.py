@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from hypothesis import strategies as st
+from qkcheck.cases.hyp import st
 
 from qkcheck.cases.case import Case, CaseError, freeze
 

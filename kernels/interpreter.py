@@ -88,7 +88,6 @@ import inspect
 import threading
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 from qkcheck.oracle.formats import FORMATS, Specials
@@ -140,6 +139,15 @@ _ROUTED = (
         "exp", "exp2", "log", "log2", "cos", "sin", "sqrt", "precise_sqrt", "floor", "ceil")),
 )
 
+@functools.cache
+def _ml_dtypes():
+    """ml_dtypes, imported on the first conversion that needs it (its import takes about a second,
+    which a process that never meets a bf16 or fp8 value should not pay)."""
+    import ml_dtypes
+
+    return ml_dtypes
+
+
 # NVIDIA's canonical 16-bit NaN (sign clear, exponent and mantissa all ones), bf16 and fp16 alike
 _CANONICAL_NAN_16 = 0x7FFF
 
@@ -155,7 +163,7 @@ class Fp8Format:
 
     @property
     def ml_dtype(self) -> np.dtype:
-        return np.dtype(getattr(ml_dtypes, self.name))
+        return np.dtype(getattr(_ml_dtypes(), self.name))
 
     @property
     def max(self) -> float:
@@ -190,7 +198,7 @@ def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
     way to 8 bits is innocuous double rounding (24 >= 2 * 8 + 2)."""
     x = np.asarray(x)
     with np.errstate(all="ignore"):
-        bits = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+        bits = x.astype(_ml_dtypes().bfloat16).view(np.uint16)
     return np.where(np.isnan(x), np.uint16(_CANONICAL_NAN_16), bits).astype(np.uint16)
 
 

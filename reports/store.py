@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where results are merged (a second of start-up otherwise)
+    import pandas as pd
 
 RUN, RESULT = "run", "result"
 REQUIRED_RESULT_FIELDS = ("case", "case_id", "kernel", "op", "status")
@@ -155,6 +157,8 @@ def load_results(paths: list[Path]) -> tuple[pd.DataFrame, list[dict]]:
     each with ``source`` added. Missing files and malformed lines raise ``ValueError`` naming the
     file, the line and what was expected.
     """
+    import pandas as pd
+
     if isinstance(paths, (str, Path)):
         paths = [paths]
     infos: list[dict] = []

@@ -8,7 +8,7 @@
 #   smoke budget in one stream (QKCHECK_FUZZ_BUDGET, default 2s): the fuzzer's detection power
 #   is tested in tests/harness against the zoo, not by this suite's budget;
 # - the product gate suite (tests/gate/test_gate.py) runs one shard of the bundled gate's case
-#   list (QKCHECK_GATE_SHARD, default 1/8): the whole gate is the main job (scripts/gate.sh),
+#   list (QKCHECK_GATE_SHARD, default 1/32): the whole gate is the main job (scripts/gate.sh),
 #   which CI runs as its own step after this one (.ci/run);
 # - --durations=30: the slowest tests are listed at the end, so time can be measured.
 set -euo pipefail
@@ -17,4 +17,4 @@ source "$root/scripts/setup.sh"
 cd "$root"
 exec "$venv/bin/python" -m pytest -n "${QKCHECK_WORKERS:-2}" -m "not slow" --durations=30 \
   --qkcheck-budget "${QKCHECK_FUZZ_BUDGET:-2s}" --qkcheck-fuzz-streams "${QKCHECK_FUZZ_STREAMS:-1}" \
-  --qkcheck-shard "${QKCHECK_GATE_SHARD:-1/8}" "$@"
+  --qkcheck-shard "${QKCHECK_GATE_SHARD:-1/32}" "$@"

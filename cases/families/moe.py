@@ -53,7 +53,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from hypothesis import strategies as st
+from qkcheck.cases.hyp import st
 
 from qkcheck.cases.case import Case
 from qkcheck.cases.spec import GEMM_CONFIG_COMPLETE, OpSpec, Output

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
-from hypothesis import strategies as st
+from qkcheck.cases.hyp import st
 
 from qkcheck.cases.case import REGIMES, Case
 from qkcheck.cases.space import CaseSpace

@@ -94,6 +94,7 @@ def test_torch_mx_quantization_matches_the_oracle():
 # ------------------------------------------------------------------ bundled adapter
 
 
+@pytest.mark.slow  # the gate (CI's main job) runs the whole grid
 def test_bundled_adapter_passes_a_sample_of_its_grid(device):
     adapter = resolve(BUNDLED)[0]
     cases = grid(adapter)
@@ -179,6 +180,7 @@ def test_fuzz_finds_seed_001_shrinks_it_and_the_replay_reproduces(zoo_fuzz, qkch
     assert fixed.returncode == 0, fixed.stdout
 
 
+@pytest.mark.slow  # a 20 s fuzz; the bundled dispatcher's grid runs in the gate
 def test_fuzz_passes_the_bundled_dispatcher_on_the_same_budget(tmp_path):
     # 15 s: several times what the fuzzer needs to find the seed-001 dispatcher (its second case,
     # 3-8 s into the fuzz on the CPU); the shrinking after that is what the zoo run's budget is for

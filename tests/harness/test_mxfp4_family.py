@@ -117,6 +117,7 @@ def test_grid_covers_the_case_space():
     assert "bfloat16" in {c.p["out_dtype"] for c in cases}
 
 
+@pytest.mark.slow  # the gate (CI's main job) runs the whole grid
 def test_bundled_adapter_passes_a_sample_of_its_grid():
     cases = [c for c in grid(MXFP4) if c.p["act_dtype"] == "float16" and c.p["out_dtype"] != "bfloat16"]
     sample = cases[::3]

@@ -126,6 +126,7 @@ def test_a_ties_away_twin_is_caught_by_the_adversarial_regime_and_named():
 # ------------------------------------------------------------------ the bundled kernels
 
 
+@pytest.mark.slow  # the gate (CI's main job) runs the whole grid
 @pytest.mark.parametrize("op", OPS)
 def test_bundled_quant_adapter_passes_a_sample_of_its_grid(op):
     adapter = ADAPTERS[op]
@@ -141,6 +142,7 @@ def test_bundled_quant_adapter_passes_a_sample_of_its_grid(op):
             assert result.status == "pass", result.summary()
 
 
+@pytest.mark.slow  # the whole grid; the gate (CI's main job) runs it too
 def test_every_mx_and_nvfp4_grid_case_passes_with_the_bundled_adapters():
     """All of them run on cpu: every code is assembled from integer bits (no fp8 conversion)."""
     for op in ("mx_quant", "nvfp4_quant"):

@@ -173,6 +173,7 @@ def test_fuzz_finds_seed_004_shrinks_it_to_a_minimal_transposed_scale_case_and_r
     assert run_case(case, resolve(BUNDLED)[0], device).status == PASS
 
 
+@pytest.mark.slow  # the one-worker seed-004 fuzz above and test_fuzz_siblings' two-worker fuzz cover this in the default tier
 def test_fuzz_of_seed_004_and_the_bundled_loader_on_two_workers_fails_only_the_zoo_entry(tmp_path):
     fails = tmp_path / "failures"
     results = tmp_path / "r.jsonl"

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from qkcheck.cases.plugin import THREAD_VARIABLES, share_cpu_threads, usable_cores
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +33,7 @@ def test_a_thread_count_the_user_set_wins():
         assert share_cpu_threads(4, env) is None and env == {name: "3"}
 
 
+@pytest.mark.slow  # a two-worker run of its own; the thread-count rule is unit-tested above
 def test_xdist_workers_see_the_shared_thread_count(tmp_path):
     """End to end: the controller sets the variable before its workers start, so they inherit it."""
     probe = tmp_path / "test_probe.py"

@@ -30,6 +30,7 @@ from tests.kernels.test_scaled_mm import (
     ref_scaled_mm,
     skip_if,
 )
+from tests.tiers import sampled
 
 CONFIG = ScaledMMConfig(block_m=16, block_n=16, block_k=32, num_stages=2)
 OUT = torch.float32
@@ -114,7 +115,7 @@ CHANNEL_CASES = [
 ]
 
 
-@pytest.mark.parametrize("scheme, arrival, shape, scale", CHANNEL_CASES)
+@pytest.mark.parametrize("scheme, arrival, shape, scale", sampled(CHANNEL_CASES, 4))
 def test_per_tensor_and_per_channel_schemes(scheme, arrival, shape, scale, device):
     run_end_to_end(scheme, arrival, shape, scale, device)
 

@@ -33,6 +33,7 @@ from qkcheck.oracle.formats import get_format
 from qkcheck.oracle.numerics import wide_float
 from qkcheck.oracle.ops import moe as oracle_moe
 from qkcheck.oracle.packing import pack
+from tests.tiers import sampled
 
 U32 = wide_float("float32").unit_roundoff
 DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
@@ -396,7 +397,7 @@ EXACT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in EXACT_CASES])
+@pytest.mark.parametrize("case", sampled([pytest.param(c, id=c.id) for c in EXACT_CASES], 3))
 def test_exact(case, device):
     rng = np.random.default_rng(case.seed + 100)
     ex = make_experts(case.scheme, E=case.E, H=case.H, I=case.I, device=device, seed=case.seed, exact=True,
@@ -567,7 +568,7 @@ def _check_bounded_case(case, out, x, ids, weights, ex, on_input=False):
     check_bounded(out, y, bound, out_f)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in BOUNDED_CASES])
+@pytest.mark.parametrize("case", sampled([pytest.param(c, id=c.id) for c in BOUNDED_CASES], 3))
 def test_bounded_end_to_end(case, device):
     reason = bounded_skip(case)
     if reason:

@@ -50,6 +50,7 @@ from qkcheck.kernels.quant import kernel as Q
 from qkcheck.kernels.quant import op as ops_quant
 from qkcheck.oracle.formats import FORMATS
 from qkcheck.oracle.schemes import DEFAULT_AMAX_FLOOR, Scheme, get_scheme, pack_codes, quantize
+from tests.tiers import sampled
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 QUANT_DTYPES = (torch.int8,) + FP8_DTYPES
@@ -259,7 +260,7 @@ GROUP_CASES = [
 ]
 
 
-@pytest.mark.parametrize("quant_dtype, sw, group_size, ue8m0, column_major, in_dtype", GROUP_CASES)
+@pytest.mark.parametrize("quant_dtype, sw, group_size, ue8m0, column_major, in_dtype", sampled(GROUP_CASES, 3))
 def test_per_token_group_quant(quant_dtype, sw, group_size, ue8m0, column_major, in_dtype, device):
     """M=5 (tail of block_m=4), K=384: 12 / 6 / 3 groups, tails of block_g=4 for G=64, 128."""
     skip_if_uncheckable(quant_dtype, sw, device)
@@ -1197,7 +1198,7 @@ def nvfp4_boundary_rows(g: float) -> np.ndarray:
 NVFP4_BOUNDARY_G = (2.0**-3, 5 * 2.0**-6, float(np.float32(0.1)), float(np.float32(1 / 3)))
 
 
-@pytest.mark.parametrize("g", NVFP4_BOUNDARY_G, ids=["pow2", "5x2^-6", "0.1", "1/3"])
+@pytest.mark.parametrize("g", sampled(NVFP4_BOUNDARY_G, 2), ids=["pow2", "5x2^-6", "0.1", "1/3"])
 def test_nvfp4_scale_and_code_rounding_boundaries(g, device):
     """Every E4M3 scale value and midpoint as amax / (6 g), exactly and one float32 step off,
     with e2m1 ties inside the blocks: scale codes against an exact rational RNE written here,

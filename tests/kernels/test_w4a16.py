@@ -30,6 +30,7 @@ from qkcheck.oracle.compare import compare
 from qkcheck.oracle.ops import w4a16 as oracle_gemm
 from qkcheck.oracle.packing import pack
 from tests.kernels.conftest import assert_exact, expected_output
+from tests.tiers import sampled
 
 ACT_EXACT_RANGE = (-4, 4)  # integer activations, exact in fp16 and bf16
 BIAS_EXACT_RANGE = (-8, 8)
@@ -518,7 +519,7 @@ def test_gemv_scale_paths_are_all_exercised():
                     (SCALES_PER_ROW, False)}
 
 
-@pytest.mark.parametrize("case", params(FUSED_CASES))
+@pytest.mark.parametrize("case", sampled(params(FUSED_CASES), 4))
 def test_gemv_and_fused_split_k(case, device):
     run_case(case, device)
 
@@ -578,7 +579,7 @@ BOUND_CASES = [
 ]
 
 
-@pytest.mark.parametrize("layout, group_size, block_k, split_k, dot, cancel", BOUND_CASES)
+@pytest.mark.parametrize("layout, group_size, block_k, split_k, dot, cancel", sampled(BOUND_CASES, 3))
 def test_within_oracle_bound(layout, group_size, block_k, split_k, dot, cancel, device):
     """The GEMV path keeps the dequantized weight in float32 (the oracle's bound assumes it rounded
     to the activation dtype); its error stays within that bound, cancellation included."""
@@ -634,6 +635,7 @@ def test_split_k_is_deterministic(dot, device):
         assert torch.equal(first.view(torch.int32), again.view(torch.int32))
 
 
+@pytest.mark.slow  # a long launcher sweep
 def test_counters_are_reused_across_grids_and_grow(device, monkeypatch):
     """Many split-K launches in a row with different grids and split counts stay exact, the
     counters are all back to 0 after each, and a launch needing more counters grows the buffer."""

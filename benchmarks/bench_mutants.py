@@ -14,8 +14,10 @@ Per mutant: gate (detected yes/no, cases failed of cases run), fuzz (caught yes/
 first failure), and the diagnosis: *correct* (the expected mechanism named alone), *none* ("no
 known mechanism matches", or several mechanisms named as indistinguishable), or *WRONG* (another
 mechanism named). A mutant's gate verdict is WRONG if any failing gate case names a wrong
-mechanism, else correct if any names the right one, else none; its fuzz verdict is that of the
-shrunk failing case, replayed.
+mechanism, else correct if any names the right one, else none. The gate runs its cases in order
+until 12 have failed (the whole gate where fewer fail): the table gives the first failing case's
+position and the verdict over those 12 (a diagnosis costs seconds a case, and W4A16's gate has
+261). Its fuzz verdict is that of the shrunk failing case, replayed.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "mutants" / "mutants.json"
 SPEC = "benchmarks/mutants/mutants.py"
 NEUTRAL = ("no_known_mechanism", "ambiguous")
+DIAGNOSED = 12  # the gate runs until this many of its cases have failed (each diagnosed)
 
 
 def verdict(names: list[str], expected: str) -> str:
@@ -60,19 +63,32 @@ def run_one(m, adapter, device: str, budget: str) -> dict:
     row = {"mutant": m.name, "kernel": m.adapter, "what": m.what, "expected": m.expected}
     t0 = time.perf_counter()
     cases = qkcheck.gate_cases(adapter)
-    results = qkcheck.run_cases(cases, adapter, device=device)
-    ran = [r for r in results if r.status != "skip"]
-    failed = [r for r in results if r.status == "fail"]
+    # the gate's cases in its order until DIAGNOSED of them have failed (each failure diagnosed);
+    # a mutant the gate does not detect runs the whole gate
+    failed, ran = [], 0
+    for case in cases:
+        result, = qkcheck.run_cases([case], adapter, device=device) or [None]
+        if result is None or result.status == "skip":
+            continue
+        ran += 1
+        if result.status == "fail":
+            failed.append((ran, result))
+            if len(failed) == DIAGNOSED:
+                break
+    first = failed[0][0] if failed else None
+    failed = [r for _, r in failed]
     per_case = [verdict([d["hypothesis"] for d in r.diagnosis], m.expected) for r in failed]
     wrong = sorted({d["hypothesis"] for r in failed for d in r.diagnosis
                     if d["hypothesis"] not in NEUTRAL and d["hypothesis"] != m.expected})
     numeric = [r for r in failed if r.divergence is not None]
-    row["gate"] = {"cases": len(ran), "failed": len(failed), "detected": bool(failed),
+    row["gate"] = {"cases": len(cases), "ran": ran, "failed": len(failed), "detected": bool(failed),
+                   "first_failing": first,
                    "diagnosis": combine(per_case) if failed else "-",
                    "failures_correct": per_case.count("correct"), "failures_none": per_case.count("none"),
                    "failures_wrong": per_case.count("WRONG"), "numeric_failures": len(numeric),
                    "wrong_names": wrong, "seconds": round(time.perf_counter() - t0, 1)}
-    print(f"{m.name}: gate {len(failed)}/{len(ran)} failed, diagnosis {row['gate']['diagnosis']}", file=sys.stderr)
+    print(f"{m.name}: gate {len(failed)} failed of the first {ran} run (first failing: {first}), "
+          f"diagnosis {row['gate']['diagnosis']}", file=sys.stderr)
 
     outcome, = qkcheck.fuzz(adapter, budget=budget, device=device)
     fz = {"budget": budget, "caught": outcome.failure is not None, "cases": outcome.cases,

@@ -288,14 +288,18 @@ def mutant_section() -> list[str]:
              f"each labelled with the mechanism that should be named). Caught by the gate: {gate}/{len(rows)}; by "
              f"`fuzz --budget {rows[0]['fuzz']['budget'] if rows else '-'}`: {fuzz}/{len(rows)}; diagnosis correct "
              f"{verdicts.count('correct')}, none {verdicts.count('none')}, WRONG {verdicts.count('WRONG')} (gate "
-             "verdict: WRONG if any failing case names another mechanism, else correct if any names the label).", "",
-             "| mutant | expected | gate: failed / cases | gate diagnosis | fuzz: caught (s to first) | fuzz diagnosis |",
-             "|---|---|---|---|---|---|"]
+             "verdict over the failing cases diagnosed: WRONG if any names another mechanism, else correct if any "
+             "names the label). The gate runs its cases in order until 12 have failed (each diagnosed), or to its "
+             "end.", "",
+             "| mutant | expected | gate: first failing case (of cases) | failed / run | gate diagnosis "
+             "| fuzz: caught (s to first) | fuzz diagnosis |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         g, f = r["gate"], r["fuzz"]
         caught = f"yes ({f['first_failure_s']} s)" if f["caught"] else "**no**"
-        lines.append(f"| {r['mutant']} | {r['expected']} | {g['failed']} / {g['cases']} | {g['diagnosis']} | "
-                     f"{caught} | {f.get('diagnosis', '-')} |")
+        first = f"{g['first_failing']} (of {g['cases']})" if g.get("first_failing") else f"**none** (of {g['cases']})"
+        lines.append(f"| {r['mutant']} | {r['expected']} | {first} | {g['failed']} / {g.get('ran', g['cases'])} | "
+                     f"{g['diagnosis']} | {caught} | {f.get('diagnosis', '-')} |")
     return lines + [""]
 
 

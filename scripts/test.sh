@@ -2,8 +2,9 @@
 # The project's own tests (CPU, Triton interpreter). Extra arguments go to pytest.
 #
 # Defaults (each overridable):
-# - `-m "not slow"`: the long sweeps run with `-m slow` (or any -m of yours: pytest keeps the
-#   last -m it is given, and yours come after this one);
+# - `-m "not slow and not sweep"`: the default tier; `-m slow` runs the slow tier (CI runs both),
+#   `-m sweep` the soundness sweeps (any -m of yours replaces the default: pytest keeps the last
+#   -m it is given, and yours come after this one);
 # - the product fuzz suite (tests/gate/test_fuzz.py) runs every bundled kernel for a short
 #   smoke budget in one stream (QKCHECK_FUZZ_BUDGET, default 2s): the fuzzer's detection power
 #   is tested in tests/harness against the zoo, not by this suite's budget;
@@ -15,6 +16,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$root/scripts/setup.sh"
 cd "$root"
-exec "$venv/bin/python" -m pytest -n "${QKCHECK_WORKERS:-2}" -m "not slow" --durations=30 \
+exec "$venv/bin/python" -m pytest -n "${QKCHECK_WORKERS:-2}" -m "not slow and not sweep" --durations=30 \
   --qkcheck-budget "${QKCHECK_FUZZ_BUDGET:-2s}" --qkcheck-fuzz-streams "${QKCHECK_FUZZ_STREAMS:-1}" \
   --qkcheck-shard "${QKCHECK_GATE_SHARD:-1/32}" "$@"

@@ -305,7 +305,7 @@ def test_correct_implementation_within_bound(i):
     check_sound(i)
 
 
-@pytest.mark.slow
+@pytest.mark.sweep
 def test_correct_implementation_within_bound_sweep():
     failures = []
     for i in range(CI_CASES, CI_CASES + SWEEP_CASES):

@@ -135,7 +135,8 @@ def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, out[-2000:]
     lines = [json.loads(x) for x in results.read_text().splitlines()]
-    assert lines[0].get("interrupted") is True, lines[0]
+    assert lines[0].get("interrupted") is True, (f"exit {proc.returncode}, {len(lines) - 1} results, run line "
+                                                 f"{lines[0]}; output tail: {out[-1500:]}")
     assert 0 < len(lines) - 1 < 88, len(lines)
     assert not list(tmp_path.glob("r.jsonl.*")), "no part files left behind"
 

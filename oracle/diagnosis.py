@@ -476,6 +476,7 @@ def diagnose(ref: OpReference, problem: Mapping, actual, *, exact: bool, compute
     the alternative's bound, while the correct output would not, goes to ``conclude``."""
     ctx = dict(context or {})
     candidates: list[Candidate] = []
+    nan_only: list[str] = []  # rewrites predicting NaN / inf everywhere that the output matched
     tried = 0
     base = ref.expect(problem, exact=exact, compute_dtype=compute_dtype, out_dtype=out_dtype)
     failed = compare(actual, base.expected, base.bound) is not None
@@ -492,6 +493,12 @@ def diagnose(ref: OpReference, problem: Mapping, actual, *, exact: bool, compute
                     continue  # the rewrite made an invalid problem (e.g. zero point out of range)
                 if np.array_equal(alt.exact_value, base.exact_value, equal_nan=True):
                     continue  # a no-op on this problem (e.g. symmetric scales transposed): tells nothing
+                if alt.expected.size and not np.isfinite(alt.expected).any():
+                    # NaN / inf everywhere (e.g. fn codes read as fnuz, where 0x80 is NaN): the same
+                    # symptom as any NaN source (a poisoned read, a NaN scale); never named alone
+                    if compare(actual, alt.expected, alt.bound) is None:
+                        nan_only.append(hyp.name)
+                    continue
                 if compare(actual, alt.expected, alt.bound) is None and _distinct(alt.expected, alt.bound, base):
                     candidates.append(Candidate(hyp.name, sentence, alt.expected, alt.bound, hyp.generic))
         if hyp.outputs is not None:
@@ -499,4 +506,9 @@ def diagnose(ref: OpReference, problem: Mapping, actual, *, exact: bool, compute
                 tried += 1
                 if compare(actual, alt_expected, alt_bound) is None and _distinct(alt_expected, alt_bound, base):
                     candidates.append(Candidate(hyp.name, sentence, alt_expected, alt_bound, hyp.generic))
+    if not candidates and nan_only:
+        names = ", ".join(dict.fromkeys(nan_only))
+        return [Finding(AMBIGUOUS, f"the output is NaN / inf everywhere: {names} would give that on this case, and so "
+                        f"would any NaN source (a read of poisoned memory, a NaN scale); this case cannot tell "
+                        f"them apart")]
     return conclude(candidates, tried)

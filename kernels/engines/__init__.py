@@ -114,6 +114,18 @@ def require_supported(name: str, params: Mapping) -> None:
         raise EngineUnsupported(f"{name}: {reason}")
 
 
+def bias_in(bias, dtype, name: str):
+    """``bias`` converted to ``dtype`` for an engine that requires it there; EngineUnsupported where
+    that would round a value (the case's problem would no longer be the one judged)."""
+    if bias is None:
+        return None
+    out = bias.to(dtype)
+    if not bool((out.float() == bias.float()).all()):
+        raise EngineUnsupported(f"{name}: the engine takes the bias in {str(dtype).removeprefix('torch.')}, and this "
+                                f"problem's bias is not representable in it")
+    return out
+
+
 def import_engine(package: str, install_hint: str) -> tuple[object | None, str | None]:
     """(module, None) when ``package`` imports; (None, reason) when it does not."""
     try:

@@ -311,6 +311,19 @@ def _block_default(dims, params) -> dict:
             "split_k": cfg["NUM_KSPLIT"]}
 
 
+def _block_constraint(params, dims, config) -> str | None:
+    """The launcher's own refusal: it shrinks BLOCK_SIZE_K to the split size cdiv(K, NUM_KSPLIT) where that is
+    smaller, then asserts GROUP_K == BLOCK_SIZE_K (an AssertionError, the API saying no). A split size at
+    least the scale block but not a multiple of it is accepted and computes a wrong result
+    (docs/findings/aiter-blockscale-split-unaligned.md): those cases stay in."""
+    split = (config or {}).get("split_k", 1)
+    size = -(-dims["k"] // split)
+    if split > 1 and size < params["scale_block_k"]:
+        return (f"split_k={split}: the split size cdiv(K={dims['k']}, {split}) = {size} is below the scale block "
+                f"{params['scale_block_k']}, which gemm_a8w8_blockscale refuses (GROUP_K must equal BLOCK_SIZE_K)")
+    return None
+
+
 def _block_call(fn):
     require = _supported("aiter:gemm_a8w8_blockscale", _block_supports)
 
@@ -360,7 +373,7 @@ _SPECS = (
          pack=_block_pack, make_call=_block_call,
          fields=dict(triton=True, out_param="y", default_config=_block_default,
                      tunables={"block_m": GEMM_TILES, "block_n": GEMM_TILES, "group_m": (1, 4, 8),
-                               "split_k": (1, 2, 4)}),
+                               "split_k": (1, 2, 4)}, constraint=_block_constraint),
          supports=_block_supports, conventions={},
          description="AITER Triton gemm_a8w8_blockscale (fp8 codes, w (N, K), x_scale (M, ceil(K/bk)) row- or "
                      "column-major, w_scale (ceil(N/bn), ceil(K/bk)), BLOCK_SIZE_K = bk as the launcher requires, "

@@ -15,8 +15,10 @@ nothing of SGLang is copied into qkcheck) under a scoped overlay of ``sys.module
 * ``sglang.srt.utils``: a stand-in holding only the platform probes the kernel files call at import
   (``is_cuda``, ``is_hip``, ``is_musa``, ``is_xpu``, ``ceil_align``, ``get_device_name``), each
   written as SGLang 0.5.23 defines it in ``sglang/srt/utils/common.py`` (torch.version / torch.cuda
-  queries); ``sglang.kernels.jit.utils`` and ``sglang.srt.utils.patch_torch``: stand-ins whose
-  members serve only the CUDA / MUSA branches a CPU never takes (a call to one raises).
+  queries), except that the quantization files see ``is_cuda()`` False (``TRITON_PATH_FILES``: on
+  CUDA they would bind SGLang's JIT CUDA kernels instead of the Triton ones the adapters bind);
+  ``sglang.kernels.jit.utils`` and ``sglang.srt.utils.patch_torch``: stand-ins whose members serve
+  only the CUDA / MUSA branches not taken (a call to one raises).
 
 The overlay is in ``sys.modules`` only while a file executes; whatever ``sglang*`` entries were
 there before are put back. Where ``sglang`` imports (a GPU runner with its full install), the
@@ -60,7 +62,7 @@ import sys
 import types
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.engines import EngineUnsupported, missing_call, platform_limited, register
+from qkcheck.kernels.engines import EngineUnsupported, bias_in, missing_call, platform_limited, register
 
 ENGINE = "sglang"
 VERIFIED = ("0.5.23",)
@@ -110,12 +112,22 @@ def _not_here(name: str):
     return fn
 
 
-def _stand_in_modules() -> dict[str, types.ModuleType]:
+# The quantization files bind, on CUDA, SGLang's JIT CUDA kernels in place of the Triton ones
+# (int8_kernel.py: ``if _is_cuda: from ...per_token_group_quant import per_token_group_quant``;
+# fp8_kernel.py: ``per_token_group_quant_fp8 = sglang_per_token_group_quant_fp8`` and sgl_kernel
+# imports), which need SGLang's full install. The adapters bind the Triton kernels, SGLang's path on
+# every other platform (ROCm, XPU, ...): in files mode these files are executed with ``is_cuda``
+# answering False, so on an NVIDIA GPU the Triton kernels are compiled there as they are on ROCm.
+TRITON_PATH_FILES = (INT8_KERNEL, FP8_KERNEL)
+
+
+def _stand_in_modules(triton_path: bool = False) -> dict[str, types.ModuleType]:
     import torch
 
     utils = types.ModuleType("sglang.srt.utils")
-    # as sglang/srt/utils/common.py (0.5.23) defines them
-    utils.is_cuda = lambda: torch.cuda.is_available() and torch.version.cuda is not None
+    # as sglang/srt/utils/common.py (0.5.23) defines them (is_cuda: see TRITON_PATH_FILES)
+    utils.is_cuda = ((lambda: False) if triton_path
+                     else (lambda: torch.cuda.is_available() and torch.version.cuda is not None))
     utils.is_hip = lambda: torch.version.hip is not None
     utils.is_xpu = lambda: hasattr(torch, "xpu") and torch.xpu.is_available()
     utils.is_musa = lambda: False  # needs torch.version.musa and torchada, neither of which a CPU build has
@@ -161,12 +173,12 @@ def _device_name(device_id: int = 0):
 
 
 @contextlib.contextmanager
-def _overlay():
+def _overlay(triton_path: bool = False):
     """Bare ``sglang`` packages + the stand-ins in ``sys.modules`` for the duration; the ``sglang*``
     entries that were there before are restored afterwards."""
     ours = lambda k: k == ENGINE or k.startswith(ENGINE + ".")  # noqa: E731
     saved = {k: sys.modules.pop(k) for k in [k for k in sys.modules if ours(k)]}
-    sys.modules.update(_stand_in_modules())
+    sys.modules.update(_stand_in_modules(triton_path))
     try:
         yield
     finally:
@@ -196,7 +208,7 @@ def _module(relpath: str) -> types.ModuleType:
                 del sys.modules[k]
     from qkcheck.kernels.engines import load_module_from
 
-    with _overlay():
+    with _overlay(triton_path=relpath in TRITON_PATH_FILES):
         mod = load_module_from(ENGINE, relpath)
     LOADED_VIA = "files"
     _MODULES[relpath] = mod
@@ -370,8 +382,7 @@ def _tsm_pack(problem, params, device):
     from qkcheck.kernels.scaled_mm.adapter import pack_scaled_mm_operands
 
     # "nk": b is the [N, K] storage itself (passed as is); "kn": [K, N] storage, passed as its .t()
-    # view; the kernel adds bias in bias's dtype after casting the accumulator: float32 keeps the
-    # only rounding at the output cast
+    # view; the bias is converted to the output dtype in call (see there)
     return pack_scaled_mm_operands(problem, params, device)
 
 
@@ -387,8 +398,12 @@ def _tsm_call(fn):
                       use_heuristic=False)
         # a and b by their strides (is_weak_contiguous); the scales are indexed without strides, as SGLang's
         # layers hold them (contiguous)
+        # the kernel adds the bias after converting the accumulator ("it's already in output format"):
+        # compiled Triton refuses a bias of another dtype (the branch would change c's type), so it is
+        # handed over in out_dtype, as SGLang's layers hold it; a bias that would round there is refused
+        out_dtype = _torch_dtype(params["out_dtype"])
         return fn(input=t["a"], weight=b, scale_a=t["a_scale"].contiguous(), scale_b=t["b_scale"].contiguous(),
-                  out_dtype=_torch_dtype(params["out_dtype"]), bias=t["bias"], **kw)
+                  out_dtype=out_dtype, bias=bias_in(t["bias"], out_dtype, "sglang:triton_scaled_mm"), **kw)
     return call
 
 
@@ -405,7 +420,10 @@ CONVENTIONS_NOTES = {
         "fp8 max = torch.finfo(dtype).max off ROCm (448 for e4m3fn); on ROCm the module's fp8_max (224 for "
         "e4m3fnuz on gfx94x): declared as qmax 224 for float8_e4m3fnuz only where torch.version.hip is set"),
     "sglang:per_token_quant_int8": (
-        "codes = libdevice.round(x * (127 / absmax)): rounding ties away from zero (CUDA roundf)"),
+        "codes = libdevice.round(x * (127 / absmax)): exact ties rounded away from zero (CUDA roundf), a "
+        "deliberate call of the kernel (it picks the libdevice round of each backend): declared int_ties='away'. "
+        "Seen compiled on an H100 (Triton 3.6): undeclared, 1 of 5 gate cases and every fuzz stream failed on "
+        "ties only, diagnosed ties_away_from_zero; the interpreter cannot run the kernel"),
     "sglang:w8a8_block_fp8_matmul": (
         "fp32 accumulator; per K-tile acc += dot(a, b) * a_s[:, None] * b_s[None, :] (as vLLM's); off sm90 "
         "(and on sm90 without a tuned SPLIT_K / SWAP_AB config) the one-pass kernel _w8a8_block_fp8_matmul"),
@@ -441,7 +459,7 @@ _SPECS = (
     dict(name="sglang:per_token_quant_int8", op="per_token_quant", file=INT8_KERNEL,
          symbol="per_token_quant_int8", signature=("x", "scale_dtype", "cal_sum"),
          pack=_pack_x, make_call=_per_token_int8_call, fields=dict(triton=True), supports=_per_token_int8_supports,
-         conventions={},
+         conventions={"int_ties": "away"},
          description="SGLang Triton per_token_quant_int8 (scales absmax / 127 as (M, 1) float32, codes "
                      "libdevice.round(x * (127 / absmax)), absmax floored at 1e-10)"),
     dict(name="sglang:w8a8_block_fp8_matmul", op="block_scaled_mm", file=GEMM_FP8_KERNEL,

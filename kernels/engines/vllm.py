@@ -66,7 +66,7 @@ import types
 import numpy as np
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.engines import EngineUnsupported, build, platform_limited, register, require_supported
+from qkcheck.kernels.engines import EngineUnsupported, bias_in, build, platform_limited, register, require_supported
 
 ENGINE = "vllm"
 INSTALL_HINT = ("pip install vllm on a GPU runner; on a CPU box: pip download --no-deps vllm==0.33.0, "
@@ -460,18 +460,6 @@ def _mm_pack(problem, params, device):
         # float32 (exact); call hands the engine out_dtype, refusing a bias that would round
         "bias": None if bias is None else float_tensor(bias, "float32", device),
     }
-
-
-def bias_in(bias, dtype, name: str):
-    """``bias`` converted to ``dtype`` for an engine that requires it there; EngineUnsupported where
-    that would round a value (the case's problem would no longer be the one judged)."""
-    if bias is None:
-        return None
-    out = bias.to(dtype)
-    if not bool((out.float() == bias.float()).all()):
-        raise EngineUnsupported(f"{name}: the engine takes the bias in {str(dtype).removeprefix('torch.')}, and this "
-                                f"problem's bias is not representable in it")
-    return out
 
 
 def _mm_call(fn):

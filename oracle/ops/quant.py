@@ -28,6 +28,11 @@ production kernels differ on:
   matters only where |x / scale| can exceed 127.5, i.e. for a given (static) scale or a scale
   capped by ``scale_ub``: with a dynamic scale |x / scale| <= 127 (1 + 2**-20), so -128 never
   legitimately appears.
+* ``int_ties``: ``"even"`` (default) or ``"away"``, how an int8 code is chosen for a value exactly
+  halfway between two integers: to even, as ``rint`` and vLLM's ``float_to_int8_rn`` do, or away
+  from zero, as ``libdevice.round`` (CUDA ``roundf``) does; a kernel that rounds with it declares
+  ``"away"``. Ties only: every other value has one nearest integer. int8 only (a float8
+  conversion rounds to even in hardware): a float format with ``"away"`` is a usage error.
 
 Optional key of every quantization op (the five above):
 
@@ -146,6 +151,7 @@ NVFP4_SCALE = "float8_e4m3fn"
 E8M0 = "float8_e8m0fnu"
 _E8M0_EXP = (-127, 127)
 INT8_CLAMPS = {"full": (-128, 127), "symmetric": (-127, 127)}
+INT_TIES = ("even", "away")
 # the FP8 convention each one is confused with (same field widths, bias one higher, no -0/inf)
 FNUZ_PARTNER = MappingProxyType({
     "float8_e4m3fn": "float8_e4m3fnuz", "float8_e4m3fnuz": "float8_e4m3fn",
@@ -167,6 +173,7 @@ class Rounding:
     elem: str
     limit: float
     int_range: tuple[int, int] | None = None
+    ties: str = "even"  # int8 only: "even" (rint) or "away" (libdevice.round)
 
     @property
     def format(self):
@@ -176,7 +183,8 @@ class Rounding:
         fmt = self.format
         if isinstance(fmt, IntFormat):
             lo, hi = self.int_range
-            return np.clip(np.rint(v), lo, hi).astype(fmt.storage_dtype)
+            r = np.copysign(np.floor(np.abs(v) + 0.5), v) if self.ties == "away" else np.rint(v)
+            return np.clip(r, lo, hi).astype(fmt.storage_dtype)
         return fmt.encode(np.clip(v, -self.limit, self.limit), saturate=True)
 
     def ordinal(self, codes: np.ndarray) -> np.ndarray:
@@ -389,10 +397,14 @@ def _linear_rounding(op: str, p: Mapping) -> Rounding:
     dtype = check_choice("quant_dtype", p["quant_dtype"], LINEAR_QUANT_DTYPES, op=op)
     fmt = FORMATS[dtype]
     clamp = check_choice("int8_clamp", p["int8_clamp"], tuple(INT8_CLAMPS), op=op)
+    ties = check_choice("int_ties", p.get("int_ties", "even"), INT_TIES, op=op)
     if isinstance(fmt, IntFormat):
         if p["qmax"] is not None and float(p["qmax"]) != 127.0:
             raise ValueError(f"{op}: qmax={p['qmax']!r} is fixed at 127 for int8; drop qmax")
-        return Rounding(dtype, 127.0, INT8_CLAMPS[clamp])
+        return Rounding(dtype, 127.0, INT8_CLAMPS[clamp], ties)
+    if ties != "even":
+        raise ValueError(f"{op}: int_ties={ties!r} applies to int8 codes only, got quant_dtype={dtype!r} (a float8 "
+                         f"conversion rounds ties to even); declare it for int8 cases only")
     qmax = fmt.max
     if p["qmax"] is not None:
         qmax = _check_f32_positive(op, "qmax", p["qmax"])
@@ -422,7 +434,7 @@ def _group_amax(x: np.ndarray, g: int) -> np.ndarray:
 
 
 SIGNED_ZERO = ("strict", "either")
-_LINEAR_OPTIONS = {"qmax": None, "int8_clamp": "full", "signed_zero": "strict"}
+_LINEAR_OPTIONS = {"qmax": None, "int8_clamp": "full", "int_ties": "even", "signed_zero": "strict"}
 
 
 def _either_zero(op: str, p: Mapping) -> bool:
@@ -551,10 +563,10 @@ QUANT_OPS: Mapping[str, QuantOp] = MappingProxyType({
     o.name: o
     for o in (
         QuantOp("per_token_quant", _per_token,
-                "x, quant_dtype, scale_ub=None [, qmax, amax_floor, int8_clamp, signed_zero]"),
-        QuantOp("static_quant", _static, "x, scale, quant_dtype [, qmax, int8_clamp, signed_zero]"),
+                "x, quant_dtype, scale_ub=None [, qmax, amax_floor, int8_clamp, int_ties, signed_zero]"),
+        QuantOp("static_quant", _static, "x, scale, quant_dtype [, qmax, int8_clamp, int_ties, signed_zero]"),
         QuantOp("per_token_group_quant", _per_token_group,
-                "x, group_size, quant_dtype, scale_ue8m0=False [, qmax, amax_floor, int8_clamp, signed_zero]"),
+                "x, group_size, quant_dtype, scale_ue8m0=False [, qmax, amax_floor, int8_clamp, int_ties, signed_zero]"),
         QuantOp("mx_quant", _mx, "x, fmt, scale_rule [, signed_zero]"),
         QuantOp("nvfp4_quant", _nvfp4, "x, global_scale [, signed_zero]"),
     )
@@ -1068,9 +1080,9 @@ CODES = Judge(expect=_expect, unreadable=_unreadable, read=_read, compare=_compa
 
 # the optional keys of each op that are engine conventions (see the module docstring)
 CONVENTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "per_token_quant": ("qmax", "amax_floor", "int8_clamp", "signed_zero"),
-    "static_quant": ("qmax", "int8_clamp", "signed_zero"),
-    "per_token_group_quant": ("qmax", "amax_floor", "int8_clamp", "signed_zero"),
+    "per_token_quant": ("qmax", "amax_floor", "int8_clamp", "int_ties", "signed_zero"),
+    "static_quant": ("qmax", "int8_clamp", "int_ties", "signed_zero"),
+    "per_token_group_quant": ("qmax", "amax_floor", "int8_clamp", "int_ties", "signed_zero"),
     "mx_quant": ("signed_zero",),
     "nvfp4_quant": ("signed_zero",),
 })

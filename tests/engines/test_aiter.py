@@ -152,3 +152,34 @@ def test_a_signature_drift_twin_fails_the_signature_check():
     res = run_case(_mm("int8", 4), twin, "cpu")
     sig = _check(res, "signature")
     assert res.status == FAIL and sig.outcome == FAIL and "parameter 4 is 'y'" in sig.detail, sig.detail
+
+
+def _blockscale_case(k, split_k):
+    return Case.from_dict({"schema": 1, "op": "block_scaled_mm", "shape": {"m": 17, "n": 64, "k": k},
+                           "params": {"a_scale_major": "row", "bias": False, "out_dtype": "float16",
+                                      "quant_dtype": "float8_e4m3fn", "scale_block_k": 32, "scale_block_n": 32},
+                           "config": {"block_m": 64, "block_n": 64, "group_m": 4, "split_k": split_k},
+                           "regime": "exact", "seed": 4})
+
+
+def test_blockscale_split_below_the_scale_block_is_outside_the_api():
+    """The launcher refuses a split smaller than the scale block (AssertionError: GROUP_K must equal
+    BLOCK_SIZE_K): the adapter's constraint keeps such configs out of the case space, with the reason."""
+    a = _by_name()["aiter:gemm_a8w8_blockscale"]
+    why = a.constraint({"scale_block_k": 32}, {"m": 1, "n": 16, "k": 32}, {"split_k": 2})
+    assert why and "below the scale block" in why
+    assert a.constraint({"scale_block_k": 32}, {"m": 17, "n": 64, "k": 192}, {"split_k": 4}) is None  # 48 >= 32
+    assert a.constraint({"scale_block_k": 32}, {"m": 1, "n": 16, "k": 32}, {"split_k": 1}) is None
+
+
+def test_past_the_assume_an_unaligned_split_gives_a_wrong_result(assume_unchecked):
+    """docs/findings/aiter-blockscale-split-unaligned.md: K = 192 in 4 splits of 48 (not a multiple of the 32
+    scale block) fails; 2 splits of 96 pass. Compiled on an H100 the same case failed the same way (1088 of
+    1088 outputs NaN)."""
+    import qkcheck
+
+    a = _by_name()["aiter:gemm_a8w8_blockscale"]
+    good, bad = qkcheck.run_cases([_blockscale_case(192, 2), _blockscale_case(192, 4)], [a], device="cpu")
+    assert good.status == PASS, good.summary()
+    assert bad.status == FAIL and [c.name for c in bad.failed_checks] == ["numerics"], bad.summary()
+    assert "1088 / 1088" in bad.summary()

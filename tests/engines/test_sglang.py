@@ -120,3 +120,71 @@ def test_gemm_signature_drift_is_caught():
 
     twin = KernelAdapter(name="twin", op=a.op, pack=a.pack, call=a.call, target=renamed, signature=a.signature)
     assert "block_shape" in (twin.check_signature() or "")
+
+
+def test_triton_scaled_mm_gets_the_bias_in_the_output_dtype():
+    """The kernel adds the bias after converting the accumulator; compiled Triton refuses a bias of another
+    dtype there, so call hands it over in out_dtype. A bias that would round there is refused (the case
+    would no longer be the one judged), never rounded silently."""
+    from qkcheck.kernels.engines import EngineUnsupported
+
+    seen = {}
+
+    def fake(*, input, weight, scale_a, scale_b, out_dtype, bias, **kw):
+        seen["bias"] = bias
+        return torch.zeros(input.shape[0], weight.shape[1], dtype=out_dtype)
+
+    call = sg._tsm_call(fake)
+    params = dict(azp=False, b_storage="kn", out_dtype="bfloat16")
+    t = {"a": torch.zeros(2, 4, dtype=torch.int8), "b": torch.zeros(4, 3, dtype=torch.int8),
+         "a_scale": torch.ones(1), "b_scale": torch.ones(1), "bias": torch.tensor([1.0, -2.5, 0.125])}
+    call(t, params, {})
+    assert seen["bias"].dtype == torch.bfloat16 and seen["bias"].tolist() == [1.0, -2.5, 0.125]
+    t["bias"] = torch.tensor([1.0, 1.0 + 2.0**-12, 0.0])  # not a bfloat16 value
+    with pytest.raises(EngineUnsupported, match="not representable"):
+        call(t, params, {})
+
+
+def test_files_mode_binds_the_triton_path_of_the_quant_files(monkeypatch):
+    """On CUDA, SGLang's quant files bind its JIT CUDA kernels (needing its full install) in place of the
+    Triton ones the adapters bind: in files mode those files see is_cuda() False, also where torch has a GPU;
+    the GEMM file keeps the real answer."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    assert sg._stand_in_modules(triton_path=True)["sglang.srt.utils"].is_cuda() is False
+    assert sg._stand_in_modules(triton_path=False)["sglang.srt.utils"].is_cuda() is True
+    assert set(sg.TRITON_PATH_FILES) == {sg.INT8_KERNEL, sg.FP8_KERNEL}
+
+
+def _roundf_twin(conventions):
+    """SGLang's per_token_quant_int8 arithmetic in torch (x * (127 / absmax), absmax floored at 1e-10, codes
+    rounded half away from zero as libdevice.round does), as an adapter with the given conventions: the
+    interpreter cannot run the kernel itself (tl.extra.cuda.libdevice.round), a GPU can."""
+    a = _adapter("sglang:per_token_quant_int8")
+
+    def call(t, params, config):
+        x = t["x"].float()
+        absmax = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-10)
+        q = x * (127 / absmax)
+        return (torch.sign(q) * torch.floor(q.abs() + 0.5)).to(torch.int8), absmax / 127
+
+    return KernelAdapter(name="roundf_twin", op=a.op, pack=a.pack, call=call, conventions=conventions)
+
+
+def test_per_token_quant_int8_ties_away_is_the_declared_convention():
+    """The case that failed compiled on an H100 (78 / 448 codes, ties only, diagnosed ties_away_from_zero)
+    passes with the adapter's declared int_ties='away' and fails, the same way, without it."""
+    import qkcheck
+    from qkcheck.cases.case import Case
+
+    assert _adapter("sglang:per_token_quant_int8").conventions_for({"quant_dtype": "int8"}) == {"int_ties": "away"}
+    case = Case.from_dict({"schema": 1, "op": "per_token_quant", "shape": {"m": 7, "k": 64},
+                           "params": {"in_dtype": "float32", "quant_dtype": "int8", "scale_ub": False},
+                           "config": {}, "regime": "adversarial", "seed": 5})
+    (declared,) = qkcheck.run_cases([case], [_roundf_twin({"int_ties": "away"})], device="cpu")
+    (strict,) = qkcheck.run_cases([case], [_roundf_twin({})], device="cpu")
+    assert declared.status == "pass", declared.summary()
+    assert strict.status == "fail" and [c.name for c in strict.failed_checks] == ["numerics"], strict.summary()
+    # as on the H100: 78 of 448 codes off by one step, all ties, named by the ties_away_from_zero hypothesis
+    assert "Mismatched elements: 78 / 448" in strict.summary() and "rounded away from zero" in strict.summary()

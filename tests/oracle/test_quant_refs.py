@@ -266,6 +266,27 @@ def test_static_int8_saturation_range(clamp, lo):
     assert compare_quant("static_quant", exp, wrong, None).first_indices == [(0, 0)]
 
 
+def test_int_ties_away_rounds_exact_ties_away_from_zero_and_nothing_else():
+    """int_ties="away" (libdevice.round): exact ties go away from zero, every other value as before; the
+    even codes fail under it and the away codes fail without it (each is the other's broken twin)."""
+    x = np.array([[0.5, 1.5, 2.5, -0.5, -2.5, 3.4, -3.6, 126.5]], F32)
+    even = expect_quant("static_quant", {"x": x, "scale": 1.0, "quant_dtype": "int8"})
+    away = expect_quant("static_quant", {"x": x, "scale": 1.0, "quant_dtype": "int8", "int_ties": "away"})
+    np.testing.assert_array_equal(even.codes, [[0, 2, 2, 0, -2, 3, -4, 126]])
+    np.testing.assert_array_equal(away.codes, [[1, 2, 3, -1, -3, 3, -4, 127]])
+    assert compare_quant("static_quant", away, away.codes, None) is None
+    assert compare_quant("static_quant", away, even.codes, None).first_indices == [(0, 0), (0, 2), (0, 3), (0, 4), (0, 7)]
+    assert compare_quant("static_quant", even, away.codes, None) is not None
+
+
+def test_int_ties_is_int8_only_and_checked():
+    x = np.array([[0.5]], F32)
+    with pytest.raises(ValueError, match="int_ties='away' applies to int8 codes only"):
+        expect_quant("static_quant", {"x": x, "scale": 1.0, "quant_dtype": "float8_e4m3fn", "int_ties": "away"})
+    with pytest.raises(ValueError, match="int_ties"):
+        expect_quant("static_quant", {"x": x, "scale": 1.0, "quant_dtype": "int8", "int_ties": "up"})
+
+
 @pytest.mark.parametrize("dtype,code", [
     pytest.param("float8_e4m3fn", 0b0_1111_110, id="e4m3fn-448"),
     pytest.param("float8_e4m3fnuz", 0b0_1111_111, id="e4m3fnuz-240"),

@@ -36,7 +36,7 @@ class Case:
     op: str
     shape: tuple[tuple[str, int], ...]
     params: tuple[tuple[str, Any], ...]
-    config: tuple[tuple[str, int], ...] = ()
+    config: tuple[tuple[str, int | str], ...] = ()
     regime: str = "exact"
     seed: int = 0
     why: str = field(default="", compare=False)
@@ -115,8 +115,9 @@ class Case:
         if not isinstance(d.get("config", {}), Mapping):
             raise CaseError(f"{source}: field 'config' must be a JSON object, got {d['config']!r}")
         for k, v in dict(d.get("config") or {}).items():
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise CaseError(f"{source}: config[{k!r}]={v!r} must be an integer (a tile size or count, e.g. 32)")
+            if not isinstance(v, (int, str)) or isinstance(v, bool):
+                raise CaseError(f"{source}: config[{k!r}]={v!r} must be an integer (a tile size or count, e.g. 32) "
+                                "or a name (a code path, e.g. 'decode')")
         seed = d.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise CaseError(f"{source}: seed={seed!r} must be a non-negative integer")
@@ -208,4 +209,4 @@ def _short(v: Any) -> str:
 
 def _abbrev(k: str) -> str:
     return {"block_m": "bm", "block_n": "bn", "block_k": "bk", "split_k": "sk", "group_m": "gm",
-            "num_warps": "w", "num_stages": "st"}.get(k, k)
+            "num_warps": "w", "num_stages": "st", "fp8_path": "fp8"}.get(k, k)

@@ -44,7 +44,7 @@ class OpSpec:
     op: str
     shape_keys: tuple[str, ...]
     params: dict[str, tuple[Any, ...]]  # name -> allowed values
-    tunables: dict[str, tuple[int, ...]]  # config name -> allowed values
+    tunables: dict[str, tuple[int | str, ...]]  # config name -> allowed values (sizes, counts, or path names)
     rules: tuple[Callable[[Case], str | None], ...] = ()  # each returns an error or None
     compute_dtype: Callable[[dict], str] = lambda p: p["act_dtype"]
     out_dtype: Callable[[dict], str] = lambda p: p["out_dtype"]

@@ -44,6 +44,12 @@ Regimes:
   token, router logits closer together and, without a correction bias or grouping, a genuine tie
   between token 0's last chosen expert and another (the oracle accepts either choice).
 
+Grouped routing in both of those regimes: on the even tokens, one expert of the group not chosen
+scores highest of all while the chosen group holds the next two, so ranking the groups by their
+largest score alone keeps the other group, where the rule (the sum of the two largest) keeps the
+chosen one (``group_rankings_split``; a token where the correction bias undoes it keeps its
+logits).
+
 fp8_block cases quantize activations to fp8 in-kernel: where the Triton interpreter's float32 ->
 fp8 conversion is defective (``kernels.probes``) the grid's fp8_block cases are skipped with that
 reason (``OpSpec.fp8_conversion``) and the fuzz strategy leaves them out; compiled Triton runs them.
@@ -226,7 +232,56 @@ def _router(rng, sel, E, p, regime):
         last = chosen[np.argmin(logits[0, chosen])]
         others = [e for e in range(E) if e not in set(chosen.tolist())]
         logits[0, others[0]] = logits[0, last]  # a genuine tie at the selection boundary
+    if p["grouped"]:
+        _split_group_rankings(rng, logits, bias, sel, p["scoring"])
     return logits, bias
+
+
+GROUP_MARGIN = 1e-3  # far above the float32 rounding of a group score
+
+
+def group_rankings_split(logits_row, bias, scoring: str, kept: int) -> bool:
+    """Whether, for one token of a grouped (two groups) routing, ranking the groups by the sum of
+    their two largest selection values keeps group ``kept`` while ranking them by their largest
+    value keeps the other, both by ``GROUP_MARGIN`` (float64 scores, as the oracle computes them)."""
+    z = np.asarray(logits_row, np.float64)
+    if scoring == "sigmoid":
+        s = 1.0 / (1.0 + np.exp(-z))
+    else:
+        s = np.exp(z - z.max())
+        s = s / s.sum()
+    v = (s + (0.0 if bias is None else np.asarray(bias, np.float64))).reshape(2, -1)
+    top = -np.sort(-v, axis=1)
+    top2, largest = top[:, :2].sum(axis=1), top[:, 0]
+    other = 1 - kept
+    return bool(top2[kept] - top2[other] > GROUP_MARGIN and largest[other] - largest[kept] > GROUP_MARGIN)
+
+
+def _split_group_rankings(rng, logits, bias, sel, scoring):
+    """Grouped routing (two groups, one kept), the even tokens: logits under which the group of the
+    token's selected experts wins by the sum of its two largest scores (the rule) while the other
+    group holds the single largest score, so ranking groups by their largest score alone keeps the
+    wrong one. Scores (before softmax normalization): one decoy expert of the other group 0.95, the
+    selected experts 0.68-0.76 (with top_k = 1 another expert of their group 0.58 as its second),
+    the rest 0.02-0.08. Each decoy of the other group is tried in a drawn order; a token where the
+    correction bias undoes the split for every one keeps its logits."""
+    T, k = sel.shape
+    per = logits.shape[1] // 2
+    for t in range(0, T, 2):
+        chosen = [int(e) for e in sel[t]]
+        kept = chosen[0] // per
+        home = [e for e in range(kept * per, (kept + 1) * per) if e not in chosen]
+        w = rng.uniform(0.02, 0.08, logits.shape[1])
+        w[chosen] = rng.uniform(0.68, 0.76, k)
+        if k == 1:
+            w[int(rng.choice(home))] = 0.58
+        for decoy in rng.permutation(np.arange((1 - kept) * per, (2 - kept) * per)):
+            trial = w.copy()
+            trial[decoy] = 0.95
+            row = round_to(np.log(trial / (1.0 - trial)) if scoring == "sigmoid" else np.log(trial), "float32")
+            if group_rankings_split(row, bias, scoring, kept):
+                logits[t] = row
+                break
 
 
 def _expert_map(rng, E):
@@ -482,11 +537,13 @@ def _cases(draw, adapter) -> Case:
     schemes = [s for s in space.values("scheme") if s != "fp8_block" or fp8_runs_here()]
     scheme = draw(st.sampled_from(schemes) if schemes else st.nothing())
     k = draw(space.sample("top_k"))
-    e = draw(st.integers(k, 8))
+    # grouped top-k draws an expert count it takes (even, two groups of at least max(2, top_k)),
+    # so it is drawn as often as the space says rather than only where e happens to fit
+    grouped = draw(space.sample("grouped"))
+    e = 2 * draw(st.integers(max(2, k), 4)) if grouped else draw(st.integers(k, 8))
     routing = draw(space.sample("routing"))
     if routing == "sparse" and e <= k:
         routing = "spread"
-    grouped = draw(space.sample("grouped")) and e % 2 == 0 and e // 2 >= max(2, k)
     on_input = k == 1 and draw(space.sample("weight_on_input"))
     params = {
         "scheme": scheme, "top_k": k, "scoring": draw(space.sample("scoring")),

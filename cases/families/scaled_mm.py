@@ -9,6 +9,11 @@ holds ``a_scale [M,1] | [1,1]``, ``b_scale [1,N] | [1,1]``, ``b [K,N]``; the ada
 the shapes and storage a param names (``b_scale_shape="[N,1]"``, ``weight_layout="nk"`` with
 ``weight_storage="transposed"``, ...).
 
+Config: the tile tunables, and ``fp8_path="decode"`` (``FP8_PATHS``), which makes the kernel load
+fp8 operands as raw bytes and decode them in-kernel; a case without it runs the device's default
+path (native on the CPU interpreter), so the grid gives a few fp8 cases a decode twin and the
+strategies draw it for fp8 codes. It needs fp8 codes: an int8 case never names it.
+
 Regimes (all draws from ``numpy.random.default_rng(case.seed)``):
 
 - ``exact``: ``oracle.ops.exact_problem`` (small codes, power-of-two scales distinct per row /
@@ -45,6 +50,7 @@ B_SCALE_SHAPES = ("[1,N]", "[N]", "[N,1]", "[1]", "[]")
 PER_TENSOR = ("[1]", "[]")
 TILES = (16, 32, 64, 128)
 TILES_8BIT_K = (32, 64, 128, 256)  # 8-bit operand dots need K tiles >= 32
+FP8_PATHS = ("decode",)  # forced fp8 operand path; absent: the device's default (module docstring)
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -64,6 +70,14 @@ def _positive_dims(case) -> str | None:
     bad = [k for k, v in case.dims.items() if v < 1]
     if bad:
         return f"shape {case.dims}: {', '.join(bad)} must be >= 1 (these kernels' cases need a non-empty problem)"
+    return None
+
+
+def _fp8_path_needs_fp8(case) -> str | None:
+    fmt = case.p["quant_dtype"]
+    if "fp8_path" in case.cfg and fmt not in FP8:
+        return (f"config fp8_path={case.cfg['fp8_path']!r} names how fp8 operands are read; {fmt!r} codes have "
+                "no fp8 path: drop it")
     return None
 
 
@@ -88,8 +102,8 @@ SPECS = (
             "out_dtype": OUT,
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES_8BIT_K,
-                  "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
-        rules=(_positive_dims, GEMM_CONFIG_COMPLETE, _azp_int8),
+                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS},
+        rules=(_positive_dims, GEMM_CONFIG_COMPLETE, _azp_int8, _fp8_path_needs_fp8),
         compute_dtype=lambda p: p["quant_dtype"],  # the dot runs on the codes themselves
         tiles=_TILES,
     ),
@@ -105,7 +119,7 @@ SPECS = (
             "out_dtype": OUT,
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES_8BIT_K,
-                  "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
+                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["quant_dtype"],
         tiles=_TILES,
@@ -125,7 +139,7 @@ SPECS = (
             "out_dtype": OUT,
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES + (256,),
-                  "split_k": (1, 2, 4), "group_m": (1, 4, 8)},
+                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["act_dtype"],  # the dequantized weight tile is cast to x.dtype for tl.dot
         tiles=_TILES,
@@ -324,6 +338,20 @@ def _cfg(adapter, bm: int, bn: int, bk: int, split: int = 1) -> dict:
     return cfg if all(_allowed(adapter, k, v) for k, v in cfg.items()) else {}
 
 
+def _decode_twins(adapter, cases: list[Case], extra=()) -> list[Case]:
+    """``fp8_path="decode"`` twins of a few grid cases (the same data through the in-kernel fp8
+    decoding): the first case of each fp8 format, then ``extra``. The other cases run
+    the device's default path (native on the CPU), so each format reaches both paths without the
+    grid doubling. None where the adapter does not declare the decode path."""
+    if "decode" not in adapter.tunables.get("fp8_path", ()):
+        return []
+    fp8 = [c for c in cases if c.cfg and c.p["quant_dtype"] in FP8]
+    firsts = [next(c for c in fp8 if c.p["quant_dtype"] == fmt) for fmt in FP8
+              if any(c.p["quant_dtype"] == fmt for c in fp8)]
+    picks = dict.fromkeys(firsts + [c for c in extra if c in fp8])
+    return [c.replace(config={**c.cfg, "fp8_path": "decode"}, why="the in-kernel fp8 decode path") for c in picks]
+
+
 def _grid_scaled_mm(adapter) -> list[Case]:
     cases = []
     shapes = ((1, 48, 64), (33, 40, 96), (20, 64, 64))
@@ -339,6 +367,13 @@ def _grid_scaled_mm(adapter) -> list[Case]:
                     "b_storage": ("nk", "kn")[(i // 2) % 2], "azp": azp, "bias": i % 3 == 1, "out_dtype": out},
             config=cfg, regime=("exact", "exact", "adversarial", "realistic")[i % 4], seed=i,
         ))
+    # the decode path: one case per fp8 format, and e4m3fn's first adversarial case (subnormal codes)
+    # and first realistic one (the exact regime's per-tensor a_scale 0.25 makes a decode that halves
+    # every value look like a_scale applied twice; a realistic scale tells the two apart)
+    e4m3fn = [c for c in cases if c.p["quant_dtype"] == "float8_e4m3fn"]
+    cases += _decode_twins(adapter, cases, extra=[next(c for c in e4m3fn if c.regime == r)
+                                                  for r in ("adversarial", "realistic")
+                                                  if any(c.regime == r for c in e4m3fn)])
     # the kernel's own tile choice, decode and prefill sizes
     for m, fmt in ((1, "float8_e4m3fn"), (40, "int8")):
         cases.append(_SPEC["scaled_mm"].case(
@@ -370,6 +405,7 @@ def _grid_block(adapter) -> list[Case]:
                     "out_dtype": "bfloat16" if i == 5 else ("float16", "float32")[i % 2]},
             config=cfg, regime=("exact", "adversarial", "exact", "realistic")[i % 4], seed=i,
         ))
+    cases += _decode_twins(adapter, cases)
     cases.append(_SPEC["block_scaled_mm"].case(
         shape={"m": 24, "n": 64, "k": 256},
         params={"quant_dtype": "float8_e4m3fn", "scale_block_k": 128, "scale_block_n": 128, "a_scale_major": "column",
@@ -394,6 +430,7 @@ def _grid_fp8_w8a16(adapter) -> list[Case]:
             config=_cfg(adapter, 16, 32, (16, 32, 64)[i % 3], split=2 if i % 6 == 5 else 1),
             regime=("exact", "exact", "adversarial", "realistic")[i % 4], seed=i,
         ))
+    cases += _decode_twins(adapter, cases)
     # non-square: each arrival twice, tails in M and N
     for j, ((layout, storage), sshape) in enumerate(zip(arrivals * 2, ("[N,1]", "[1,N]", "[N]", "[]", "[1]",
                                                                         "[N,1]", "[1,N]", "[N]"))):
@@ -427,6 +464,17 @@ def _dims(draw, *, k_step: int, k_max: int) -> tuple[int, int, int]:
     return m, n, k
 
 
+def _with_fp8_path(draw, space: CaseSpace, config: dict, fmt: str) -> dict:
+    """``config`` with a drawn ``fp8_path`` (absent, the device's default, or one the kernel
+    declares) where the codes are fp8 and the config names tiles (an empty config is the kernel's
+    own choice, which fp8_path cannot join)."""
+    paths = space.tunables.get("fp8_path", ())
+    if not (config and paths and fmt in FP8):
+        return config
+    path = draw(st.sampled_from((None,) + paths))
+    return config if path is None else {**config, "fp8_path": path}
+
+
 @st.composite
 def _st_scaled_mm(draw, adapter) -> Case:
     space = CaseSpace(_SPEC["scaled_mm"], adapter)
@@ -441,8 +489,8 @@ def _st_scaled_mm(draw, adapter) -> Case:
         "bias": draw(space.sample("bias")),
         "out_dtype": draw(space.sample("out_dtype")),
     }
-    return _SPEC["scaled_mm"].case(shape={"m": m, "n": n, "k": k}, params=params,
-                                   config=draw(configs_for(_SPEC["scaled_mm"], adapter, block_k=(32, 64, 128))),
+    config = _with_fp8_path(draw, space, draw(configs_for(_SPEC["scaled_mm"], adapter, block_k=(32, 64, 128))), fmt)
+    return _SPEC["scaled_mm"].case(shape={"m": m, "n": n, "k": k}, params=params, config=config,
                                    regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
 
 
@@ -464,8 +512,9 @@ def _st_block(draw, adapter) -> Case:
         "bias": draw(space.sample("bias")),
         "out_dtype": draw(space.sample("out_dtype")),
     }
+    config = draw(configs_for(_SPEC["block_scaled_mm"], adapter, block_k=(max(32, block_k),)))
     return _SPEC["block_scaled_mm"].case(shape={"m": m, "n": n, "k": k}, params=params,
-                                         config=draw(configs_for(_SPEC["block_scaled_mm"], adapter, block_k=(max(32, block_k),))),
+                                         config=_with_fp8_path(draw, space, config, params["quant_dtype"]),
                                          regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
 
 
@@ -483,8 +532,9 @@ def _st_fp8_w8a16(draw, adapter) -> Case:
         "bias": draw(space.sample("bias")),
         "out_dtype": draw(space.sample("out_dtype")),
     }
+    config = draw(configs_for(_SPEC["fp8_w8a16_gemm"], adapter, block_k=(16, 32, 64, 128)))
     return _SPEC["fp8_w8a16_gemm"].case(shape={"m": m, "n": n, "k": k}, params=params,
-                                        config=draw(configs_for(_SPEC["fp8_w8a16_gemm"], adapter, block_k=(16, 32, 64, 128))),
+                                        config=_with_fp8_path(draw, space, config, params["quant_dtype"]),
                                         regime=draw(st.sampled_from(REGIMES)), seed=draw(st.integers(0, 2**16)))
 
 

@@ -5,7 +5,8 @@ torch.library op (``kernels.scaled_mm.op``, which records the backend that ran).
 params (``cases.families.scaled_mm``): scale tensors in the named shape (``[]``, ``[1]``,
 ``[M,1]``, ``[1,N]``, ``[N]``, ``[N,1]``), ``b`` as the transposed view of ``[N, K]`` storage or
 ``[K, N]`` itself, a column-major block ``a_scale`` as the ``.t()`` view of its ``[K/bk, M]``
-storage.
+storage. ``call`` hands the case's tile config to the op as its ``config`` list and its
+``fp8_path`` (``"decode"``, or absent for the device's default) as the op's ``fp8_path``.
 
 ``fp8_w8a16_gemm`` goes through the weight loader: ``pack`` produces the checkpoint's tensors
 (the weight in its declared layout ``"nk"`` ``[N, K]`` / ``"kn"`` ``[K, N]`` and storage
@@ -24,10 +25,15 @@ from qkcheck.kernels.adapters import KernelAdapter
 from qkcheck.kernels.torch_io import float_tensor, to_device, torch_dtype
 
 TILES = (16, 32, 64, 128)
+# fp8_path: "decode" forces the in-kernel decoding of fp8 operands (kernel.py's module docstring);
+# a case without it runs the device's default path, native wherever the device has fp8 dots (the
+# CPU interpreter included), so the two reach both paths. "native" is not a value: where it is not
+# the default, the device has no fp8 dot for the format and the kernel never takes it there.
+FP8_PATHS = ("decode",)
 TUNABLES_8BIT = {"block_m": TILES, "block_n": TILES, "block_k": (32, 64, 128, 256),
-                 "split_k": (1, 2, 4), "group_m": (1, 4, 8)}
+                 "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS}
 TUNABLES_A16 = {"block_m": TILES, "block_n": TILES, "block_k": TILES + (256,),
-                "split_k": (1, 2, 4), "group_m": (1, 4, 8)}
+                "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS}
 
 
 def code_tensor(codes, quant_dtype: str, device: str):
@@ -63,11 +69,19 @@ def _bias(problem, dtype: str, device: str):
 
 
 def _config(config):
-    if not config:
+    """The tile config as the ops take it (``int[]``), or None; ``fp8_path`` travels apart
+    (:func:`fp8_path`)."""
+    tiles = {k: v for k, v in (config or {}).items() if k != "fp8_path"}
+    if not tiles:
         return None
     from qkcheck.kernels.scaled_mm.kernel import ScaledMMConfig
 
-    return ScaledMMConfig(**config).as_list()
+    return ScaledMMConfig(**tiles).as_list()
+
+
+def fp8_path(config) -> str | None:
+    """The case's forced fp8 operand path, or None for the device's default."""
+    return (config or {}).get("fp8_path")
 
 
 def _default(dims, params):
@@ -109,7 +123,7 @@ def _scaled_mm_call(t, params, config):
 
     b = t["b"].t() if params["b_storage"] == "nk" else t["b"]
     return torch.ops.qkcheck.scaled_mm(t["a"], b, t["a_scale"], t["b_scale"], torch_dtype(params["out_dtype"]),
-                                       t["bias"], t["azp"], _config(config))
+                                       t["bias"], t["azp"], _config(config), fp8_path=fp8_path(config))
 
 
 SCALED_MM = KernelAdapter(
@@ -147,7 +161,7 @@ def _block_call(t, params, config):
     a_scale = t["a_scale"].t() if params["a_scale_major"] == "column" else t["a_scale"]
     return torch.ops.qkcheck.block_scaled_mm(
         t["a"], t["b"].t(), a_scale, t["b_scale"], [params["scale_block_k"], params["scale_block_n"]],
-        torch_dtype(params["out_dtype"]), t["bias"], _config(config),
+        torch_dtype(params["out_dtype"]), t["bias"], _config(config), fp8_path=fp8_path(config),
     )
 
 
@@ -203,7 +217,8 @@ def _fp8_w8a16_call(t, params, config):
     prepared = prepare_weights("fp8_w8a16", weight, t["weight_scale"], weight_layout=params["weight_layout"],
                                in_features=k, out_features=t["weight"].numel() // k)
     return torch.ops.qkcheck.fp8_w8a16_gemm(t["x"], prepared["b"], prepared["b_scale"],
-                                            torch_dtype(params["out_dtype"]), t["bias"], _config(config))
+                                            torch_dtype(params["out_dtype"]), t["bias"], _config(config),
+                                            fp8_path=fp8_path(config))
 
 
 FP8_W8A16 = KernelAdapter(

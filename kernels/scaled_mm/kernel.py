@@ -627,22 +627,27 @@ def _validate_fp8_w8a16(x, b, b_scale, out_dtype, bias):
     return M, N, K, stride_bsk, stride_bsn, out_dtype
 
 
-def check_scaled_mm_arguments(a, b, a_scale, b_scale, *, out_dtype, bias=None, azp=None) -> tuple[int, int]:
+def check_scaled_mm_arguments(a, b, a_scale, b_scale, *, out_dtype, bias=None, azp=None,
+                              fp8_path=None) -> tuple[int, int]:
     """Raise what :func:`scaled_mm` would raise for these arguments; returns (M, N).
     Metadata only: works on fake and meta tensors."""
     M, N, *_ = _validate_scaled_mm(a, b, a_scale, b_scale, out_dtype, bias, azp)
+    _check_fp8_path(fp8_path)
     return M, N
 
 
-def check_block_scaled_mm_arguments(a, b, a_scale, b_scale, *, block=(128, 128), out_dtype, bias=None) -> tuple[int, int]:
+def check_block_scaled_mm_arguments(a, b, a_scale, b_scale, *, block=(128, 128), out_dtype, bias=None,
+                                    fp8_path=None) -> tuple[int, int]:
     """Raise what :func:`block_scaled_mm` would raise; returns (M, N). Metadata only."""
     M, N, *_ = _validate_block_scaled_mm(a, b, a_scale, b_scale, block, out_dtype, bias)
+    _check_fp8_path(fp8_path)
     return M, N
 
 
-def check_fp8_w8a16_arguments(x, b, b_scale, *, out_dtype, bias=None) -> tuple[int, int]:
+def check_fp8_w8a16_arguments(x, b, b_scale, *, out_dtype, bias=None, fp8_path=None) -> tuple[int, int]:
     """Raise what :func:`fp8_w8a16_gemm` would raise; returns (M, N). Metadata only."""
     M, N, *_ = _validate_fp8_w8a16(x, b, b_scale, out_dtype, bias)
+    _check_fp8_path(fp8_path)
     return M, N
 
 

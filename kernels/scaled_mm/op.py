@@ -4,17 +4,20 @@ fake (meta) implementation.
 Ops (namespace ``qkcheck``):
 
 - ``qkcheck::scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, ScalarType out_dtype,
-  Tensor? bias, Tensor? azp, int[]? config) -> Tensor``
+  Tensor? bias, Tensor? azp, int[]? config, str? fp8_path=None) -> Tensor``
 - ``qkcheck::block_scaled_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, int[] block,
-  ScalarType out_dtype, Tensor? bias, int[]? config) -> Tensor``
+  ScalarType out_dtype, Tensor? bias, int[]? config, str? fp8_path=None) -> Tensor``
 - ``qkcheck::fp8_w8a16_gemm(Tensor x, Tensor b, Tensor b_scale, ScalarType out_dtype,
-  Tensor? bias, int[]? config) -> Tensor``; ``b_scale`` broadcasts against ``b [K, N]`` like
-  ``b.float() * b_scale`` (``[1, N]`` / ``[N]`` per output channel, ``[K, 1]`` per input row,
-  ``[]`` / ``[1]`` / ``[1, 1]`` per tensor): an ``[N, 1]`` scale with N != K is rejected, by the
-  fake too, and on a square weight scales the rows k
+  Tensor? bias, int[]? config, str? fp8_path=None) -> Tensor``; ``b_scale`` broadcasts against
+  ``b [K, N]`` like ``b.float() * b_scale`` (``[1, N]`` / ``[N]`` per output channel, ``[K, 1]``
+  per input row, ``[]`` / ``[1]`` / ``[1, 1]`` per tensor): an ``[N, 1]`` scale with N != K is
+  rejected, by the fake too, and on a square weight scales the rows k
 
 ``config`` is ``ScaledMMConfig.as_list()`` (block_m, block_n, block_k[, split_k, group_m,
 num_warps, num_stages]) or None for the default; ``block`` is ``[block_k, block_n]``.
+``fp8_path`` is ``"native"``, ``"decode"`` or None for the device's default (the fp8 operand path
+of ``kernels.scaled_mm.kernel``): a caller leaves it None; a harness forces ``"decode"`` to check
+the in-kernel decoding on a device whose default is native (the CPU interpreter, sm_89+).
 
 Fake contract (shared by all three): the output is ``[M, N]`` with ``M = a.shape[0]`` (``x``)
 and ``N = b.shape[1]``, dtype ``out_dtype``, on the first operand's device; arguments are
@@ -59,8 +62,10 @@ def _scaled_mm_real(
     bias: torch.Tensor | None,
     azp: torch.Tensor | None,
     config: list[int] | None,
+    fp8_path: str | None = None,
 ) -> torch.Tensor:
-    out = _sm.scaled_mm(a, b, a_scale, b_scale, out_dtype=out_dtype, bias=bias, azp=azp, config=_config(config))
+    out = _sm.scaled_mm(a, b, a_scale, b_scale, out_dtype=out_dtype, bias=bias, azp=azp, config=_config(config),
+                        fp8_path=fp8_path)
     backends.record(backends.NATIVE)
     return out
 
@@ -74,8 +79,9 @@ def _scaled_mm_fake(
     bias: torch.Tensor | None,
     azp: torch.Tensor | None,
     config: list[int] | None,
+    fp8_path: str | None = None,
 ) -> torch.Tensor:
-    _sm.check_scaled_mm_arguments(a, b, a_scale, b_scale, out_dtype=out_dtype, bias=bias, azp=azp)
+    _sm.check_scaled_mm_arguments(a, b, a_scale, b_scale, out_dtype=out_dtype, bias=bias, azp=azp, fp8_path=fp8_path)
     _config(config)
     return _contract_output(a, b, out_dtype)
 
@@ -94,9 +100,11 @@ def _block_scaled_mm_real(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None,
     config: list[int] | None,
+    fp8_path: str | None = None,
 ) -> torch.Tensor:
     out = _sm.block_scaled_mm(
         a, b, a_scale, b_scale, block=_block(block), out_dtype=out_dtype, bias=bias, config=_config(config),
+        fp8_path=fp8_path,
     )
     backends.record(backends.NATIVE)
     return out
@@ -111,8 +119,10 @@ def _block_scaled_mm_fake(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None,
     config: list[int] | None,
+    fp8_path: str | None = None,
 ) -> torch.Tensor:
-    _sm.check_block_scaled_mm_arguments(a, b, a_scale, b_scale, block=_block(block), out_dtype=out_dtype, bias=bias)
+    _sm.check_block_scaled_mm_arguments(a, b, a_scale, b_scale, block=_block(block), out_dtype=out_dtype, bias=bias,
+                                        fp8_path=fp8_path)
     _config(config)
     return _contract_output(a, b, out_dtype)
 
@@ -129,8 +139,9 @@ def _fp8_w8a16_real(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None,
     config: list[int] | None,
+    fp8_path: str | None = None,
 ) -> torch.Tensor:
-    out = _sm.fp8_w8a16_gemm(x, b, b_scale, out_dtype=out_dtype, bias=bias, config=_config(config))
+    out = _sm.fp8_w8a16_gemm(x, b, b_scale, out_dtype=out_dtype, bias=bias, config=_config(config), fp8_path=fp8_path)
     backends.record(backends.NATIVE)
     return out
 
@@ -142,8 +153,9 @@ def _fp8_w8a16_fake(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None,
     config: list[int] | None,
+    fp8_path: str | None = None,
 ) -> torch.Tensor:
-    _sm.check_fp8_w8a16_arguments(x, b, b_scale, out_dtype=out_dtype, bias=bias)
+    _sm.check_fp8_w8a16_arguments(x, b, b_scale, out_dtype=out_dtype, bias=bias, fp8_path=fp8_path)
     _config(config)
     return _contract_output(x, b, out_dtype)
 

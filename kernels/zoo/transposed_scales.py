@@ -33,7 +33,7 @@ layers.
 from __future__ import annotations
 
 from qkcheck.kernels.adapters import KernelAdapter
-from qkcheck.kernels.scaled_mm.adapter import FP8_W8A16, _config, _default, checkpoint_weight
+from qkcheck.kernels.scaled_mm.adapter import FP8_W8A16, _config, _default, checkpoint_weight, fp8_path
 from qkcheck.kernels.torch_io import torch_dtype
 
 
@@ -61,7 +61,8 @@ def _call(t, params, config):
     b, b_scale = process_weights_after_loading(weight, t["weight_scale"], in_features=k,
                                                out_features=t["weight"].numel() // k)
     return torch.ops.qkcheck.fp8_w8a16_gemm(t["x"], b, b_scale.to(torch.float32),
-                                            torch_dtype(params["out_dtype"]), t["bias"], _config(config))
+                                            torch_dtype(params["out_dtype"]), t["bias"], _config(config),
+                                            fp8_path=fp8_path(config))
 
 
 ADAPTER = KernelAdapter(

@@ -368,14 +368,24 @@ def azp_off_by_one(ref, p, ctx):
 
 def fn_fnuz_confused(ref, p, ctx):
     """fp8 codes decoded with the other variant of the format (fn <-> fnuz: the exponent bias
-    differs by one, so every value halves or doubles; the NaN / -0 codes differ); where both
-    operands are codes (``a`` given), also the weights alone."""
+    differs by one, so every value halves or doubles; the NaN / -0 codes differ); where some code
+    is special in the other variant only (fn's -0 is fnuz's NaN), also with that variant's
+    exponent bias alone, the format's own special codes kept (a decoder taking the bias from the
+    wrong format: every finite value off by the factor, carried by the operands' scales); where
+    both operands are codes (``a`` given), also the weights alone."""
     qd = p.get("quant_dtype")
     if qd not in FNUZ_TWIN:
         return
     twin = FNUZ_TWIN[qd]
     yield dict(p, quant_dtype=twin), (
         f"the {qd} codes are decoded as {twin} (fn <-> fnuz confusion: values off by a factor 2)")
+    mine, other = FORMATS[qd].decode_table, FORMATS[twin].decode_table
+    ratio = 2.0 ** (FORMATS[qd].bias - FORMATS[twin].bias)
+    operands = [(codes, scale) for codes, scale in (("a", "a_scale"), ("b", "b_scale")) if codes in p]
+    if any((np.isfinite(mine[np.asarray(p[c])]) & ~np.isfinite(other[np.asarray(p[c])])).any() for c, _ in operands):
+        yield dict(p, **{s: np.asarray(p[s], np.float64) * ratio for _, s in operands}), (
+            f"the {qd} codes are decoded with the exponent bias of {twin} (fn <-> fnuz confusion: values off "
+            "by a factor 2)")
     if "a" in p:  # weights only: the same codes, the weight scale carries the factor
         f, t = FORMATS[qd].decode_table, FORMATS[twin].decode_table
         b = np.asarray(p["b"])

@@ -123,6 +123,41 @@ def test_grid_covers_zero_token_experts_one_expert_ep_and_every_scheme():
     assert len(used) < sparse.dims["e"]  # some experts get no token
 
 
+def _moved_by_max_group_score(problem) -> np.ndarray:
+    """Per token: whether scoring groups by their largest score (DeepSeek-V2) instead of the sum
+    of their two largest (V3, the problem's rule) routes it to other experts (the oracle's route)."""
+    from qkcheck.oracle.ops.moe import route
+
+    rule = np.sort(route(problem).topk_ids, axis=1)
+    by_max = np.sort(route(dict(problem, group_score="max")).topk_ids, axis=1)
+    return (rule != by_max).any(axis=1)
+
+
+def test_grouped_routing_cases_rank_groups_differently_by_their_largest_score():
+    """A kernel scoring each expert group by its largest score routes every token as the rule does
+    unless some token's groups rank differently the two ways: the grouped realistic and
+    adversarial cases make them differ on their even tokens (where no correction bias undoes it),
+    the gate's grouped cases included, deterministically from the seed."""
+    from qkcheck.cases.families.moe import SPEC, _BASE, group_rankings_split
+
+    gated = [c for c in grid(resolve(BUNDLED)[0]) if c.p["grouped"]]
+    assert gated
+    for case in gated:
+        problem = materialize(case)
+        assert _moved_by_max_group_score(problem).any(), case.id
+        assert np.array_equal(problem["router_logits"], materialize(case)["router_logits"])
+    for regime in ("realistic", "adversarial"):
+        for scoring in ("softmax", "sigmoid"):
+            for k, e in ((1, 4), (2, 8), (4, 8)):
+                case = SPEC.case(shape={"t": 9, "h": 64, "i": 32, "e": e}, config={}, regime=regime, seed=k,
+                                 params={**_BASE, "grouped": True, "scoring": scoring, "top_k": k})
+                moved = _moved_by_max_group_score(materialize(case))
+                assert moved[::2].all(), (case.id, moved)
+    # twin: the split check fails on a token whose groups rank alike both ways
+    assert not group_rankings_split(np.array([3.0, 2.0, 0.0, -1.0]), None, "sigmoid", 0)
+    assert group_rankings_split(np.array([1.0, 0.9, 2.0, -3.0]), None, "sigmoid", 0)
+
+
 def test_w4a4_exact_regime_catches_a_dispatcher_that_skips_activation_quantization(device):
     """The W4A16 MXFP4 path run on a W4A4 problem (activations left unquantized) must fail the
     exact regime; the real W4A4 path passes it."""
@@ -160,8 +195,6 @@ def test_gate_fails_the_seed_001_dispatcher_on_emulation_and_passes_the_bundled_
     assert good.returncode == 0, good.stdout[-3000:] + good.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="shrinking regressed with the per-family oracle (14a9ac0): the fuzzer "
-                   "finds t1h32i32e1 top_k=1 first, then reports t1h32i32e2 top_k=2; under investigation")
 def test_fuzz_finds_seed_001_shrinks_it_and_the_replay_reproduces(zoo_fuzz, qkcheck_here):
     run = zoo_fuzz("silent_emulation")  # (fused_moe only) the run test_cli's shrink-budget test asserts on too
     r, fails = run.process, run.failures

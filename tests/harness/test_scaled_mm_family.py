@@ -7,6 +7,7 @@ The fuzzer finds it and shrinks it to a minimal square case that fails for the s
 replay reproduces it, and the bundled loader passes the same gate shard, fuzz budget and replay."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import zlib
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from qkcheck.cases.case import Case
+from qkcheck.cases.case import Case, CaseError
 from qkcheck.cases.registry import grid
 from qkcheck.cases.runner import FAIL, PASS, SKIP, run_case
 from qkcheck.kernels.catalog import resolve
@@ -212,3 +213,64 @@ def test_each_seed_004_mistake_is_diagnosed_as_itself(layout, storage, scale, hy
     if hypothesis == "scales_transposed":
         assert res.diagnosis[0]["sentence"] == SCALES_SENTENCE.format(n=16)
     assert run_case(case, resolve(BUNDLED)[0], device).status == PASS
+
+
+# ------------------------------------------------------------------ the fp8 decode path
+
+FP8 = ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz")
+DECODE_ADAPTERS = ["bundled:scaled_mm", "bundled:block_scaled_mm", BUNDLED]
+
+
+def _default_path(case: Case) -> Case:
+    return case.replace(config={k: v for k, v in case.cfg.items() if k != "fp8_path"})
+
+
+@pytest.mark.parametrize("name", DECODE_ADAPTERS)
+def test_grid_takes_every_fp8_format_through_the_decode_path_on_a_few_cases(name):
+    """Where the device computes fp8 dots (the CPU interpreter, sm_89+) the default fp8 path is
+    native: only a case with config fp8_path="decode" runs the in-kernel decoding (a bug there,
+    such as e4m3fn codes decoded with the fnuz exponent bias, is otherwise never run). Each such
+    case is the twin of a default-path grid case, the same data; they stay few."""
+    adapter = resolve(name)[0]
+    cases = grid(adapter)
+    decode = [c for c in cases if c.cfg.get("fp8_path") == "decode"]
+    assert {c.p["quant_dtype"] for c in decode} == set(FP8), [c.id for c in decode]
+    assert len(decode) <= 5
+    assert all(_default_path(c) in set(cases) for c in decode)
+    # twin: an adapter that does not declare the tunable gets no decode case, and no case more
+    bare = dataclasses.replace(adapter, tunables={k: v for k, v in adapter.tunables.items() if k != "fp8_path"})
+    assert not any("fp8_path" in c.cfg for c in grid(bare))
+    assert len(grid(bare)) == len(cases) - len(decode)
+
+
+def test_the_decode_path_needs_fp8_codes_and_replays_from_its_file():
+    params = {"quant_dtype": "int8", "a_scale_shape": "[M,1]", "b_scale_shape": "[1,N]", "b_storage": "nk",
+              "azp": False, "bias": False, "out_dtype": "float16"}
+    config = {"block_m": 16, "block_n": 32, "block_k": 32, "fp8_path": "decode"}
+    with pytest.raises(CaseError, match=r"fp8_path='decode' names how fp8 operands are read; 'int8' codes"):
+        Case.make("scaled_mm", shape={"m": 4, "n": 32, "k": 64}, params=params, config=config)
+    case = Case.make("scaled_mm", shape={"m": 4, "n": 32, "k": 64}, params={**params, "quant_dtype": "float8_e4m3fn"},
+                     config=config)
+    assert Case.from_json(case.to_json()) == case and "fp8decode" in case.id
+    with pytest.raises(CaseError, match=r"config\['fp8_path'\]='native' is not allowed \(allowed: decode\)"):
+        case.replace(config={**config, "fp8_path": "native"})
+
+
+@pytest.mark.parametrize("name", DECODE_ADAPTERS)
+def test_fuzz_draws_the_decode_path_for_fp8_codes_only(name):
+    from hypothesis import HealthCheck, given, settings
+
+    from qkcheck.cases.registry import from_adapter
+
+    drawn = []
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=from_adapter(resolve(name)[0]))
+    def collect(case):
+        drawn.append(case)
+
+    collect()
+    decode = [c for c in drawn if c.cfg.get("fp8_path") == "decode"]
+    assert all(c.p["quant_dtype"] in FP8 for c in decode)
+    assert len(decode) >= len(drawn) // 10, (len(decode), len(drawn))
+    assert any(c.p["quant_dtype"] in FP8 and "fp8_path" not in c.cfg for c in drawn)

@@ -16,6 +16,12 @@ PICK = {
     "w4a16_first_group_scale": lambda c: c.cfg.get("block_k", 0) > c.p["group_size"] > 0,
     "w4a16_x_contiguous": lambda c: c.dims["m"] >= 2,
     "scaled_mm_a_scale_per_tensor": lambda c: c.dims["m"] >= 2 and c.p.get("a_scale_shape") == "[M,1]",
+    # the decode path (the CPU's default is native); the exact regime's per-tensor a_scale 0.25
+    # would make it indistinguishable from a_scale applied twice
+    "scaled_mm_fn_as_fnuz": lambda c: (c.cfg.get("fp8_path") == "decode" and c.p["quant_dtype"] == "float8_e4m3fn"
+                                       and c.regime != "exact"),
+    # grouped routing whose tokens rank the groups differently by their largest score
+    "fused_moe_group_score_max": lambda c: c.p.get("grouped", False),
 }
 
 

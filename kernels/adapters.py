@@ -194,7 +194,7 @@ class KernelAdapter:
     pack: Callable[[Mapping, Mapping, str], dict]  # (problem, params, device) -> tensors
     call: Callable[[Mapping, Mapping, Mapping], Any]  # (tensors, params, config) -> output tensor
     layouts: tuple[str, ...] = ()
-    tunables: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    tunables: Mapping[str, tuple[int | str, ...]] = field(default_factory=dict)
     deterministic: bool = True
     triton: bool = True  # runs Triton code: on cpu the interpreter's known defects apply to it
     custom_op: str | None = None  # torch.library op the call goes through (fake-vs-real is checked)

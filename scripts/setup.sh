@@ -29,7 +29,9 @@ want="$(cat "$root/pyproject.toml" "$root/scripts/setup.sh" | cksum)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && (cd / && "$vpy" -c "import torch, triton, qkcheck.cases.cli") >/dev/null 2>&1; then
   return 0 2>/dev/null || exit 0
 fi
-pip_q=(-m pip install -q --disable-pip-version-check)
+# --no-compile: no bytecode for every file installed (torch alone has thousands); Python writes
+# it on first import for the modules actually used
+pip_q=(-m pip install -q --disable-pip-version-check --no-compile)
 if ! "$vpy" -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing $torch_spec (CPU build)"
   "$vpy" "${pip_q[@]}" "$torch_spec"

@@ -29,6 +29,10 @@ Scale rules (``Scheme.scale_rule``); ``amax`` is the group's max |x|, floored at
 * ``"mx_floor"``: OCP MX v1.0 §6.3: ``shared_exp = floor(log2(amax)) - emax_elem`` with
   ``emax_elem = floor(log2(qmax))`` of the element format, ``scale = 2**shared_exp``.
   Elements above ``qmax`` after scaling saturate to ``qmax``.
+* ``"mx_even"``: ``mx_floor`` of amax rounded first to the nearest power of two at its second
+  mantissa bit (float32 bits ``(b + 0x200000) & 0xFF800000``): an amax whose mantissa is >= 1.75
+  takes the next exponent, so ``7 * 2**(e-2)`` does not saturate to 6. The "even" rounding of AMD
+  Quark and AITER's MXFP4 quantizer; not OCP's rule.
 
 Power-of-two exponents are clamped to E8M0's range [-127, 127]; an all-zero group under a
 power-of-two rule with ``amax_floor == 0`` (MX) gets ``2**-127`` (E8M0 code 0x00), what the OCP
@@ -127,7 +131,7 @@ SCALE_FORMATS: dict[str, np.dtype] = {
     "float8_e8m0fnu": np.dtype(np.uint8),
     "float8_e4m3fn": np.dtype(np.uint8),
 }
-SCALE_RULES = ("amax", "pow2_ceil", "mx_floor")
+SCALE_RULES = ("amax", "pow2_ceil", "mx_floor", "mx_even")
 ZERO_POINTS = (None, "asym")
 DEFAULT_AMAX_FLOOR = 1e-10
 # NVFP4 global scale = amax(x) / (FP4 max * E4M3 max)
@@ -249,7 +253,7 @@ class Scheme:
         if self.scale_format == "float8_e8m0fnu" and self.scale_rule == "amax":
             raise ValueError(
                 "scale_rule='amax' gives scales that are not powers of two, which float8_e8m0fnu "
-                "cannot hold (allowed with E8M0: 'pow2_ceil', 'mx_floor'); pick one of those"
+                "cannot hold (allowed with E8M0: 'pow2_ceil', 'mx_floor', 'mx_even'); pick one of those"
             )
         for field in ("packing", "zeros_packing"):
             p = getattr(self, field)
@@ -458,6 +462,10 @@ def _raw_scales(amax: np.ndarray, scheme: Scheme, qmax: float) -> np.ndarray:
     safe = np.where(positive, amax, 1.0)
     if scheme.scale_rule == "pow2_ceil":
         e = _pow2_ceil_exp(safe / qmax)
+    elif scheme.scale_rule == "mx_even":  # amax rounded at its second mantissa bit (float32 bits), then mx_floor
+        bits = safe.astype(np.float32).view(np.uint32).astype(np.uint64)
+        rounded = ((bits + 0x200000) & 0xFF800000).astype(np.uint32).view(np.float32).astype(np.float64)
+        e = _pow2_floor_exp(rounded) - int(_pow2_floor_exp(np.array([qmax]))[0])
     else:  # mx_floor: OCP MX v1.0 §6.3, emax_elem = floor(log2(qmax))
         e = _pow2_floor_exp(safe) - int(_pow2_floor_exp(np.array([qmax]))[0])
     e = np.where(positive, e, _POW2_EXP_MIN)
@@ -817,6 +825,7 @@ _WORD_TOKENS = {
     "sym": dict(zero_point=None),
     "rceil": dict(scale_rule="pow2_ceil"),
     "floor": dict(scale_rule="mx_floor"),
+    "even": dict(scale_rule="mx_even"),
     "ue8m0": dict(scale_rule="pow2_ceil", scale_format="float8_e8m0fnu"),
     "pow2": dict(scale_rule="pow2_ceil"),
     "fp16-scales": dict(scale_format="float16"),

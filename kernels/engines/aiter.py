@@ -352,10 +352,10 @@ _SPECS = (
                      "codes = (x * (1 / scale)).to(qx dtype))"),
     dict(name="aiter:dynamic_mxfp4_quant", op="mx_quant", file=QUANT, symbol="dynamic_mxfp4_quant",
          signature=("x", "scaling_mode"), pack=_pack_x, make_call=_mx_call,
-         fields=dict(triton=True, unpack=_mx_unpack), supports=_mx_supports, conventions={},
+         fields=dict(triton=True, unpack=_mx_unpack), supports=_mx_supports, conventions={"scale_rule": "even"},
          description="AITER Triton dynamic_mxfp4_quant, scaling_mode='even' (codes packed two per byte, low nibble "
-                     "= even k; E8M0 scales as the .T view of (K/32, M) storage); judged against the OCP floor "
-                     "rule, which 'even' departs from where amax's mantissa is >= 1.75 (see "
+                     "= even k; E8M0 scales as the .T view of (K/32, M) storage); the floor-style cases are judged by "
+                     "its declared 'even' rule, which departs from OCP's floor where amax's mantissa is >= 1.75 (see "
                      "docs/findings/aiter-mxfp4-even-scale.md)"),
     dict(name="aiter:gemm_a8w8", op="scaled_mm", file=GEMM_A8W8, symbol="gemm_a8w8",
          signature=("x", "w", "x_scale", "w_scale", "bias", "dtype", "y", "config"),

@@ -11,7 +11,7 @@ op                            problem                                          o
 ``per_token_quant``           x, quant_dtype, scale_ub=None                    codes [M,K], scales [M,1]
 ``static_quant``              x, scale, quant_dtype                            codes [M,K]
 ``per_token_group_quant``     x, group_size, quant_dtype, scale_ue8m0=False    codes [M,K], scales [M,K/G]
-``mx_quant``                  x, fmt, scale_rule ("floor" | "rceil")           codes [M,K], E8M0 codes [M,K/32]
+``mx_quant``                  x, fmt, scale_rule ("floor"|"rceil"|"even")      codes [M,K], E8M0 codes [M,K/32]
 ``nvfp4_quant``               x, global_scale                                  e2m1 codes [M,K], E4M3 codes [M,K/16]
 ============================  ===============================================  ======================
 
@@ -143,7 +143,7 @@ MX_FORMATS: Mapping[str, str] = MappingProxyType({
     "mxfp8_e5m2": "mxfp8 e5m2",
 })
 # problem's scale_rule -> the oracle.schemes token
-MX_SCALE_RULES: Mapping[str, str] = MappingProxyType({"floor": "floor", "rceil": "rceil"})
+MX_SCALE_RULES: Mapping[str, str] = MappingProxyType({"floor": "floor", "rceil": "rceil", "even": "even"})
 MX_BLOCK = 32
 NVFP4_BLOCK = 16
 NVFP4_ELEM = "float4_e2m1fn"
@@ -1083,7 +1083,7 @@ CONVENTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "per_token_quant": ("qmax", "amax_floor", "int8_clamp", "int_ties", "signed_zero"),
     "static_quant": ("qmax", "int8_clamp", "int_ties", "signed_zero"),
     "per_token_group_quant": ("qmax", "amax_floor", "int8_clamp", "int_ties", "signed_zero"),
-    "mx_quant": ("signed_zero",),
+    "mx_quant": ("scale_rule", "signed_zero"),
     "nvfp4_quant": ("signed_zero",),
 })
 

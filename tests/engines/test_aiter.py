@@ -78,13 +78,16 @@ def test_dynamic_mxfp4_quant_passes_where_even_and_floor_agree():
     assert res.status == PASS, res.summary()
 
 
-def test_dynamic_mxfp4_quant_even_scales_differ_from_floor_by_one_step():
+def test_dynamic_mxfp4_quant_even_scales_are_the_declared_convention():
     """docs/findings/aiter-mxfp4-even-scale.md: 'even' rounds amax up at its second mantissa bit
-    before floor(log2): a block whose amax mantissa is >= 1.75 gets the next scale (a convention
-    the oracle has no scale_rule for yet)."""
-    res = run_case(_mx(2, "realistic"), _by_name()["aiter:dynamic_mxfp4_quant"], "cpu")
-    num = _check(res, "numerics")
-    assert res.status == FAIL and "scales [5, 2]" in num.detail and "Max abs error: 1 " in num.detail, num.detail
+    before floor(log2): a block whose amax mantissa is >= 1.75 gets the next scale. The adapter declares
+    scale_rule='even': the case passes under it, and fails judged by OCP's floor (its broken twin)."""
+    a = _by_name()["aiter:dynamic_mxfp4_quant"]
+    res = run_case(_mx(2, "realistic"), a, "cpu")
+    assert res.status == PASS and res.conventions == {"scale_rule": "even"}, res.summary()
+    strict = run_case(_mx(2, "realistic"), dataclasses.replace(a, conventions={}), "cpu")
+    num = _check(strict, "numerics")
+    assert strict.status == FAIL and "scales [5, 2]" in num.detail and "Max abs error: 1 " in num.detail, num.detail
 
 
 def test_false_assume_fails_every_per_token_static_and_blockscale_case():

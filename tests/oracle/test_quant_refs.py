@@ -442,6 +442,23 @@ def test_mx_floor_and_rceil_differ_on_a_block():
     assert compare_quant("mx_quant", rceil, rceil.codes, rceil.scale_codes) is None
 
 
+@pytest.mark.parametrize("amax,even_code", [(7.0, 128), (6.99, 127), (7.5, 128), (3.5, 127), (6.0, 127)])
+def test_mx_even_takes_the_next_exponent_from_a_mantissa_of_1_75(amax, even_code):
+    """scale_rule="even": amax rounded at its second mantissa bit, then floor. 7 = 1.75 * 4 and 7.5 go to 8
+    (scale 2: code 128) where floor keeps 4 (code 127); 6.99 (mantissa < 1.75) and 6 stay; 3.5 = 1.75 * 2
+    goes to 4, floor(log2 4) - 2 = 0 (code 127)."""
+    x = np.zeros((1, 32), F32)
+    x[0, 0] = amax
+    floor = expect_quant("mx_quant", {"x": x, "fmt": "mxfp4", "scale_rule": "floor"})
+    even = expect_quant("mx_quant", {"x": x, "fmt": "mxfp4", "scale_rule": "even"})
+    assert even.scale_codes[0, 0] == even_code
+    assert floor.scale_codes[0, 0] == (127 if amax >= 4 else 126)
+    if even_code != floor.scale_codes[0, 0]:  # each rule's output fails the other's judgement
+        assert compare_quant("mx_quant", floor, even.codes, even.scale_codes) is not None
+        assert compare_quant("mx_quant", even, floor.codes, floor.scale_codes) is not None
+    assert compare_quant("mx_quant", even, even.codes, even.scale_codes) is None
+
+
 def test_mx_rceil_near_power_of_two_accepts_both_scales():
     x = np.zeros((1, 32), F32)
     x[0, 0] = F32(6.0 * (1 + 2.0**-23))  # amax / 6 a hair above 1

@@ -188,3 +188,37 @@ def test_per_token_quant_int8_ties_away_is_the_declared_convention():
     assert strict.status == "fail" and [c.name for c in strict.failed_checks] == ["numerics"], strict.summary()
     # as on the H100: 78 of 448 codes off by one step, all ties, named by the ties_away_from_zero hypothesis
     assert "Mismatched elements: 78 / 448" in strict.summary() and "rounded away from zero" in strict.summary()
+
+
+def test_triton_scaled_mm_bias_after_cast_is_reproduced_bit_for_bit():
+    """docs/findings/sglang-triton-scaled-mm-bias-after-cast.md, bit for bit: on every 16-bit-output bias case
+    of the exact regime in the gate, the kernel's output is RNE_o(RNE_o(s_b * RNE32(s_a * acc)) + bias) (the
+    accumulator scaled in float32 in the kernel's order, converted, then the bias added in the output dtype),
+    element for element; and on the failing ones that differs from the single rounding the oracle expects."""
+    import numpy as np
+
+    import qkcheck
+    from qkcheck.cases.registry import materialize
+    from qkcheck.oracle.formats import FORMATS
+
+    a = _adapter("sglang:triton_scaled_mm")
+    cases = [c for c in qkcheck.gate_cases(a)
+             if c.p["bias"] and c.regime == "exact" and c.p["out_dtype"] in ("float16", "bfloat16")]
+    assert len(cases) >= 4
+    differ = 0
+    for case in cases:
+        prob, qd = materialize(case), case.p["quant_dtype"]
+        out = a.call(a.pack(prob, case.p, "cpu"), case.p, case.cfg)
+        dec = (lambda v: np.asarray(v, np.float64)) if qd == "int8" else (
+            lambda v: FORMATS[qd].decode_table[np.asarray(v)].astype(np.float64))
+        acc = dec(prob["a"]) @ dec(prob["b"])  # exact regime: exact in the kernel's int32 / float32 accumulator
+        f32 = lambda v: torch.from_numpy(np.array(v, np.float64)).float()  # noqa: E731
+        x = f32(np.broadcast_to(prob["b_scale"], acc.shape)) * (f32(np.broadcast_to(prob["a_scale"], acc.shape))
+                                                                * f32(acc))
+        o = out.dtype
+        model = (x.to(o).float() + f32(prob["bias"]).to(o).float()).to(o)
+        assert torch.equal(out, model), case
+        once = (torch.from_numpy(acc * np.asarray(prob["a_scale"]) * np.asarray(prob["b_scale"])
+                                 + np.asarray(prob["bias"])).float()).to(o)
+        differ += not torch.equal(out, once)
+    assert differ >= 4, differ  # the gate's failures are this double rounding, nothing else

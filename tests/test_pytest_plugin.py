@@ -84,7 +84,7 @@ def test_plain_pytest_shows_no_qkcheck_options_or_fixtures(plain_project):
     assert "qkcheck" not in markers.stdout
 
 
-@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+@pytest.mark.parametrize("workers", [None, pytest.param("2", marks=pytest.mark.slow)], ids=["one-process", "xdist-2"])
 def test_plain_pytest_run_keeps_its_environment(plain_project, workers):
     """No device selection (TRITON_INTERPRET) and no thread share (OMP_NUM_THREADS) without the plugin."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

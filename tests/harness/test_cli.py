@@ -42,7 +42,8 @@ NEEDS_NO_GPU = pytest.mark.skipif(_has_gpu(), reason="checks the error for a GPU
                      "device='cuda' was requested but torch sees no", id="no-gpu", marks=NEEDS_NO_GPU),
         # under xdist the controller checks the device while its workers start: the same one line
         pytest.param(["gate", "--device", "cuda", "-n", "2", "--kernels", "bundled:w4a16_gemm"],
-                     "device='cuda' was requested but torch sees no", id="no-gpu-xdist", marks=NEEDS_NO_GPU),
+                     "device='cuda' was requested but torch sees no", id="no-gpu-xdist",
+                     marks=[NEEDS_NO_GPU, pytest.mark.slow]),  # starts workers: the slow tier
         pytest.param(["gate", "--shard", "3/2", "--device", "cpu"], "--shard '3/2' must be i/n", id="shard"),
         pytest.param(["fuzz", "--budget", "soon", "--device", "cpu"], "--budget 'soon' is not a duration", id="budget"),
         pytest.param(["fuzz", "--shrink-budget", "briefly", "--device", "cpu"],
@@ -119,7 +120,8 @@ def test_shrink_budget_bounds_shrinking_and_the_failure_is_still_reported(tmp_pa
     assert len(list(fails.glob("*.json"))) == 1
 
 
-@pytest.mark.parametrize("shrink_budget", sampled(["0", "1s"], 2))
+@pytest.mark.slow  # a 20 s fuzz run per budget: the slow tier
+@pytest.mark.parametrize("shrink_budget", ["0", "1s"])
 def test_shrink_candidates_whose_compile_the_budget_cannot_pay_for_are_not_tried(tmp_path, shrink_budget, zoo_fuzz,
                                                                                  qkcheck_here):
     """Under a shrink budget, a candidate of a kernel variant (params and config) not yet run in
@@ -167,6 +169,7 @@ ADAPTERS = [KernelAdapter(name="test:torch_w4a16", op="w4a16_gemm", pack=W4A16.p
 """
 
 
+@pytest.mark.slow  # two fuzz runs: the slow tier
 def test_fuzz_skips_draws_it_already_checked(tmp_path):
     """Every hypothesis run starts from the simplest case; a draw already checked in this stream is
     not run again (a case's siblings derive from it, so they would repeat too)."""

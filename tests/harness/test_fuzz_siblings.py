@@ -36,6 +36,7 @@ def test_same_class_rows(rows):
         assert other >= 1 and _class(other) == _class(rows)
 
 
+@pytest.mark.slow  # a fuzz run with workers: the slow tier
 def test_fuzz_runs_one_stream_per_worker_and_sums_them(tmp_path):
     r = qkcheck("fuzz", "--device", "cpu", "--kernels", "bundled:per_token_quant", "--budget", "2s", "-n", "2",
                 "--fuzz-siblings", "2", "--failures-dir", tmp_path / "f")

@@ -117,7 +117,9 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:slow", call=call)]
 '''
 
 
-@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+# the default tier interrupts the one-process run; the xdist run (the same handler, reached through the
+# controller) is in the slow tier
+@pytest.mark.parametrize("workers", [None, pytest.param("2", marks=pytest.mark.slow)], ids=["one-process", "xdist-2"])
 def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers):
     adapters = tmp_path / "slow.py"
     adapters.write_text(SLOW_FILE.format(example=str(EXAMPLE)))
@@ -126,10 +128,7 @@ def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers)
            "--results", str(results), *(["-n", workers] if workers else [])]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = ""
-    # pytest's progress dots once the cases are collected ("collected 88 items" / "[88 items]"): a few of the
-    # 88 cases passed. (Counting from the start would count the dots of the header's version numbers and
-    # interrupt the run before its first case.)
-    while "items" not in seen or seen.split("items")[-1].replace(".py", "").count(".") < 4:
+    while seen.split("nodes...")[-1].count(".") < 4:  # pytest's progress (-q): a few of the 88 cases passed
         char = proc.stdout.read(1)
         assert char, f"the run ended before it could be interrupted: {seen[-2000:]}"
         seen += char
@@ -203,7 +202,9 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:crash", call=call)]
 '''
 
 
-@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+# the default tier runs the xdist variant (every crash kind, and a worker SIGKILLed as well); the one-process
+# run of the same crashes is in the slow tier
+@pytest.mark.parametrize("workers", [pytest.param(None, marks=pytest.mark.slow), "2"], ids=["one-process", "xdist-2"])
 def test_a_crashing_foreign_kernel_costs_its_cases_never_the_run(tmp_path, workers):
     """Isolation is on by default for a user's file on the CPU: each crash (segfault, os._exit,
     abort) fails its case, the other cases run and pass, every case is in the results file, exit 1.

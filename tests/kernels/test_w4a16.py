@@ -623,7 +623,7 @@ def test_factoring_the_zero_point_would_leave_the_bound():
 
 
 # --- determinism and counter reuse ------------------------------------------------------------------
-@pytest.mark.parametrize("dot", [False, True], ids=["gemv", "dot"])
+@pytest.mark.parametrize("dot", [pytest.param(False, marks=pytest.mark.slow), True], ids=["gemv", "dot"])
 def test_split_k_is_deterministic(dot, device):
     args, kwargs, _ = _realistic("gptq", 5, 64, 512, 128, seed=11)
     config = cfg(block_m=16 if dot else 4, block_k=32, split_k=4, dot=dot)

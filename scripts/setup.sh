@@ -32,7 +32,7 @@ fi
 # --no-compile, then compileall on both cores: pip writes the bytecode of every installed file one
 # at a time (torch alone has thousands). The bytecode must be written at install: with
 # PYTHONDONTWRITEBYTECODE set (as on CI machines) imports never write it, and every process of the
-# test run would compile torch again.
+# test run would compile torch again. The packages' own test folders are left out (nothing imports them).
 pip_q=(-m pip install -q --disable-pip-version-check --no-compile)
 if ! "$vpy" -c "import torch" >/dev/null 2>&1; then
   echo "setup: installing $torch_spec (CPU build)"
@@ -44,7 +44,7 @@ if ! "$vpy" -c "import triton" >/dev/null 2>&1; then
 fi
 echo "setup: installing qkcheck and its dependencies"
 "$vpy" "${pip_q[@]}" -e "$root[test]"
-"$vpy" -m compileall -q -j 0 "$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
+"$vpy" -m compileall -q -j 0 -x '/tests?/' "$("$vpy" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 # and qkcheck's own layers (an editable install: imported from the checkout)
 "$vpy" -m compileall -q -j 0 "$root/qkcheck" "$root/oracle" "$root/kernels" "$root/cases" "$root/reports" >/dev/null || true
 echo "$want" > "$stamp"

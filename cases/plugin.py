@@ -135,16 +135,47 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _finish_on_sigterm(config: pytest.Config) -> None:
     """SIGTERM (a CI job cancelled, a timeout) ends the run as Ctrl-C does: pytest stops, and the
-    results so far are written, marked interrupted."""
+    results so far are written, marked interrupted.
+
+    Where the signal lands matters. Raised as KeyboardInterrupt at an arbitrary point of pytest's
+    own machinery, the interrupt can make pytest's report of it fail (Python 3.11 leaves a frame of
+    a parenthesized ``with`` without a line number, and the terminal reporter's traceback formatting
+    raises TypeError on it): the run then ended as an internal error, not marked interrupted. So in
+    a single-process run the handler stops the session between cases (``session.shouldstop``, which
+    pytest reports as an interruption) unless the process is waiting on a case (the isolated case
+    runner, or a case running in process), where it interrupts at once. xdist runs keep the
+    immediate interrupt (the controller waits on its workers' queue)."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        config._qkcheck_sigterm = True
+        session = config.__dict__.get("_qkcheck_session")
+        if session is None or config.pluginmanager.has_plugin("dsession") or _in_a_case(frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+        session.shouldstop = f"interrupted by signal {signum}"
 
     config._qkcheck_previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+
+
+def _in_a_case(frame) -> bool:
+    """Whether ``frame`` (where a signal landed) is inside a case: the isolated runner waiting on its
+    child, or a case run in this process."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    waits = {(os.path.join(here, "isolation.py"), "run"), (os.path.join(here, "runner.py"), "run_case")}
+    while frame is not None:
+        if (os.path.abspath(frame.f_code.co_filename), frame.f_code.co_name) in waits:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._qkcheck_session = session
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -726,7 +757,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     records = list(config.qkcheck_results)
     info = _run_info(config, config.__dict__.get("_qkcheck_worker_infos", []))
     info["finished"] = time.time()
-    if int(exitstatus) == int(pytest.ExitCode.INTERRUPTED):
+    if int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) or config.__dict__.get("_qkcheck_sigterm"):
         info["interrupted"] = True
     write_results(results_path, records, info)
     if report:

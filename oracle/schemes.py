@@ -462,11 +462,10 @@ def _raw_scales(amax: np.ndarray, scheme: Scheme, qmax: float) -> np.ndarray:
     safe = np.where(positive, amax, 1.0)
     if scheme.scale_rule == "pow2_ceil":
         e = _pow2_ceil_exp(safe / qmax)
-    elif scheme.scale_rule == "mx_even":  # amax rounded at its second mantissa bit (float32 bits), then mx_floor
-        bits = safe.astype(np.float32).view(np.uint32).astype(np.uint64)
-        rounded = ((bits + 0x200000) & 0xFF800000).astype(np.uint32).view(np.float32).astype(np.float64)
-        e = _pow2_floor_exp(rounded) - int(_pow2_floor_exp(np.array([qmax]))[0])
-    else:  # mx_floor: OCP MX v1.0 §6.3, emax_elem = floor(log2(qmax))
+    else:  # mx_floor: OCP MX v1.0 §6.3, emax_elem = floor(log2(qmax)); mx_even: of amax rounded first
+        if scheme.scale_rule == "mx_even":  # at its second mantissa bit (float32 bits)
+            bits = safe.astype(np.float32).view(np.uint32).astype(np.uint64)
+            safe = ((bits + 0x200000) & 0xFF800000).astype(np.uint32).view(np.float32).astype(np.float64)
         e = _pow2_floor_exp(safe) - int(_pow2_floor_exp(np.array([qmax]))[0])
     e = np.where(positive, e, _POW2_EXP_MIN)
     return np.ldexp(1.0, np.clip(e, _POW2_EXP_MIN, _POW2_EXP_MAX).astype(np.int32))

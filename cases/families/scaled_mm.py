@@ -9,7 +9,7 @@ holds ``a_scale [M,1] | [1,1]``, ``b_scale [1,N] | [1,1]``, ``b [K,N]``; the ada
 the shapes and storage a param names (``b_scale_shape="[N,1]"``, ``weight_layout="nk"`` with
 ``weight_storage="transposed"``, ...).
 
-Config: the tile tunables, and ``fp8_path="decode"`` (``FP8_PATHS``), which makes the kernel load
+Config: the tile tunables, and ``fp8_path="decode"`` (``FORCED_FP8_PATHS``), which makes the kernel load
 fp8 operands as raw bytes and decode them in-kernel; a case without it runs the device's default
 path (native on the CPU interpreter), so the grid gives a few fp8 cases a decode twin and the
 strategies draw it for fp8 codes. It needs fp8 codes: an int8 case never names it.
@@ -50,7 +50,7 @@ B_SCALE_SHAPES = ("[1,N]", "[N]", "[N,1]", "[1]", "[]")
 PER_TENSOR = ("[1]", "[]")
 TILES = (16, 32, 64, 128)
 TILES_8BIT_K = (32, 64, 128, 256)  # 8-bit operand dots need K tiles >= 32
-FP8_PATHS = ("decode",)  # forced fp8 operand path; absent: the device's default (module docstring)
+FORCED_FP8_PATHS = ("decode",)  # forced fp8 operand path; absent: the device's default (module docstring)
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -102,7 +102,7 @@ SPECS = (
             "out_dtype": OUT,
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES_8BIT_K,
-                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS},
+                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FORCED_FP8_PATHS},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE, _azp_int8, _fp8_path_needs_fp8),
         compute_dtype=lambda p: p["quant_dtype"],  # the dot runs on the codes themselves
         tiles=_TILES,
@@ -119,7 +119,7 @@ SPECS = (
             "out_dtype": OUT,
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES_8BIT_K,
-                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS},
+                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FORCED_FP8_PATHS},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["quant_dtype"],
         tiles=_TILES,
@@ -139,7 +139,7 @@ SPECS = (
             "out_dtype": OUT,
         },
         tunables={"block_m": TILES, "block_n": TILES, "block_k": TILES + (256,),
-                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS},
+                  "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FORCED_FP8_PATHS},
         rules=(_positive_dims, GEMM_CONFIG_COMPLETE),
         compute_dtype=lambda p: p["act_dtype"],  # the dequantized weight tile is cast to x.dtype for tl.dot
         tiles=_TILES,

@@ -29,11 +29,11 @@ TILES = (16, 32, 64, 128)
 # a case without it runs the device's default path, native wherever the device has fp8 dots (the
 # CPU interpreter included), so the two reach both paths. "native" is not a value: where it is not
 # the default, the device has no fp8 dot for the format and the kernel never takes it there.
-FP8_PATHS = ("decode",)
+FORCED_FP8_PATHS = ("decode",)
 TUNABLES_8BIT = {"block_m": TILES, "block_n": TILES, "block_k": (32, 64, 128, 256),
-                 "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS}
+                 "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FORCED_FP8_PATHS}
 TUNABLES_A16 = {"block_m": TILES, "block_n": TILES, "block_k": TILES + (256,),
-                "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FP8_PATHS}
+                "split_k": (1, 2, 4), "group_m": (1, 4, 8), "fp8_path": FORCED_FP8_PATHS}
 
 
 def code_tensor(codes, quant_dtype: str, device: str):

@@ -115,14 +115,23 @@ def _serve(conn, specs: list[str], device: str, worker_id: str | None = None) ->
     from qkcheck.kernels.catalog import resolve
 
     _die_with_parent()
-    device = _device.activate(device)
-    # the GPU of the parent's xdist worker (gwN takes GPU N mod count on a multi-GPU host)
-    _device.assign_worker_gpu(device, worker_id)
-    adapters = {}
-    for spec in specs:
-        for a in resolve(spec):
-            validate_adapter(a)
-            adapters[a.name] = a
+    try:
+        device = _device.activate(device)
+        # the GPU of the parent's xdist worker (gwN takes GPU N mod count on a multi-GPU host)
+        _device.assign_worker_gpu(device, worker_id)
+        adapters = {}
+        for spec in specs:
+            for a in resolve(spec):
+                validate_adapter(a)
+                adapters[a.name] = a
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - told to the parent, which reports it once
+        # (a device that is not there, an adapter file that fails to load): the parent's own
+        # checks usually say it first; never a traceback printed by a process nobody waits on
+        try:
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        return
     _warm_up(adapters, device)
     try:
         conn.send(("ready", None))
@@ -185,11 +194,14 @@ class IsolatedRunner:
             proc.kill()
             raise RuntimeError(f"the case runner process did not start within {STARTUP_TIMEOUT_S:g} s")
         try:
-            kind, _ = parent.recv()
+            kind, payload = parent.recv()
         except EOFError:
             proc.join(5)
             raise RuntimeError(f"the case runner process failed to start ({_describe_exit(proc.exitcode)}); "
                                "run with --isolate off to see the error in process") from None
+        if kind == "error":
+            proc.join(5)
+            raise RuntimeError(f"the case runner process failed to start: {payload}")
         self._proc, self._conn = proc, parent
 
     def _discard(self) -> None:

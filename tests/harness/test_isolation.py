@@ -84,6 +84,21 @@ def test_isolated_runner_survives_hangs_and_crashes(adapter_file):
     assert last.status == "pass" and runner.restarts == 3
 
 
+def test_a_runner_that_cannot_start_says_why_once(adapter_file, tmp_path, capfd):
+    """The child meets the error its parent's own checks also meet (an adapter file that fails to
+    load, a device that is not there): it tells the parent, which raises it with the reason; the
+    child prints nothing (a multiprocessing traceback beside the run's one-line usage error)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('no such kernel here')\n")
+    runner = IsolatedRunner([str(bad)], "cpu", timeout=30)
+    try:
+        with pytest.raises(RuntimeError, match="failed to start: .*no such kernel here"):
+            runner.run(CASE, _by_name(adapter_file)["test:good"])
+    finally:
+        runner.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_gate_run_goes_on_and_records_every_case(adapter_file, tmp_path):
     """Through the CLI: the crashing kernel's case fails, the good kernel's cases still run, and
     the results file holds all of them."""

@@ -97,7 +97,6 @@ def _run(fresh_venv, *args, timeout=600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-@pytest.mark.slow  # a fresh venv and the installed CLI end to end: the slow tier (CI runs it)
 def test_wheel_commands_work_from_a_directory_with_no_checkout(fresh_venv):
     qk = str(fresh_venv["venv"] / "bin" / "qkcheck")
     where = _run(fresh_venv, str(fresh_venv["py"]), "-c", "import qkcheck.cases.cli as m; print(m.__file__)")
@@ -127,7 +126,6 @@ def test_wheel_commands_work_from_a_directory_with_no_checkout(fresh_venv):
     assert report.returncode == 0 and (fresh_venv["work"] / "out" / "r.html").stat().st_size > 1000
 
 
-@pytest.mark.slow  # a fresh venv and the installed CLI end to end: the slow tier (CI runs it)
 def test_no_layer_name_is_importable_at_top_level(fresh_venv):
     for name in LAYERS:
         r = _run(fresh_venv, str(fresh_venv["py"]), "-c", f"import {name}")
@@ -138,7 +136,7 @@ def _pypi_kernels(fresh_venv) -> subprocess.CompletedProcess:
     return _run(fresh_venv, str(fresh_venv["py"]), "-m", "pip", "install", "-q", "kernels", timeout=900)
 
 
-@pytest.mark.slow  # a fresh venv and the installed CLI end to end: the slow tier (CI runs it)
+@pytest.mark.slow  # downloads the PyPI package: the slow tier (CI runs it)
 def test_pypi_kernels_package_beside_qkcheck(fresh_venv):
     """The kernel-hub client on PyPI is called ``kernels``: installed in the same venv, it imports
     as itself, and qkcheck still finds its own layer (qkcheck.kernels)."""

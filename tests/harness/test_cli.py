@@ -43,7 +43,7 @@ NEEDS_NO_GPU = pytest.mark.skipif(_has_gpu(), reason="checks the error for a GPU
         # under xdist the controller checks the device while its workers start: the same one line
         pytest.param(["gate", "--device", "cuda", "-n", "2", "--kernels", "bundled:w4a16_gemm"],
                      "device='cuda' was requested but torch sees no", id="no-gpu-xdist",
-                     marks=[NEEDS_NO_GPU, pytest.mark.slow]),  # starts workers: the slow tier
+                     marks=NEEDS_NO_GPU),
         pytest.param(["gate", "--shard", "3/2", "--device", "cpu"], "--shard '3/2' must be i/n", id="shard"),
         pytest.param(["fuzz", "--budget", "soon", "--device", "cpu"], "--budget 'soon' is not a duration", id="budget"),
         pytest.param(["fuzz", "--shrink-budget", "briefly", "--device", "cpu"],

@@ -117,9 +117,7 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:slow", call=call)]
 '''
 
 
-# the default tier interrupts the one-process run; the xdist run (the same handler, reached through the
-# controller) is in the slow tier
-@pytest.mark.parametrize("workers", [None, pytest.param("2", marks=pytest.mark.slow)], ids=["one-process", "xdist-2"])
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
 def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers):
     adapters = tmp_path / "slow.py"
     adapters.write_text(SLOW_FILE.format(example=str(EXAMPLE)))
@@ -202,9 +200,7 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:crash", call=call)]
 '''
 
 
-# the default tier runs the xdist variant (every crash kind, and a worker SIGKILLed as well); the one-process
-# run of the same crashes is in the slow tier
-@pytest.mark.parametrize("workers", [pytest.param(None, marks=pytest.mark.slow), "2"], ids=["one-process", "xdist-2"])
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
 def test_a_crashing_foreign_kernel_costs_its_cases_never_the_run(tmp_path, workers):
     """Isolation is on by default for a user's file on the CPU: each crash (segfault, os._exit,
     abort) fails its case, the other cases run and pass, every case is in the results file, exit 1.

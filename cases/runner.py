@@ -39,8 +39,10 @@ K_PROFILE_MAX_GROUPS = 32
 FLOAT_DTYPES = ("float16", "bfloat16", "float32")
 
 
-class CaseTimeout(Exception):
-    """Raised inside a case that ran past its time limit (see ``cases.isolation``)."""
+class CaseTimeout(BaseException):
+    """Raised inside a case that ran past its time limit (see ``cases.isolation``). Not an
+    ``Exception``: a kernel that catches ``Exception`` around its work (a retry loop) must not
+    swallow it and run on past the limit."""
 
 
 @dataclass

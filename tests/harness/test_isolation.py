@@ -2,8 +2,10 @@
 only; the run goes on and the next case (of a good kernel) still passes and is recorded."""
 from __future__ import annotations
 
+import _thread
 import json
 import textwrap
+import threading
 import time
 
 import pytest
@@ -25,6 +27,22 @@ ADAPTERS = GOOD_W4A16 + textwrap.dedent('''
         while True:
             time.sleep(0.01)
 
+    def swallows(t, params, config):  # a retry loop that catches Exception around its work
+        while True:
+            try:
+                time.sleep(0.01)
+            except Exception:
+                pass
+
+    def swallows_once(t, params, config):  # a bare except around its work, then more work
+        try:
+            while True:
+                time.sleep(0.01)
+        except:  # noqa: E722
+            pass
+        while True:
+            time.sleep(0.01)
+
     def exits(t, params, config):
         os._exit(3)
 
@@ -35,7 +53,8 @@ ADAPTERS = GOOD_W4A16 + textwrap.dedent('''
         return KernelAdapter(name=name, op="w4a16_gemm", pack=W4A16.pack, call=call, layouts=("gptq",),
                              triton=False)
 
-    ADAPTERS = [make("test:good", good), make("test:hangs", hangs), make("test:exits", exits),
+    ADAPTERS = [make("test:good", good), make("test:hangs", hangs), make("test:swallows", swallows),
+                make("test:swallows_once", swallows_once), make("test:exits", exits),
                 make("test:aborts", aborts)]
 ''')
 
@@ -62,6 +81,28 @@ def test_in_process_time_limit_stops_an_interpreted_hang(adapter_file):
     assert time.monotonic() - t0 < 20
     assert r.status == "fail" and "did not return within the 1 s per-case limit" in _failed(r)["timeout"]
     assert run_in_process(CASE, adapters["test:good"], "cpu", timeout=30).status == "pass"
+
+
+@pytest.mark.parametrize("name", ["test:swallows", "test:swallows_once"])
+def test_in_process_time_limit_is_not_swallowed_by_the_kernel(adapter_file, name):
+    done = threading.Event()
+
+    def guard():  # a time limit that fails to stop the kernel fails this test, never hangs the run
+        if not done.wait(30):
+            while not done.is_set():
+                _thread.interrupt_main()
+                done.wait(1)
+
+    threading.Thread(target=guard, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        r = run_in_process(CASE, _by_name(adapter_file)[name], "cpu", timeout=1.0)
+    except KeyboardInterrupt:
+        pytest.fail(f"{name} ran on past its 1 s limit for 30 s")
+    finally:
+        done.set()
+    assert time.monotonic() - t0 < 20
+    assert r.status == "fail" and "did not return within the 1 s per-case limit" in _failed(r)["timeout"]
 
 
 def test_isolated_runner_survives_hangs_and_crashes(adapter_file):
@@ -138,6 +179,22 @@ WARM_ADAPTERS = GOOD_W4A16 + textwrap.dedent('''
             raise RuntimeError("torch._dynamo not imported yet: the warm-up is on this case's clock")
         return good_op(t["x"], t["qweight"], t["scales"], t["zeros"], t["bias"], params["group_size"],
                        params["out_dtype"])
+
+    def swallows(t, params, config):  # a retry loop that catches Exception around its work
+        while True:
+            try:
+                time.sleep(0.01)
+            except Exception:
+                pass
+
+    def swallows_once(t, params, config):  # a bare except around its work, then more work
+        try:
+            while True:
+                time.sleep(0.01)
+        except:  # noqa: E722
+            pass
+        while True:
+            time.sleep(0.01)
 
     def exits(t, params, config):
         os._exit(3)

@@ -120,7 +120,31 @@ def _check_writable_dir(option: str, directory: Path) -> None:
                          "choose a path you can write to") from None
 
 
+class _EarlySigterm:
+    """The SIGTERM handler of a gate or fuzz run until the plugin installs its own (pytest is
+    still importing and configuring): it keeps the signal, which the plugin then honours at
+    collection (``plugin._finish_on_sigterm``), so a run stopped that early still ends as an
+    interrupted run with its results file rather than killed by the default action."""
+
+    def __init__(self):
+        self.received = None
+
+    def __call__(self, signum, frame):
+        self.received = signum
+
+
 def _pytest(suite: str, args) -> int:
+    import signal
+
+    original = signal.signal(signal.SIGTERM, _EarlySigterm()) if hasattr(signal, "SIGTERM") else None
+    try:
+        return _pytest_run(suite, args)
+    finally:
+        if original is not None:
+            signal.signal(signal.SIGTERM, original)
+
+
+def _pytest_run(suite: str, args) -> int:
     import pytest
 
     try:

@@ -138,13 +138,15 @@ def _finish_on_sigterm(config: pytest.Config) -> None:
     results so far are written, marked interrupted.
 
     Where the signal lands matters. Raised as KeyboardInterrupt at an arbitrary point of pytest's
-    own machinery, the interrupt can make pytest's report of it fail (Python 3.11 leaves a frame of
-    a parenthesized ``with`` without a line number, and the terminal reporter's traceback formatting
-    raises TypeError on it): the run then ended as an internal error, not marked interrupted. So in
-    a single-process run the handler stops the session between cases (``session.shouldstop``, which
-    pytest reports as an interruption) unless the process is waiting on a case (the isolated case
-    runner, or a case running in process), where it interrupts at once. xdist runs keep the
-    immediate interrupt (the controller waits on its workers' queue)."""
+    own machinery, the interrupt can make pytest's report of it fail (Python 3.11 leaves some
+    frames without a line number: a parenthesized ``with``, ``ast.copy_location`` while pytest
+    rewrites a module's asserts; the terminal reporter's traceback formatting raises TypeError on
+    them): the run then ended as an internal error, not marked interrupted. So a signal that comes
+    while the run is still starting (configuring, or xdist bringing up its workers, before pytest
+    would write the results) is kept and raised at collection, a known point; in a single-process run the handler stops the session between cases
+    (``session.shouldstop``, which pytest reports as an interruption) unless the process is waiting
+    on a case (the isolated case runner, or a case running in process), where it interrupts at
+    once. xdist runs keep the immediate interrupt (the controller waits on its workers' queue)."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
@@ -153,11 +155,17 @@ def _finish_on_sigterm(config: pytest.Config) -> None:
     def interrupt(signum, frame):
         config._qkcheck_sigterm = True
         session = config.__dict__.get("_qkcheck_session")
-        if session is None or config.pluginmanager.has_plugin("dsession") or _in_a_case(frame):
+        if session is None:  # still starting (configuring, xdist bringing up its workers): stopped at collection
+            config._qkcheck_sigterm_pending = signum
+            return
+        if config.pluginmanager.has_plugin("dsession") or _in_a_case(frame):
             raise KeyboardInterrupt(f"signal {signum}")
         session.shouldstop = f"interrupted by signal {signum}"
 
-    config._qkcheck_previous_sigterm = signal.signal(signal.SIGTERM, interrupt)
+    config._qkcheck_previous_sigterm = previous = signal.signal(signal.SIGTERM, interrupt)
+    if getattr(previous, "received", None):  # the qkcheck CLI's handler kept one while pytest started
+        config._qkcheck_sigterm = True
+        config._qkcheck_sigterm_pending = previous.received
 
 
 def _in_a_case(frame) -> bool:
@@ -172,10 +180,6 @@ def _in_a_case(frame) -> bool:
             return True
         frame = frame.f_back
     return False
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config._qkcheck_session = session
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -227,7 +231,13 @@ class _DeviceCheck(threading.Thread):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection(session: pytest.Session) -> None:
-    """On an xdist controller (its workers are starting by now): the device check's verdict."""
+    """The session has started (pytest calls ``pytest_sessionfinish`` from now on, which writes the
+    results): a SIGTERM that came while the run was starting stops it here. On an xdist controller
+    (its workers are starting by now): the device check's verdict."""
+    session.config._qkcheck_session = session
+    pending = session.config.__dict__.pop("_qkcheck_sigterm_pending", None)
+    if pending is not None:
+        raise KeyboardInterrupt(f"signal {pending}")
     check = getattr(session.config, "_qkcheck_device_check", None)
     if check is not None:
         check.join()

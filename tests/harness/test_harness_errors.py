@@ -141,6 +141,27 @@ def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers)
     assert not list(tmp_path.glob("r.jsonl.*")), "no part files left behind"
 
 
+@pytest.mark.parametrize("workers,delay", [(None, 0.3), ("2", 0.3), ("2", 1.0)],
+                         ids=["one-process-0.3s", "xdist-2-0.3s", "xdist-2-1.0s"])
+def test_sigterm_while_the_run_starts_still_ends_as_an_interrupted_run(tmp_path, workers, delay):
+    """A signal while Python imports, pytest configures or xdist brings up its workers: the run
+    stops at collection, writes its (empty) results file marked interrupted, exits 2, and prints
+    no traceback (raised there at once, the interrupt could land in a frame pytest cannot format,
+    or before the point from which pytest writes the results)."""
+    adapters = tmp_path / "slow.py"
+    adapters.write_text(SLOW_FILE.format(example=str(EXAMPLE)))
+    results = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", str(adapters),
+           "--results", str(results), *(["-n", workers] if workers else [])]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in out, f"exit {proc.returncode}: {out[-2000:]}"
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    assert lines[0].get("interrupted") is True and len(lines) - 1 < 88, lines[0]
+
+
 def test_a_later_run_never_takes_in_an_earlier_runs_results(tmp_path):
     results = tmp_path / "r.jsonl"
     # a leftover from an older version's interrupted run: never merged

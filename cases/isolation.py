@@ -58,8 +58,28 @@ def _time_limit(seconds: float | None):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_in_process(case: Case, adapter, device: str, *, timeout: float | None, diagnose_failures: bool = True) -> Result:
+STUCK_GRACE_S = 5.0  # past the time limit (its signal repeats each second): the kernel is stuck in native code
+
+
+def run_in_process(case: Case, adapter, device: str, *, timeout: float | None, diagnose_failures: bool = True,
+                   on_stuck=None) -> Result:
+    """``on_stuck(result)``: called from a watchdog thread when the case is still running
+    STUCK_GRACE_S after its time limit (native code the timer's signal cannot interrupt: a
+    blocking wait, a C loop), with the case's ``timeout`` failure; it is expected to save what
+    it can and end the process, the only way out of such a hang without isolation."""
     t0 = time.perf_counter()
+    watchdog = None
+    if on_stuck is not None and timeout and timeout > 0:
+        def stuck():
+            on_stuck(_failed(case, adapter.name, adapter.op, device, "timeout",
+                             f"the kernel did not return within the {timeout:g} s per-case limit (--case-timeout) "
+                             "and could not be interrupted in process (native code); the process was ended "
+                             "(--isolate on runs cases in a child that is killed instead)",
+                             time.perf_counter() - t0))
+
+        watchdog = threading.Timer(timeout + STUCK_GRACE_S, stuck)
+        watchdog.daemon = True
+        watchdog.start()
     try:
         with _time_limit(timeout):
             return run_case(case, adapter, device, diagnose_failures=diagnose_failures)
@@ -67,6 +87,9 @@ def run_in_process(case: Case, adapter, device: str, *, timeout: float | None, d
         return _failed(case, adapter.name, adapter.op, device, "timeout",
                        f"the kernel did not return within the {timeout:g} s per-case limit (--case-timeout)",
                        time.perf_counter() - t0)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 def _device_healthy(device: str) -> bool:

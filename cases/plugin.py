@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import time
 import uuid
@@ -615,7 +616,8 @@ def execute(config: pytest.Config, case, adapter, *, diagnose_failures: bool = T
 
     device, timeout = config.qkcheck_device, config.qkcheck_case_timeout
     if not isolated(config):
-        return isolation.run_in_process(case, adapter, device, timeout=timeout, diagnose_failures=diagnose_failures)
+        return isolation.run_in_process(case, adapter, device, timeout=timeout, diagnose_failures=diagnose_failures,
+                                        on_stuck=lambda result: _stuck(config, result))
     return _isolated_runner(config).run(case, adapter, diagnose_failures=diagnose_failures)
 
 
@@ -750,6 +752,48 @@ def pytest_testnodedown(node, error) -> None:
         node.config.__dict__.setdefault("_qkcheck_worker_infos", []).append(info)
 
 
+def _stuck(config: pytest.Config, result) -> None:
+    """A case run in process is stuck in native code past its time limit (``isolation.run_in_process``
+    calls this from its watchdog thread): the process is ended, the only way out. An xdist worker
+    just exits: the controller records its case as crashed and a fresh worker takes the rest. A
+    single-process run records the case, writes the results so far (marked interrupted) and
+    exits 1."""
+    line = (f"qkcheck: case {result.case_id} on {result.kernel} is stuck in native code past its "
+            f"{config.qkcheck_case_timeout:g} s limit; ending the process")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    try:  # the test's output capture would swallow the line
+        if capture is not None:
+            capture.suspend_global_capture(in_=False)
+    except Exception:  # noqa: BLE001 - the line is a courtesy; ending the process is what matters
+        pass
+    if _worker_id(config) is not None:
+        print(line, file=sys.stderr, flush=True)
+        os._exit(EXIT_STUCK)
+    record(config, result)
+    path = _write_results_file(config, list(config.qkcheck_results) + list(config._qkcheck_pending), interrupted=True)
+    print(f"{line}; the results so far are in {path}" if path else line, file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+EXIT_STUCK = 75  # an xdist worker ended by the stuck-case watchdog
+
+
+def _write_results_file(config: pytest.Config, records: list, *, interrupted: bool) -> Path | None:
+    """Write this run's results file (where --qkcheck-results or --qkcheck-report asks for one)."""
+    results_opt, report = config.getoption("--qkcheck-results"), config.getoption("--qkcheck-report")
+    if not results_opt and not report:
+        return None
+    from qkcheck.reports.store import write_results
+
+    results_path = Path(results_opt or (Path(report).with_suffix(".jsonl")))
+    info = _run_info(config, config.__dict__.get("_qkcheck_worker_infos", []))
+    info["finished"] = time.time()
+    if interrupted:
+        info["interrupted"] = True
+    write_results(results_path, records, info)
+    return results_path
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     config = session.config
     if not hasattr(config, "qkcheck_results"):
@@ -758,18 +802,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
     if worker is not None:  # its results went to the controller with each report; its device info goes now
         config.workeroutput["qkcheck_device_info"] = _device_info(config)
         return
-    results_opt, report = config.getoption("--qkcheck-results"), config.getoption("--qkcheck-report")
-    if not results_opt and not report:
-        return
-    from qkcheck.reports.store import write_results
-
-    results_path = Path(results_opt or (Path(report).with_suffix(".jsonl")))
     records = list(config.qkcheck_results)
-    info = _run_info(config, config.__dict__.get("_qkcheck_worker_infos", []))
-    info["finished"] = time.time()
-    if int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) or config.__dict__.get("_qkcheck_sigterm"):
-        info["interrupted"] = True
-    write_results(results_path, records, info)
+    interrupted = int(exitstatus) == int(pytest.ExitCode.INTERRUPTED) or bool(config.__dict__.get("_qkcheck_sigterm"))
+    results_path = _write_results_file(config, records, interrupted=interrupted)
+    if results_path is None:
+        return
+    report = config.getoption("--qkcheck-report")
     if report:
         from qkcheck.reports.html import render_report
 

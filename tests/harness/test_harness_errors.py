@@ -253,6 +253,49 @@ def test_a_crashing_foreign_kernel_costs_its_cases_never_the_run(tmp_path, worke
     assert "SIGSEGV" in details and "code 3" in details and "SIGABRT" in details, details
 
 
+STUCK_FILE = '''
+import dataclasses, importlib.util, os, signal
+spec = importlib.util.spec_from_file_location("ex", {example!r})
+ex = importlib.util.module_from_spec(spec); spec.loader.exec_module(ex)
+
+def call(t, params, config):
+    if params["bias"] and not os.path.exists({stuck!r}):  # the first case with a bias, once
+        open({stuck!r}, "w").close()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR2}})
+        signal.sigwait({{signal.SIGUSR2}})  # a wait in native code: never back in Python
+    return ex.call(t, params, config)
+
+ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:stuck", call=call)]
+'''
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+def test_a_case_stuck_in_native_code_without_isolation_never_hangs_the_run(tmp_path, workers):
+    """--isolate off: the in-process timer cannot interrupt native code, so a watchdog ends the
+    process STUCK_GRACE_S after the limit. Under -n 2 that is one worker: its case is recorded as
+    crashed and the run goes on with every case recorded. In one process the run stops there: the
+    stuck case is recorded as a timeout and the results so far are written, marked interrupted."""
+    adapters = tmp_path / "stuck.py"
+    adapters.write_text(STUCK_FILE.format(example=str(EXAMPLE), stuck=str(tmp_path / "stuck-once")))
+    results = tmp_path / "r.jsonl"
+    r = subprocess.run([sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels",
+                        str(adapters), "--results", str(results), "--isolate", "off", "--case-timeout", "1s",
+                        "--shard", "1/16", *(["-n", workers] if workers else [])],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert workers or "stuck in native code" in r.stderr, r.stderr[-3000:]
+    lines = [json.loads(x) for x in results.read_text().splitlines()]
+    run, recs = lines[0], lines[1:]
+    failed = [x for x in recs if x["status"] != "pass"]
+    assert len(failed) == 1 and failed[0]["case"]["params"]["bias"], [(x["case_id"], x["status"]) for x in recs]
+    checks = {c["name"] for c in failed[0]["checks"]}
+    if workers:
+        assert len(recs) == 7 and checks == {"crashed"} and not run.get("interrupted"), (len(recs), checks, run)
+    else:
+        assert len(recs) < 7 and checks == {"timeout"} and run.get("interrupted") is True, (len(recs), checks)
+    assert (tmp_path / "out" / "failures" / f"{failed[0]['case_id']}.json").exists()
+
+
 TWO_FILE = '''
 import dataclasses, importlib.util
 spec = importlib.util.spec_from_file_location("ex", {example!r})

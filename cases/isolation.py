@@ -5,8 +5,11 @@ Two ways to run a case, chosen by the plugin's ``--isolate`` option:
 
 - in process (``run_in_process``): the case runs in the test process; a time limit is enforced
   with a POSIX interval timer that interrupts Python code (the Triton interpreter is Python, so a
-  kernel looping forever on CPU is stopped). A compiled kernel stuck on a GPU cannot be stopped
-  this way — use isolation there.
+  kernel looping forever on CPU is stopped), again each second after the limit. Native code (a
+  compiled kernel stuck on a GPU, a blocking wait) cannot be interrupted this way: a watchdog
+  then hands the case's timeout to ``on_stuck``, which ends the process (the plugin: an xdist
+  worker exits and its case is recorded as crashed; a single-process run writes its results and
+  stops). Use isolation where that matters.
 - isolated (``IsolatedRunner``): cases run in a child process started once and reused. The parent
   waits for each result at most ``timeout`` seconds; on a hang it kills the child, on a crash
   (the child died: a segfault, an abort, ``os._exit``) it records how the child ended; either way

@@ -117,14 +117,20 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:slow", call=call)]
 '''
 
 
-@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
-def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers):
+def _slow_gate(tmp_path, workers) -> tuple[subprocess.Popen, Path]:
+    """A gate run over SLOW_FILE's adapter (88 cases, 0.4 s each) started in a new process: the
+    process (output merged into stdout) and its results file."""
     adapters = tmp_path / "slow.py"
     adapters.write_text(SLOW_FILE.format(example=str(EXAMPLE)))
     results = tmp_path / "r.jsonl"
     cmd = [sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", str(adapters),
            "--results", str(results), *(["-n", workers] if workers else [])]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), results
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers):
+    proc, results = _slow_gate(tmp_path, workers)
     seen = ""
     while seen.split("nodes...")[-1].count(".") < 4:  # pytest's progress (-q): a few of the 88 cases passed
         char = proc.stdout.read(1)
@@ -148,12 +154,7 @@ def test_sigterm_while_the_run_starts_still_ends_as_an_interrupted_run(tmp_path,
     stops at collection, writes its (empty) results file marked interrupted, exits 2, and prints
     no traceback (raised there at once, the interrupt could land in a frame pytest cannot format,
     or before the point from which pytest writes the results)."""
-    adapters = tmp_path / "slow.py"
-    adapters.write_text(SLOW_FILE.format(example=str(EXAMPLE)))
-    results = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", str(adapters),
-           "--results", str(results), *(["-n", workers] if workers else [])]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, results = _slow_gate(tmp_path, workers)
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)

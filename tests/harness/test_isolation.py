@@ -180,22 +180,6 @@ WARM_ADAPTERS = GOOD_W4A16 + textwrap.dedent('''
         return good_op(t["x"], t["qweight"], t["scales"], t["zeros"], t["bias"], params["group_size"],
                        params["out_dtype"])
 
-    def swallows(t, params, config):  # a retry loop that catches Exception around its work
-        while True:
-            try:
-                time.sleep(0.01)
-            except Exception:
-                pass
-
-    def swallows_once(t, params, config):  # a bare except around its work, then more work
-        try:
-            while True:
-                time.sleep(0.01)
-        except:  # noqa: E722
-            pass
-        while True:
-            time.sleep(0.01)
-
     def exits(t, params, config):
         os._exit(3)
 

@@ -1,16 +1,19 @@
-"""Fault injection: hostile adapters through ``qkcheck gate``, one row per fault.
+"""Fault injection: hostile adapters through ``qkcheck gate``, each fault under each isolation mode
+and worker count.
 
-    python benchmarks/bench_faults.py [--shard 1/8] [--json]   # -> benchmarks/results/faults/faults.json
+    python benchmarks/bench_faults.py [--shard 1/16] [--only NAME] [--json]
+        # -> benchmarks/results/faults/faults.json
 
 Each fault is a small adapter file around the README's example kernel (examples/torch_w4a16_adapter.py)
 that misbehaves on the gate cases with a bias (the others stay correct), run on one shard of its
-gate (``--device cpu``, the default isolation: on for a user's file). A row says: the exit code,
-how many of the shard's cases are in the results file (``lost`` = the shard's case count minus
-those; must be 0 except for an interrupted run, which is marked so), the failures and errors
-recorded, the case files saved, whether ``qkcheck report`` renders the results, and the wall
-time. ``sigterm`` interrupts the run after a few cases; ``sigkill-worker`` runs with ``-n 2`` and
-the case runner of one xdist worker SIGKILLs that worker once; two segfault rows run with
-``--isolate off`` (in one process, and under ``-n 2`` where pytest-xdist replaces the worker).
+gate (``--device cpu``) four ways: ``--isolate on`` and ``off`` (``auto``, the default, is on for a
+user's file), each in one process and under ``-n 2``. A row says: the exit code, how many of the
+shard's cases are in the results file (``lost`` = the shard's case count minus those; must be 0
+except for an interrupted run, which is marked so), the failures and errors recorded, the case
+files saved, whether ``qkcheck report`` renders the results, and the wall time. A run still going
+after HANG_CAP_S is killed by this script and shown as hung. ``SIGTERM mid-run`` interrupts the
+run after a couple of cases; ``SIGKILL its xdist worker`` (isolation on, ``-n 2`` only) has the
+case runner of one worker SIGKILL that worker once.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+HANG_CAP_S = 120  # a run still going after this long is killed here and shown as hung
+MODES = (("on", 1), ("on", 2), ("off", 1), ("off", 2))  # --isolate, workers
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "torch_w4a16_adapter.py"
@@ -57,28 +63,35 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="fault:{name}", pack=pack, 
 '''
 
 PASS = "pass"
-# name -> (what pack does on a bias case, what call does on one, extra gate options)
+# name -> (what pack does on a bias case, what call does on one, extra gate options, modes or None for all)
 FAULTS = {
-    "none (the correct example)": (PASS, PASS, []),
-    "raise in pack": ("raise ValueError('bad pack')", PASS, []),
-    "call returns None": (PASS, "return None", []),
-    "call returns int": (PASS, "return 3", []),
-    "call returns ndarray": (PASS, "return np.zeros((t['x'].shape[0], 16), np.float16)", []),
-    "call returns ()": (PASS, "return ()", []),
-    "sys.exit(0) in call": (PASS, "sys.exit(0)", []),
-    "segfault": (PASS, "ctypes.string_at(0)", []),
-    "os._exit(3)": (PASS, "os._exit(3)", []),
-    "abort": (PASS, "os.abort()", []),
-    "segfault, --isolate off": (PASS, "ctypes.string_at(0)", ["--isolate", "off"]),
-    "segfault, --isolate off -n 2": (PASS, "ctypes.string_at(0)", ["--isolate", "off", "-n", "2"]),
-    "hang": (PASS, "while True: time.sleep(0.01)", ["--case-timeout", "5s"]),
-    "OOB write into a gap (16 past x)": (PASS, "past_x(t, 16).fill_(1.0)", []),
-    "OOB read (16 past x)": (PASS, "return ex.call(t, params, config) + past_x(t, 16).to(torch.float16)", []),
-    "SIGTERM mid-run": (PASS, "time.sleep(1.0)", []),
-    # in the case runner of an xdist worker (-n 2): its parent is that worker
-    "SIGKILL a worker (-n 2)": (PASS, "(not os.path.exists({killed!r}) "
-                                "and (open({killed!r}, 'w').close() or os.kill(os.getppid(), signal.SIGKILL)))",
-                                ["-n", "2"]),
+    "none (the correct example)": (PASS, PASS, [], None),
+    "raise in pack": ("raise ValueError('bad pack')", PASS, [], None),
+    "call returns None": (PASS, "return None", [], None),
+    "call returns int": (PASS, "return 3", [], None),
+    "call returns ndarray": (PASS, "return np.zeros((t['x'].shape[0], 16), np.float16)", [], None),
+    "call returns ()": (PASS, "return ()", [], None),
+    "sys.exit(0) in call": (PASS, "sys.exit(0)", [], None),
+    "segfault": (PASS, "ctypes.string_at(0)", [], None),
+    "os._exit(3)": (PASS, "os._exit(3)", [], None),
+    "abort": (PASS, "os.abort()", [], None),
+    "SIGKILL of its own process (once)": (PASS, "(not os.path.exists({killed!r}) "
+                                          "and (open({killed!r}, 'w').close() or os.kill(os.getpid(), signal.SIGKILL)))",
+                                          [], None),
+    "hang": (PASS, "while True: time.sleep(0.01)", ["--case-timeout", "5s"], None),
+    "hang catching Exception": (PASS, "while True:\n            try: time.sleep(0.01)\n            except Exception: pass",
+                                ["--case-timeout", "5s"], None),
+    # sigwait on a blocked signal nobody sends: a wait in native code that never returns to Python
+    # (the in-process timer's signal is handled at the C level and the wait goes on)
+    "hang in native code": (PASS, "signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR2}})\n"
+                                  "        signal.sigwait({{signal.SIGUSR2}})", ["--case-timeout", "5s"], None),
+    "OOB write into a gap (16 past x)": (PASS, "past_x(t, 16).fill_(1.0)", [], None),
+    "OOB read (16 past x)": (PASS, "return ex.call(t, params, config) + past_x(t, 16).to(torch.float16)", [], None),
+    "SIGTERM mid-run": (PASS, "time.sleep(1.0)", [], None),
+    # in the case runner of an xdist worker: its parent is that worker
+    "SIGKILL its xdist worker": (PASS, "(not os.path.exists({killed!r}) "
+                                 "and (open({killed!r}, 'w').close() or os.kill(os.getppid(), signal.SIGKILL)))",
+                                 [], (("on", 2),)),
 }
 
 
@@ -91,9 +104,9 @@ def _report_renders(results: Path, html: Path) -> tuple[bool, str]:
     return code in (0, 1) and html.exists(), err.getvalue().strip()
 
 
-def run_fault(name: str, shard: str, workdir: Path, expected: int | None) -> dict:
-    pack, call, extra = FAULTS[name]
-    slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
+def run_fault(name: str, isolate: str, workers: int, shard: str, workdir: Path, expected: int | None) -> dict:
+    pack, call, extra, _ = FAULTS[name]
+    slug = "".join(c if c.isalnum() else "_" for c in name)[:40] + f"_{isolate}_{workers}"
     d = workdir / slug
     d.mkdir()
     killed = d / "worker-killed"
@@ -102,21 +115,27 @@ def run_fault(name: str, shard: str, workdir: Path, expected: int | None) -> dic
     (d / "faulty.py").write_text(source)
     results, failures = d / "r.jsonl", d / "failures"
     cmd = [sys.executable, "-m", "qkcheck.cases.cli", "gate", "--device", "cpu", "--kernels", str(d / "faulty.py"),
-           "--results", str(results), "--failures-dir", str(failures), "--shard", shard, *extra]
+           "--results", str(results), "--failures-dir", str(failures), "--shard", shard, "--isolate", isolate,
+           *(["-n", str(workers)] if workers > 1 else []), *extra]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     out = ""
     if name.startswith("SIGTERM"):
-        while out.split("nodes...")[-1].count(".") < 2 and proc.poll() is None:  # a couple of cases passed
+        # a couple of cases passed: two dots of progress (not those of xdist's "bringing up nodes...")
+        while "".join(ln for ln in out.split("\n") if not ln.startswith("bringing")).count(".") < 2 \
+                and proc.poll() is None:
             char = proc.stdout.read(1)
             if not char:
                 break
             out += char
         proc.send_signal(signal.SIGTERM)
+    hung = False
     try:
-        rest, _ = proc.communicate(timeout=900)
+        rest, _ = proc.communicate(timeout=max(1.0, HANG_CAP_S - (time.perf_counter() - t0)))
     except subprocess.TimeoutExpired:
-        proc.kill()
+        hung = True
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and every process it started
         rest, _ = proc.communicate()
     out += rest
     seconds = time.perf_counter() - t0
@@ -124,9 +143,8 @@ def run_fault(name: str, shard: str, workdir: Path, expected: int | None) -> dic
     run, recs = (lines[0], lines[1:]) if lines else ({}, [])
     statuses = [r["status"] for r in recs]
     renders, why = _report_renders(results, d / "r.html") if results.exists() else (False, "no results file")
-    return {"fault": name, "isolation": "off" if "off" in extra else "on (auto: a user's file)",
-            "workers": "2" if "-n" in extra else "1",
-            "exit": proc.returncode, "results": len(recs), "expected": expected,
+    return {"fault": name, "isolation": isolate, "workers": str(workers),
+            "exit": "hung" if hung else proc.returncode, "results": len(recs), "expected": expected,
             "lost": None if expected is None else expected - len(recs), "interrupted": bool(run.get("interrupted")),
             "failed": statuses.count("fail"), "errors": statuses.count("error"), "passed": statuses.count("pass"),
             "case_files": len(list(failures.glob("*.json"))) if failures.exists() else 0,
@@ -136,7 +154,7 @@ def run_fault(name: str, shard: str, workdir: Path, expected: int | None) -> dic
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shard", default="1/8", help="the gate shard each fault runs (default 1/8)")
+    ap.add_argument("--shard", default="1/16", help="the gate shard each fault runs (default 1/16)")
     ap.add_argument("--only", action="append", help="only faults whose name contains this (repeatable)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -145,19 +163,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         expected = None
         for name in names:
-            row = run_fault(name, args.shard, Path(tmp), expected)
-            if name.startswith("none"):
-                expected = row["expected"] = row["results"]
-                row["lost"] = 0
-            rows.append(row)
-            print(f"{name}: exit {row['exit']}, {row['results']}/{row['expected']} results, {row['failed']} failed, "
-                  f"{row['errors']} errors, {row['case_files']} case files, report {row['report_renders']}, "
-                  f"{row['seconds']} s", file=sys.stderr)
-    data = {"command": "python benchmarks/bench_faults.py" + (f" --shard {args.shard}" if args.shard != "1/8" else ""),
+            for isolate, workers in FAULTS[name][3] or MODES:
+                row = run_fault(name, isolate, workers, args.shard, Path(tmp), expected)
+                if name.startswith("none") and expected is None:
+                    expected = row["expected"] = row["results"]
+                    row["lost"] = 0
+                rows.append(row)
+                print(f"{name} (isolate {isolate}, -n {workers}): exit {row['exit']}, {row['results']}/{row['expected']} "
+                      f"results, {row['failed']} failed, {row['errors']} errors, {row['case_files']} case files, "
+                      f"report {row['report_renders']}, {row['seconds']} s", file=sys.stderr)
+    data = {"command": "python benchmarks/bench_faults.py" + (f" --shard {args.shard}" if args.shard != "1/16" else ""),
             "machine": f"{platform.machine()} {os.cpu_count()}-core, {platform.system()}, Python {platform.python_version()}",
-            "measured": time.strftime("%Y-%m-%d"), "shard": args.shard, "rows": rows,
-            "note": f"Load average {os.getloadavg()[0]:.1f} at the end of the run: wall times include other work "
-                    "on the machine."}
+            "measured": time.strftime("%Y-%m-%d"), "shard": args.shard, "hang_cap_s": HANG_CAP_S, "rows": rows,
+            "note": f"Load average {os.getloadavg()[0]:.1f} at the end of the run."}
     if not args.only:
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(data, indent=1) + "\n")

@@ -243,32 +243,51 @@ def render_table() -> str:
 
 def fault_section() -> list[str]:
     """The fault-injection table (benchmarks/bench_faults.py -> results/faults/faults.json): per
-    hostile adapter, what a gate run over it kept, recorded and exited with."""
+    hostile adapter (a row) and isolation mode x worker count (a column), what a gate run over it
+    exited with, kept, lost and took."""
     path = RESULTS / "faults" / "faults.json"
     if not path.exists():
         return []
     data = json.loads(path.read_text())
     rows = data["rows"]
-    lost_on = sum(r["lost"] or 0 for r in rows if not r["interrupted"] and r["isolation"] != "off")
-    lost_off = [r for r in rows if r["isolation"] == "off" and r["lost"]]
-    off_note = "".join(f" With `--isolate off` in one process, the {r['fault'].split(',')[0]} ended the run "
-                       f"(exit {r['exit']}, {r['lost']} of {r['expected']} cases lost): the reason isolation "
-                       "is on by default for a user's file." for r in lost_off)
+    modes = list(dict.fromkeys((r["isolation"], r["workers"]) for r in rows))
+    faults = list(dict.fromkeys(r["fault"] for r in rows))
+    by = {(r["fault"], r["isolation"], r["workers"]): r for r in rows}
+
+    def lost(r) -> bool:
+        return r["exit"] == "hung" or bool(r["lost"] and not r["interrupted"])
+
+    def cell(r) -> str:
+        if r is None:
+            return "n/a"
+        if r["exit"] == "hung":
+            text = f"**hung**, killed after {r['seconds']:.0f} s · kept {r['results']}/{r['expected']}"
+        else:
+            text = f"exit {r['exit']} · kept {r['results']}/{r['expected']}"
+            text += f" · interrupted, {r['lost']} not run" if r["interrupted"] else f" · lost {r['lost']}"
+            text += f" · {r['seconds']:.0f} s"
+        if not r["report_renders"]:
+            text += " · no report"
+        return f"**{text}**" if lost(r) and r["exit"] != "hung" else text
+
+    lost_on = sum(r["lost"] or 0 for r in rows if r["isolation"] == "on" and not r["interrupted"])
+    hung_on = [r for r in rows if r["isolation"] == "on" and r["exit"] == "hung"]
+    off_losses = sorted({r["fault"] for r in rows if r["isolation"] == "off" and lost(r)})
     lines = [f"## Fault injection — {data['machine']} (measured {data['measured']})", "",
              f"`{data['command']}`: each hostile adapter (the README's example kernel, misbehaving on the cases "
-             f"with a bias) through `qkcheck gate --device cpu --shard {data['shard']}`. *kept*: results in the "
-             "results file of the shard's cases; *lost*: cases missing from it (an interrupted run is marked "
-             f"so and keeps what finished). Cases lost by runs with isolation on: {lost_on}.{off_note} "
-             f"{data.get('note', '')}".rstrip(), "",
-             "| fault | isolation | -n | exit | kept / cases | lost | fail / error recorded | case files | "
-             "report renders | wall s |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lost_cell = "interrupted" if r["interrupted"] else (str(r["lost"]) if r["lost"] is not None else "-")
-        if r["lost"] and not r["interrupted"]:
-            lost_cell = f"**{lost_cell}**"
-        lines.append(f"| {r['fault']} | {r['isolation']} | {r['workers']} | {r['exit']} | {r['results']} / "
-                     f"{r['expected']} | {lost_cell} | {r['failed']} / {r['errors']} | {r['case_files']} | "
-                     f"{'yes' if r['report_renders'] else '**no**'} | {r['seconds']:.0f} |")
+             f"with a bias) through `qkcheck gate --device cpu --shard {data['shard']}`, with `--isolate on` "
+             "(what `auto`, the default, gives a user's file) and `--isolate off`, each in one process and "
+             "under `-n 2`. A cell: the exit code, the cases in the results file out of the shard's, the cases "
+             "lost (an interrupted run keeps what finished, is marked so, and the cases after it did not run), "
+             "the wall time; a run still going "
+             f"after {data.get('hang_cap_s', 120)} s is killed and shown as hung. With isolation on: "
+             f"{lost_on} cases lost, {len(hung_on)} runs hung. With `--isolate off` the run is lost or hangs for: "
+             f"{', '.join(off_losses) or 'none'} (a fault in the pytest process itself; under `-n 2` pytest-xdist "
+             f"replaces a dead worker). {data.get('note', '')}".rstrip(), "",
+             "| fault | " + " | ".join(f"isolate {i}, -n {w}" for i, w in modes) + " |",
+             "|---|" + "---|" * len(modes)]
+    for f in faults:
+        lines.append(f"| {f} | " + " | ".join(cell(by.get((f, i, w))) for i, w in modes) + " |")
     return lines + [""]
 
 

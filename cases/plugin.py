@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -144,10 +145,11 @@ def _finish_on_sigterm(config: pytest.Config) -> None:
     rewrites a module's asserts; the terminal reporter's traceback formatting raises TypeError on
     them): the run then ended as an internal error, not marked interrupted. So a signal that comes
     while the run is still starting (configuring, or xdist bringing up its workers, before pytest
-    would write the results) is kept and raised at collection, a known point; in a single-process run the handler stops the session between cases
-    (``session.shouldstop``, which pytest reports as an interruption) unless the process is waiting
-    on a case (the isolated case runner, or a case running in process), where it interrupts at
-    once. xdist runs keep the immediate interrupt (the controller waits on its workers' queue)."""
+    would write the results) is kept and raised at collection, a known point. Later, in a
+    single-process run the handler stops the session between cases (``session.shouldstop``, which
+    pytest reports as an interruption) unless the process is waiting on a case (the isolated case
+    runner, or a case running in process), where it interrupts at once. xdist runs keep the
+    immediate interrupt (the controller waits on its workers' queue)."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
@@ -292,9 +294,19 @@ def _start_runner_early(config: pytest.Config) -> None:
         _isolated_runner(config, requested).prestart()
 
 
+class _Selection(NamedTuple):
+    adapters: list  # validated, --op applied
+    missing: list  # (spec, reason): kernels not installed here, reported as skipped, never dropped
+
+
 def selected_adapters(config: pytest.Config, specs=None):
     """The adapters named by ``specs`` (default: --qkcheck-kernels), validated (a UsageError names
     the bad spec). A spec is a string (see ``qkcheck.kernels.adapters.resolve``) or an adapter."""
+    return _selection(config, specs).adapters
+
+
+def _selection(config: pytest.Config, specs=None) -> _Selection:
+    """``specs``' adapters and the specs unavailable here, resolved once per run (cached)."""
     specs = tuple(config.qkcheck_kernel_specs if specs is None else specs)
     cache = config.__dict__.setdefault("_qkcheck_adapters", {})
     if specs not in cache:
@@ -302,7 +314,7 @@ def selected_adapters(config: pytest.Config, specs=None):
         from qkcheck.kernels.adapters import AdapterError, KernelAdapter, KernelsUnavailable
         from qkcheck.kernels.catalog import resolve
 
-        adapters, missing = [], []  # missing: (spec, reason), reported as skipped, never silently dropped
+        adapters, missing = [], []
         try:
             for spec in specs:
                 try:
@@ -330,8 +342,8 @@ def selected_adapters(config: pytest.Config, specs=None):
             if unknown:
                 raise pytest.UsageError(f"--op {unknown[0]}: unknown op (allowed: {', '.join(sorted(OP_SPECS))})")
             adapters = [a for a in adapters if a.op in ops]
-        cache[specs] = (adapters, missing)
-    return cache[specs][0]
+        cache[specs] = _Selection(adapters, missing)
+    return cache[specs]
 
 
 def _specs_of(metafunc) -> list | None:
@@ -361,9 +373,7 @@ def pytest_generate_tests(metafunc) -> None:
     names, config = metafunc.fixturenames, metafunc.config
     placeholder = [pytest.param(None, None, marks=pytest.mark.unused)]
     if "unavailable_spec" in names:
-        specs = _specs_of(metafunc)
-        selected_adapters(config, specs)
-        items = config._qkcheck_adapters[tuple(config.qkcheck_kernel_specs if specs is None else specs)][1]
+        items = _selection(config, _specs_of(metafunc)).missing
         metafunc.parametrize("unavailable_spec,reason", items or placeholder,
                              ids=[str(s) for s, _ in items] or ["none"])
     elif "gate_case" in names:
@@ -714,7 +724,8 @@ def _device_info(config) -> dict:
         import triton
 
         info["versions"] = {"torch": str(torch.__version__), "triton": str(triton.__version__)}
-        adapters = [a for specs, (found, *_) in config.__dict__.get("_qkcheck_adapters", {}).items() for a in found]
+        selections = config.__dict__.get("_qkcheck_adapters", {}).values()
+        adapters = [a for selection in selections for a in selection.adapters]
         if adapters and not any(a.triton for a in adapters):
             # the probes concern Triton kernels only (runner.skip_reason): not run for a torch-only run
             info["probes"] = {}

@@ -298,19 +298,19 @@ def _signature(exc: BaseException) -> str:
 
 
 def _innermost(exc: BaseException) -> BaseException:
-    seen = {id(exc)}
-    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
-        exc = exc.__cause__
-        seen.add(id(exc))
-    return exc
+    """The last explicit cause (``raise ... from``) of ``exc``: the error a wrapper re-raised."""
+    *_, root = _chain(exc, causes_only=True)
+    return root
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException, *, causes_only: bool = False):
+    """``exc`` and the exceptions behind it (its cause, else its context; only causes with
+    ``causes_only``), each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         yield exc
-        exc = exc.__cause__ or exc.__context__
+        exc = exc.__cause__ if causes_only else (exc.__cause__ or exc.__context__)
 
 
 def _run(probe: _Probe) -> ProbeResult:

@@ -40,10 +40,11 @@ NEEDS_NO_GPU = pytest.mark.skipif(_has_gpu(), reason="checks the error for a GPU
         pytest.param(["gate", "--device", "tpu", "-n", "2"], "device='tpu' is not a device", id="device-xdist"),
         pytest.param(["gate", "--device", "cuda", "--kernels", "bundled:w4a16_gemm"],
                      "device='cuda' was requested but torch sees no", id="no-gpu", marks=NEEDS_NO_GPU),
-        # under xdist the controller checks the device while its workers start: the same one line
+        # under xdist the controller checks the device while its workers start: the same one line (the
+        # slow tier: it starts workers; test_isolation tests the workers' case runner saying it once)
         pytest.param(["gate", "--device", "cuda", "-n", "2", "--kernels", "bundled:w4a16_gemm"],
                      "device='cuda' was requested but torch sees no", id="no-gpu-xdist",
-                     marks=NEEDS_NO_GPU),
+                     marks=[NEEDS_NO_GPU, pytest.mark.slow]),
         pytest.param(["gate", "--shard", "3/2", "--device", "cpu"], "--shard '3/2' must be i/n", id="shard"),
         pytest.param(["fuzz", "--budget", "soon", "--device", "cpu"], "--budget 'soon' is not a duration", id="budget"),
         pytest.param(["fuzz", "--shrink-budget", "briefly", "--device", "cpu"],

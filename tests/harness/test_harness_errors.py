@@ -147,8 +147,8 @@ def test_sigterm_writes_the_results_so_far_marked_interrupted(tmp_path, workers)
     assert not list(tmp_path.glob("r.jsonl.*")), "no part files left behind"
 
 
-@pytest.mark.parametrize("workers,delay", [(None, 0.3), ("2", 0.3), ("2", 1.0)],
-                         ids=["one-process-0.3s", "xdist-2-0.3s", "xdist-2-1.0s"])
+@pytest.mark.parametrize("workers,delay", [(None, 0.3), ("2", 0.3), pytest.param("2", 1.0, marks=pytest.mark.slow)],
+                         ids=["one-process-0.3s", "xdist-2-0.3s", "xdist-2-1.0s"])  # a third moment: the slow tier
 def test_sigterm_while_the_run_starts_still_ends_as_an_interrupted_run(tmp_path, workers, delay):
     """A signal while Python imports, pytest configures or xdist brings up its workers: the run
     stops at collection, writes its (empty) results file marked interrupted, exits 2, and prints
@@ -222,7 +222,9 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="test:crash", call=call)]
 '''
 
 
-@pytest.mark.parametrize("workers", [None, "2"], ids=["one-process", "xdist-2"])
+# the default tier runs the xdist variant (every crash kind through the same isolated case runner, and a
+# worker SIGKILLed as well); the one-process run of the same crashes is in the slow tier
+@pytest.mark.parametrize("workers", [pytest.param(None, marks=pytest.mark.slow), "2"], ids=["one-process", "xdist-2"])
 def test_a_crashing_foreign_kernel_costs_its_cases_never_the_run(tmp_path, workers):
     """Isolation is on by default for a user's file on the CPU: each crash (segfault, os._exit,
     abort) fails its case, the other cases run and pass, every case is in the results file, exit 1.

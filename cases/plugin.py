@@ -174,8 +174,6 @@ def _finish_on_sigterm(config: pytest.Config) -> None:
 def _in_a_case(frame) -> bool:
     """Whether ``frame`` (where a signal landed) is inside a case: the isolated runner waiting on its
     child, or a case run in this process."""
-    import os
-
     here = os.path.dirname(os.path.abspath(__file__))
     waits = {(os.path.join(here, "isolation.py"), "run"), (os.path.join(here, "runner.py"), "run_case")}
     while frame is not None:
@@ -763,6 +761,9 @@ def pytest_testnodedown(node, error) -> None:
         node.config.__dict__.setdefault("_qkcheck_worker_infos", []).append(info)
 
 
+EXIT_STUCK = 75  # an xdist worker ended by the stuck-case watchdog
+
+
 def _stuck(config: pytest.Config, result) -> None:
     """A case run in process is stuck in native code past its time limit (``isolation.run_in_process``
     calls this from its watchdog thread): the process is ended, the only way out. An xdist worker
@@ -784,9 +785,6 @@ def _stuck(config: pytest.Config, result) -> None:
     path = _write_results_file(config, list(config.qkcheck_results) + list(config._qkcheck_pending), interrupted=True)
     print(f"{line}; the results so far are in {path}" if path else line, file=sys.stderr, flush=True)
     os._exit(1)
-
-
-EXIT_STUCK = 75  # an xdist worker ended by the stuck-case watchdog
 
 
 def _write_results_file(config: pytest.Config, records: list, *, interrupted: bool) -> Path | None:

@@ -63,6 +63,13 @@ ADAPTERS = [dataclasses.replace(ex.ADAPTERS[0], name="fault:{name}", pack=pack, 
 '''
 
 PASS = "pass"
+
+
+def _once(action: str) -> str:
+    """``action`` on the first bias case only (a file marks it done), as a call expression."""
+    return f"(not os.path.exists({{killed!r}}) and (open({{killed!r}}, 'w').close() or {action}))"
+
+
 # name -> (what pack does on a bias case, what call does on one, extra gate options, modes or None for all)
 FAULTS = {
     "none (the correct example)": (PASS, PASS, [], None),
@@ -75,9 +82,7 @@ FAULTS = {
     "segfault": (PASS, "ctypes.string_at(0)", [], None),
     "os._exit(3)": (PASS, "os._exit(3)", [], None),
     "abort": (PASS, "os.abort()", [], None),
-    "SIGKILL of its own process (once)": (PASS, "(not os.path.exists({killed!r}) "
-                                          "and (open({killed!r}, 'w').close() or os.kill(os.getpid(), signal.SIGKILL)))",
-                                          [], None),
+    "SIGKILL of its own process (once)": (PASS, _once("os.kill(os.getpid(), signal.SIGKILL)"), [], None),
     "hang": (PASS, "while True: time.sleep(0.01)", ["--case-timeout", "5s"], None),
     "hang catching Exception": (PASS, "while True:\n            try: time.sleep(0.01)\n            except Exception: pass",
                                 ["--case-timeout", "5s"], None),
@@ -89,9 +94,7 @@ FAULTS = {
     "OOB read (16 past x)": (PASS, "return ex.call(t, params, config) + past_x(t, 16).to(torch.float16)", [], None),
     "SIGTERM mid-run": (PASS, "time.sleep(1.0)", [], None),
     # in the case runner of an xdist worker: its parent is that worker
-    "SIGKILL its xdist worker": (PASS, "(not os.path.exists({killed!r}) "
-                                 "and (open({killed!r}, 'w').close() or os.kill(os.getppid(), signal.SIGKILL)))",
-                                 [], (("on", 2),)),
+    "SIGKILL its xdist worker": (PASS, _once("os.kill(os.getppid(), signal.SIGKILL)"), [], (("on", 2),)),
 }
 
 
